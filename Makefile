@@ -1,0 +1,45 @@
+# One-command set-up and checks. `make test` on a fresh clone creates .venv and installs everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHECKPOINT ?= ../shared/fixtures/nanochat-ref/modelA
+
+.PHONY: setup test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+# Reinstall only when the project's dependency list changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# pytest exits 5 when it collected no tests: that must fail too, with a message that says so.
+test: setup
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Engine throughput vs Hugging Face transformers on the same shapes; prints JSON.
+bench: setup
+	@if [ -d "$(CHECKPOINT)" ]; then \
+		$(BIN)/nanochat bench --checkpoint $(CHECKPOINT) --json; \
+	else \
+		$(BIN)/nanochat bench --depth 4 --json; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,7 @@
+"""`python -m nanochat` is the `nanochat` command."""
+
+import sys
+
+from nanochat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""Engine throughput, measured against a baseline in the same process.
+
+Figures: prefill tokens/s (batch 1), decode tokens/s at batch 1, and aggregate decode tokens/s at larger
+batches of mixed-length prompts (each request decoding at its own position, as the service runs them).
+The baseline is Hugging Face `transformers` `generate()` on a Llama model of the same width, depth, heads
+and vocabulary (random weights, MLP sized to the same parameter count), timed on the same prompt. Each
+figure is the best of a few repeats, to damp a shared, noisy machine. Results are ratios, never asserts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from nanochat.engine import Engine, SamplingParams
+from nanochat.gpt import GPT
+from nanochat.tokenizer import Tokenizer
+
+TARGET_BATCH1_VS_HF = 1.0
+TARGET_BATCH16_VS_BATCH1 = 6.0
+
+
+def _best_seconds(fn: Callable[[], None], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _prompt(length: int, vocab: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab - 16, (length,), generator=g).tolist()
+
+
+def _decode_seconds(engine: Engine, prompts: list[list[int]], steps: int) -> float:
+    """Time `steps` batched decode steps after prefilling every prompt (prefill not timed)."""
+    params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True, tools=False)
+    requests = []
+    for prompt in prompts:
+        request = engine.begin(prompt, params)
+        while request.prefill_remaining:
+            engine.prefill(request)
+        requests.append(request)
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.decode_step()
+    seconds = time.perf_counter() - start
+    for request in requests:
+        engine.cancel(request)
+    return seconds
+
+
+def _prefill_seconds(engine: Engine, prompt: list[int]) -> float:
+    params = SamplingParams(max_tokens=1, temperature=0.0, tools=False)
+    start = time.perf_counter()
+    request = engine.begin(prompt, params)
+    while request.prefill_remaining:
+        engine.prefill(request, max_tokens=len(prompt))
+    seconds = time.perf_counter() - start
+    engine.cancel(request)
+    return seconds
+
+
+def hf_baseline_model(model: GPT):
+    """A random-weight Llama of the same shape, or None when transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    c = model.config
+    config = transformers.LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.n_embd,
+        intermediate_size=(8 * c.n_embd) // 3,  # gated MLP with 3 matrices ≈ relu² MLP with 2 at 4x
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        max_position_embeddings=c.sequence_len * 2,
+        tie_word_embeddings=False,
+    )
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).to(dtype).eval()
+
+
+def _hf_generate_seconds(hf_model, prompt: list[int], new_tokens: int) -> float:
+    ids = torch.tensor([prompt])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
+    return time.perf_counter() - start
+
+
+def run_benchmark(
+    model: GPT,
+    tokenizer: Tokenizer,
+    batches: tuple[int, ...] = (4, 16, 64),
+    prompt_len: int = 64,
+    decode_steps: int = 32,
+    repeats: int = 3,
+    with_hf: bool = True,
+) -> dict:
+    """All figures as a JSON-able dict (see the module docstring)."""
+    c = model.config
+    vocab = c.vocab_size
+    max_batch = max((1, *batches))
+    longest = 2 * prompt_len + decode_steps + 2
+    if longest > c.sequence_len:
+        prompt_len = max(4, (c.sequence_len - decode_steps - 2) // 2)
+        longest = 2 * prompt_len + decode_steps + 2
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=longest)
+
+    prompt = _prompt(prompt_len, vocab, 0)
+    _prefill_seconds(engine, prompt)  # warm-up
+    _decode_seconds(engine, [prompt], 4)
+    prefill_s = _best_seconds(lambda: _prefill_seconds(engine, prompt), repeats)
+
+    decode: dict[int, float] = {}
+    for batch in (1, *batches):
+        # mixed lengths: prompt_len/2 .. 3·prompt_len/2, so rows decode at different positions
+        lengths = [prompt_len // 2 + (i * prompt_len) // max(batch, 1) for i in range(batch)]
+        prompts = [_prompt(n, vocab, i) for i, n in enumerate(lengths)]
+        seconds = min(_decode_seconds(engine, prompts, decode_steps) for _ in range(repeats))
+        decode[batch] = batch * decode_steps / seconds
+
+    result: dict = {
+        "model": {**c.to_dict(), "parameters": model.num_parameters(), "dtype": str(next(model.parameters()).dtype)},
+        "threads": torch.get_num_threads(),
+        "prompt_len": prompt_len,
+        "decode_steps": decode_steps,
+        "prefill_tokens_per_s": round(prompt_len / prefill_s, 1),
+        "decode_batch1_tokens_per_s": round(decode[1], 1),
+        "decode_aggregate_tokens_per_s": {str(b): round(decode[b], 1) for b in batches},
+        "ratios": {f"batch{b}_vs_batch1": round(decode[b] / decode[1], 2) for b in batches},
+    }
+    if 16 in decode:
+        result["targets"] = {"batch16_vs_batch1": TARGET_BATCH16_VS_BATCH1}
+
+    hf_model = hf_baseline_model(model) if with_hf else None
+    if hf_model is None:
+        result["transformers"] = {"skipped": "transformers not installed" if with_hf else "disabled"}
+        return result
+    import transformers
+
+    _hf_generate_seconds(hf_model, prompt, 2)  # warm-up
+    one = _best_seconds(lambda: _hf_generate_seconds(hf_model, prompt, 1), repeats)
+    full = _best_seconds(lambda: _hf_generate_seconds(hf_model, prompt, decode_steps + 1), repeats)
+    hf_decode = decode_steps / max(full - one, 1e-9)
+    hf_prefill = prompt_len / one
+    result["transformers"] = {
+        "version": transformers.__version__,
+        "model": "LlamaForCausalLM (random weights, same width/depth/heads/vocab)",
+        "parameters": sum(p.numel() for p in hf_model.parameters()),
+        "prefill_tokens_per_s": round(hf_prefill, 1),
+        "decode_batch1_tokens_per_s": round(hf_decode, 1),
+    }
+    result["ratios"]["batch1_vs_transformers"] = round(decode[1] / hf_decode, 2)
+    result["ratios"]["prefill_vs_transformers"] = round(result["prefill_tokens_per_s"] / hf_prefill, 2)
+    result.setdefault("targets", {})["batch1_vs_transformers"] = TARGET_BATCH1_VS_HF
+    return result

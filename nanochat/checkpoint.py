@@ -1,0 +1,245 @@
+"""Checkpoints in the nanochat layout: `model_NNNNNN.pt` + `meta_NNNNNN.json` (+ tokenizer files).
+
+- `model_NNNNNN.pt` is a plain state dict saved with `torch.save`; it is loaded with `weights_only=True`,
+  so a model file can never run code. GPU-trained checkpoints store the embedding in bf16; the loader
+  converts every tensor to the dtype asked for. A `_orig_mod.` prefix (left by `torch.compile`) is stripped.
+- `meta_NNNNNN.json` carries `model_config` (the only field the loader needs) and whatever the trainer adds.
+- `optim_NNNNNN_rankR.pt` optional optimizer state per rank (written by training; loaded only on request).
+- The tokenizer (`tokenizer.pkl`, `token_bytes.pt`) sits inside the checkpoint folder, in a `tokenizer/`
+  folder beside it, or two levels up (nanochat's base-dir layout: BASE/base_checkpoints/d20 and
+  BASE/tokenizer). `tokenizer.pkl` is a pickle: load checkpoints only from sources you trust.
+
+Sources are a local folder or a Hugging Face repo id (`owner/name`, downloaded with `huggingface_hub`).
+Every problem a user can cause raises `CheckpointError` with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import Tokenizer, TokenizerError
+
+MODEL_FILE = re.compile(r"^model_(\d{6,})\.pt$")
+COMPILE_PREFIX = "_orig_mod."
+TOKENIZER_FILES = ("tokenizer.pkl", "token_bytes.pt")
+HUB_PATTERNS = ["model_*.pt", "meta_*.json", "tokenizer.pkl", "token_bytes.pt", "*/tokenizer.pkl", "*/token_bytes.pt"]
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read or matched to its model or tokenizer."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: GPT
+    tokenizer: Tokenizer
+    meta: dict
+    step: int
+    directory: Path
+
+
+def model_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"model_{step:06d}.pt"
+
+
+def meta_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"meta_{step:06d}.json"
+
+
+def optimizer_path(directory: Path, step: int, rank: int = 0) -> Path:
+    return Path(directory) / f"optim_{step:06d}_rank{rank:d}.pt"
+
+
+def find_last_step(directory: str | os.PathLike) -> int:
+    """The largest step with a model file in `directory`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {directory}")
+    steps = [int(m.group(1)) for p in directory.iterdir() if (m := MODEL_FILE.match(p.name))]
+    if not steps:
+        raise CheckpointError(f"no model_NNNNNN.pt files in {directory}")
+    return max(steps)
+
+
+def resolve_source(source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """A local checkpoint folder for `source`: the folder itself, or a Hugging Face repo snapshot."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"--checkpoint must be a folder, got a file: {path}")
+        return path
+    text = str(source)
+    if not REPO_ID.match(text) or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    return _download_from_hub(text, revision, cache_dir)
+
+
+def _download_from_hub(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_PATTERNS
+        )
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hugging Face repo {repo_id!r} not found (or private without a token)") from e
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{repo_id!r} is not a local folder and is not in the Hugging Face cache, and the hub "
+            f"cannot be reached (offline?): {e}"
+        ) from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"could not download {repo_id!r} from the Hugging Face hub: {e}") from e
+    return Path(folder)
+
+
+def find_tokenizer_dir(checkpoint_dir: str | os.PathLike) -> Path:
+    """Where the tokenizer files are for a checkpoint folder (see the module docstring)."""
+    checkpoint_dir = Path(checkpoint_dir).resolve()
+    candidates = [
+        checkpoint_dir,
+        checkpoint_dir / "tokenizer",
+        checkpoint_dir.parent / "tokenizer",
+        checkpoint_dir.parent.parent / "tokenizer",
+    ]
+    for candidate in candidates:
+        if (candidate / "tokenizer.pkl").is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise CheckpointError(f"no tokenizer.pkl for checkpoint {checkpoint_dir}; looked in: {looked}")
+
+
+def read_meta(directory: str | os.PathLike, step: int) -> dict:
+    path = meta_path(Path(directory), step)
+    if not path.is_file():
+        raise CheckpointError(f"missing meta file {path}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"meta file {path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"meta file {path} has no model_config object")
+    return meta
+
+
+def read_state_dict(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors only (`weights_only=True`), with any `_orig_mod.` prefix stripped."""
+    if not path.is_file():
+        raise CheckpointError(f"missing model file {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"model file {path} is corrupt or not a tensor-only state dict: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"model file {path} does not hold a state dict of tensors")
+    return {k.removeprefix(COMPILE_PREFIX): v for k, v in state.items()}
+
+
+def build_model(
+    config: GPTConfig,
+    state: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    source: str = "checkpoint",
+) -> GPT:
+    """A model with `state` loaded strictly, every tensor in `dtype`."""
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unknown:
+            parts.append(f"unknown keys: {', '.join(unknown[:8])}{' …' if len(unknown) > 8 else ''}")
+        raise CheckpointError(f"{source} does not match model_config {config.to_dict()}: {'; '.join(parts)}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: {key} has shape {list(tensor.shape)}, model_config expects "
+                f"{list(expected[key].shape)} (vocab or width mismatch?)"
+            )
+    model.to_empty(device=device)
+    converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+    # buffers are not in the state dict: recompute the rotary tables on the real device
+    cos, sin = GPT._rotary_tables(model.rotary_seq_len, config.head_dim, device)
+    model.cos, model.sin = cos, sin
+    return model.eval()
+
+
+def load_checkpoint(
+    source: str | os.PathLike,
+    step: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> LoadedCheckpoint:
+    """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default)."""
+    directory = resolve_source(source, revision)
+    if step is None:
+        step = find_last_step(directory)
+    meta = read_meta(directory, step)
+    try:
+        config = GPTConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path(directory, step)}: bad model_config: {e}") from e
+    try:
+        tokenizer = Tokenizer.from_directory(find_tokenizer_dir(directory))
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise CheckpointError(
+            f"vocab mismatch: tokenizer has {tokenizer.get_vocab_size()} tokens, "
+            f"model_config.vocab_size is {config.vocab_size}"
+        )
+    path = model_path(directory, step)
+    state = read_state_dict(path)
+    model = build_model(config, state, device, dtype, source=str(path))
+    return LoadedCheckpoint(model, tokenizer, meta, step, directory)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    meta: dict,
+    optimizer_state: dict | None = None,
+    rank: int = 0,
+) -> Path:
+    """Write model (rank 0 only), meta (rank 0 only) and optimizer state (every rank), each atomically."""
+    directory = Path(directory)
+    if "model_config" not in meta:
+        raise CheckpointError("meta must contain model_config")
+    if rank == 0:
+        state = {k.removeprefix(COMPILE_PREFIX): v.detach() for k, v in model_state.items()}
+        _atomic_write(model_path(directory, step), lambda p: torch.save(state, p))
+        text = json.dumps(meta, indent=2)
+        _atomic_write(meta_path(directory, step), lambda p: Path(p).write_text(text))
+    if optimizer_state is not None:
+        _atomic_write(optimizer_path(directory, step, rank), lambda p: torch.save(optimizer_state, p))
+    return directory

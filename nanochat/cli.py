@@ -1,0 +1,261 @@
+"""The `nanochat` command (also `python -m nanochat`): sample, chat and bench on a checkpoint.
+
+Errors a user can cause (bad arguments, a missing or broken checkpoint, an impossible request) print one
+line on stderr and exit non-zero; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from nanochat.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from nanochat.engine import Engine, EngineError, SamplingParams
+from nanochat.tokenizer import TokenizerError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class UsageError(Exception):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json) or a Hugging Face repo id; the "
+        "tokenizer may sit inside it, in tokenizer/ beside it, or two levels up",
+    )
+    p.add_argument("--step", type=_non_negative_int, help="checkpoint step (default: the latest)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)"
+    )
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
+    p.add_argument("--max-tokens", type=_positive_int, default=256, help="tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})")
+    p.add_argument("--top-k", type=_positive_int, default=top_k, help=f"sample from the k best (default {top_k})")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    p.add_argument("--seed", type=_non_negative_int, default=42, help="random seed (default 42)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="nanochat", description="nanochat engine: sample, chat, benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    sample = sub.add_parser("sample", help="complete a prompt with a base model (BOS prepended)")
+    _add_checkpoint_args(sample)
+    sample.add_argument("--prompt", required=True, help="text to complete")
+    _add_sampling_args(sample, temperature=0.0, top_k=None)
+    sample.add_argument("--ids", action="store_true", help="print JSON with prompt_ids, tokens and text")
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal (chat template, calculator tool)")
+    _add_checkpoint_args(chat)
+    _add_sampling_args(chat, temperature=0.6, top_k=50)
+    chat.add_argument("--system", help="system message for the conversation")
+
+    bench = sub.add_parser("bench", help="engine throughput vs Hugging Face transformers (JSON with --json)")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder or Hugging Face repo id")
+    source.add_argument("--depth", type=_positive_int, help="random-weight model of this depth instead")
+    bench.add_argument("--step", type=_non_negative_int, help="checkpoint step (default: the latest)")
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype")
+    bench.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--batches", default="4,16,64", help="aggregate decode batch sizes (default 4,16,64)")
+    bench.add_argument("--prompt-len", type=_positive_int, default=64, help="prompt tokens (default 64)")
+    bench.add_argument("--decode-steps", type=_positive_int, default=32, help="decode steps (default 32)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="best of N (default 3)")
+    bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedCheckpoint:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return load_checkpoint(args.checkpoint, step=args.step, device=device, dtype=dtype)
+
+
+def _params(args: argparse.Namespace, **extra) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        **extra,
+    )
+
+
+def _stream(engine: Engine, prompt_ids: list[int], params: SamplingParams, out) -> list[int]:
+    """Run one request to the end, writing its text as it arrives; returns the generated ids."""
+    request = engine.begin(prompt_ids, params)
+    events = []
+    while request.prefill_remaining:
+        events = engine.prefill(request)
+    tokens = []
+    while True:
+        for event in events:
+            tokens.append(event.token)
+            if out is not None and event.text:
+                out.write(event.text)
+                out.flush()
+        if request.done:
+            return tokens
+        events = engine.decode_step()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    tokenizer = loaded.tokenizer
+    prompt_ids = tokenizer.encode(args.prompt, prepend=tokenizer.get_bos_token_id())
+    params = _params(args)
+    engine = Engine(loaded.model, tokenizer, max_batch=1)
+    if args.ids:
+        tokens = _stream(engine, prompt_ids, params, out=None)
+        print(json.dumps({"prompt_ids": prompt_ids, "tokens": tokens, "text": tokenizer.decode(tokens)}))
+    else:
+        sys.stdout.write(args.prompt)
+        _stream(engine, prompt_ids, params, out=sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    tokenizer = loaded.tokenizer
+    engine = Engine(loaded.model, tokenizer, max_batch=1)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"nanochat {loaded.directory.name} step {loaded.step}. Type 'clear' to reset, 'quit' or Ctrl-D to exit.")
+    while True:
+        try:
+            line = input("\nUser: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        text = line.strip()
+        if text in ("quit", "exit"):
+            return 0
+        if text == "clear":
+            messages = messages[:1] if args.system else []
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        conversation = {"messages": [*messages, {"role": "assistant", "content": ""}]}
+        prompt_ids = tokenizer.render_for_completion(conversation)
+        sys.stdout.write("Assistant: ")
+        reply_ids = _stream(engine, prompt_ids, _params(args), out=sys.stdout)
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": tokenizer.decode(
+            [t for t in reply_ids if t not in tokenizer.get_special_tokens().values()]
+        )})
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nanochat.bench import run_benchmark
+
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+        if any(b < 1 for b in batches):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--batches must be positive integers separated by commas, got {args.batches!r}") from None
+    dtype = DTYPES[args.dtype]
+    if args.checkpoint:
+        loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        model, tokenizer = _random_model(args.depth, dtype)
+    result = run_benchmark(
+        model,
+        tokenizer,
+        batches=batches,
+        prompt_len=args.prompt_len,
+        decode_steps=args.decode_steps,
+        repeats=args.repeats,
+        with_hf=not args.no_transformers,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _random_model(depth: int, dtype: torch.dtype):
+    """A random-weight model of nanochat's depth→width rule, with a small trained-free tokenizer."""
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import Tokenizer
+
+    text = [f"benchmark text {i} with numbers {i * 7} and words" for i in range(2000)]
+    tokenizer = Tokenizer.train_from_iterator(iter(text), vocab_size=512)
+    config = GPTConfig.for_depth(depth, vocab_size=tokenizer.get_vocab_size(), sequence_len=1024)
+    model = GPT(config)
+    model.init_weights(torch.Generator().manual_seed(0))
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # zero-init head would make every logit equal
+    return model.to(dtype).eval(), tokenizer
+
+
+COMMANDS = {"sample": cmd_sample, "chat": cmd_chat, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except (CheckpointError, TokenizerError, EngineError) as e:
+        print(f"nanochat: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

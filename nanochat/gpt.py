@@ -1,0 +1,280 @@
+"""The GPT model in the public nanochat architecture.
+
+Rotary embeddings (base 10000, cos/sin rounded to bf16), QK-norm, parameter-free RMSNorm, relu² MLP,
+grouped-query attention, untied token embedding and head, logit softcap 15, no biases. Parameter names
+and shapes are identical to nanochat checkpoints, so their state dicts load with `strict=True`.
+
+The model works on token ids only. It runs a plain causal forward (training, scoring) or a cached forward
+over rows of a `KVCache`, where each row may sit at a different position: that is what lets the engine
+decode many independent sequences in one batch. Tokenization, sampling and checkpoint files live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat.kv_cache import AttentionPlan, KVCache
+
+ROTARY_BASE = 10000
+LOGIT_SOFTCAP = 15.0
+ROTARY_LENGTH_FACTOR = 10  # cos/sin are precomputed for 10x the training sequence length
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The `model_config` of a nanochat checkpoint's meta file."""
+
+    sequence_len: int = 1024
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int = 6
+    n_embd: int = 768
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model_config.{f.name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        """Build from a checkpoint's `model_config`; older checkpoints have no `n_kv_head` (= n_head)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model_config keys: {', '.join(unknown)}")
+        missing = sorted(known - set(data) - {"n_kv_head"})
+        if missing:
+            raise ValueError(f"model_config is missing: {', '.join(missing)}")
+        values = dict(data)
+        values.setdefault("n_kv_head", values["n_head"])
+        return cls(**values)
+
+    @classmethod
+    def for_depth(cls, depth: int, vocab_size: int, sequence_len: int = 1024) -> GPTConfig:
+        """nanochat's single-knob sizing: width = 64·depth, heads of dimension 128 (at least one)."""
+        n_embd = depth * 64
+        n_head = max(1, math.ceil(n_embd / 128))
+        while n_embd % n_head:
+            n_head += 1
+        return cls(sequence_len, vocab_size, depth, n_head, n_head, n_embd)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dim, eps = the dtype's machine epsilon (as nanochat)."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, time, heads, head_dim) by position; halves are (x1, x2) as in nanochat."""
+    d = x.shape[3] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    y1 = x1 * cos + x2 * sin
+    y2 = x1 * (-sin) + x2 * cos
+    return torch.cat([y1, y2], 3).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        plan: AttentionPlan | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rms_norm(q), rms_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        gqa = self.n_kv_head != self.n_head
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            k, v = kv_cache.write(self.layer_idx, plan, k, v)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=plan.mask, is_causal=plan.is_causal, enable_gqa=gqa
+            )
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None, plan=None):
+        x = x + self.attn(rms_norm(x), cos, sin, kv_cache, plan)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.rotary_seq_len = config.sequence_len * ROTARY_LENGTH_FACTOR
+        cos, sin = self._rotary_tables(self.rotary_seq_len, config.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @staticmethod
+    def _rotary_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of shape (1, seq_len, 1, head_dim/2), computed in fp32 and stored in bf16."""
+        channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (ROTARY_BASE ** (channels / head_dim))
+        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+        return cos[None, :, None, :], sin[None, :, None, :]
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """nanochat's initialisation: scaled normal linears, N(0, 1) embedding, zero output projections."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                fan_out, fan_in = module.weight.shape
+                std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 1.0, generator=generator)
+        nn.init.zeros_(self.lm_head.weight)
+        for block in self.transformer.h:
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        cos, sin = self._rotary_tables(self.rotary_seq_len, self.config.head_dim, self.cos.device)
+        self.cos, self.sin = cos, sin
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        *,
+        start_row: int = 0,
+        last_only: bool = False,
+        loss_reduction: str = "mean",
+    ) -> torch.Tensor:
+        """Logits (batch, time, vocab), or the cross-entropy loss when `targets` is given.
+
+        With `kv_cache`, `idx` holds the next tokens of cache rows start_row .. start_row + batch - 1, each
+        continuing at its own cached length; `last_only` computes logits for the last position only.
+        """
+        B, T = idx.size()
+        plan = None
+        if kv_cache is None:
+            if T > self.rotary_seq_len:
+                raise ValueError(f"sequence of {T} tokens is longer than the rotary table {self.rotary_seq_len}")
+            cos, sin = self.cos[:, :T], self.sin[:, :T]
+        else:
+            plan = kv_cache.plan(start_row, B, T)
+            if plan.key_len > self.rotary_seq_len:
+                raise ValueError(f"position {plan.key_len} is past the rotary table {self.rotary_seq_len}")
+            if plan.uniform:
+                p = plan.positions[0]
+                cos, sin = self.cos[:, p : p + T], self.sin[:, p : p + T]
+            else:  # one token per row, each at its own position
+                cos = self.cos[0, plan.position_index].unsqueeze(1)
+                sin = self.sin[0, plan.position_index].unsqueeze(1)
+
+        x = rms_norm(self.transformer.wte(idx))
+        for block in self.transformer.h:
+            x = block(x, cos, sin, kv_cache, plan)
+        x = rms_norm(x)
+        if plan is not None:
+            kv_cache.advance(plan)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction=loss_reduction,
+        )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 42,
+    ):
+        """Reference sampler without a KV cache (nanochat's GPT.generate): yields one token id at a time.
+
+        Slow by design (recomputes the whole sequence per token); the engine is the fast path. With top_k,
+        logits below the k-th are masked before softmax over the full vocabulary.
+        """
+        device = self.lm_head.weight.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            logits = self.forward(ids)[:, -1, :]
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            else:
+                next_id = torch.argmax(logits, dim=-1, keepdim=True)
+            ids = torch.cat((ids, next_id), dim=1)
+            yield int(next_id.item())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,125 @@
+"""A key/value cache for many independent sequences, one row each.
+
+Each row holds one sequence's keys and values and its own length, so rows can sit at different positions
+and a single batched forward can decode all of them at once. Rows are plain indices: the engine decides
+which sequence lives in which row, and moves rows (`copy_row`) to keep the active ones contiguous.
+
+This module knows nothing about tokens, sampling or the model's weights; `gpt.py` calls `plan` once per
+forward, `write` once per layer and `advance` at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Where one cached forward over rows [start_row, start_row + batch) reads and writes.
+
+    `positions[b]` is the cache length of row b before this forward, so the forward's tokens go to
+    positions[b] .. positions[b] + num_tokens - 1. `mask` is None when plain causal attention (or no mask
+    at all) is exact; otherwise a boolean (batch, 1, num_tokens, key_len) mask, True where attention is
+    allowed.
+    """
+
+    start_row: int
+    batch: int
+    num_tokens: int
+    positions: tuple[int, ...]
+    key_len: int
+    uniform: bool  # all rows start at the same position
+    is_causal: bool
+    mask: torch.Tensor | None
+    position_index: torch.Tensor  # (batch,) long, on the cache device
+
+
+class KVCache:
+    """Preallocated keys and values: (n_layer, capacity, n_kv_head, max_len, head_dim) each."""
+
+    def __init__(
+        self,
+        n_layer: int,
+        n_kv_head: int,
+        head_dim: int,
+        capacity: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if capacity < 1 or max_len < 1:
+            raise ValueError(f"KV cache needs capacity >= 1 and max_len >= 1, got {capacity} and {max_len}")
+        shape = (n_layer, capacity, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.max_len = max_len
+        self.lengths = [0] * capacity
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
+    def plan(self, start_row: int, batch: int, num_tokens: int) -> AttentionPlan:
+        """Describe a forward of `num_tokens` new tokens for each of `batch` rows starting at `start_row`."""
+        if start_row < 0 or start_row + batch > self.capacity:
+            raise ValueError(f"rows {start_row}..{start_row + batch - 1} are outside a cache of {self.capacity}")
+        positions = tuple(self.lengths[start_row : start_row + batch])
+        key_len = max(positions) + num_tokens
+        if key_len > self.max_len:
+            raise ValueError(f"sequence would reach {key_len} tokens, past the cache length {self.max_len}")
+        uniform = min(positions) == max(positions)
+        if not uniform and num_tokens != 1:
+            raise ValueError("rows at different positions can only decode one token at a time")
+        position_index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        is_causal = False
+        mask = None
+        if uniform:
+            # Every row sees the same key range: a single new token attends to all of it, and a prompt
+            # written at position 0 is plain causal attention. Only a chunk after a prefix needs a mask.
+            if num_tokens > 1:
+                if positions[0] == 0:
+                    is_causal = True
+                else:
+                    mask = self._mask(position_index[:1], num_tokens, key_len)
+        else:
+            mask = self._mask(position_index, num_tokens, key_len)
+        return AttentionPlan(
+            start_row, batch, num_tokens, positions, key_len, uniform, is_causal, mask, position_index
+        )
+
+    def _mask(self, positions: torch.Tensor, num_tokens: int, key_len: int) -> torch.Tensor:
+        keys = torch.arange(key_len, device=self.device)
+        queries = positions[:, None] + torch.arange(num_tokens, device=self.device)[None, :]
+        return (keys[None, None, :] <= queries[:, :, None]).unsqueeze(1)
+
+    def write(
+        self, layer: int, plan: AttentionPlan, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (batch, n_kv_head, num_tokens, head_dim); return the keys and values to attend to."""
+        rows = slice(plan.start_row, plan.start_row + plan.batch)
+        if plan.uniform:
+            p = plan.positions[0]
+            self.k[layer, rows, :, p : p + plan.num_tokens] = k
+            self.v[layer, rows, :, p : p + plan.num_tokens] = v
+        else:
+            row_index = torch.arange(plan.start_row, plan.start_row + plan.batch, device=self.device)
+            self.k[layer, row_index, :, plan.position_index] = k[:, :, 0]
+            self.v[layer, row_index, :, plan.position_index] = v[:, :, 0]
+        return self.k[layer, rows, :, : plan.key_len], self.v[layer, rows, :, : plan.key_len]
+
+    def advance(self, plan: AttentionPlan) -> None:
+        for b in range(plan.batch):
+            self.lengths[plan.start_row + b] += plan.num_tokens
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """Make row `dst` a copy of row `src` (keys, values and length)."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
+    def reset_row(self, row: int) -> None:
+        self.lengths[row] = 0
