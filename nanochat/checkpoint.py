@@ -186,9 +186,10 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
+    cache_dir: str | None = None,
 ) -> LoadedCheckpoint:
     """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default)."""
-    directory = resolve_source(source, revision)
+    directory = resolve_source(source, revision, cache_dir)
     if step is None:
         step = find_last_step(directory)
     meta = read_meta(directory, step)

@@ -3,7 +3,9 @@
 A BPE token can end in the middle of a multi-byte UTF-8 character, so text is decoded from bytes with an
 incremental decoder that holds back an incomplete character until the next token completes it. Stop strings
 may be split over several tokens, so the stream also holds back any tail that could still become a stop
-string, and ends the text just before the first one found. Special tokens produce no text.
+string, and ends the text just before the stop string that completes first (as if text arrived one
+character at a time, so the result does not depend on how the text was tokenized). Special tokens produce
+no text.
 
 It knows nothing about models or sampling: `feed` takes a token id and returns the new text.
 """
@@ -46,10 +48,11 @@ class TextStream:
         self._held = ""
         if not self._stop:
             return text
-        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        # the stop string that completes first wins (the longest, if several end at the same character)
+        matches = [(i + len(s), i) for s in self._stop if (i := text.find(s)) >= 0]
+        if matches:
             self.stopped = True
-            return text[:cut]
+            return text[: min(matches)[1]]
         if final:
             return text
         keep = self._longest_stop_prefix_suffix(text)
