@@ -136,7 +136,11 @@ def run_benchmark(
         decode[batch] = batch * decode_steps / seconds
 
     result: dict = {
-        "model": {**c.to_dict(), "parameters": model.num_parameters(), "dtype": str(next(model.parameters()).dtype)},
+        "model": {
+            **c.to_dict(),
+            "parameters": model.num_parameters(),
+            "dtype": str(next(model.parameters()).dtype),
+        },
         "threads": torch.get_num_threads(),
         "prompt_len": prompt_len,
         "decode_steps": decode_steps,

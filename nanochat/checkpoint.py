@@ -30,7 +30,14 @@ from nanochat.tokenizer import Tokenizer, TokenizerError
 MODEL_FILE = re.compile(r"^model_(\d{6,})\.pt$")
 COMPILE_PREFIX = "_orig_mod."
 TOKENIZER_FILES = ("tokenizer.pkl", "token_bytes.pt")
-HUB_PATTERNS = ["model_*.pt", "meta_*.json", "tokenizer.pkl", "token_bytes.pt", "*/tokenizer.pkl", "*/token_bytes.pt"]
+HUB_PATTERNS = [
+    "model_*.pt",
+    "meta_*.json",
+    "tokenizer.pkl",
+    "token_bytes.pt",
+    "*/tokenizer.pkl",
+    "*/token_bytes.pt",
+]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -70,7 +77,9 @@ def find_last_step(directory: str | os.PathLike) -> int:
     return max(steps)
 
 
-def resolve_source(source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
+def resolve_source(
+    source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+) -> Path:
     """A local checkpoint folder for `source`: the folder itself, or a Hugging Face repo snapshot."""
     path = Path(source).expanduser()
     if path.exists():

@@ -71,8 +71,12 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
     p.add_argument("--max-tokens", type=_positive_int, default=256, help="tokens to generate (default 256)")
-    p.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})")
-    p.add_argument("--top-k", type=_positive_int, default=top_k, help=f"sample from the k best (default {top_k})")
+    p.add_argument(
+        "--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})"
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, default=top_k, help=f"sample from the k best (default {top_k})"
+    )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--seed", type=_non_negative_int, default=42, help="random seed (default 42)")
 
@@ -169,7 +173,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     tokenizer = loaded.tokenizer
     engine = Engine(loaded.model, tokenizer, max_batch=1)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    print(f"nanochat {loaded.directory.name} step {loaded.step}. Type 'clear' to reset, 'quit' or Ctrl-D to exit.")
+    print(f"nanochat {loaded.directory.name} step {loaded.step}.")
+    print("Type 'clear' to start over, 'quit' or Ctrl-D to leave.")
     while True:
         try:
             line = input("\nUser: ")
@@ -190,9 +195,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.write("Assistant: ")
         reply_ids = _stream(engine, prompt_ids, _params(args), out=sys.stdout)
         sys.stdout.write("\n")
-        messages.append({"role": "assistant", "content": tokenizer.decode(
-            [t for t in reply_ids if t not in tokenizer.get_special_tokens().values()]
-        )})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": tokenizer.decode(
+                    [t for t in reply_ids if t not in tokenizer.get_special_tokens().values()]
+                ),
+            }
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -203,7 +213,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if any(b < 1 for b in batches):
             raise ValueError
     except ValueError:
-        raise UsageError(f"--batches must be positive integers separated by commas, got {args.batches!r}") from None
+        raise UsageError(
+            f"--batches must be positive integers separated by commas, got {args.batches!r}"
+        ) from None
     dtype = DTYPES[args.dtype]
     if args.checkpoint:
         loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype)

@@ -400,7 +400,10 @@ class Engine:
                 self.decode_step()
             if len(produced) <= step:
                 return
-            yield [c.tokens[step] for c in request.continuations], [c.masks[step] for c in request.continuations]
+            yield (
+                [c.tokens[step] for c in request.continuations],
+                [c.masks[step] for c in request.continuations],
+            )
             step += 1
 
     def generate_batch(self, tokens: Sequence[int], num_samples: int = 1, **kwargs):

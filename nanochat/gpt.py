@@ -113,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         kv_cache: KVCache | None = None,
         plan: AttentionPlan | None = None,
     ) -> torch.Tensor:
-        B, T, C = x.size()
+        B, T, _ = x.size()
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -213,8 +213,10 @@ class GPT(nn.Module):
         B, T = idx.size()
         plan = None
         if kv_cache is None:
-            if T > self.rotary_seq_len:
-                raise ValueError(f"sequence of {T} tokens is longer than the rotary table {self.rotary_seq_len}")
+            if self.rotary_seq_len < T:
+                raise ValueError(
+                    f"sequence of {T} tokens is longer than the rotary table {self.rotary_seq_len}"
+                )
             cos, sin = self.cos[:, :T], self.sin[:, :T]
         else:
             plan = kv_cache.plan(start_row, B, T)

@@ -65,7 +65,9 @@ class KVCache:
     def plan(self, start_row: int, batch: int, num_tokens: int) -> AttentionPlan:
         """Describe a forward of `num_tokens` new tokens for each of `batch` rows starting at `start_row`."""
         if start_row < 0 or start_row + batch > self.capacity:
-            raise ValueError(f"rows {start_row}..{start_row + batch - 1} are outside a cache of {self.capacity}")
+            raise ValueError(
+                f"rows {start_row}..{start_row + batch - 1} are outside a cache of {self.capacity}"
+            )
         positions = tuple(self.lengths[start_row : start_row + batch])
         key_len = max(positions) + num_tokens
         if key_len > self.max_len:

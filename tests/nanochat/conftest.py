@@ -13,7 +13,24 @@ from nanochat.checkpoint import save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer
 
-WORDS = "the quick brown fox jumps over lazy dog license grants freedom share change code model token".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "license",
+    "grants",
+    "freedom",
+    "share",
+    "change",
+    "code",
+    "model",
+    "token",
+]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
 
@@ -107,7 +108,7 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(make_model, small_to
 def test_n_continuations_share_the_first_token(make_model, small_tokenizer):
     model = make_model()
     params = SamplingParams(max_tokens=12, temperature=1.5, seed=3, n=3, ignore_eos=True)
-    request, events = run_alone(model, small_tokenizer, [1, 2, 3], params)
+    _, events = run_alone(model, small_tokenizer, [1, 2, 3], params)
     rows = [tokens_of(events, i) for i in range(3)]
     assert rows[0][0] == rows[1][0] == rows[2][0]
     assert len({tuple(r) for r in rows}) == 3  # then they diverge
@@ -167,7 +168,7 @@ def test_begin_rejects_bad_requests(make_model, small_tokenizer):
 def test_context_limit_finishes_with_length(make_model, small_tokenizer):
     model = make_model(sequence_len=16)
     params = SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)
-    request, events = run_alone(model, small_tokenizer, list(range(1, 11)), params)
+    _, events = run_alone(model, small_tokenizer, list(range(1, 11)), params)
     assert len(events) == 16 - 10 + 1  # the last sampled token needs no cache slot
     assert events[-1].finish_reason == "length"
     assert [e.finish_reason for e in events[:-1]] == [None] * (len(events) - 1)
@@ -200,7 +201,7 @@ def chain(*segments):
     """Token ids of the segments in order, and the successor map that makes a chain model follow them."""
     ids = [t for seg in segments for t in seg]
     assert len(set(ids)) == len(ids), f"a chain must not repeat a token: {ids}"
-    return ids, dict(zip(ids, ids[1:], strict=False))
+    return ids, dict(itertools.pairwise(ids))
 
 
 def test_streamed_text_never_splits_a_utf8_character(small_tokenizer):
@@ -209,7 +210,7 @@ def test_streamed_text_never_splits_a_utf8_character(small_tokenizer):
     euro = list("€".encode())  # three single-byte tokens (ids = byte values): not merged by this tokenizer
     ids, succ = chain([tok.encode_special("<|bos|>")], tok.encode(" quick"), euro, tok.encode(" fox"), [end])
     model = chain_model(tok.get_vocab_size(), succ, end)
-    request, events = run_alone(model, tok, ids[:1], SamplingParams(max_tokens=50, temperature=0.0))
+    _, events = run_alone(model, tok, ids[:1], SamplingParams(max_tokens=50, temperature=0.0))
     assert [e.token for e in events] == ids[1:]
     texts = [e.text for e in events]
     assert "".join(texts) == " quick€ fox"
@@ -225,20 +226,20 @@ def test_stop_strings_and_stop_ids(small_tokenizer):
     model = chain_model(tok.get_vocab_size(), succ, end)
     # a stop string spanning several tokens ends the text just before it
     params = SamplingParams(max_tokens=50, temperature=0.0, stop=("n fox",))
-    request, events = run_alone(model, tok, ids[:1], params)
+    _, events = run_alone(model, tok, ids[:1], params)
     assert "".join(e.text for e in events) == " the quick brow"
     assert events[-1].finish_reason == "stop"
     # a stop token id
     stop_id = ids[3]
     params = SamplingParams(max_tokens=50, temperature=0.0, stop_token_ids=(stop_id,))
-    request, events = run_alone(model, tok, ids[:1], params)
+    _, events = run_alone(model, tok, ids[:1], params)
     assert [e.token for e in events] == ids[1:4] and events[-1].finish_reason == "stop"
     # max_tokens
-    request, events = run_alone(model, tok, ids[:1], SamplingParams(max_tokens=2, temperature=0.0))
+    _, events = run_alone(model, tok, ids[:1], SamplingParams(max_tokens=2, temperature=0.0))
     assert [e.token for e in events] == ids[1:3] and events[-1].finish_reason == "length"
     # ignore_eos runs past <|assistant_end|> until the limit
     params = SamplingParams(max_tokens=len(ids) + 3, temperature=0.0, ignore_eos=True)
-    request, events = run_alone(model, tok, ids[:1], params)
+    _, events = run_alone(model, tok, ids[:1], params)
     assert len(events) == len(ids) + 3
 
 

@@ -57,7 +57,9 @@ def test_config_from_dict():
         GPTConfig.from_dict({k: v for k, v in old.items() if k != "n_layer"})
 
 
-@pytest.mark.parametrize(("depth", "width", "heads"), [(2, 128, 1), (4, 256, 2), (20, 1280, 10), (32, 2048, 16)])
+@pytest.mark.parametrize(
+    ("depth", "width", "heads"), [(2, 128, 1), (4, 256, 2), (20, 1280, 10), (32, 2048, 16)]
+)
 def test_depth_rule(depth, width, heads):
     config = GPTConfig.for_depth(depth, vocab_size=65536)
     assert (config.n_layer, config.n_embd, config.n_head, config.n_kv_head) == (depth, width, heads, heads)
