@@ -84,7 +84,7 @@ def resolve_source(
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"--checkpoint must be a folder, got a file: {path}")
+            raise CheckpointError(f"a checkpoint source must be a folder, got a file: {path}")
         return path
     text = str(source)
     if not REPO_ID.match(text) or text.startswith((".", "/", "~")):
@@ -136,6 +136,8 @@ def read_meta(directory: str | os.PathLike, step: int) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"meta file {path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read meta file {path}: {e.strerror}") from e
     if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
         raise CheckpointError(f"meta file {path} has no model_config object")
     return meta
@@ -225,6 +227,7 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared with other users and containers
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -30,7 +30,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line instead of usage + message."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _positive_int(text: str) -> int:
@@ -112,13 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> LoadedCheckpoint:
+def _device(name: str) -> torch.device:
+    """A device this machine really has, or a usage error saying why not."""
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available")
+        raise UsageError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name} was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name} was asked for but Apple MPS is not available")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name!r} is not supported; use cpu, cuda[:N] or mps")
+    return device
+
+
+def _load(args: argparse.Namespace) -> LoadedCheckpoint:
+    device = _device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return load_checkpoint(args.checkpoint, step=args.step, device=device, dtype=dtype)
 
@@ -134,9 +148,13 @@ def _params(args: argparse.Namespace, **extra) -> SamplingParams:
     )
 
 
-def _stream(engine: Engine, prompt_ids: list[int], params: SamplingParams, out) -> list[int]:
-    """Run one request to the end, writing its text as it arrives; returns the generated ids."""
-    request = engine.begin(prompt_ids, params)
+def _stream(
+    engine: Engine, prompt_ids: list[int], params: SamplingParams, out, prefix: str = ""
+) -> list[int]:
+    """Run one request to the end, writing `prefix` and then its text as it arrives; returns the ids."""
+    request = engine.begin(prompt_ids, params)  # raises before anything is written
+    if out is not None:
+        out.write(prefix)
     events = []
     while request.prefill_remaining:
         events = engine.prefill(request)
@@ -162,8 +180,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         tokens = _stream(engine, prompt_ids, params, out=None)
         print(json.dumps({"prompt_ids": prompt_ids, "tokens": tokens, "text": tokenizer.decode(tokens)}))
     else:
-        sys.stdout.write(args.prompt)
-        _stream(engine, prompt_ids, params, out=sys.stdout)
+        _stream(engine, prompt_ids, params, out=sys.stdout, prefix=args.prompt)
         sys.stdout.write("\n")
     return 0
 
@@ -192,17 +209,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": text})
         conversation = {"messages": [*messages, {"role": "assistant", "content": ""}]}
         prompt_ids = tokenizer.render_for_completion(conversation)
-        sys.stdout.write("Assistant: ")
-        reply_ids = _stream(engine, prompt_ids, _params(args), out=sys.stdout)
+        try:
+            reply_ids = _stream(engine, prompt_ids, _params(args), out=sys.stdout, prefix="Assistant: ")
+        except EngineError as e:
+            messages.pop()
+            print(f"nanochat: {e}; type 'clear' to start a new conversation", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
-        messages.append(
-            {
-                "role": "assistant",
-                "content": tokenizer.decode(
-                    [t for t in reply_ids if t not in tokenizer.get_special_tokens().values()]
-                ),
-            }
-        )
+        special = set(tokenizer.get_special_tokens().values())
+        reply = tokenizer.decode([t for t in reply_ids if t not in special])
+        messages.append({"role": "assistant", "content": reply})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -263,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
     except UsageError as e:
-        print(str(e), file=sys.stderr)
+        print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (CheckpointError, TokenizerError, EngineError) as e:
         print(f"nanochat: error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The repository's own promises: CI runs the README's test command, workflows are valid, setup is scripted."""
+"""The repository's own promises: CI runs the README's test command, workflows are valid."""
 
 from __future__ import annotations
 

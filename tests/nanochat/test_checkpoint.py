@@ -280,7 +280,7 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 
 def test_file_instead_of_folder(checkpoint_dir: Path) -> None:
-    with pytest.raises(CheckpointError, match="must be a folder, got a file"):
+    with pytest.raises(CheckpointError, match="source must be a folder, got a file"):
         load_checkpoint(model_path(checkpoint_dir, 10))
 
 
@@ -540,6 +540,14 @@ def test_failed_save_leaves_no_temp_file_and_keeps_the_old_file(tmp_path: Path, 
 
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert optimizer_path(tmp_path, 10).read_bytes() == old_optim
+
+
+def test_saved_files_are_readable_by_others(tmp_path: Path, model: GPT) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the final files must be shareable (0644)."""
+    meta = {"step": 1, "model_config": model.config.to_dict()}
+    save_checkpoint(tmp_path, 1, model.state_dict(), meta, optimizer_state={"x": torch.zeros(1)})
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"model_000001.pt": 0o644, "meta_000001.json": 0o644, "optim_000001_rank0.pt": 0o644}
 
 
 def test_save_requires_model_config(tmp_path: Path, model: GPT) -> None:
