@@ -93,23 +93,26 @@ def test_reference_batch_encode(ref: Tokenizer, ref_expected: dict) -> None:
     assert ref.encode(texts, prepend="<|bos|>", num_threads=2) == ref_expected["batch_encode_prepend_bos"]
 
 
-def test_reference_render_conversation(ref: Tokenizer, ref_expected: dict) -> None:
-    conversation = ref_expected["conversation"]
+@pytest.mark.parametrize(
+    ("conversation_key", "rendered_key"),
+    [
+        ("conversation", "render_conversation"),
+        ("conversation_tool", "render_conversation_tool"),  # system merge + python / python_output parts
+    ],
+)
+def test_reference_render_conversation(
+    ref: Tokenizer, ref_expected: dict, conversation_key: str, rendered_key: str
+) -> None:
+    conversation = ref_expected[conversation_key]
     before = copy.deepcopy(conversation)
     ids, mask = ref.render_conversation(conversation)
-    assert ids == ref_expected["render_conversation"]["ids"]
-    assert mask == ref_expected["render_conversation"]["mask"]
-    assert ref.render_for_completion(conversation) == ref_expected["render_for_completion"]
-    assert conversation == before
-
-
-def test_reference_render_conversation_tool_use(ref: Tokenizer, ref_expected: dict) -> None:
-    conversation = ref_expected["conversation_tool"]
-    before = copy.deepcopy(conversation)
-    ids, mask = ref.render_conversation(conversation)
-    assert ids == ref_expected["render_conversation_tool"]["ids"]
-    assert mask == ref_expected["render_conversation_tool"]["mask"]
+    assert ids == ref_expected[rendered_key]["ids"]
+    assert mask == ref_expected[rendered_key]["mask"]
     assert conversation == before  # the system merge works on a copy
+
+
+def test_reference_render_for_completion(ref: Tokenizer, ref_expected: dict) -> None:
+    assert ref.render_for_completion(ref_expected["conversation"]) == ref_expected["render_for_completion"]
 
 
 def test_render_conversation_truncates_ids_and_mask(ref: Tokenizer, ref_expected: dict) -> None:
