@@ -1,0 +1,1 @@
+"""Data: pretraining text shards (parquet), conversation files (JSONL) and the demo corpora."""

@@ -1,0 +1,1 @@
+"""Training: tokenizer, base pretraining, SFT; optimizers, data loading, run tracking."""
