@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from nanochat.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
+from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
-from nanochat.tokenizer import TokenizerError
+from nanochat.eval import commands as eval_commands
+from nanochat.train import commands as train_commands
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EXIT_USAGE = 2
@@ -89,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--prompt", required=True, help="text to complete")
     _add_sampling_args(sample, temperature=0.0, top_k=None)
     sample.add_argument("--ids", action="store_true", help="print JSON with prompt_ids, tokens and text")
+    sample.set_defaults(handler=cmd_sample)
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal (chat template, calculator tool)")
     _add_checkpoint_args(chat)
     _add_sampling_args(chat, temperature=0.6, top_k=50)
     chat.add_argument("--system", help="system message for the conversation")
+    chat.set_defaults(handler=cmd_chat)
 
     bench = sub.add_parser("bench", help="engine throughput vs Hugging Face transformers (JSON with --json)")
     source = bench.add_mutually_exclusive_group(required=True)
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, default=3, help="best of N (default 3)")
     bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=cmd_bench)
+
+    for module in (train_commands, data_commands, eval_commands):
+        module.register(sub)
     return parser
 
 
@@ -268,20 +276,24 @@ def _random_model(depth: int, dtype: torch.dtype):
     return model.to(dtype).eval(), tokenizer
 
 
-COMMANDS = {"sample": cmd_sample, "chat": cmd_chat, "bench": cmd_bench}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except UsageError as e:
         print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, TokenizerError, EngineError) as e:
+    except ValueError as e:
+        if not type(e).__module__.startswith("nanochat."):
+            raise  # a library's ValueError is a bug here, not a user error: keep the traceback
         print(f"nanochat: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"nanochat: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

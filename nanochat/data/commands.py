@@ -1,0 +1,167 @@
+"""`nanochat data ...`: the data commands, registered into the main CLI's subcommands by `register`.
+
+- `nanochat data prepare --out DIR [--cache DIR] [--no-progress]`: the demo corpora (see corpora.py);
+- `nanochat data shards --out DIR FILE...`: parquet shards from your own plain-text files;
+- `nanochat data download --repo ID --shards N --out DIR`: public shards from the Hugging Face Hub.
+
+Each parser gets `handler` as a default: the main CLI calls `args.handler(args)`, which returns the exit
+code. User errors are raised as the data layer's exceptions, all `ValueError` subclasses, for the main CLI
+to print as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from nanochat.data.hub import DEFAULT_FILENAME_PATTERN
+from nanochat.data.sources import DOCUMENT_CHARS
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `data` command group to an argparse subparsers object; returns the `data` parser."""
+    data = subparsers.add_parser("data", help="prepare training data: demo corpora, shards, downloads")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{prepare,shards,download}")
+
+    prepare = commands.add_parser(
+        "prepare", help="fetch the demo corpora (Shakespeare, KJV, Jargon File, chatterbot) and convert them"
+    )
+    prepare.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    prepare.add_argument("--cache", metavar="DIR", help="where downloads are kept (default: OUT/downloads)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    prepare.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="shuffle and split seed (default 0)"
+    )
+    prepare.add_argument(
+        "--val-fraction", type=_fraction, default=0.05, help="share held out for validation (default 0.05)"
+    )
+    prepare.set_defaults(handler=cmd_prepare)
+
+    shards = commands.add_parser(
+        "shards", help="parquet shards (train + a last validation shard) from text files"
+    )
+    shards.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 plain-text files")
+    shards.add_argument("--out", required=True, metavar="DIR", help="output folder for shard_*.parquet")
+    shards.add_argument(
+        "--max-chars",
+        type=_positive_int,
+        default=DOCUMENT_CHARS,
+        help=f"longest document, in characters (default {DOCUMENT_CHARS})",
+    )
+    shards.add_argument("--docs-per-shard", type=_positive_int, default=10_000, help="default 10000")
+    shards.add_argument("--docs-per-row-group", type=_positive_int, default=1024, help="default 1024")
+    shards.add_argument("--val-fraction", type=_fraction, default=0.05, help="default 0.05")
+    shards.add_argument("--seed", type=_non_negative_int, default=0, help="shuffle seed (default 0)")
+    shards.add_argument("--overwrite", action="store_true", help="replace parquet files already in --out")
+    shards.set_defaults(handler=cmd_shards)
+
+    download = commands.add_parser(
+        "download", help="download parquet shards from a Hugging Face dataset repo"
+    )
+    download.add_argument("--repo", required=True, help="repo id, e.g. karpathy/fineweb-edu-100b-shuffle")
+    download.add_argument("--shards", type=_positive_int, required=True, help="how many shards (from 0)")
+    download.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    download.add_argument(
+        "--repo-type", default="dataset", choices=("dataset", "model"), help="default dataset"
+    )
+    download.add_argument("--revision", help="branch, tag or commit (default: main)")
+    download.add_argument("--pattern", default=DEFAULT_FILENAME_PATTERN, help="file name pattern")
+    download.add_argument("--retries", type=_non_negative_int, default=5, help="retries per file (default 5)")
+    download.add_argument("--no-progress", action="store_true", help="no progress bars")
+    download.set_defaults(handler=cmd_download)
+    return data
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from nanochat.data.corpora import prepare_demo_data
+
+    manifest = prepare_demo_data(
+        args.out,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    for source in manifest["sources"]:
+        count = source.get("documents", source.get("conversations"))
+        unit = "documents" if "documents" in source else "conversations"
+        print(
+            f"{source['name']:<12} {count:>6,} {unit:<13} {source['characters']:>10,} chars  "
+            f"{source['package']} {source['version']}  {source['licence'].split(' (')[0]}"
+        )
+    pretrain, sft = manifest["pretrain"], manifest["sft"]
+    if pretrain:
+        print(
+            f"pretrain: {len(pretrain['shards'])} shards in {args.out}/{pretrain['folder']} "
+            f"({pretrain['train_documents']:,} train / {pretrain['val_documents']:,} val documents)"
+        )
+    if sft:
+        print(f"sft: {sft['train_conversations']:,} train / {sft['val_conversations']:,} val conversations")
+    print(f"sources and licences: {args.out}/SOURCES.md")
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from nanochat.data.corpora import text_files_to_shards
+    from nanochat.data.shards import num_documents
+
+    paths = text_files_to_shards(
+        args.files,
+        args.out,
+        max_chars=args.max_chars,
+        docs_per_shard=args.docs_per_shard,
+        docs_per_row_group=args.docs_per_row_group,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    total = sum(num_documents(path) for path in paths)
+    print(
+        f"{len(paths)} shards, {total:,} documents in {args.out}; the last, {paths[-1].name}, is the "
+        f"validation split ({num_documents(paths[-1]):,} documents)"
+    )
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from nanochat.data.hub import download_shards
+
+    paths = download_shards(
+        args.repo,
+        args.shards,
+        args.out,
+        repo_type=args.repo_type,
+        revision=args.revision,
+        filename_pattern=args.pattern,
+        max_retries=args.retries,
+        progress=not args.no_progress,
+    )
+    print(f"{len(paths)} shards in {args.out}, checksums verified; the last, {paths[-1].name}, is validation")
+    return 0
+
+
+def _int_at_least(minimum: int, description: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value

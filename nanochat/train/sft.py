@@ -1,0 +1,211 @@
+"""Supervised fine-tuning on conversations: `nanochat train sft`.
+
+Each conversation is rendered with nanochat's chat template (`Tokenizer.render_conversation`), and only
+the tokens the assistant writes (its text, tool calls and <|assistant_end|>) are trained on; user turns,
+tool outputs and padding are masked out (target -1). Batches are right-padded, so padding never influences
+real tokens. Learning rates start at `init_lr_frac` of the base recipe and decay linearly to zero.
+The result is a nanochat checkpoint (tokenizer copied in) that the engine serves as is.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nanochat.checkpoint import load_checkpoint
+from nanochat.data.conversations import load_conversations
+from nanochat.tokenizer import Tokenizer
+from nanochat.train.common import autocast_context, save_training_state
+from nanochat.train.config import ConfigError
+from nanochat.train.distributed import DistContext, average_gradients, mean_across_ranks
+from nanochat.train.optim import build_optimizers
+from nanochat.train.tracking import RunTracker, progress
+
+IGNORE = -1
+
+
+@dataclass
+class SFTConfig:
+    checkpoint: str  # base model folder (nanochat layout)
+    train: str  # conversations JSONL
+    out: str  # run folder: checkpoint, metrics, report
+    val: str = ""  # held-out conversations JSONL
+    step: int = -1  # base checkpoint step (-1: latest)
+    device_batch_size: int = 8
+    num_epochs: int = 1
+    num_iterations: int = 0  # 0: as many steps as num_epochs takes
+    max_seq_len: int = 0  # 0: the model's sequence_len
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    weight_decay: float = 0.0
+    init_lr_frac: float = 0.02
+    eval_every: int = 50
+    seed: int = 42
+    device: str = "auto"
+    wandb_project: str = ""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("device_batch_size", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_iterations", "max_seq_len", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.init_lr_frac <= 1:
+            raise ConfigError(f"init_lr_frac must be in (0, 1], got {self.init_lr_frac}")
+
+
+HELP = {
+    "checkpoint": "base checkpoint folder to fine-tune",
+    "train": "training conversations (JSONL, one {'messages': [...]} per line)",
+    "val": "held-out conversations (JSONL) for validation loss",
+    "out": "run folder for the SFT checkpoint, metrics and report",
+    "init_lr_frac": "fraction of the base learning rates to start from (then linear decay to 0)",
+}
+
+
+def sft_example(tokenizer: Tokenizer, conversation: dict, max_len: int) -> tuple[list[int], list[int]]:
+    """(inputs, targets) for one conversation; targets are -1 wherever the assistant does not write."""
+    ids, mask = tokenizer.render_conversation(conversation, max_tokens=max_len + 1)
+    targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:], strict=True)]
+    return ids[:-1], targets
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device):
+    """Right-pad to the longest example: inputs with `pad_id`, targets with -1."""
+    width = max(len(x) for x, _ in examples)
+    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        inputs[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+        targets[row, : len(y)] = torch.tensor(y, dtype=torch.long)
+    return inputs.to(device), targets.to(device)
+
+
+def _masked_loss_sums(model, inputs, targets) -> tuple[float, int]:
+    loss = model(inputs, targets, loss_reduction="sum")
+    return loss.item(), int((targets != IGNORE).sum())
+
+
+def train_sft(config: SFTConfig, ctx: DistContext) -> dict:
+    torch.manual_seed(config.seed)
+    loaded = load_checkpoint(
+        config.checkpoint, step=None if config.step < 0 else config.step, device=ctx.device
+    )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    max_len = config.max_seq_len or model.config.sequence_len
+    if max_len > model.config.sequence_len * 10:
+        raise ConfigError(f"max_seq_len {max_len} is past the model's rotary table")
+    pad_id = tokenizer.encode_special("<|assistant_end|>")
+
+    def prepare(path: str) -> list[tuple[list[int], list[int]]]:
+        examples = [sft_example(tokenizer, c, max_len) for c in load_conversations(path)]
+        return [e for e in examples if any(t != IGNORE for t in e[1])]  # truncation can drop every target
+
+    train = prepare(config.train)
+    val = prepare(config.val) if config.val else []
+    if not train:
+        raise ConfigError(f"{config.train}: no conversation has assistant tokens to train on")
+    global_batch = config.device_batch_size * ctx.world_size
+    steps_per_epoch = max(1, len(train) // global_batch)
+    num_steps = config.num_iterations or steps_per_epoch * config.num_epochs
+
+    optimizers = build_optimizers(
+        model,
+        unembedding_lr=config.unembedding_lr * config.init_lr_frac,
+        embedding_lr=config.embedding_lr * config.init_lr_frac,
+        matrix_lr=config.matrix_lr * config.init_lr_frac,
+        weight_decay=config.weight_decay,
+    )
+    rng = random.Random(config.seed)
+
+    def batches():
+        while True:
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            for start in range(0, len(order) - global_batch + 1, global_batch):
+                mine = order[start + ctx.rank : start + global_batch : ctx.world_size]
+                yield collate([train[i] for i in mine], pad_id, ctx.device)
+
+    def validate() -> float:
+        model.eval()
+        total, count = 0.0, 0
+        with torch.inference_mode(), autocast_context(ctx.device):
+            for start in range(ctx.rank * config.device_batch_size, len(val), global_batch):
+                inputs, targets = collate(val[start : start + config.device_batch_size], pad_id, ctx.device)
+                loss_sum, n = _masked_loss_sums(model, inputs, targets)
+                total, count = total + loss_sum, count + n
+        model.train()
+        total, count = mean_across_ranks(total, ctx), mean_across_ranks(count, ctx)
+        return total / max(count, 1)
+
+    out = Path(config.out)
+    if ctx.is_main:
+        tokenizer.save(out)  # beside the model, so `--checkpoint OUT` works on its own
+    tracker = RunTracker(
+        out,
+        {
+            **asdict(config),
+            "model_config": model.config.to_dict(),
+            "train_examples": len(train),
+            "val_examples": len(val),
+            "num_steps": num_steps,
+        },
+        wandb_project=config.wandb_project or None,
+        enabled=ctx.is_main,
+    )
+    model.train()
+    stream = batches()
+    val_loss = None
+    total_time = 0.0
+    with tracker:
+        for step in progress(
+            range(num_steps + 1), total=num_steps + 1, desc="sft", enabled=config.progress and ctx.is_main
+        ):
+            last = step == num_steps
+            if val and (last or (config.eval_every and step % config.eval_every == 0)):
+                val_loss = validate()
+                tracker.log(step, val_loss=val_loss)
+            if last:
+                break
+            start = time.perf_counter()
+            lr_mult = 1.0 - step / num_steps
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_mult
+            inputs, targets = next(stream)
+            with autocast_context(ctx.device):
+                loss = model(inputs, targets)
+            loss.backward()
+            average_gradients(model, ctx)
+            for opt in optimizers:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+            total_time += time.perf_counter() - start
+            train_loss = mean_across_ranks(loss.item(), ctx)
+            if not math.isfinite(train_loss):
+                raise ConfigError(f"SFT loss became {train_loss} at step {step}; lower the learning rates")
+            tracker.log(step + 1, train_loss=train_loss, lr_mult=lr_mult)
+        meta = {
+            "step": num_steps,
+            "val_loss": val_loss,
+            "model_config": model.config.to_dict(),
+            "user_config": asdict(config),
+            "base_checkpoint": {"path": str(loaded.directory), "step": loaded.step},
+        }
+        save_training_state(out, num_steps, model, optimizers, meta, ctx)
+        summary = {
+            "steps": num_steps,
+            "train_examples": len(train),
+            "val_loss": val_loss,
+            "training_seconds": round(total_time, 2),
+        }
+        tracker.summary(**summary)
+    return summary
