@@ -168,6 +168,7 @@ def train_base(
     smooth_loss = loop_state.get("smooth_train_loss", 0.0)
     min_val_bpb = loop_state.get("min_val_bpb", math.inf)
     total_time = loop_state.get("total_training_time", 0.0)
+    session_time = 0.0  # this process's training time (total_time includes the runs resumed from)
     val_bpb = None
     with tracker:
         steps = progress(
@@ -178,7 +179,7 @@ def train_base(
         )
         for step in steps:
             last = step == config.num_iterations
-            if last or (config.eval_every and step % config.eval_every == 0 and step > start_step):
+            if last or (config.eval_every and step % config.eval_every == 0):
                 model.eval()
                 val_bpb = validate()
                 model.train()
@@ -227,6 +228,7 @@ def train_base(
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - start
             total_time += seconds
+            session_time += seconds
             train_loss = mean_across_ranks(loss_sum / accum, ctx)
             smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss
             debiased = smooth_loss / (1 - 0.9 ** (step + 1))
@@ -243,20 +245,23 @@ def train_base(
             if hasattr(steps, "set_postfix"):
                 steps.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_per_s:,.0f}")
 
+        trained_steps = config.num_iterations - start_step
         summary = {
             "final_step": config.num_iterations,
             "val_bpb": val_bpb,
             "min_val_bpb": min_val_bpb,
-            "final_train_loss": train_loss if config.num_iterations > start_step else None,
+            "final_train_loss": train_loss if trained_steps else None,
             "tokens_per_step": tokens_per_step,
             "training_seconds": round(total_time, 2),
-            "tokens_per_second": round(
-                tokens_per_step * (config.num_iterations - start_step) / max(total_time, 1e-9), 1
-            )
-            if config.num_iterations > start_step
+            "tokens_per_second": round(tokens_per_step * trained_steps / session_time, 1)
+            if trained_steps
             else None,
             "parameters": model.num_parameters(),
             "flops_per_token": flops,
         }
+        if peak and trained_steps:
+            summary["mfu"] = round(
+                flops * tokens_per_step * trained_steps / session_time / (peak * ctx.world_size), 4
+            )
         tracker.summary(**summary)
     return summary
