@@ -1,4 +1,4 @@
-"""SFT: exactly the assistant's tokens are trained, padding is inert, and the result serves as a chat model."""
+"""SFT: exactly the assistant's tokens are trained, padding is inert, the result serves as a chat model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from nanochat.checkpoint import load_checkpoint
 from nanochat.data.conversations import ConversationDataError, write_conversations
-from nanochat.engine import Engine, SamplingParams
+from nanochat.engine import Engine
 from nanochat.train.config import ConfigError
 from nanochat.train.distributed import DistContext
 from nanochat.train.sft import IGNORE, SFTConfig, collate, sft_example, train_sft
@@ -78,7 +78,7 @@ def test_truncation_and_padding(small_tokenizer, make_model):
 @pytest.fixture
 def chat_data(tmp_path):
     rng = random.Random(0)
-    words = "the quick brown fox jumps over lazy dog".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
 
     def conversation():
         question = " ".join(rng.choice(words) for _ in range(3))
@@ -116,7 +116,9 @@ def test_bad_sft_inputs(make_model, write_checkpoint, chat_data, tmp_path):
     base = write_checkpoint(tmp_path / "base", make_model(sequence_len=64))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": 3}\n')
-    config = SFTConfig(checkpoint=str(base), train=str(bad), out=str(tmp_path / "o"), device="cpu", progress=False)
+    config = SFTConfig(
+        checkpoint=str(base), train=str(bad), out=str(tmp_path / "o"), device="cpu", progress=False
+    )
     with pytest.raises(ConversationDataError, match=r"bad.jsonl:1:"):
         train_sft(config, CPU)
     only_users = tmp_path / "long.jsonl"
