@@ -166,8 +166,8 @@ def test_ddp_two_gloo_processes_equal_one_process_on_the_same_global_batch(corpu
 
     single = BaseConfig(
         data=str(shards), tokenizer=str(tokenizer_dir), out=str(tmp_path / "single"), depth=1,
-        max_seq_len=seq, device_batch_size=batch, total_batch_size=2 * batch * seq, num_iterations=steps, eval_every=0,
-        eval_batches=1, device="cpu", progress=False,
+        max_seq_len=seq, device_batch_size=batch, total_batch_size=2 * batch * seq, num_iterations=steps,
+        eval_every=0, eval_batches=1, device="cpu", progress=False,
     )  # fmt: skip
     train_base(single, CPU, batches=interleaved())
     ddp_losses, single_losses = losses(tmp_path / "ddp"), losses(tmp_path / "single")
