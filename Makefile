@@ -7,7 +7,7 @@ CHECKPOINT ?= ../shared/fixtures/nanochat-ref/modelA
 # extra pip arguments for torch, e.g. the CPU wheel index on machines without the local wheel
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup test test-fast lint format bench clean
+.PHONY: setup test test-fast lint format bench demo-model clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ bench: setup
 	else \
 		$(BIN)/nanochat bench --depth 4 --json; \
 	fi
+
+# Retrain the bundled demo model from scratch (about 10 minutes on 2 CPU cores); see scripts/demo_model.sh.
+demo-model: setup
+	scripts/demo_model.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -174,3 +174,77 @@ def run_benchmark(
     result["ratios"]["prefill_vs_transformers"] = round(result["prefill_tokens_per_s"] / hf_prefill, 2)
     result.setdefault("targets", {})["batch1_vs_transformers"] = TARGET_BATCH1_VS_HF
     return result
+
+
+def _train_steps_seconds(step: Callable[[], None], steps: int, repeats: int) -> float:
+    step()  # warm-up (allocations, optimizer state)
+    return _best_seconds(lambda: [step() for _ in range(steps)], repeats) / steps
+
+
+def _matmul_flops_per_second(size: int = 1024, repeats: int = 5) -> float:
+    """Measured fp32 GEMM throughput of this machine: the 'peak' that CPU model FLOPs utilisation uses."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = _best_seconds(lambda: a @ b, repeats)
+    return 2 * size**3 / seconds
+
+
+def run_train_benchmark(
+    depth: int = 3,
+    vocab_size: int = 2048,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    steps: int = 5,
+    repeats: int = 3,
+    with_hf: bool = True,
+) -> dict:
+    """Training tokens/s of our model + optimizers vs transformers' Llama + AdamW of the same shape."""
+    from nanochat.gpt import GPTConfig
+    from nanochat.train.common import flops_per_token
+    from nanochat.train.optim import build_optimizers
+
+    config = GPTConfig.for_depth(depth, vocab_size, seq_len)
+    model = GPT(config)
+    model.init_weights(torch.Generator().manual_seed(0))
+    optimizers = build_optimizers(model)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, vocab_size, (batch_size, seq_len), generator=g)
+    targets = torch.randint(0, vocab_size, (batch_size, seq_len), generator=g)
+
+    def ours() -> None:
+        model(inputs, targets).backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+
+    seconds = _train_steps_seconds(ours, steps, repeats)
+    tokens = batch_size * seq_len
+    flops = flops_per_token(model)
+    peak = _matmul_flops_per_second()
+    result: dict = {
+        "model": {**config.to_dict(), "parameters": model.num_parameters()},
+        "threads": torch.get_num_threads(),
+        "batch": [batch_size, seq_len],
+        "train_tokens_per_s": round(tokens / seconds, 1),
+        "model_flops_per_s": round(flops * tokens / seconds / 1e9, 2),  # GFLOP/s
+        "measured_fp32_gemm_flops_per_s": round(peak / 1e9, 2),  # GFLOP/s
+        "mfu_vs_measured_gemm": round(flops * tokens / seconds / peak, 3),
+    }
+    hf_model = hf_baseline_model(model) if with_hf else None
+    if hf_model is None:
+        result["transformers"] = {"skipped": "transformers not installed" if with_hf else "disabled"}
+        return result
+    hf_model.train()
+    hf_optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-3)
+
+    def theirs() -> None:
+        hf_model(input_ids=inputs, labels=targets).loss.backward()
+        hf_optimizer.step()
+        hf_optimizer.zero_grad(set_to_none=True)
+
+    hf_seconds = _train_steps_seconds(theirs, steps, repeats)
+    result["transformers"] = {
+        "model": "LlamaForCausalLM + torch AdamW (random weights, same width/depth/heads/vocab)",
+        "train_tokens_per_s": round(tokens / hf_seconds, 1),
+    }
+    result["ratios"] = {"train_vs_transformers": round(hf_seconds / seconds, 2)}
+    return result

@@ -13,73 +13,35 @@ from collections.abc import Sequence
 
 import torch
 
-from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
+from nanochat.checkpoint import load_checkpoint
+from nanochat.cliargs import (
+    DTYPES,
+    OneLineParser,
+    UsageError,
+    add_checkpoint_args,
+    load_from_args,
+    non_negative_int,
+    positive_int,
+)
 from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
 from nanochat.train import commands as train_commands
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
 
-class UsageError(Exception):
-    pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line instead of usage + message."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _int_at_least(minimum: int, description: str):
-    """An argparse type: an integer >= minimum, with `description` in the error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="DIR",
-        help="checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json) or a Hugging Face repo id; the "
-        "tokenizer may sit inside it, in tokenizer/ beside it, or two levels up",
-    )
-    p.add_argument("--step", type=_non_negative_int, help="checkpoint step (default: the latest)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)"
-    )
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
-
-
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
-    p.add_argument("--max-tokens", type=_positive_int, default=256, help="tokens to generate (default 256)")
+    p.add_argument("--max-tokens", type=positive_int, default=256, help="tokens to generate (default 256)")
     p.add_argument(
         "--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})"
     )
     p.add_argument(
-        "--top-k", type=_positive_int, default=top_k, help=f"sample from the k best (default {top_k})"
+        "--top-k", type=positive_int, default=top_k, help=f"sample from the k best (default {top_k})"
     )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
-    p.add_argument("--seed", type=_non_negative_int, default=42, help="random seed (default 42)")
+    p.add_argument("--seed", type=non_negative_int, default=42, help="random seed (default 42)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     sample = sub.add_parser("sample", help="complete a prompt with a base model (BOS prepended)")
-    _add_checkpoint_args(sample)
+    add_checkpoint_args(sample)
     sample.add_argument("--prompt", required=True, help="text to complete")
     _add_sampling_args(sample, temperature=0.0, top_k=None)
     sample.add_argument("--ids", action="store_true", help="print JSON with prompt_ids, tokens and text")
     sample.set_defaults(handler=cmd_sample)
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal (chat template, calculator tool)")
-    _add_checkpoint_args(chat)
+    add_checkpoint_args(chat)
     _add_sampling_args(chat, temperature=0.6, top_k=50)
     chat.add_argument("--system", help="system message for the conversation")
     chat.set_defaults(handler=cmd_chat)
@@ -102,46 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="engine throughput vs Hugging Face transformers (JSON with --json)")
     source = bench.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder or Hugging Face repo id")
-    source.add_argument("--depth", type=_positive_int, help="random-weight model of this depth instead")
-    bench.add_argument("--step", type=_non_negative_int, help="checkpoint step (default: the latest)")
+    source.add_argument("--depth", type=positive_int, help="random-weight model of this depth instead")
+    bench.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype")
-    bench.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--batches", default="4,16,64", help="aggregate decode batch sizes (default 4,16,64)")
-    bench.add_argument("--prompt-len", type=_positive_int, default=64, help="prompt tokens (default 64)")
-    bench.add_argument("--decode-steps", type=_positive_int, default=32, help="decode steps (default 32)")
-    bench.add_argument("--repeats", type=_positive_int, default=3, help="best of N (default 3)")
+    bench.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens (default 64)")
+    bench.add_argument("--decode-steps", type=positive_int, default=32, help="decode steps (default 32)")
+    bench.add_argument("--repeats", type=positive_int, default=3, help="best of N (default 3)")
     bench.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    bench.add_argument("--train", action="store_true", help="training throughput instead (needs --depth)")
+    bench.add_argument("--batch-size", type=positive_int, default=16, help="--train: sequences per step (16)")
+    bench.add_argument("--seq-len", type=positive_int, default=256, help="--train: tokens per sequence (256)")
+    bench.add_argument("--vocab-size", type=positive_int, default=2048, help="--train: vocabulary (2048)")
+    bench.add_argument("--train-steps", type=positive_int, default=5, help="--train: steps per repeat (5)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
     for module in (train_commands, data_commands, eval_commands):
         module.register(sub)
     return parser
-
-
-def _device(name: str) -> torch.device:
-    """A device this machine really has, or a usage error saying why not."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name} was asked for but no CUDA GPU is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name} was asked for but Apple MPS is not available")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name!r} is not supported; use cpu, cuda[:N] or mps")
-    return device
-
-
-def _load(args: argparse.Namespace) -> LoadedCheckpoint:
-    device = _device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return load_checkpoint(args.checkpoint, step=args.step, device=device, dtype=dtype)
 
 
 def _params(args: argparse.Namespace, **extra) -> SamplingParams:
@@ -178,7 +120,7 @@ def _stream(
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_from_args(args)
     tokenizer = loaded.tokenizer
     prompt_ids = tokenizer.encode(args.prompt, prepend=tokenizer.get_bos_token_id())
     params = _params(args)
@@ -193,7 +135,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_from_args(args)
     tokenizer = loaded.tokenizer
     engine = Engine(loaded.model, tokenizer, max_batch=1)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
@@ -239,6 +181,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--batches must be positive integers separated by commas, got {args.batches!r}"
         ) from None
+    if args.train:
+        from nanochat.bench import run_train_benchmark
+
+        if not args.depth:
+            raise UsageError("bench --train measures a fresh model: give --depth, not --checkpoint")
+        result = run_train_benchmark(
+            args.depth,
+            args.vocab_size,
+            args.seq_len,
+            args.batch_size,
+            steps=args.train_steps,
+            repeats=args.repeats,
+            with_hf=not args.no_transformers,
+        )
+        _print_result(result, args.json)
+        return 0
     dtype = DTYPES[args.dtype]
     if args.checkpoint:
         loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype)
@@ -254,12 +212,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         with_hf=not args.no_transformers,
     )
-    if args.json:
+    _print_result(result, args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
-    return 0
 
 
 def _random_model(depth: int, dtype: torch.dtype):

@@ -5,17 +5,23 @@ different tokenizers compare fairly: the per-token cross-entropy (nats) summed o
 text, divided by ln 2 × the total bytes of those targets. A target of -1 (ignored) and a special token
 (0 bytes in `token_bytes`, e.g. <|bos|>) count neither in the loss nor in the bytes.
 
-It does not build batches or read data files: the `eval bpb` command and the training loop do that.
+`shard_bpb` evaluates on the validation shard of a shard folder with the training loop's own loader, so
+its number and the val_bpb logged in training agree.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from nanochat.data.shards import list_shards, num_row_groups, read_row_group
 from nanochat.eval import EvalError
+from nanochat.tokenizer import Tokenizer
 
 
 def evaluate_bpb(
@@ -116,3 +122,60 @@ def _token_ids(ids: Iterable[int] | torch.Tensor, vocab_size: int, name: str) ->
     if tensor.numel() and int(tensor.max()) >= vocab_size:
         raise EvalError(f"{name} token id {int(tensor.max())} is outside the vocabulary of {vocab_size}")
     return tensor
+
+
+def shard_bpb(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    data_dir: str | Path,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    max_batches: int | None = None,
+    unigram: bool = False,
+) -> dict[str, Any]:
+    """Bits per byte on the last shard of `data_dir` (and, with `unigram`, the unigram baseline fit on the
+    other shards and scored on exactly the same targets)."""
+    from nanochat.train.dataloader import TokenDataLoader  # training imports this module
+
+    shards = list_shards(data_dir)
+    train_shards, val_shard = shards[:-1], shards[-1]
+    seq_len = seq_len or model.config.sequence_len
+    loader = TokenDataLoader(
+        [val_shard], tokenizer, batch_size, seq_len, device=model.lm_head.weight.device, loop=False
+    )
+    stream = itertools.islice(loader, max_batches)
+    first = next(stream, None)
+    if first is None:
+        raise EvalError(
+            f"{val_shard} holds fewer than {batch_size * seq_len + 1} tokens, not one batch of "
+            f"{batch_size}x{seq_len}; lower --batch-size or --seq-len"
+        )
+    targets: list[torch.Tensor] = []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, batch_targets in itertools.chain([first], stream):
+            targets.append(batch_targets.cpu())
+            yield inputs, batch_targets
+
+    result: dict[str, Any] = {"bpb": evaluate_bpb(model, batches(), tokenizer.token_bytes)}
+    result.update(val_shard=str(val_shard), batches=len(targets), tokens=len(targets) * batch_size * seq_len)
+    if unigram:
+        if not train_shards:
+            raise EvalError(f"--unigram fits on the shards before the last one, and {data_dir} has only one")
+        result["unigram_bpb"] = unigram_bpb(
+            _document_tokens(train_shards, tokenizer),
+            torch.cat(targets),
+            tokenizer.token_bytes,
+            tokenizer.vocab_size,
+        )
+        result["unigram_fit_shards"] = len(train_shards)
+    return result
+
+
+def _document_tokens(shards: list[Path], tokenizer: Tokenizer) -> Iterator[torch.Tensor]:
+    """The token ids of every document ([<|bos|>] + tokens), one tensor per row group."""
+    bos = tokenizer.get_bos_token_id()
+    for shard in shards:
+        for group in range(num_row_groups(shard)):
+            encoded = tokenizer.encode(read_row_group(shard, group), prepend=bos)
+            yield torch.tensor([t for ids in encoded for t in ids], dtype=torch.long)

@@ -8,25 +8,17 @@ User errors raise `EvalError` (or another nanochat ValueError), which the main C
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
-from nanochat.data.shards import list_shards, num_row_groups, read_row_group
+from nanochat.cliargs import add_checkpoint_args, load_from_args, non_negative_int, positive_int
 from nanochat.eval import EvalError
-from nanochat.eval.bpb import evaluate_bpb, unigram_bpb
+from nanochat.eval.bpb import shard_bpb
 from nanochat.eval.chat_eval import results_table, run_chat_eval, sample_completions
 from nanochat.eval.tasks import HUB_FILES, arithmetic_task, download_task, load_task
 from nanochat.eval.tokenizer_eval import DEFAULT_BASELINES, compression_report, compression_table
 from nanochat.tokenizer import Tokenizer
-from nanochat.train.dataloader import TokenDataLoader
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def register(subparsers: Any) -> None:
@@ -39,15 +31,15 @@ def register(subparsers: Any) -> None:
     )
 
     bpb = steps.add_parser("bpb", help="validation bits per byte on the last parquet shard of a folder")
-    _add_checkpoint_args(bpb)
+    add_checkpoint_args(bpb)
     bpb.add_argument(
         "--data", required=True, metavar="DIR", help="folder of parquet shards with a text column"
     )
-    bpb.add_argument("--batch-size", type=_positive_int, default=8, help="rows per batch (default 8)")
+    bpb.add_argument("--batch-size", type=positive_int, default=8, help="rows per batch (default 8)")
     bpb.add_argument(
-        "--seq-len", type=_positive_int, help="tokens per row (default: the model's sequence_len)"
+        "--seq-len", type=positive_int, help="tokens per row (default: the model's sequence_len)"
     )
-    bpb.add_argument("--max-batches", type=_positive_int, help="stop after N batches (default: whole shard)")
+    bpb.add_argument("--max-batches", type=positive_int, help="stop after N batches (default: whole shard)")
     bpb.add_argument(
         "--unigram", action="store_true", help="also report a unigram baseline fit on the other shards"
     )
@@ -55,17 +47,17 @@ def register(subparsers: Any) -> None:
     bpb.set_defaults(handler=cmd_bpb)
 
     sample = steps.add_parser("sample", help="complete text prompts with a base model (<|bos|> prepended)")
-    _add_checkpoint_args(sample)
+    add_checkpoint_args(sample)
     sample.add_argument("--prompt", required=True, nargs="+", metavar="TEXT", help="one or more prompts")
-    sample.add_argument("--max-tokens", type=_positive_int, default=64, help="tokens per completion (64)")
+    sample.add_argument("--max-tokens", type=positive_int, default=64, help="tokens per completion (64)")
     sample.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default 0)")
-    sample.add_argument("--top-k", type=_positive_int, help="sample from the k most likely tokens")
-    sample.add_argument("--seed", type=_non_negative_int, default=42, help="seed of prompt i is seed+i (42)")
+    sample.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens")
+    sample.add_argument("--seed", type=non_negative_int, default=42, help="seed of prompt i is seed+i (42)")
     sample.add_argument("--json", action="store_true", help="print a JSON list of {prompt, completion}")
     sample.set_defaults(handler=cmd_sample)
 
     chat = steps.add_parser("chat", help="accuracy on chat tasks (ARC, MMLU, GSM8K files; arithmetic)")
-    _add_checkpoint_args(chat)
+    add_checkpoint_args(chat)
     chat.add_argument(
         "--task",
         action="append",
@@ -75,12 +67,12 @@ def register(subparsers: Any) -> None:
         help="task file (.jsonl or .parquet); NAME starts with arc, mmlu or gsm8k, e.g. arc-easy=t.parquet",
     )
     chat.add_argument(
-        "--arithmetic", type=_positive_int, metavar="N", help="add N synthetic arithmetic questions"
+        "--arithmetic", type=positive_int, metavar="N", help="add N synthetic arithmetic questions"
     )
-    chat.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the arithmetic task (0)")
-    chat.add_argument("--max-examples", type=_positive_int, help="first N examples of each task")
-    chat.add_argument("--max-tokens", type=_positive_int, default=512, help="reply length limit (512)")
-    chat.add_argument("--batch-size", type=_positive_int, default=8, help="examples per batch (8)")
+    chat.add_argument("--seed", type=non_negative_int, default=0, help="seed of the arithmetic task (0)")
+    chat.add_argument("--max-examples", type=positive_int, help="first N examples of each task")
+    chat.add_argument("--max-tokens", type=positive_int, default=512, help="reply length limit (512)")
+    chat.add_argument("--batch-size", type=positive_int, default=8, help="examples per batch (8)")
     chat.add_argument("--json", action="store_true", help="print the results as JSON")
     chat.set_defaults(handler=cmd_chat)
 
@@ -104,62 +96,56 @@ def register(subparsers: Any) -> None:
     download.add_argument("--out", required=True, metavar="DIR", help="folder to download into")
     download.set_defaults(handler=cmd_download)
 
+    report = steps.add_parser(
+        "report", help="report on a base + chat model pair (bpb vs unigram, chat checks)"
+    )
+    report.add_argument("--base", required=True, metavar="DIR", help="base checkpoint folder")
+    report.add_argument("--chat", required=True, metavar="DIR", help="chat (SFT) checkpoint folder")
+    report.add_argument("--data", required=True, metavar="DIR", help="pretraining shards (last = validation)")
+    report.add_argument(
+        "--conversations", required=True, metavar="FILE", help="held-out conversations (JSONL)"
+    )
+    report.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and report.json")
+    report.add_argument("--title", default="Model report", help="report title")
+    report.add_argument(
+        "--arithmetic", type=positive_int, default=50, help="arithmetic questions (default 50)"
+    )
+    report.add_argument("--max-batches", type=positive_int, help="validation batches at most (default: all)")
+    report.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    report.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights dtype")
+    report.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    report.set_defaults(handler=cmd_report, step=None)
+
 
 # ---- handlers -----------------------------------------------------------------------------------------
 def cmd_bpb(args: argparse.Namespace) -> int:
-    shards = list_shards(args.data)
-    train_shards, val_shard = shards[:-1], shards[-1]
-    loaded = _load(args)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    seq_len = args.seq_len or model.config.sequence_len
-    # the training loop's own loader, so this number and the val_bpb logged in training agree
-    loader = TokenDataLoader(
-        [val_shard], tokenizer, args.batch_size, seq_len, device=model.lm_head.weight.device, loop=False
-    )
-    stream = itertools.islice(loader, args.max_batches)
-    first = next(stream, None)
-    if first is None:
-        raise EvalError(
-            f"{val_shard} holds fewer than {args.batch_size * seq_len + 1} tokens, not one batch of "
-            f"{args.batch_size}x{seq_len}; lower --batch-size or --seq-len"
-        )
-    targets: list[torch.Tensor] = []  # kept for the unigram baseline, which scores the same targets
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, batch_targets in itertools.chain([first], stream):
-            targets.append(batch_targets.cpu())
-            yield inputs, batch_targets
-
-    bpb = evaluate_bpb(model, batches(), tokenizer.token_bytes)
-    result: dict[str, Any] = {
+    loaded = load_from_args(args)
+    result = {
         "checkpoint": str(loaded.directory),
         "step": loaded.step,
-        "val_shard": str(val_shard),
-        "batches": len(targets),
-        "tokens": len(targets) * args.batch_size * seq_len,
-        "bpb": bpb,
+        **shard_bpb(
+            loaded.model,
+            loaded.tokenizer,
+            args.data,
+            args.batch_size,
+            args.seq_len,
+            max_batches=args.max_batches,
+            unigram=args.unigram,
+        ),
     }
-    if args.unigram:
-        if not train_shards:
-            raise EvalError(f"--unigram fits on the shards before the last one, and {args.data} has only one")
-        result["unigram_bpb"] = unigram_bpb(
-            _train_token_chunks(train_shards, tokenizer),
-            torch.cat(targets),
-            tokenizer.token_bytes,
-            tokenizer.vocab_size,
-        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"val bpb: {bpb:.4f} ({result['tokens']} tokens of {val_shard.name}, step {loaded.step})")
+        shard = Path(result["val_shard"]).name
+        print(f"val bpb: {result['bpb']:.4f} ({result['tokens']} tokens of {shard}, step {loaded.step})")
         if "unigram_bpb" in result:
-            fit_on = f"{len(train_shards)} training shards"
+            fit_on = f"{result['unigram_fit_shards']} training shards"
             print(f"unigram baseline bpb: {result['unigram_bpb']:.4f} (fit on {fit_on})")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_from_args(args)
     completions = sample_completions(
         loaded.model,
         loaded.tokenizer,
@@ -187,7 +173,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         tasks["arithmetic"] = arithmetic_task(args.arithmetic, seed=args.seed)
     if not tasks:
         raise EvalError("nothing to evaluate: give --task NAME=PATH (repeatable) and/or --arithmetic N")
-    loaded = _load(args)
+    loaded = load_from_args(args)
     results = run_chat_eval(
         loaded.model,
         loaded.tokenizer,
@@ -226,55 +212,28 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- helpers ------------------------------------------------------------------------------------------
-def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or HF repo id")
-    parser.add_argument("--step", type=_non_negative_int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)"
+def cmd_report(args: argparse.Namespace) -> int:
+    from nanochat.eval.report import evaluate_pair, write_report
+
+    base = load_from_args(args, checkpoint=args.base)
+    chat = load_from_args(args, checkpoint=args.chat)
+    figures = evaluate_pair(
+        base,
+        chat,
+        Path(args.data),
+        Path(args.conversations),
+        arithmetic_questions=args.arithmetic,
+        max_batches=args.max_batches,
     )
-    parser.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    path = write_report(figures, Path(args.out), args.title)
+    print(
+        f"base val bpb {figures['base']['bpb']:.4f} (unigram {figures['base']['unigram_bpb']:.4f}); "
+        f"chat replies ending properly {figures['chat']['assistant_end_rate']:.1%} -> {path}"
+    )
+    return 0
 
 
-def _load(args: argparse.Namespace) -> LoadedCheckpoint:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise EvalError(f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {args.device} was asked for but no CUDA GPU is available")
-    default = torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = DTYPES[args.dtype] if args.dtype else default
-    return load_checkpoint(args.checkpoint, step=args.step, device=device, dtype=dtype)
-
-
-def _train_token_chunks(shards: list[Path], tokenizer: Tokenizer) -> Iterator[torch.Tensor]:
-    """The token ids of every training document ([<|bos|>] + tokens), one tensor per row group."""
-    bos = tokenizer.get_bos_token_id()
-    for shard in shards:
-        for group in range(num_row_groups(shard)):
-            encoded = tokenizer.encode(read_row_group(shard, group), prepend=bos)
-            yield torch.tensor([t for ids in encoded for t in ids], dtype=torch.long)
-
-
-def _int_at_least(minimum: int, description: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+# ---- helpers ------------------------------------------------------------------------------------------
 
 
 def _named_path(text: str) -> tuple[str, Path]:

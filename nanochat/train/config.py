@@ -62,10 +62,10 @@ def build_config(cls: type[T], args: argparse.Namespace, file: str | Path | None
     if file:
         path = Path(file)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
         table = data.get(section, {})
         if not isinstance(table, dict):

@@ -36,9 +36,12 @@ class LoaderState:
     @classmethod
     def from_dict(cls, data: dict) -> LoaderState:
         try:
-            return cls(**{k: int(data[k]) for k in ("shard", "row_group", "doc", "offset", "epoch")})
+            values = {k: int(data[k]) for k in ("shard", "row_group", "doc", "offset", "epoch")}
         except (KeyError, TypeError, ValueError) as e:
             raise DataLoaderError(f"bad dataloader state {data!r}: {e}") from e
+        if min(values.values()) < 0:  # a negative index would silently count from the end
+            raise DataLoaderError(f"bad dataloader state {data!r}: values must be >= 0")
+        return cls(**values)
 
 
 class TokenDataLoader:
