@@ -188,17 +188,20 @@ def train_sft(config: SFTConfig, ctx: DistContext) -> dict:
             for opt in optimizers:
                 opt.step()
             model.zero_grad(set_to_none=True)
-            total_time += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            total_time += seconds
             train_loss = mean_across_ranks(loss.item(), ctx)
+            tokens = mean_across_ranks(float((targets != IGNORE).sum()), ctx) * ctx.world_size
             if not math.isfinite(train_loss):
                 raise ConfigError(f"SFT loss became {train_loss} at step {step}; lower the learning rates")
-            tracker.log(step + 1, train_loss=train_loss, lr_mult=lr_mult)
+            tracker.log(step + 1, train_loss=train_loss, lr_mult=lr_mult, tok_per_s=tokens / seconds)
         meta = {
             "step": num_steps,
             "val_loss": val_loss,
             "model_config": model.config.to_dict(),
             "user_config": asdict(config),
             "base_checkpoint": {"path": str(loaded.directory), "step": loaded.step},
+            "loop_state": {"total_training_time": total_time},
         }
         save_training_state(out, num_steps, model, optimizers, meta, ctx)
         summary = {

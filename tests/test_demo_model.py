@@ -1,0 +1,75 @@
+"""The bundled demo model (models/demo): loads with every entry point, chats, and beats chance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nanochat.checkpoint import load_checkpoint
+from nanochat.cli import main
+from nanochat.data.conversations import load_conversations
+from nanochat.engine import Engine, SamplingParams
+from nanochat.eval.chat_eval import assistant_end_rate
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_checkpoint(DEMO)
+
+
+def test_demo_checkpoint_is_small_and_complete():
+    files = {p.name for p in DEMO.iterdir()}
+    assert {"tokenizer.pkl", "token_bytes.pt", "report.md", "report.json", "heldout.jsonl"} <= files
+    models = sorted(DEMO.glob("model_*.pt"))
+    assert len(models) == 1 and not list(DEMO.glob("optim_*"))
+    assert models[0].stat().st_size <= 10 * 1024 * 1024
+
+
+def test_demo_answers_held_out_prompts_with_text_then_assistant_end(demo):
+    held_out = load_conversations(DEMO / "heldout.jsonl")
+    assert len(held_out) >= 100
+    rate = assistant_end_rate(demo.model, demo.tokenizer, held_out, max_tokens=64)
+    assert rate >= 0.9, rate
+
+
+def test_demo_report_shows_it_beats_the_baselines():
+    figures = json.loads((DEMO / "report.json").read_text())
+    assert figures["base"]["bpb"] < figures["base"]["unigram_bpb"] - 0.5
+    assert figures["chat"]["assistant_end_rate"] >= 0.9
+    assert "unigram baseline" in (DEMO / "report.md").read_text()
+
+
+def test_demo_chats_through_the_engine(demo):
+    tok = demo.tokenizer
+    prompt = tok.render_for_completion(
+        {
+            "messages": [
+                {"role": "user", "content": "Hello, how are you?"},
+                {"role": "assistant", "content": ""},
+            ]
+        }
+    )
+    engine = Engine(demo.model, tok)
+    request = engine.begin(prompt, SamplingParams(max_tokens=64, temperature=0.0))
+    events = []
+    while request.prefill_remaining:
+        events += engine.prefill(request)
+    while not request.done:
+        events += engine.decode_step()
+    text = "".join(e.text for e in events)
+    assert text.strip(), "the demo model replied with nothing"
+    assert events[-1].finish_reason == "stop" and events[-1].token == tok.encode_special("<|assistant_end|>")
+
+
+def test_demo_works_with_the_cli(demo, capsys):
+    assert (
+        main(["sample", "--checkpoint", str(DEMO), "--prompt", "The LORD", "--max-tokens", "8", "--ids"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt_ids"] == demo.tokenizer.encode("The LORD", prepend="<|bos|>")
+    assert 1 <= len(out["tokens"]) <= 8
+    assert out["text"] == demo.tokenizer.decode(out["tokens"])
