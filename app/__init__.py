@@ -1,0 +1,1 @@
+"""The inference service: a FastAPI app over the nanochat engine (OpenAI-compatible API, web chat)."""

@@ -1,0 +1,63 @@
+"""Every knob of the service, as one pydantic-settings class read from the environment (and `.env`).
+
+Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_CHECKPOINT`, `NANOCHAT_MAX_BATCH`), except `HOST` and
+`PORT`, which keep the names Cloud Run and most platforms set. `.env.example` lists them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split(value):
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NANOCHAT_", env_file=".env", extra="ignore")
+
+    # the model
+    checkpoint: str = "models/demo"  # folder or Hugging Face repo id
+    step: int | None = None
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    dtype: Literal["float32", "bfloat16"] | None = None  # default: float32 on CPU, bfloat16 on CUDA
+    model_name: str = ""  # the id /v1/models reports (default: the checkpoint folder's name)
+    threads: int | None = None  # torch CPU threads
+
+    # the scheduler
+    max_batch: int = Field(16, ge=1, le=1024)  # sequences decoded together
+    max_queue: int = Field(64, ge=0)  # requests waiting beyond the batch; more -> 429
+    prefill_chunk: int = Field(256, ge=1)  # prompt tokens per prefill step (long prompts don't stall decode)
+    request_timeout_s: float = Field(120.0, gt=0)  # per-request deadline -> 504
+    drain_timeout_s: float = Field(
+        8.0, ge=0
+    )  # after SIGTERM, in-flight requests get this long (Cloud Run: 10 s)
+    warmup: bool = True  # run one tiny generation before /ready says yes
+    on_load_failure: Literal["exit", "unready"] = "exit"  # exit non-zero, or stay up with /ready 503 + reason
+
+    # limits, enforced before any model work
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(64, ge=1)
+    max_message_chars: int = Field(32_000, ge=1)
+    max_total_chars: int = Field(100_000, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1)  # largest max_tokens a request may ask for
+    default_max_tokens: int = Field(256, ge=1)
+    max_n: int = Field(4, ge=1)
+    context_overflow: Literal["reject", "truncate"] = "reject"  # prompt too long: 400, or drop oldest turns
+
+    # access
+    api_keys: Annotated[list[str], NoDecode] = []  # bearer keys; empty = no auth
+    cors_origins: Annotated[list[str], NoDecode] = []  # allowed browser origins; empty = no CORS
+
+    # the server
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "NANOCHAT_HOST"))
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"))
+    workers: int = Field(1, ge=1)  # gunicorn workers (one per GPU on GPU machines)
+    log_level: str = "info"
+
+    _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)

@@ -1,0 +1,362 @@
+"""Continuous batching: one scheduler per worker process owns the engine and runs it on its own thread.
+
+Each turn of the loop: drop cancelled and expired requests, admit the next queued request (its prefill
+runs in chunks, one per turn, so a long prompt never stalls the others), then one batched decode step for
+every active sequence. Tokens go back to each request's asyncio queue with `call_soon_threadsafe`; the
+event loop never runs model code.
+
+The queue is bounded: when it is full, `submit` fails at once with `QueueFull` (HTTP 429). `drain()` stops
+admissions, lets in-flight requests finish within a grace period, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanochat.engine import Engine, EngineError, Request, SamplingParams, TokenEvent
+
+
+class SchedulerError(Exception):
+    """A request the scheduler cannot serve; `status` is the HTTP status the API answers with."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(SchedulerError):
+    status, code = 429, "queue_full"
+
+
+class NotReady(SchedulerError):
+    status, code = 503, "not_ready"
+
+
+class DeadlineExceeded(SchedulerError):
+    status, code = 504, "deadline_exceeded"
+
+
+class InvalidRequest(SchedulerError):
+    status, code = 400, "invalid_request"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text (and the token behind it) for one choice; `finish_reason` set on its last delta."""
+
+    index: int
+    token: int
+    text: str
+    finish_reason: str | None
+
+
+@dataclass
+class _End:
+    error: SchedulerError | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    prompt_ids: list[int]
+    params: SamplingParams
+    request_id: str
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    submitted_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    request: Request | None = None
+    completion_tokens: int = 0
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    def push(self, item: Delta | _End) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class GenerationStream:
+    """What `Scheduler.submit` returns: an async iterator of `Delta`s, plus the request's figures."""
+
+    def __init__(self, job: _Job, scheduler: Scheduler) -> None:
+        self._job = job
+        self._scheduler = scheduler
+        self.request_id = job.request_id
+        self.prompt_tokens = len(job.prompt_ids)
+        self.n = job.params.n
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._job.completion_tokens
+
+    @property
+    def finish_reasons(self) -> dict[int, str]:
+        return dict(self._job.finish_reasons)
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        job = self._job
+        return None if job.admitted_at is None else job.admitted_at - job.submitted_at
+
+    @property
+    def ttft_s(self) -> float | None:
+        job = self._job
+        return None if job.first_token_at is None else job.first_token_at - job.submitted_at
+
+    @property
+    def duration_s(self) -> float | None:
+        job = self._job
+        return None if job.finished_at is None else job.finished_at - job.submitted_at
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> Delta:
+        item = await self._job.queue.get()
+        if isinstance(item, _End):
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away); the row is freed at the next step."""
+        self._scheduler._cancel(self._job)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        max_queue: int = 64,
+        request_timeout_s: float = 120.0,
+        prefill_chunk: int = 256,
+    ) -> None:
+        self.engine = engine
+        self.max_queue = max_queue
+        self.request_timeout_s = request_timeout_s
+        self.prefill_chunk = prefill_chunk
+        self._cond = threading.Condition()
+        self._waiting: deque[_Job] = deque()
+        self._active: dict[int, _Job] = {}  # id(engine Request) -> job
+        self._prefilling: _Job | None = None
+        self._cancelled: list[_Job] = []
+        self._free_rows = engine.max_batch  # updated by the loop; read by submit for admission control
+        self._state = "starting"  # starting -> ready -> draining -> stopped
+        self._thread: threading.Thread | None = None
+        self.started_at = time.time()
+        self.totals = {"requests": 0, "completed": 0, "rejected": 0, "cancelled": 0, "timed_out": 0,
+                       "prompt_tokens": 0, "completion_tokens": 0}  # fmt: skip
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        with self._cond:
+            self._state = "ready"
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._state == "ready"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    async def drain(self, grace_s: float) -> None:
+        """No new requests; queued ones get 503; in-flight ones get `grace_s` to finish, then are cut."""
+        with self._cond:
+            if self._state in ("draining", "stopped"):
+                return
+            self._state = "draining"
+            waiting, self._waiting = list(self._waiting), deque()
+            self._cond.notify()
+        for job in waiting:
+            job.push(_End(NotReady("the server is shutting down; retry on another instance", retry_after=1)))
+        deadline = time.monotonic() + grace_s
+        while self._busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.stop()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._state = "stopped"
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _busy(self) -> bool:
+        with self._cond:
+            return bool(self._active or self._prefilling or self._waiting)
+
+    # ---- requests -------------------------------------------------------------------------------------
+    async def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerationStream:
+        """Queue a request; raises NotReady, QueueFull or InvalidRequest at once."""
+        if len(prompt_ids) > self.engine.max_seq_len:
+            raise InvalidRequest(
+                f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.engine.max_seq_len}"
+            )
+        if params.n > self.engine.max_batch:
+            raise InvalidRequest(f"n={params.n} is more than this server's batch of {self.engine.max_batch}")
+        job = _Job(
+            list(prompt_ids),
+            params,
+            request_id or uuid.uuid4().hex,
+            time.monotonic() + (timeout_s or self.request_timeout_s),
+            asyncio.get_running_loop(),
+            asyncio.Queue(),
+        )
+        with self._cond:
+            if self._state != "ready":
+                raise NotReady(f"the server is {self._state}", retry_after=1)
+            if len(self._waiting) >= self.max_queue + max(self._free_rows - params.n + 1, 0):
+                self.totals["rejected"] += 1
+                raise QueueFull(f"{len(self._waiting)} requests are already queued", retry_after=1)
+            self._waiting.append(job)
+            self.totals["requests"] += 1
+            self._cond.notify()
+        return GenerationStream(job, self)
+
+    def _cancel(self, job: _Job) -> None:
+        with self._cond:
+            if job.finished_at is None:
+                self._cancelled.append(job)
+                self._cond.notify()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            active = list(self._active.values())
+            return {
+                "state": self._state,
+                "queue_depth": len(self._waiting),
+                "active_requests": len(active) + (1 if self._prefilling else 0),
+                "active_sequences": self.engine.num_decoding,
+                "slots": self.engine.max_batch,
+                "free_slots": self._free_rows,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "totals": dict(self.totals),
+            }
+
+    # ---- the loop (scheduler thread) ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while (
+                    self._state != "stopped"
+                    and not self._waiting
+                    and not self._active
+                    and not self._prefilling
+                    and not self._cancelled
+                ):
+                    self._cond.wait()
+                if self._state == "stopped":
+                    break
+                cancelled, self._cancelled = self._cancelled, []
+            for job in cancelled:
+                self._drop(job, None, "cancelled")
+            self._expire()
+            self._admit()
+            if self._prefilling is not None:
+                job = self._prefilling
+                self._dispatch(self.engine.prefill(job.request, self.prefill_chunk))
+                if not job.request.prefill_remaining:
+                    with self._cond:
+                        self._prefilling = None
+                        if not job.request.done:
+                            self._active[id(job.request)] = job
+                    if job.request.done:
+                        self._finish(job)
+            if self.engine.num_decoding:
+                self._dispatch(self.engine.decode_step())
+                for job in [j for j in self._active.values() if j.request.done]:
+                    self._finish(job)
+            with self._cond:
+                self._free_rows = self.engine.free_rows()
+        # stopped: cut whatever is still running
+        for job in [
+            *self._active.values(),
+            *([self._prefilling] if self._prefilling else []),
+            *self._waiting,
+        ]:
+            self._drop(job, NotReady("the server stopped before this request finished"), "cancelled")
+
+    def _admit(self) -> None:
+        while self._prefilling is None:
+            with self._cond:
+                if not self._waiting or not self.engine.can_begin(self._waiting[0].params.n):
+                    return
+                job = self._waiting.popleft()
+            try:
+                job.request = self.engine.begin(job.prompt_ids, job.params)
+            except EngineError as e:
+                self._drop(job, InvalidRequest(str(e)), None)
+                continue
+            job.admitted_at = time.monotonic()
+            with self._cond:
+                self._prefilling = job
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            expired = [j for j in (*self._waiting, *self._active.values()) if j.deadline < now]
+            if self._prefilling is not None and self._prefilling.deadline < now:
+                expired.append(self._prefilling)
+        for job in expired:
+            message = f"the request did not finish within {self.request_timeout_s:g} s"
+            self._drop(job, DeadlineExceeded(message), "timed_out")
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        now = time.monotonic()
+        for event in events:
+            job = self._active.get(id(event.request))
+            if job is None and self._prefilling is not None and self._prefilling.request is event.request:
+                job = self._prefilling
+            if job is None:
+                continue
+            if job.first_token_at is None:
+                job.first_token_at = now
+            job.completion_tokens += 1
+            if event.finish_reason:
+                job.finish_reasons[event.index] = event.finish_reason
+            job.push(Delta(event.index, event.token, event.text, event.finish_reason))
+
+    def _finish(self, job: _Job) -> None:
+        with self._cond:
+            self._active.pop(id(job.request), None)
+            job.finished_at = time.monotonic()
+            self.totals["completed"] += 1
+            self.totals["prompt_tokens"] += len(job.prompt_ids)
+            self.totals["completion_tokens"] += job.completion_tokens
+        job.push(_End())
+
+    def _drop(self, job: _Job, error: SchedulerError | None, counter: str | None) -> None:
+        """Remove a job wherever it is, free its rows, and end its stream (with `error`, if any)."""
+        with self._cond:
+            if job.finished_at is not None:
+                return
+            job.finished_at = time.monotonic()
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._active.pop(id(job.request), None)
+            if self._prefilling is job:
+                self._prefilling = None
+            if counter:
+                self.totals[counter] += 1
+        if job.request is not None and not job.request.done:
+            self.engine.cancel(job.request)
+        job.push(_End(error))
