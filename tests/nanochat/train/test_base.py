@@ -182,3 +182,15 @@ def test_ddp_two_gloo_processes_equal_one_process_on_the_same_global_batch(corpu
     assert meta["dataloader_state_dict"]["world_size"] == 2
     assert [s["row_group"] % 2 for s in meta["dataloader_state_dict"]["ranks"]] == [0, 1]
     assert (tmp_path / "ddp" / f"optim_{steps:06d}_rank1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(corpus, tmp_path):
+    """`--compile true` (inductor, C++ on CPU) gives the eager run's losses up to float reordering."""
+    eager = tiny_config(corpus, tmp_path / "eager", num_iterations=3, eval_every=0, eval_batches=1)
+    train_base(eager, CPU)
+    train_base(replace(eager, out=str(tmp_path / "compiled"), compile=True), CPU)
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
