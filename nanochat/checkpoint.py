@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from nanochat.files import write_atomically, write_text_atomically
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer, TokenizerError
 
@@ -223,19 +223,6 @@ def load_checkpoint(
     return LoadedCheckpoint(model, tokenizer, meta, step, directory)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared with other users and containers
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     directory: str | os.PathLike,
     step: int,
@@ -250,9 +237,9 @@ def save_checkpoint(
         raise CheckpointError("meta must contain model_config")
     if rank == 0:
         state = {k.removeprefix(COMPILE_PREFIX): v.detach() for k, v in model_state.items()}
-        _atomic_write(model_path(directory, step), lambda p: torch.save(state, p))
+        write_atomically(model_path(directory, step), lambda f: torch.save(state, f))
         text = json.dumps(meta, indent=2)
-        _atomic_write(meta_path(directory, step), lambda p: Path(p).write_text(text))
+        write_text_atomically(meta_path(directory, step), text)
     if optimizer_state is not None:
-        _atomic_write(optimizer_path(directory, step, rank), lambda p: torch.save(optimizer_state, p))
+        write_atomically(optimizer_path(directory, step, rank), lambda f: torch.save(optimizer_state, f))
     return directory

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import rustbpe
 import tiktoken
 import torch
+
+from nanochat.files import write_atomically
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|bos|>",  # every document and conversation starts with it
@@ -138,9 +139,9 @@ class Tokenizer:
         """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / TOKENIZER_FILE, lambda f: pickle.dump(self._encoding, f, protocol=4))
+        write_atomically(folder / TOKENIZER_FILE, lambda f: pickle.dump(self._encoding, f, protocol=4))
         # Through a file object, as nanochat does, so the zip's root folder is "archive".
-        _write_atomically(folder / TOKEN_BYTES_FILE, lambda f: torch.save(self.token_bytes, f))
+        write_atomically(folder / TOKEN_BYTES_FILE, lambda f: torch.save(self.token_bytes, f))
         return folder
 
     @property
@@ -340,17 +341,3 @@ def _assistant_parts(parts: list[Any], index: int) -> list[tuple[str, str]]:
             raise TokenizerError(f"message {index}, part {part_index}: 'text' must be a str")
         checked.append((part_type, text))
     return checked
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file under a temporary name in the same folder, then rename it over `path`."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp_path.open("xb") as f:  # "x": never reuse a file; permissions follow the umask
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise

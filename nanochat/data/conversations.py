@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nanochat.data.files import write_atomically
+from nanochat.files import write_atomically
 from nanochat.tokenizer import ASSISTANT_PART_TYPES
 
 ROLES = ("system", "user", "assistant")

@@ -40,7 +40,6 @@ from urllib.parse import unquote
 from tqdm.auto import tqdm
 
 from nanochat.data.conversations import split_conversations, write_conversations
-from nanochat.data.files import sha256_file, write_text_atomically
 from nanochat.data.shards import num_documents, write_train_val_shards
 from nanochat.data.sources import (
     DOCUMENT_CHARS,
@@ -52,6 +51,7 @@ from nanochat.data.sources import (
     strip_gutenberg,
     text_documents,
 )
+from nanochat.files import sha256_file, write_text_atomically
 
 __all__ = ["SOURCES", "CorpusError", "DemoSource", "prepare_demo_data", "text_files_to_shards"]
 

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-from nanochat.data.files import sha256_file
+from nanochat.files import sha256_file
 
 DEFAULT_FILENAME_PATTERN = "shard_{index:05d}.parquet"
 PATHS_PER_REQUEST = 100  # paths-info calls are batched; one call per 100 shards

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanochat.data.files import write_atomically
+from nanochat.files import write_atomically
 
 SHARD_NAME = "shard_{index:05d}.parquet"
 TEXT_COLUMN = "text"

@@ -28,9 +28,9 @@ from nanochat.data.corpora import (
     read_package_files,
     text_files_to_shards,
 )
-from nanochat.data.files import sha256_file
 from nanochat.data.shards import list_shards, num_row_groups, read_row_group, split_shards
 from nanochat.data.sources import KJV_BOOKS
+from nanochat.files import sha256_file
 
 SHAKESPEARE, KJV, JARGON, CHATTERBOT = SOURCES
 PUBLIC_DOMAIN_NOTE = (

@@ -1,4 +1,4 @@
-"""File helpers shared by the data modules: atomic writes and SHA-256 of a file.
+"""File helpers: atomic writes and SHA-256 of a file (checkpoints, tokenizers, shards, JSONL, manifests).
 
 An atomic write goes to a hidden temporary file in the destination folder and is renamed over the target,
 so a crash or Ctrl-C never leaves a half-written shard, JSONL or manifest behind. Readers that list a
