@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from nanochat.cliargs import non_negative_int, positive_int
 from nanochat.data.hub import DEFAULT_FILENAME_PATTERN
 from nanochat.data.sources import DOCUMENT_CHARS
 
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     prepare.add_argument("--cache", metavar="DIR", help="where downloads are kept (default: OUT/downloads)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars")
     prepare.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="shuffle and split seed (default 0)"
+        "--seed", type=non_negative_int, default=0, help="shuffle and split seed (default 0)"
     )
     prepare.add_argument(
         "--val-fraction", type=_fraction, default=0.05, help="share held out for validation (default 0.05)"
@@ -44,14 +45,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     shards.add_argument("--out", required=True, metavar="DIR", help="output folder for shard_*.parquet")
     shards.add_argument(
         "--max-chars",
-        type=_positive_int,
+        type=positive_int,
         default=DOCUMENT_CHARS,
         help=f"longest document, in characters (default {DOCUMENT_CHARS})",
     )
-    shards.add_argument("--docs-per-shard", type=_positive_int, default=10_000, help="default 10000")
-    shards.add_argument("--docs-per-row-group", type=_positive_int, default=1024, help="default 1024")
+    shards.add_argument("--docs-per-shard", type=positive_int, default=10_000, help="default 10000")
+    shards.add_argument("--docs-per-row-group", type=positive_int, default=1024, help="default 1024")
     shards.add_argument("--val-fraction", type=_fraction, default=0.05, help="default 0.05")
-    shards.add_argument("--seed", type=_non_negative_int, default=0, help="shuffle seed (default 0)")
+    shards.add_argument("--seed", type=non_negative_int, default=0, help="shuffle seed (default 0)")
     shards.add_argument("--overwrite", action="store_true", help="replace parquet files already in --out")
     shards.set_defaults(handler=cmd_shards)
 
@@ -59,14 +60,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "download", help="download parquet shards from a Hugging Face dataset repo"
     )
     download.add_argument("--repo", required=True, help="repo id, e.g. karpathy/fineweb-edu-100b-shuffle")
-    download.add_argument("--shards", type=_positive_int, required=True, help="how many shards (from 0)")
+    download.add_argument("--shards", type=positive_int, required=True, help="how many shards (from 0)")
     download.add_argument("--out", required=True, metavar="DIR", help="output folder")
     download.add_argument(
         "--repo-type", default="dataset", choices=("dataset", "model"), help="default dataset"
     )
     download.add_argument("--revision", help="branch, tag or commit (default: main)")
     download.add_argument("--pattern", default=DEFAULT_FILENAME_PATTERN, help="file name pattern")
-    download.add_argument("--retries", type=_non_negative_int, default=5, help="retries per file (default 5)")
+    download.add_argument("--retries", type=non_negative_int, default=5, help="retries per file (default 5)")
     download.add_argument("--no-progress", action="store_true", help="no progress bars")
     download.set_defaults(handler=cmd_download)
     return data
@@ -138,23 +139,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     )
     print(f"{len(paths)} shards in {args.out}, checksums verified; the last, {paths[-1].name}, is validation")
     return 0
-
-
-def _int_at_least(minimum: int, description: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _fraction(text: str) -> float:

@@ -52,32 +52,31 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_base(args: argparse.Namespace) -> int:
-    from nanochat.train.base import BaseConfig, train_base
-
-    config = build_config(BaseConfig, args, args.config, "base")
+def _run_trainer(args: argparse.Namespace, name: str) -> int:
+    """Build the config (defaults <- TOML [name] <- flags), join torchrun's group if any, train."""
+    if name == "base":
+        from nanochat.train.base import BaseConfig as config_class
+        from nanochat.train.base import train_base as train
+    else:
+        from nanochat.train.sft import SFTConfig as config_class
+        from nanochat.train.sft import train_sft as train
+    config = build_config(config_class, args, args.config, name)
     ctx = init_distributed(config.device)
     try:
-        summary = train_base(config, ctx)
+        summary = train(config, ctx)
     finally:
         shutdown(ctx)
     if ctx.is_main:
-        print(_summary_line("base", config.out, summary))
+        print(_summary_line(name, config.out, summary))
     return 0
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    return _run_trainer(args, "base")
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from nanochat.train.sft import SFTConfig, train_sft
-
-    config = build_config(SFTConfig, args, args.config, "sft")
-    ctx = init_distributed(config.device)
-    try:
-        summary = train_sft(config, ctx)
-    finally:
-        shutdown(ctx)
-    if ctx.is_main:
-        print(_summary_line("sft", config.out, summary))
-    return 0
+    return _run_trainer(args, "sft")
 
 
 def _summary_line(name: str, out: str, summary: dict) -> str:
