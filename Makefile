@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 CHECKPOINT ?= ../shared/fixtures/nanochat-ref/modelA
 # extra pip arguments for torch, e.g. the CPU wheel index on machines without the local wheel
 TORCH_PIP_ARGS ?=
+BENCH_URL ?= http://127.0.0.1:8000
+BENCH_SERVE_ARGS ?=
 
-.PHONY: setup test test-fast lint format bench demo-model clean
+.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean
 
 setup: $(STAMP)
 
@@ -42,6 +44,18 @@ bench: setup
 	else \
 		$(BIN)/nanochat bench --depth 4 --json; \
 	fi
+
+# Serve the bundled demo model (models/demo) on 127.0.0.1:8000; settings from NANOCHAT_* env vars / .env.
+run: setup
+	$(BIN)/python -m app
+
+# Production-style: gunicorn with uvicorn workers (app/gunicorn.conf.py).
+serve: setup
+	$(BIN)/gunicorn -c app/gunicorn.conf.py
+
+# Serving benchmark against a running server (`make run` in another terminal); --json via BENCH_SERVE_ARGS.
+bench-serve: setup
+	$(BIN)/python -m app.bench_serve --url $(BENCH_URL) $(BENCH_SERVE_ARGS)
 
 # Retrain the bundled demo model from scratch (about 10 minutes on 2 CPU cores); see scripts/demo_model.sh.
 demo-model: setup

@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     # the server
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "NANOCHAT_HOST"))
     port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"))
-    workers: int = Field(1, ge=1)  # gunicorn workers (one per GPU on GPU machines)
+    workers: int = Field(  # gunicorn workers (one per GPU on GPU machines)
+        1, ge=1, validation_alias=AliasChoices("NANOCHAT_WORKERS", "WEB_CONCURRENCY")
+    )
     log_level: str = "info"
 
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)

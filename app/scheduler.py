@@ -301,6 +301,8 @@ class Scheduler:
                 if not self._waiting or not self.engine.can_begin(self._waiting[0].params.n):
                     return
                 job = self._waiting.popleft()
+                # reserve its rows now: until the turn ends, `submit` must not count them as free
+                self._free_rows -= job.params.n
             try:
                 job.request = self.engine.begin(job.prompt_ids, job.params)
             except EngineError as e:

@@ -1,0 +1,127 @@
+"""`python -m app [--host H] [--port P]`: serve the app with uvicorn, one process, draining on SIGTERM.
+
+Host and port default to Settings (`HOST` / `PORT`, which Cloud Run sets, or `NANOCHAT_HOST` / `_PORT`).
+
+Plain uvicorn closes its listening socket the moment SIGTERM arrives and re-raises the signal at the end
+(exit status 143). This runner installs its own SIGTERM/SIGINT handler instead: `/ready` turns 503 and new
+requests get 503 at once, requests in flight get `NANOCHAT_DRAIN_TIMEOUT_S` to finish, and only then does
+the server close and the process exit 0. A second signal stops it at once. A model that fails to load
+with `on_load_failure=exit` ends it with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.main import create_app, drain
+
+logger = logging.getLogger("app")
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CLOSE_CONNECTIONS_S = 3.0  # after the drain: time for the last bytes of finished responses to go out
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain before the socket closes, and an exit code."""
+
+    def __init__(self, config: uvicorn.Config, runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.exit_code = 0
+        self._draining: asyncio.Task | None = None
+
+    def stop(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._draining is None:
+            logger.info("%s: draining, then exiting", name)
+            self._draining = asyncio.ensure_future(self._drain_then_stop())
+        else:
+            logger.warning("%s again: stopping now", name)
+            self.should_exit = self.force_exit = True
+
+    async def _drain_then_stop(self) -> None:
+        await drain(self.runtime)
+        self.should_exit = True
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {port}")
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve the nanochat inference service (one process; drains on SIGTERM). Every other "
+        "setting comes from NANOCHAT_* environment variables or .env (see .env.example).",
+    )
+    parser.add_argument("--host", help="address to listen on (default: HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=_port, help="port to listen on (default: PORT, else 8000)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        parser.error(f"invalid settings: {problems}")
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    settings = settings.model_copy(update=overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
+    )
+    server = DrainingServer(config, app.state.runtime)
+    app.state.exit = server.stop
+    server.run()
+    loader = app.state.runtime.loader
+    if loader is not None and loader.is_alive():
+        # A load cannot be interrupted, and finalizing the interpreter under torch code still running on
+        # that thread aborts the process: leave without finalizing.
+        logger.info("exiting while the model is still loading")
+        logging.shutdown()
+        os._exit(server.exit_code)
+    return server.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

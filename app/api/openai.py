@@ -1,0 +1,214 @@
+"""OpenAI-compatible routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+
+Works with the official `openai` client. Streaming answers are Server-Sent Events: for chat, one chunk per
+choice with `delta.role`, then content deltas, then a chunk with each choice's `finish_reason`, an optional
+usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
+started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
+
+Ids: the completion id is `chatcmpl-<request id>` / `cmpl-<request id>`, the request id being the
+client's `X-Request-ID` or a fresh one (returned in that header either way).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import RequestId, Runtime, RuntimeDep
+from app.api.serving import (
+    Prompt,
+    chat_prompt,
+    collect,
+    completion_prompt,
+    deltas,
+    event_stream,
+    openai_sampling_params,
+    sse,
+    submit,
+    truncation_headers,
+)
+from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
+from app.scheduler import GenerationStream, SchedulerError
+from app.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    NanochatInfo,
+    Usage,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+OWNED_BY = "nanochat"
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON; SSE if stream=true"}}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def _json(model: ChatCompletion | Completion, headers: dict[str, str]) -> Response:
+    return JSONResponse(model.model_dump(mode="json", exclude_none=True), headers=headers)
+
+
+# ---- chat -------------------------------------------------------------------------------------------
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    response_model_exclude_none=True,
+    responses={**GENERATION_ERRORS, **STREAM_RESPONSE},
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    rt: RuntimeDep,
+    rid: RequestId,
+) -> Response:
+    params = openai_sampling_params(rt, body, body.max_completion_tokens)
+    rt.scheduler_or_503()  # the prompt needs the model's tokenizer
+    prompt = await chat_prompt(rt, body.messages)
+    stream = await submit(rt, prompt, params, rid)
+    completion_id, created = f"chatcmpl-{rid}", int(time.time())
+    headers = truncation_headers(prompt)
+    if body.stream:
+        events = _chat_events(stream, completion_id, created, rt.model_name, body.include_usage, prompt)
+        return event_stream(events, stream, headers)
+    result = await collect(stream, request)
+    completion = ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=rt.model_name,
+        choices=[
+            ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=reason)
+            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+        ],
+        usage=_usage(result.prompt_tokens, result.completion_tokens),
+        nanochat=_nanochat_info(prompt),
+    )
+    return _json(completion, headers)
+
+
+def _nanochat_info(prompt: Prompt) -> NanochatInfo | None:
+    return NanochatInfo(truncated_messages=prompt.truncated_messages) if prompt.truncated_messages else None
+
+
+async def _chat_events(
+    stream: GenerationStream,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+    prompt: Prompt,
+) -> AsyncIterator[str]:
+    def chunk(choices: list[ChatChunkChoice], **extra) -> str:
+        body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
+        return sse(body)
+
+    for i in range(stream.n):
+        role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
+        yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
+    try:
+        async for delta in deltas(stream):
+            if delta.text:
+                yield chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text))])
+            if delta.finish_reason:
+                reason = delta.finish_reason
+                yield chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=reason)])
+    except SchedulerError as e:
+        yield sse(from_exception(e))
+        return
+    if include_usage:
+        yield chunk([], usage=_usage(stream.prompt_tokens, stream.completion_tokens))
+    yield "data: [DONE]\n\n"
+
+
+# ---- completions ------------------------------------------------------------------------------------
+@router.post(
+    "/completions",
+    response_model=Completion,
+    response_model_exclude_none=True,
+    responses={**GENERATION_ERRORS, **STREAM_RESPONSE},
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    rt: RuntimeDep,
+    rid: RequestId,
+) -> Response:
+    params = openai_sampling_params(rt, body)
+    rt.scheduler_or_503()
+    prompt = await completion_prompt(rt, body.prompt)
+    stream = await submit(rt, prompt, params, rid)
+    completion_id, created = f"cmpl-{rid}", int(time.time())
+    if body.stream:
+        events = _completion_events(stream, completion_id, created, rt.model_name, body.include_usage)
+        return event_stream(events, stream)
+    result = await collect(stream, request)
+    completion = Completion(
+        id=completion_id,
+        created=created,
+        model=rt.model_name,
+        choices=[
+            CompletionChoice(index=i, text=text, finish_reason=reason)
+            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+        ],
+        usage=_usage(result.prompt_tokens, result.completion_tokens),
+    )
+    return _json(completion, {})
+
+
+async def _completion_events(
+    stream: GenerationStream, completion_id: str, created: int, model: str, include_usage: bool
+) -> AsyncIterator[str]:
+    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+        return sse(Completion(id=completion_id, created=created, model=model, choices=choices, usage=usage))
+
+    try:
+        async for delta in deltas(stream):
+            if delta.text or delta.finish_reason:
+                reason = delta.finish_reason
+                yield chunk([CompletionChoice(index=delta.index, text=delta.text, finish_reason=reason)])
+    except SchedulerError as e:
+        yield sse(from_exception(e))
+        return
+    if include_usage:
+        yield chunk([], _usage(stream.prompt_tokens, stream.completion_tokens))
+    yield "data: [DONE]\n\n"
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def _card(rt: Runtime) -> ModelCard:
+    return ModelCard(id=rt.model_name, created=int(rt.started_at), owned_by=OWNED_BY)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(rt: RuntimeDep) -> ModelList:
+    """The one model this server serves (listed while it loads, too)."""
+    return ModelList(data=[_card(rt)])
+
+
+@router.get(
+    "/models/{model_id:path}",
+    response_model=ModelCard,
+    responses={404: {"model": ErrorResponse, "description": "not the model this server serves"}},
+)
+async def retrieve_model(model_id: str, rt: RuntimeDep) -> ModelCard:
+    if model_id != rt.model_name:
+        message = f"model {model_id!r} not found; this server serves {rt.model_name!r}"
+        raise APIError(404, message, "model_not_found", "model")
+    return _card(rt)

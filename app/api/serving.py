@@ -1,0 +1,268 @@
+"""What the OpenAI and the nanochat routes share: requests -> prompt ids and SamplingParams within the
+limits, and the scheduler's stream -> text, cancelled when the client goes away.
+
+Every limit is checked here, before any model work: message count and sizes, prompt tokens against the
+model's context (`context_overflow`: reject, or drop the oldest turns), max_tokens against
+`max_tokens_limit`, n against `max_n`. A prompt that fits but leaves less room than max_tokens is not an
+error: generation stops at the context with finish_reason "length".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+
+from app.api.deps import Runtime
+from app.errors import invalid
+from app.scheduler import Delta, GenerationStream
+from app.schemas import ChatMessage, SamplingFields
+from nanochat.engine import EngineError, SamplingParams
+from nanochat.tokenizer import TokenizerError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    truncated_messages: int = 0  # oldest messages dropped to fit the context
+
+
+# ---- prompts ----------------------------------------------------------------------------------------
+def check_message_limits(runtime: Runtime, messages: Sequence[ChatMessage]) -> None:
+    limits = runtime.settings
+    if len(messages) > limits.max_messages:
+        raise invalid(f"{len(messages)} messages; at most {limits.max_messages} are allowed", "messages")
+    total = 0
+    for i, message in enumerate(messages):
+        chars = len(message.text)
+        total += chars
+        if chars > limits.max_message_chars:
+            raise invalid(
+                f"message {i} has {chars} characters; at most {limits.max_message_chars} are allowed",
+                f"messages.{i}.content",
+            )
+    if total > limits.max_total_chars:
+        raise invalid(
+            f"the messages have {total} characters in all; at most {limits.max_total_chars} are allowed",
+            "messages",
+        )
+
+
+def _conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Our messages as the tokenizer's conversation: "developer" is a system message, roles are checked."""
+    turns = []
+    for i, message in enumerate(messages):
+        role = "system" if message.role == "developer" else message.role
+        if role == "system" and i != 0:
+            text = f"message {i} is a system message; only the first message may be one"
+            raise invalid(text, f"messages.{i}.role")
+        turns.append({"role": role, "content": message.text})
+    if turns[-1]["role"] != "user":
+        raise invalid(
+            f"the last message has role {turns[-1]['role']!r}; it must be the user's turn to answer",
+            f"messages.{len(turns) - 1}.role",
+        )
+    return turns
+
+
+def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
+    tokenizer = runtime.tokenizer
+    try:
+        # not render_for_completion: it cuts at 2048 tokens, and the context check must see the whole prompt
+        ids, _ = tokenizer.render_conversation({"messages": turns}, max_tokens=2**62)
+    except TokenizerError as e:
+        raise invalid(str(e), "messages") from None
+    return [*ids, tokenizer.encode_special("<|assistant_start|>")]
+
+
+def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
+    turns = _conversation(messages)
+    ids = _render(runtime, turns)
+    context = runtime.context
+    if len(ids) <= context:
+        return Prompt(ids)
+    if runtime.settings.context_overflow == "reject":
+        raise invalid(
+            f"the prompt is {len(ids)} tokens; this model's context is {context} tokens "
+            "(shorten the conversation, or run the server with NANOCHAT_CONTEXT_OVERFLOW=truncate)",
+            "messages",
+            "context_length_exceeded",
+        )
+    # truncate: drop the oldest user/assistant pair after the system message until the prompt fits
+    head = turns[:1] if turns[0]["role"] == "system" else []
+    rest = turns[len(head) :]
+    dropped = 0
+    while len(ids) > context and len(rest) > 1:
+        rest = rest[2:]
+        dropped += 2
+        ids = _render(runtime, head + rest)
+    if len(ids) > context:
+        raise invalid(
+            f"even with only the system message and the last user message the prompt is {len(ids)} tokens; "
+            f"this model's context is {context} tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+    return Prompt(ids, dropped)
+
+
+async def chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
+    """Prompt ids for the assistant's next turn, within the limits (tokenized off the event loop)."""
+    check_message_limits(runtime, messages)
+    return await to_thread.run_sync(_chat_prompt, runtime, messages)
+
+
+async def completion_prompt(runtime: Runtime, prompt: str | list[str]) -> Prompt:
+    """BOS + the prompt as plain text (a base model's document continuation)."""
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise invalid(f"got {len(prompt)} prompts; send one prompt per request", "prompt")
+        prompt = prompt[0]
+    limit = runtime.settings.max_total_chars
+    if len(prompt) > limit:
+        raise invalid(f"the prompt has {len(prompt)} characters; at most {limit} are allowed", "prompt")
+    tokenizer = runtime.tokenizer
+    ids = await to_thread.run_sync(lambda: tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id()))
+    if len(ids) > runtime.context:
+        raise invalid(
+            f"the prompt is {len(ids)} tokens; this model's context is {runtime.context} tokens",
+            "prompt",
+            "context_length_exceeded",
+        )
+    return Prompt(ids)
+
+
+# ---- sampling ---------------------------------------------------------------------------------------
+def sampling_params(
+    runtime: Runtime,
+    max_tokens: int | None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    n: int = 1,
+    stop: Sequence[str] | None = None,
+    ignore_eos: bool = False,
+    param: str = "max_tokens",
+) -> SamplingParams:
+    limits = runtime.settings
+    if max_tokens is None:
+        max_tokens = min(limits.default_max_tokens, limits.max_tokens_limit)
+    elif max_tokens > limits.max_tokens_limit:
+        raise invalid(f"{param} is {max_tokens}; at most {limits.max_tokens_limit} is allowed", param)
+    if n > limits.max_n:
+        raise invalid(f"n is {n}; at most {limits.max_n} is allowed", "n")
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else temperature,
+            top_k=top_k,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+            n=n,
+            stop=tuple(stop or ()),
+            ignore_eos=ignore_eos,
+        )
+    except EngineError as e:  # the schema's bounds already hold; this is a second line of defence
+        raise invalid(str(e)) from None
+
+
+def openai_sampling_params(
+    runtime: Runtime, body: SamplingFields, max_tokens: int | None = None
+) -> SamplingParams:
+    """SamplingParams for an OpenAI request, after refusing the parameters it cannot honour."""
+    unsupported = body.unsupported_parameter()
+    if unsupported:
+        message = f"{unsupported} is not supported by this server (leave it unset)"
+        raise invalid(message, unsupported, "unsupported_parameter")
+    return sampling_params(
+        runtime,
+        body.max_tokens if max_tokens is None else max_tokens,
+        body.temperature,
+        body.top_p,
+        body.top_k,
+        body.seed,
+        body.n,
+        body.stop,
+        body.ignore_eos,
+        "max_completion_tokens" if max_tokens is not None else "max_tokens",
+    )
+
+
+# ---- running ----------------------------------------------------------------------------------------
+async def submit(
+    runtime: Runtime, prompt: Prompt, params: SamplingParams, request_id: str
+) -> GenerationStream:
+    """Queue the request; QueueFull (429), NotReady (503) and InvalidRequest (400) surface at once."""
+    return await runtime.scheduler_or_503().submit(prompt.ids, params, request_id=request_id)
+
+
+async def deltas(stream: GenerationStream) -> AsyncIterator[Delta]:
+    """The stream's deltas; if the consumer stops early (client gone, task cancelled), the generation is
+    cancelled and its rows freed. Scheduler errors (deadline, drain) are raised from here."""
+    try:
+        async for delta in stream:
+            yield delta
+    finally:
+        stream.cancel()  # no-op when it finished
+
+
+def sse(data: BaseModel | dict[str, Any]) -> str:
+    """One Server-Sent Event carrying JSON (pydantic models without their null fields)."""
+    text = data.model_dump_json(exclude_none=True) if isinstance(data, BaseModel) else json.dumps(data)
+    return f"data: {text}\n\n"
+
+
+def event_stream(
+    events: AsyncIterator[str], stream: GenerationStream, headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    """An SSE response; the generation is cancelled when the response ends early, however it ends."""
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        background=BackgroundTask(stream.cancel),
+    )
+
+
+def truncation_headers(prompt: Prompt) -> dict[str, str]:
+    return {"X-Prompt-Truncated": str(prompt.truncated_messages)} if prompt.truncated_messages else {}
+
+
+@dataclass
+class Collected:
+    texts: list[str]
+    finish_reasons: list[str | None]
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+async def collect(stream: GenerationStream, request: Request) -> Collected:
+    """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile."""
+    parts: list[list[str]] = [[] for _ in range(stream.n)]
+    finish: list[str | None] = [None] * stream.n
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
+    try:
+        async for delta in deltas(stream):
+            parts[delta.index].append(delta.text)
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
+    finally:
+        watcher.cancel()
+    texts = ["".join(p) for p in parts]
+    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens)
+
+
+async def _cancel_on_disconnect(request: Request, stream: GenerationStream) -> None:
+    # the body has been read, so the next ASGI message is the disconnect
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    stream.cancel()

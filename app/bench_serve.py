@@ -1,0 +1,410 @@
+"""Serving benchmark: what a client of a running server sees, next to what the bare engine can do.
+
+`python -m app.bench_serve --url http://127.0.0.1:8000 --checkpoint models/demo --json`
+
+For each concurrency level, that many clients stream `POST /v1/chat/completions` back to back (greedy, a
+fixed `max_tokens`) until the level's requests are done. Figures per level: aggregate output tokens/s,
+time to first token (TTFT) p50/p95, time per output token after the first (TPOT) p50/p95, end-to-end
+latency p50/p95, and the error count. With `--checkpoint`, the same run also loads that checkpoint in this
+process and times the engine's batch-1 decode (`nanochat.bench.run_benchmark`), with the server idle, so
+the service's overhead shows as one ratio. docs/serving.md explains how to read each figure.
+
+This is a measurement, not a test: it never fails on a slow figure, only on a server it cannot use (one
+line on stderr, exit 1). Targets are reported beside the ratios. It does not start the server, and on a
+shared machine the client's own CPU use is part of what it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from nanochat.cliargs import DTYPES, OneLineParser, UsageError, non_negative_int, positive_int
+
+TARGET_16_VS_1_STREAMS = 5.0  # aggregate tokens/s with 16 concurrent streams vs 1
+TARGET_SERVICE_VS_ENGINE = 0.9  # one stream through the service vs the engine's batch-1 decode
+ENGINE_PROMPT_TOKENS = 32  # about the length of the chat prompts below once rendered
+ENGINE_REPEATS = 5  # best of: one decode run of a small model is short, so a busy machine shows in it
+MAX_ERROR_SAMPLES = 5
+
+# Open-ended requests, so a model that stops at end-of-turn still writes long answers.
+PROMPTS = (
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a compiler turns source code into a running program.",
+    "Describe a walk through a busy city market, sight by sight and sound by sound.",
+    "List everything you would pack for a month-long trip and explain each choice.",
+    "Write a long letter to a friend about the best book you have ever read.",
+    "Explain step by step how to bake bread, from the flour to the first slice.",
+)
+
+
+class BenchError(Exception):
+    """The server cannot be benchmarked (unreachable, not ready, no model); one line for the user."""
+
+
+@dataclass
+class StreamResult:
+    """One request as the client saw it (times in seconds from sending the request)."""
+
+    tokens: int = 0
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.error or self.ttft_s is None or self.tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.tokens - 1)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    model: str
+    ignore_eos: bool  # the request schema has `ignore_eos`: every request decodes exactly max_tokens
+    stream_usage: bool  # it has `stream_options`: token counts come from the final usage chunk
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+# ---- the server ----------------------------------------------------------------------------------------
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float) -> None:
+    """Poll GET /ready until it answers 200, or raise BenchError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            response = await client.get("/ready")
+            if response.status_code == 200:
+                return
+            last = f"/ready answered {response.status_code}"
+        except httpx.TransportError as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() >= deadline:
+            raise BenchError(f"server at {client.base_url} is not ready after {timeout_s:g} s ({last})")
+        await asyncio.sleep(0.5)
+
+
+async def describe_server(client: httpx.AsyncClient, model: str | None) -> ServerInfo:
+    """The model id to ask for, and which request extensions the server's OpenAPI schema offers."""
+    if model is None:
+        response = await client.get("/v1/models")
+        if response.status_code != 200:
+            raise BenchError(f"GET /v1/models answered {response.status_code}: {response.text[:200]}")
+        try:
+            model = response.json()["data"][0]["id"]
+        except (ValueError, LookupError, TypeError):
+            raise BenchError(f"GET /v1/models names no model ({response.text[:200]}); pass --model") from None
+    fields: set[str] = set()
+    response = await client.get("/openapi.json")
+    if response.status_code == 200:
+        fields = chat_request_fields(response.json())
+    return ServerInfo(model, "ignore_eos" in fields, "stream_options" in fields)
+
+
+def chat_request_fields(openapi: dict) -> set[str]:
+    """Property names of the POST /v1/chat/completions JSON body in an OpenAPI document."""
+    try:
+        operation = openapi["paths"]["/v1/chat/completions"]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    except (KeyError, TypeError):
+        return set()
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = openapi.get("components", {}).get("schemas", {}).get(name, {})
+    return set(schema.get("properties", {}))
+
+
+def chat_request(info: ServerInfo, prompt: str, max_tokens: int) -> dict:
+    body: dict = {
+        "model": info.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    if info.ignore_eos:
+        body["ignore_eos"] = True
+    if info.stream_usage:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def stream_chat(client: httpx.AsyncClient, body: dict) -> StreamResult:
+    """Send one streaming chat completion and time it; failures are recorded, never raised."""
+    result = StreamResult()
+    chunks = 0  # content deltas: one per token on a server that streams every token
+    usage_tokens = None
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                result.error = f"HTTP {response.status_code}: {_error_message(response)}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    result.error = f"stream error: {event['error'].get('message', event['error'])}"
+                    return result
+                if event.get("usage"):
+                    usage_tokens = event["usage"].get("completion_tokens")
+                for choice in event.get("choices", ()):
+                    if choice.get("delta", {}).get("content"):
+                        chunks += 1
+                        if result.ttft_s is None:
+                            result.ttft_s = time.perf_counter() - start
+            else:
+                result.error = "the stream ended without data: [DONE]"
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        result.error = f"{type(e).__name__}: {e}"
+    finally:
+        result.e2e_s = time.perf_counter() - start
+    result.tokens = usage_tokens if usage_tokens is not None else chunks
+    return result
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+async def run_level(
+    client: httpx.AsyncClient, info: ServerInfo, concurrency: int, requests: int, max_tokens: int
+) -> dict:
+    """`concurrency` clients send `requests` streaming requests in all, each client one at a time."""
+    pending = iter(range(requests))
+    results: list[StreamResult] = []
+
+    async def client_loop() -> None:
+        for i in pending:
+            body = chat_request(info, PROMPTS[i % len(PROMPTS)], max_tokens)
+            results.append(await stream_chat(client, body))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    wall_s = time.perf_counter() - start
+
+    done = [r for r in results if r.error is None]
+    ttft = [r.ttft_s for r in done if r.ttft_s is not None]
+    tpot = [t for r in done if (t := r.tpot_s) is not None]
+    e2e = [r.e2e_s for r in done]
+    tokens = sum(r.tokens for r in done)
+    errors = [r.error for r in results if r.error is not None]
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:MAX_ERROR_SAMPLES],
+        "output_tokens": tokens,
+        "mean_output_tokens": round(tokens / len(done), 1) if done else 0,
+        "wall_s": round(wall_s, 3),
+        "output_tokens_per_s": round(tokens / wall_s, 1),
+        "ttft_ms": {"p50": _ms(percentile(ttft, 50)), "p95": _ms(percentile(ttft, 95))},
+        "tpot_ms": {"p50": _ms(percentile(tpot, 50)), "p95": _ms(percentile(tpot, 95))},
+        "e2e_ms": {"p50": _ms(percentile(e2e, 50)), "p95": _ms(percentile(e2e, 95))},
+    }
+
+
+# ---- the engine ----------------------------------------------------------------------------------------
+def engine_batch1(args: argparse.Namespace) -> dict:
+    """Batch-1 decode tokens/s of the bare engine on `args.checkpoint`, measured in this process."""
+    import torch
+
+    from nanochat.bench import run_benchmark
+    from nanochat.checkpoint import CheckpointError
+    from nanochat.cliargs import load_from_args
+
+    try:
+        loaded = load_from_args(args)
+    except CheckpointError as e:
+        raise BenchError(str(e)) from e
+    result = run_benchmark(
+        loaded.model,
+        loaded.tokenizer,
+        batches=(),
+        prompt_len=ENGINE_PROMPT_TOKENS,
+        decode_steps=args.max_tokens,
+        repeats=ENGINE_REPEATS,
+        with_hf=False,
+    )
+    return {
+        "checkpoint": args.checkpoint,
+        "device": str(next(loaded.model.parameters()).device),
+        "dtype": result["model"]["dtype"],
+        "threads": torch.get_num_threads(),
+        "decode_steps": result["decode_steps"],
+        "decode_batch1_tokens_per_s": result["decode_batch1_tokens_per_s"],
+    }
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+async def run_serve_benchmark(args: argparse.Namespace) -> dict:
+    """Every figure as a JSON-able dict (see the module docstring)."""
+    limits = httpx.Limits(max_connections=max(args.concurrency) + 4, max_keepalive_connections=None)
+    timeout = httpx.Timeout(args.timeout, connect=10.0)
+    async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=timeout) as client:
+        try:
+            await wait_ready(client, args.wait_ready)
+            info = await describe_server(client, args.model)
+        except httpx.HTTPError as e:
+            raise BenchError(f"cannot use the server at {args.url}: {type(e).__name__}: {e}") from e
+        # the engine first, while the server is idle, so the two never compete for the same cores
+        engine = engine_batch1(args) if args.checkpoint else {"skipped": "no --checkpoint given"}
+        warmup = await stream_chat(client, chat_request(info, PROMPTS[0], min(args.max_tokens, 8)))
+        if warmup.error:
+            raise BenchError(f"the warm-up request failed: {warmup.error}")
+        levels = {}
+        for concurrency in args.concurrency:
+            requests = args.requests_per_level or max(4 * concurrency, 16)
+            levels[str(concurrency)] = await run_level(
+                client, info, concurrency, max(requests, concurrency), args.max_tokens
+            )
+
+    result: dict = {
+        "url": args.url,
+        "model": info.model,
+        "max_tokens": args.max_tokens,
+        "ignore_eos": info.ignore_eos,
+        "tokens_counted_from": "usage" if info.stream_usage else "stream chunks",
+        "levels": levels,
+        "engine": engine,
+        "ratios": {},
+        "targets": {
+            "streams16_vs_streams1": TARGET_16_VS_1_STREAMS,
+            "service_1stream_vs_engine_batch1": TARGET_SERVICE_VS_ENGINE,
+        },
+    }
+    one = levels.get("1", {}).get("output_tokens_per_s")
+    sixteen = levels.get("16", {}).get("output_tokens_per_s")
+    if one and sixteen:
+        result["ratios"]["streams16_vs_streams1"] = round(sixteen / one, 2)
+    engine_rate = engine.get("decode_batch1_tokens_per_s")
+    if one and engine_rate:
+        result["ratios"]["service_1stream_vs_engine_batch1"] = round(one / engine_rate, 2)
+        tpot = levels["1"]["tpot_ms"]["p50"]
+        if tpot:
+            result["ratios"]["service_1stream_decode_vs_engine_batch1"] = round(1000 / tpot / engine_rate, 2)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The figures for a terminal."""
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lines = [
+        f"{result['url']}  model {result['model']}  max_tokens {result['max_tokens']}  "
+        f"ignore_eos {result['ignore_eos']}",
+        f"{'streams':>7} {'requests':>8} {'errors':>6} {'tokens/s':>9} {'TTFT p50/p95 ms':>17} "
+        f"{'TPOT p50/p95 ms':>17} {'E2E p50/p95 ms':>17}",
+    ]
+    for level in result["levels"].values():
+        ttft, tpot, e2e = level["ttft_ms"], level["tpot_ms"], level["e2e_ms"]
+        lines.append(
+            f"{level['concurrency']:>7} {level['requests']:>8} {level['errors']:>6} "
+            f"{level['output_tokens_per_s']:>9g} {cell(ttft['p50']) + ' / ' + cell(ttft['p95']):>17} "
+            f"{cell(tpot['p50']) + ' / ' + cell(tpot['p95']):>17} "
+            f"{cell(e2e['p50']) + ' / ' + cell(e2e['p95']):>17}"
+        )
+        for sample in level["error_samples"]:
+            lines.append(f"        error: {sample}")
+    engine = result["engine"]
+    if "skipped" in engine:
+        lines.append(f"engine batch-1 decode: skipped ({engine['skipped']})")
+    else:
+        lines.append(
+            f"engine batch-1 decode: {engine['decode_batch1_tokens_per_s']:g} tokens/s "
+            f"({engine['checkpoint']}, {engine['device']}, {engine['threads']} threads)"
+        )
+    for name, value in result["ratios"].items():
+        target = result["targets"].get(name)
+        lines.append(f"{name}: {value:g}" + (f" (target >= {target:g})" if target else ""))
+    return "\n".join(lines)
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive concurrency levels, got {text!r}")
+    return levels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m app.bench_serve",
+        description="Stream chat completions from a running server at several concurrencies.",
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    parser.add_argument("--model", help="model id to request (default: the first of GET /v1/models)")
+    parser.add_argument(
+        "--concurrency", type=_levels, default=[1, 4, 16, 64], help="streams per level (default 1,4,16,64)"
+    )
+    parser.add_argument(
+        "--requests-per-level",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="requests per level, at least the level's concurrency (default: 4 x concurrency, at least 16)",
+    )
+    parser.add_argument("--max-tokens", type=positive_int, default=64, help="tokens per reply (default 64)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    parser.add_argument(
+        "--wait-ready", type=float, default=60.0, metavar="S", help="wait up to S s for /ready (default 60)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    engine = parser.add_argument_group("the engine baseline (measured in this process)")
+    engine.add_argument("--checkpoint", metavar="DIR", help="the checkpoint the server runs (default: skip)")
+    engine.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
+    engine.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    engine.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as nanochat)")
+    engine.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        result = asyncio.run(run_serve_benchmark(args))
+    except (UsageError, BenchError) as e:
+        print(f"bench_serve: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

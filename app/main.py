@@ -1,0 +1,248 @@
+"""The FastAPI app: `create_app(settings)` wires routes, middleware and errors, and its lifespan owns the
+model.
+
+Start-up: the checkpoint loads (device, dtype and threads from Settings) on a background thread, so the
+process answers `/health` at once and `/ready` says 503 "loading" meanwhile; the engine warms up with one
+tiny generation; then the scheduler starts and `/ready` turns 200. A load failure is logged in one line;
+with `on_load_failure=exit` the process then exits with status 3 (never hangs), with `unready` it keeps
+serving `/health`, and `/ready` (like every model route) answers 503 with the reason.
+
+Shut-down (`drain`): `/ready` turns 503, new requests get 503, requests in flight get `drain_timeout_s` to
+finish, then are cut. `python -m app` drains on SIGTERM before the listening socket closes (see
+`app/__main__.py`); under gunicorn or plain uvicorn the lifespan's end drains.
+
+Serving from plain uvicorn: `uvicorn --factory app.main:create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware import Middleware
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api import health, openai, web
+from app.api.deps import Runtime
+from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, RequestContext
+from app.config import Settings
+from app.errors import APIError, install_error_handlers
+from app.scheduler import Scheduler
+from nanochat.checkpoint import load_checkpoint
+from nanochat.cliargs import DTYPES, UsageError, resolve_device
+from nanochat.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+EXIT_LOAD_FAILED = 3  # gunicorn reads 3 from a worker as "failed to boot" and stops
+WARMUP_TEXT = "Hello"
+EngineFactory = Callable[[Settings], Engine]
+T = TypeVar("T")
+
+
+def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """The service. `engine_factory(settings) -> Engine` replaces checkpoint loading (other backends)."""
+    settings = settings or Settings()
+    runtime = Runtime(settings, model_name=settings.model_name or _folder_name(settings.checkpoint))
+    middleware = [Middleware(RequestContext, responses=runtime.responses)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+                expose_headers=[REQUEST_ID_HEADER, "X-Prompt-Truncated", "Retry-After"],
+            )
+        )
+    if settings.api_keys:
+        middleware.append(Middleware(ApiKeyAuth, keys=settings.api_keys))
+    middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(load_model(runtime, engine_factory, app.state.exit))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await drain(runtime)
+
+    app = FastAPI(
+        title="nanochat",
+        summary="OpenAI-compatible chat and completions over a nanochat model",
+        version="0.1.0",
+        lifespan=lifespan,
+        middleware=middleware,
+    )
+    app.state.runtime = runtime
+    app.state.exit = _exit_process  # `python -m app` replaces it with a clean server stop
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(web.router)
+    app.include_router(health.router)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise APIError(404, "the web chat page is not installed (app/static/index.html)", "not_found")
+        return FileResponse(page)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _folder_name(checkpoint: str) -> str:
+    return Path(checkpoint.rstrip("/")).name or checkpoint
+
+
+# ---- the model's life -------------------------------------------------------------------------------
+def load_engine(settings: Settings) -> Engine:
+    """The default engine factory: the checkpoint Settings name, on its device, in its dtype."""
+    device = resolve_device(settings.device)
+    if settings.dtype:
+        dtype = DTYPES[settings.dtype]
+    else:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
+    return Engine(
+        checkpoint.model,
+        checkpoint.tokenizer,
+        max_batch=settings.max_batch,
+        prefill_chunk=settings.prefill_chunk,
+    )
+
+
+def _build_engine(settings: Settings, engine_factory: EngineFactory | None) -> Engine:
+    """Runs on the loader thread: load, then warm up with one tiny greedy generation."""
+    engine = (engine_factory or load_engine)(settings)
+    if settings.warmup:
+        tokenizer = engine.tokenizer
+        prompt = tokenizer.encode(WARMUP_TEXT, prepend=tokenizer.get_bos_token_id())
+        for _ in engine.generate(prompt, max_tokens=2, temperature=0.0):
+            pass
+    return engine
+
+
+async def load_model(
+    runtime: Runtime, engine_factory: EngineFactory | None, on_fatal: Callable[[int], None]
+) -> None:
+    """Load the model off the event loop and start the scheduler; on failure, record why (and maybe exit)."""
+    settings = runtime.settings
+    started = time.monotonic()
+    logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
+    if settings.threads:  # before any thread that runs the model is started: they inherit it
+        torch.set_num_threads(settings.threads)
+    try:
+        engine = await _on_daemon_thread(runtime, _build_engine, settings, engine_factory)
+    except Exception as e:
+        runtime.state, runtime.reason = "failed", f"the model failed to load: {e}"
+        expected = isinstance(e, ValueError | OSError | UsageError)  # bad checkpoint, files, or device
+        logger.error(
+            "the model failed to load from %s: %s (on_load_failure=%s)",
+            settings.checkpoint,
+            e,
+            settings.on_load_failure,
+            exc_info=not expected,
+        )
+        if settings.on_load_failure == "exit":
+            on_fatal(EXIT_LOAD_FAILED)
+        return
+    if runtime.state != "loading":  # shutting down already
+        return
+    scheduler = Scheduler(
+        engine,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        prefill_chunk=settings.prefill_chunk,
+    )
+    scheduler.start()
+    runtime.engine, runtime.scheduler = engine, scheduler
+    runtime.state, runtime.reason = "ready", ""
+    logger.info(
+        "model %s ready in %.1f s: context %d tokens, batch %d, queue %d",
+        runtime.model_name,
+        time.monotonic() - started,
+        engine.max_seq_len,
+        engine.max_batch,
+        settings.max_queue,
+    )
+
+
+async def drain(runtime: Runtime) -> None:
+    """Stop admitting (ready -> 503), give requests in flight `drain_timeout_s`, then stop the scheduler."""
+    if runtime.state in ("draining", "stopped"):
+        return
+    grace = runtime.settings.drain_timeout_s
+    runtime.state, runtime.reason = "draining", "the server is shutting down; retry on another instance"
+    if runtime.scheduler is not None:
+        busy = runtime.scheduler.stats()["active_requests"]
+        logger.info("draining: %d request(s) in flight get up to %.1f s", busy, grace)
+        await runtime.scheduler.drain(grace)
+    runtime.state, runtime.reason = "stopped", "the server has stopped"
+    logger.info("drained")
+
+
+async def _on_daemon_thread(runtime: Runtime, fn: Callable[..., T], *args: Any) -> T:
+    """Await `fn(*args)` run on a daemon thread (kept as `runtime.loader`): unlike the default executor,
+    a load still running at exit never holds the process up."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # handed to the awaiting coroutine
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    runtime.loader = threading.Thread(target=run, name="model-loader", daemon=True)
+    runtime.loader.start()
+    return await future
+
+
+def _exit_process(code: int) -> None:
+    """Without a server to stop cleanly (gunicorn, plain uvicorn): flush the logs and leave now."""
+    logging.shutdown()
+    os._exit(code)
+
+
+# ---- OpenAPI ----------------------------------------------------------------------------------------
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document without its 422 responses: input errors are 400 here (see app/errors.py)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,269 @@
+"""Request and response bodies of the HTTP API (pydantic), in one module.
+
+OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The nanochat web protocol:
+`/chat/completions`. Static limits (temperature in [0, 2], top_p in (0, 1], ...) live here, so they show in
+the OpenAPI document; limits that come from Settings (max_tokens_limit, max_n, message counts and sizes)
+and the model's context are checked in `app/api/serving.py`.
+
+Requests are strict (`"3"` is not an integer) and ignore unknown fields. OpenAI fields this server cannot
+honour are accepted only at their no-op values (`logprobs: false`, `presence_penalty: 0`, `tools: []`);
+`unsupported_parameter` names the first one that is not. Responses are sent without null fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from nanochat.engine import MAX_TOP_K
+
+MAX_STOP_STRINGS = 4  # as OpenAI
+# OpenAI sampling fields this server accepts only at these values (anything else changes the result)
+NOOP_VALUES: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+}
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains an unpaired UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
+def _content(value: Any) -> Any:
+    """A message's content: a string, or a list of text parts (joined later); anything else is an error."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError("content must be a string or a list of {type: 'text', text: ...} parts")
+    for i, part in enumerate(value):
+        part_type = part.get("type") if isinstance(part, dict) else None
+        if part_type != "text":
+            raise ValueError(f"content part {i} has type {part_type!r}; only 'text' parts are supported")
+    return value
+
+
+def _stop(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(value)}")
+    return value
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+# ---- shared pieces ----------------------------------------------------------------------------------
+class TextPart(Request):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(Request):
+    role: Literal["system", "developer", "user", "assistant"]  # "developer" is OpenAI's newer "system"
+    content: Annotated[Text | list[TextPart] | None, BeforeValidator(_content)] = None
+    name: str | None = None  # accepted, ignored
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+
+
+class SamplingFields(Request):
+    """What the OpenAI routes share: sampling, streaming, and the no-op-only OpenAI fields."""
+
+    model: str | None = Field(None, description="accepted and ignored: this server serves one model")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1, description="at most NANOCHAT_MAX_TOKENS_LIMIT")
+    temperature: float | None = Field(None, ge=0, le=2, description="default 1; 0 is greedy")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="extension: sample from the k likeliest")
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: Annotated[list[Text] | None, BeforeValidator(_stop)] = Field(
+        None, description="a string or up to 4 strings; the text ends before the first one"
+    )
+    n: int = Field(1, ge=1, description="choices to generate, at most NANOCHAT_MAX_N")
+    ignore_eos: bool = Field(False, description="extension: keep generating past end-of-turn (benchmarks)")
+    user: str | None = None  # accepted, ignored
+    # accepted only at their no-op values
+    logprobs: Any = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    best_of: int | None = None
+
+    def unsupported_parameter(self) -> str | None:
+        """The first field set to something this server cannot do (it would change the result)."""
+        for name, noop_values in NOOP_VALUES.items():
+            if getattr(self, name) not in noop_values:
+                return name
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of"
+        return None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# ---- POST /v1/chat/completions ----------------------------------------------------------------------
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="wins over max_tokens")
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # accepted, ignored (no tools)
+
+    def unsupported_parameter(self) -> str | None:
+        if self.tools or self.functions:
+            return "tools" if self.tools else "functions"
+        if self.tool_choice not in (None, "none", "auto") or self.function_call not in (None, "none", "auto"):
+            return "tool_choice" if self.tool_choice not in (None, "none", "auto") else "function_call"
+        if self.response_format not in (None, {"type": "text"}):
+            return "response_format"
+        return super().unsupported_parameter()
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class NanochatInfo(BaseModel):
+    """Extension: what the server did to the request (present only when it did something)."""
+
+    truncated_messages: int = Field(description="oldest messages dropped to fit the context")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    nanochat: NanochatInfo | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE `data:` event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    nanochat: NanochatInfo | None = None
+
+
+# ---- POST /v1/completions ---------------------------------------------------------------------------
+class CompletionRequest(SamplingFields):
+    prompt: Text | list[Text] = Field(description="one prompt (a list must hold exactly one)")
+    echo: bool = False
+    suffix: str | None = None
+
+    def unsupported_parameter(self) -> str | None:
+        if self.echo:
+            return "echo"
+        if self.suffix:
+            return "suffix"
+        return super().unsupported_parameter()
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(BaseModel):
+    """A whole completion, or (streamed) one SSE `data:` event of one."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+# ---- GET /v1/models ---------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- POST /chat/completions (nanochat web protocol) -------------------------------------------------
+class WebChatRequest(Request):
+    """nanochat's web UI request; the reply is SSE `data: {"token": ..., "gpu": 0}` ... `{"done": true}`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+
+
+# ---- probes -----------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str

@@ -1,0 +1,80 @@
+"""`python -m app.bench_serve`: a tiny real run against a real server gives every figure, all positive;
+plus its pure parts (percentiles, the OpenAPI probe, argument errors) without a server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.bench_serve import chat_request_fields, main, percentile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT = REPO_ROOT / "models" / "demo"
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
+    assert percentile(list(range(101)), 95) == 95
+
+
+def test_request_fields_follow_refs() -> None:
+    openapi = {
+        "paths": {
+            "/v1/chat/completions": {
+                "post": {
+                    "requestBody": {
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Chat"}}}
+                    }
+                }
+            }
+        },
+        "components": {"schemas": {"Chat": {"properties": {"messages": {}, "ignore_eos": {}}}}},
+    }
+    assert chat_request_fields(openapi) == {"messages", "ignore_eos"}
+    assert chat_request_fields({"paths": {}}) == set()
+
+
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--concurrency", "1,zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_serve: ") and err.count("\n") == 1
+
+
+def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    assert main(["--url", f"http://127.0.0.1:{port}", "--wait-ready", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "is not ready" in err and err.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_tiny_run_reports_every_figure(base_url: str) -> None:
+    command = [
+        sys.executable, "-m", "app.bench_serve", "--url", base_url, "--checkpoint", str(CHECKPOINT),
+        "--concurrency", "1,2", "--requests-per-level", "2", "--max-tokens", "8", "--json",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+
+    assert set(result["levels"]) == {"1", "2"}
+    for level in result["levels"].values():
+        assert level["errors"] == 0, level["error_samples"]
+        assert level["requests"] == 2
+        assert level["output_tokens"] > 0 and level["output_tokens_per_s"] > 0
+        for figure in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            assert level[figure]["p50"] > 0 and level[figure]["p95"] >= level[figure]["p50"], figure
+    assert result["engine"]["decode_batch1_tokens_per_s"] > 0
+    assert result["ratios"]["service_1stream_vs_engine_batch1"] > 0
+    assert "streams16_vs_streams1" not in result["ratios"]  # no 16-stream level in this run
+    assert set(result["targets"]) == {"streams16_vs_streams1", "service_1stream_vs_engine_batch1"}

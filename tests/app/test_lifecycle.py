@@ -1,0 +1,215 @@
+"""The service's life as an orchestrator sees it: loading (503), a model that fails to load (stay unready,
+or exit non-zero), and SIGTERM (drain: /ready 503, no new admissions, in-flight requests finish, exit 0).
+Real `python -m app` processes (and one gunicorn) on 127.0.0.1; see conftest.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from conftest import Server
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HELLO = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
+EXIT_LOAD_FAILED = 3
+
+
+def post_chat(server: Server, body: dict = HELLO) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["error"]["code"]
+
+
+def events(lines: Iterator[str]) -> Iterator[dict | str]:
+    for line in lines:
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            yield data if data == "[DONE]" else json.loads(data)
+
+
+@pytest.mark.integration
+def test_ready_is_503_while_loading_and_sigterm_then_exits_0(start_server: Callable[..., Server]) -> None:
+    server = start_server(wait="health")  # the demo model takes about a second to load and warm up
+    ready = httpx.get(f"{server.url}/ready")
+    assert ready.status_code == 503 and error_code(ready) == "loading"
+    assert int(ready.headers["retry-after"]) >= 1
+    chat = post_chat(server)
+    assert chat.status_code == 503 and error_code(chat) == "loading"
+    assert httpx.get(f"{server.url}/v1/models").status_code == 200  # needs no model
+    server.signal(signal.SIGTERM)  # while loading: nothing to drain
+    assert server.wait(timeout=10) == 0
+
+
+@pytest.mark.integration
+def test_load_failure_unready_keeps_serving_health(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-checkpoint"
+    server = start_server(
+        {"NANOCHAT_CHECKPOINT": str(missing), "NANOCHAT_ON_LOAD_FAILURE": "unready"}, wait="health"
+    )
+    deadline = time.monotonic() + 10
+    while (ready := httpx.get(f"{server.url}/ready")).json()["error"]["code"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ready.status_code == 503
+    error = ready.json()["error"]
+    assert error["code"] == "load_failed" and "checkpoint folder not found" in error["message"]
+    assert str(missing) in error["message"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    chat = post_chat(server)
+    assert chat.status_code == 503 and chat.json()["error"] == error
+    stats = httpx.get(f"{server.url}/stats").json()
+    assert stats["state"] == "failed" and stats["scheduler"] is None
+    assert "the model failed to load" in server.log()
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=10) == 0
+
+
+@pytest.mark.integration
+def test_load_failure_exits_non_zero(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_000001.pt").write_bytes(b"not a checkpoint")
+    server = start_server(
+        {"NANOCHAT_CHECKPOINT": str(broken)}, wait=None
+    )  # on_load_failure=exit: the default
+    assert server.wait(timeout=30) == EXIT_LOAD_FAILED
+    log = server.log()
+    assert f"the model failed to load from {broken}" in log and "meta" in log
+    assert "Traceback" not in log  # an expected failure is one clear line
+
+
+@contextmanager
+def long_stream(server: Server, max_tokens: int) -> Iterator[Iterator[dict | str]]:
+    """The SSE events of a streaming greedy request on the slow model (with a final usage chunk)."""
+    body = {**HELLO, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    client = httpx.Client(base_url=server.url, timeout=60)
+    with client, client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        yield events(response.iter_lines())
+
+
+@pytest.mark.integration
+def test_sigterm_drains_in_flight_requests_then_exits_0(
+    start_server: Callable[..., Server], slow_checkpoint: Path
+) -> None:
+    server = start_server(
+        {
+            "NANOCHAT_CHECKPOINT": str(slow_checkpoint),
+            "NANOCHAT_MAX_BATCH": "2",
+            "NANOCHAT_DRAIN_TIMEOUT_S": "15",
+        }
+    )
+    with long_stream(server, max_tokens=150) as stream:  # about 1.5 s of decoding
+        first = [next(stream), next(stream)]  # the role chunk, then the first text
+        assert first[1]["choices"][0]["delta"]["content"]
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        time.sleep(0.2)  # the signal is handled on the server's event loop
+        ready = httpx.get(f"{server.url}/ready")
+        assert ready.status_code == 503 and error_code(ready) == "draining"
+        refused = post_chat(server)
+        assert refused.status_code == 503 and error_code(refused) == "draining"
+        assert "retry-after" in refused.headers
+        rest = list(stream)
+    assert rest[-1] == "[DONE]"
+    assert rest[-2]["usage"]["completion_tokens"] == 150  # ran to the end, not cut
+    finish = [e["choices"][0]["finish_reason"] for e in rest[:-2] if e["choices"][0].get("finish_reason")]
+    assert finish == ["length"]
+    assert server.wait(timeout=15 + 5) == 0
+    assert time.monotonic() - signalled < 15
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/health")
+
+
+@pytest.mark.integration
+def test_sigterm_cuts_requests_still_running_after_the_grace(
+    start_server: Callable[..., Server], slow_checkpoint: Path
+) -> None:
+    server = start_server(
+        {
+            "NANOCHAT_CHECKPOINT": str(slow_checkpoint),
+            "NANOCHAT_MAX_BATCH": "2",
+            "NANOCHAT_DRAIN_TIMEOUT_S": "0.5",
+        }
+    )
+    with long_stream(server, max_tokens=900) as stream:  # about 10 s: far past the grace
+        next(stream), next(stream)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        rest = list(stream)
+    assert "[DONE]" not in rest
+    assert rest[-1]["error"]["code"] == "not_ready"  # the SSE error event, after the text so far
+    assert server.wait(timeout=10) == 0
+    assert time.monotonic() - signalled < 5
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None, reason="no gunicorn"
+)
+def test_gunicorn_config_serves_and_stops_cleanly(
+    tmp_path: Path, clean_env: Callable[..., dict[str, str]]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = clean_env({"PORT": str(port), "NANOCHAT_WORKERS": "1"})
+    log_path = tmp_path / "gunicorn.log"
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-c",
+        str(REPO_ROOT / "app" / "gunicorn.conf.py"),
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        assert httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_env_example_documents_every_setting() -> None:
+    """.env.example names every Settings field, and loading it gives the defaults."""
+    text = (REPO_ROOT / ".env.example").read_text()
+    for name, field in Settings.model_fields.items():
+        names = [f"NANOCHAT_{name.upper()}"]
+        if field.validation_alias is not None:
+            names = field.validation_alias.choices
+        assert any(f"{n}=" in text for n in names), f"{name} is not in .env.example"
+    clean = {k: v for k, v in Settings(_env_file=None).model_dump().items()}
+    assert Settings(_env_file=REPO_ROOT / ".env.example").model_dump() == clean
