@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     device: str = "cpu"  # cpu | cuda | cuda:N
     dtype: Literal["float32", "bfloat16"] | None = None  # default: float32 on CPU, bfloat16 on CUDA
     model_name: str = ""  # the id /v1/models reports (default: the checkpoint folder's name)
-    threads: int | None = None  # torch CPU threads
+    threads: int | None = None  # torch CPU threads (default: CPU cores minus one, left to the event loop)
 
     # the scheduler
     max_batch: int = Field(16, ge=1, le=1024)  # sequences decoded together

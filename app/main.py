@@ -148,8 +148,9 @@ async def load_model(
     settings = runtime.settings
     started = time.monotonic()
     logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
-    if settings.threads:  # before any thread that runs the model is started: they inherit it
-        torch.set_num_threads(settings.threads)
+    # before any thread that runs the model is started: they inherit it. By default one core is left to
+    # the event loop that streams the tokens (measured: torch on every core stalls single streams).
+    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 2) - 1))
     try:
         engine = await _on_daemon_thread(runtime, _build_engine, settings, engine_factory)
     except Exception as e:

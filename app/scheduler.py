@@ -12,6 +12,8 @@ admissions, lets in-flight requests finish within a grace period, then cancels w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat.engine import Engine, EngineError, Request, SamplingParams, TokenEvent
+
+logger = logging.getLogger(__name__)
+FLUSH_INTERVAL_S = 0.002  # streamed deltas reach the event loop at least this often (see _flush)
 
 
 class SchedulerError(Exception):
@@ -47,6 +52,10 @@ class DeadlineExceeded(SchedulerError):
 
 class InvalidRequest(SchedulerError):
     status, code = 400, "invalid_request"
+
+
+class InternalError(SchedulerError):
+    status, code = 500, "internal_error"
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,13 @@ class _Job:
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
     def push(self, item: Delta | _End) -> None:
+        """Deliver from another thread (one wake-up of the event loop per item)."""
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Delta | _End]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 class GenerationStream:
@@ -93,6 +108,7 @@ class GenerationStream:
         self.request_id = job.request_id
         self.prompt_tokens = len(job.prompt_ids)
         self.n = job.params.n
+        self._end: _End | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -121,12 +137,24 @@ class GenerationStream:
         return self
 
     async def __anext__(self) -> Delta:
-        item = await self._job.queue.get()
+        item = self._end if self._end is not None else await self._job.queue.get()
         if isinstance(item, _End):
+            self._end = item
             if item.error is not None:
                 raise item.error
             raise StopAsyncIteration
         return item
+
+    def take_ready(self) -> list[Delta]:
+        """The deltas already delivered, without waiting (to send them in one write)."""
+        ready = []
+        while self._end is None and not self._job.queue.empty():
+            item = self._job.queue.get_nowait()
+            if isinstance(item, _End):
+                self._end = item  # __anext__ ends the stream (or raises) next
+            else:
+                ready.append(item)
+        return ready
 
     def cancel(self) -> None:
         """Stop generating (the client went away); the row is freed at the next step."""
@@ -151,6 +179,9 @@ class Scheduler:
         self._prefilling: _Job | None = None
         self._cancelled: list[_Job] = []
         self._free_rows = engine.max_batch  # updated by the loop; read by submit for admission control
+        self._outbox: list[tuple[_Job, Delta | _End]] = []  # deliveries not yet sent to the event loop
+        self._urgent = False  # the outbox holds a first token or an ending: send it this turn
+        self._last_flush = 0.0
         self._state = "starting"  # starting -> ready -> draining -> stopped
         self._thread: threading.Thread | None = None
         self.started_at = time.time()
@@ -263,30 +294,36 @@ class Scheduler:
                     and not self._prefilling
                     and not self._cancelled
                 ):
+                    self._flush(force=True)  # nothing pending may wait for a next turn that never comes
                     self._cond.wait()
                 if self._state == "stopped":
                     break
                 cancelled, self._cancelled = self._cancelled, []
-            for job in cancelled:
-                self._drop(job, None, "cancelled")
-            self._expire()
-            self._admit()
-            if self._prefilling is not None:
-                job = self._prefilling
-                self._dispatch(self.engine.prefill(job.request, self.prefill_chunk))
-                if not job.request.prefill_remaining:
-                    with self._cond:
-                        self._prefilling = None
-                        if not job.request.done:
-                            self._active[id(job.request)] = job
-                    if job.request.done:
+            try:
+                for job in cancelled:
+                    self._drop(job, None, "cancelled")
+                self._expire()
+                self._admit()
+                if self._prefilling is not None:
+                    job = self._prefilling
+                    self._dispatch(self.engine.prefill(job.request, self.prefill_chunk))
+                    if not job.request.prefill_remaining:
+                        with self._cond:
+                            self._prefilling = None
+                            if not job.request.done:
+                                self._active[id(job.request)] = job
+                        if job.request.done:
+                            self._finish(job)
+                if self.engine.num_decoding:
+                    self._dispatch(self.engine.decode_step())
+                    for job in [j for j in self._active.values() if j.request.done]:
                         self._finish(job)
-            if self.engine.num_decoding:
-                self._dispatch(self.engine.decode_step())
-                for job in [j for j in self._active.values() if j.request.done]:
-                    self._finish(job)
-            with self._cond:
-                self._free_rows = self.engine.free_rows()
+                with self._cond:
+                    self._free_rows = self.engine.free_rows()
+            except Exception:  # a bug must not kill the thread and leave every client waiting forever
+                logger.exception("the scheduler turn failed; failing the requests in flight")
+                self._fail_all(InternalError("generation failed inside the server; the error is logged"))
+            self._flush()
         # stopped: cut whatever is still running
         for job in [
             *self._active.values(),
@@ -294,6 +331,16 @@ class Scheduler:
             *self._waiting,
         ]:
             self._drop(job, NotReady("the server stopped before this request finished"), "cancelled")
+        self._flush(force=True)
+
+    def _fail_all(self, error: SchedulerError) -> None:
+        """End every admitted request with `error` and empty the engine (after an unexpected failure in
+        it, its batch is in an unknown state)."""
+        with self._cond:
+            jobs = [*self._active.values(), *([self._prefilling] if self._prefilling else [])]
+        for job in jobs:
+            self._drop(job, error, None, cancel_in_engine=False)
+        self.engine.reset()
 
     def _admit(self) -> None:
         while self._prefilling is None:
@@ -332,10 +379,11 @@ class Scheduler:
                 continue
             if job.first_token_at is None:
                 job.first_token_at = now
+                self._urgent = True  # time to first token is not worth delaying
             job.completion_tokens += 1
             if event.finish_reason:
                 job.finish_reasons[event.index] = event.finish_reason
-            job.push(Delta(event.index, event.token, event.text, event.finish_reason))
+            self._outbox.append((job, Delta(event.index, event.token, event.text, event.finish_reason)))
 
     def _finish(self, job: _Job) -> None:
         with self._cond:
@@ -344,9 +392,12 @@ class Scheduler:
             self.totals["completed"] += 1
             self.totals["prompt_tokens"] += len(job.prompt_ids)
             self.totals["completion_tokens"] += job.completion_tokens
-        job.push(_End())
+        self._outbox.append((job, _End()))
+        self._urgent = True
 
-    def _drop(self, job: _Job, error: SchedulerError | None, counter: str | None) -> None:
+    def _drop(
+        self, job: _Job, error: SchedulerError | None, counter: str | None, cancel_in_engine: bool = True
+    ) -> None:
         """Remove a job wherever it is, free its rows, and end its stream (with `error`, if any)."""
         with self._cond:
             if job.finished_at is not None:
@@ -359,6 +410,22 @@ class Scheduler:
                 self._prefilling = None
             if counter:
                 self.totals[counter] += 1
-        if job.request is not None and not job.request.done:
+        if cancel_in_engine and job.request is not None and not job.request.done:
             self.engine.cancel(job.request)
-        job.push(_End(error))
+        self._outbox.append((job, _End(error)))
+        self._urgent = True
+
+    def _flush(self, force: bool = False) -> None:
+        """Send the outbox to the event loop(s) in one wake-up each. Between first tokens and endings,
+        deltas are sent at most every FLUSH_INTERVAL_S: each wake-up takes the GIL from the model."""
+        now = time.monotonic()
+        if not self._outbox or not (force or self._urgent or now - self._last_flush >= FLUSH_INTERVAL_S):
+            return
+        self._urgent, self._last_flush = False, now
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job.queue, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that event loop is closed: nobody is listening
+                loop.call_soon_threadsafe(_deliver, items)

@@ -34,6 +34,7 @@ from nanochat.tokenizer import Tokenizer
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 MAX_TOP_K = 1_000_000
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (logits/T would overflow to inf, then NaN)
 
 
 class EngineError(ValueError):
@@ -85,10 +86,11 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Sample one token per row of (batch, vocab) logits; returns (batch,) ids.
 
-    Matches nanochat: greedy at temperature 0; with top_k, softmax over the k largest logits only.
+    Matches nanochat: greedy at temperature 0 (and below MIN_TEMPERATURE); with top_k, softmax over the k
+    largest logits only.
     top_p (nucleus) then keeps the smallest set of tokens whose probability reaches p.
     """
-    if temperature == 0.0:
+    if temperature < MIN_TEMPERATURE:  # 0 is greedy; so is anything small enough to overflow logits/T
         return torch.argmax(logits, dim=-1)
     logits = logits.float()
     indices = None
@@ -100,7 +102,9 @@ def sample_next_token(
             logits, indices = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
-        logits = logits.masked_fill(before >= top_p, float("-inf"))
+        drop = before >= top_p
+        drop[:, 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in fp32)
+        logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     choice = torch.multinomial(probs, num_samples=1, generator=generator)
     if indices is not None:
@@ -291,6 +295,16 @@ class Engine:
         for request in requests:
             self._finish_step(request)
         return [e for e in events if e is not None]
+
+    def reset(self) -> None:
+        """Forget every request (after an unexpected error left the batch in an unknown state)."""
+        for cont in self.decoding:
+            cont.request.done = True
+        if self.prefilling is not None:
+            self.prefilling.done = True
+        self.decoding, self.prefilling = [], None
+        for row in range(self.cache.capacity):
+            self.cache.reset_row(row)
 
     def cancel(self, request: Request) -> None:
         """Drop a request in any state and free its rows (e.g. the client went away)."""

@@ -23,7 +23,7 @@ from app.api.serving import (
     chat_prompt,
     collect,
     completion_prompt,
-    deltas,
+    delta_groups,
     event_stream,
     openai_sampling_params,
     sse,
@@ -123,12 +123,20 @@ async def _chat_events(
         role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
         yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
     try:
-        async for delta in deltas(stream):
-            if delta.text:
-                yield chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text))])
-            if delta.finish_reason:
-                reason = delta.finish_reason
-                yield chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=reason)])
+        async for group in delta_groups(stream):
+            events = []
+            for delta in group:
+                if delta.text:
+                    events.append(
+                        chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text))])
+                    )
+                if delta.finish_reason:
+                    done = ChatChunkChoice(
+                        index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason
+                    )
+                    events.append(chunk([done]))
+            if events:
+                yield "".join(events)
     except SchedulerError as e:
         yield sse(from_exception(e))
         return
@@ -179,10 +187,14 @@ async def _completion_events(
         return sse(Completion(id=completion_id, created=created, model=model, choices=choices, usage=usage))
 
     try:
-        async for delta in deltas(stream):
-            if delta.text or delta.finish_reason:
-                reason = delta.finish_reason
-                yield chunk([CompletionChoice(index=delta.index, text=delta.text, finish_reason=reason)])
+        async for group in delta_groups(stream):
+            events = [
+                chunk([CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason)])
+                for d in group
+                if d.text or d.finish_reason
+            ]
+            if events:
+                yield "".join(events)
     except SchedulerError as e:
         yield sse(from_exception(e))
         return

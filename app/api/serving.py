@@ -215,6 +215,16 @@ async def deltas(stream: GenerationStream) -> AsyncIterator[Delta]:
         stream.cancel()  # no-op when it finished
 
 
+async def delta_groups(stream: GenerationStream) -> AsyncIterator[list[Delta]]:
+    """Like `deltas`, but everything that already arrived comes as one list, so a response that falls
+    behind the model sends one write for several tokens instead of one each."""
+    try:
+        async for delta in stream:
+            yield [delta, *stream.take_ready()]
+    finally:
+        stream.cancel()
+
+
 def sse(data: BaseModel | dict[str, Any]) -> str:
     """One Server-Sent Event carrying JSON (pydantic models without their null fields)."""
     text = data.model_dump_json(exclude_none=True) if isinstance(data, BaseModel) else json.dumps(data)

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from app.api.deps import RequestId, RuntimeDep
 from app.api.serving import (
     chat_prompt,
-    deltas,
+    delta_groups,
     event_stream,
     sampling_params,
     sse,
@@ -50,9 +50,10 @@ async def chat(body: WebChatRequest, rt: RuntimeDep, rid: RequestId) -> Response
 
 async def _events(stream: GenerationStream) -> AsyncIterator[str]:
     try:
-        async for delta in deltas(stream):
-            if delta.text:
-                yield sse({"token": delta.text, "gpu": GPU})
+        async for group in delta_groups(stream):
+            events = [sse({"token": d.text, "gpu": GPU}) for d in group if d.text]
+            if events:
+                yield "".join(events)
     except SchedulerError as e:
         yield sse(from_exception(e))
         return

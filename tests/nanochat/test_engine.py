@@ -119,6 +119,8 @@ def test_sampling_rules():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.5], [4.0, 0.0, 0.0, 0.0]])
     g = torch.Generator().manual_seed(0)
     assert sample_next_token(logits, g, temperature=0.0).tolist() == [1, 0]
+    assert sample_next_token(logits, g, temperature=1e-300).tolist() == [1, 0]  # overflow-safe: greedy
+    assert sample_next_token(logits, g, temperature=1.0, top_p=5e-324).tolist() == [1, 0]  # fp32 rounds to 0
     assert sample_next_token(logits, g, temperature=1.0, top_k=1).tolist() == [1, 0]
     # top_p keeps the smallest set reaching p: here only the best token
     for _ in range(20):
