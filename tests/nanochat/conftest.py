@@ -34,6 +34,12 @@ WORDS = [
 
 
 @pytest.fixture(scope="session")
+def words() -> list[str]:
+    """The vocabulary of the word-soup texts the tests train on."""
+    return list(WORDS)
+
+
+@pytest.fixture(scope="session")
 def small_tokenizer() -> Tokenizer:
     """A BPE tokenizer trained here with rustbpe on random word mixes plus some unicode."""
     rng = random.Random(0)

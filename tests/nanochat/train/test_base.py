@@ -23,31 +23,14 @@ from nanochat.train.distributed import DistContext
 from nanochat.train.tracking import read_metrics
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "lazy",
-    "dog",
-    "license",
-    "grants",
-    "freedom",
-    "share",
-    "change",
-    "code",
-    "model",
-]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, small_tokenizer) -> tuple[Path, Path]:
+def corpus(tmp_path_factory, small_tokenizer, words) -> tuple[Path, Path]:
     """Three shards of word soup (8 row groups each) and the tokenizer, as files."""
     root = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120))) for _ in range(96)]
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) for _ in range(96)]
     write_shards(docs, root / "shards", docs_per_shard=32, docs_per_row_group=4)
     small_tokenizer.save(root / "tokenizer")
     return root / "shards", root / "tokenizer"
