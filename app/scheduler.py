@@ -24,7 +24,7 @@ from typing import Any
 from nanochat.engine import Engine, EngineError, Request, SamplingParams, TokenEvent
 
 logger = logging.getLogger(__name__)
-FLUSH_INTERVAL_S = 0.002  # streamed deltas reach the event loop at least this often (see _flush)
+FLUSH_INTERVAL_S = 0.005  # streamed deltas reach the event loop at least this often (see _flush)
 
 
 class SchedulerError(Exception):
@@ -417,7 +417,7 @@ class Scheduler:
 
     def _flush(self, force: bool = False) -> None:
         """Send the outbox to the event loop(s) in one wake-up each. Between first tokens and endings,
-        deltas are sent at most every FLUSH_INTERVAL_S: each wake-up takes the GIL from the model."""
+        deltas are sent at least every FLUSH_INTERVAL_S: each wake-up takes the GIL from the model."""
         now = time.monotonic()
         if not self._outbox or not (force or self._urgent or now - self._last_flush >= FLUSH_INTERVAL_S):
             return

@@ -11,6 +11,7 @@ client's `X-Request-ID` or a fresh one (returned in that header either way).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -103,6 +104,18 @@ async def chat_completions(
     return _json(completion, headers)
 
 
+def content_chunk_writer(completion_id: str, created: int, model: str):
+    """`(index, text) -> SSE event` for the per-token content chunks, formatted from a template: the same
+    JSON as ChatCompletionChunk(...) would serialize (tested), at a fraction of its cost per token."""
+    head = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[]).model_dump_json()
+    prefix = "data: " + head[: head.rindex('"choices":[]')] + '"choices":[{"index":'
+
+    def content(index: int, text: str) -> str:
+        return f'{prefix}{index},"delta":{{"content":{json.dumps(text, ensure_ascii=False)}}}}}]}}\n\n'
+
+    return content
+
+
 def _nanochat_info(prompt: Prompt) -> NanochatInfo | None:
     return NanochatInfo(truncated_messages=prompt.truncated_messages) if prompt.truncated_messages else None
 
@@ -119,6 +132,7 @@ async def _chat_events(
         body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
         return sse(body)
 
+    content = content_chunk_writer(completion_id, created, model)
     for i in range(stream.n):
         role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
         yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
@@ -127,9 +141,7 @@ async def _chat_events(
             events = []
             for delta in group:
                 if delta.text:
-                    events.append(
-                        chunk([ChatChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text))])
-                    )
+                    events.append(content(delta.index, delta.text))
                 if delta.finish_reason:
                     done = ChatChunkChoice(
                         index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason
