@@ -181,6 +181,7 @@ class Scheduler:
         self._free_rows = engine.max_batch  # updated by the loop; read by submit for admission control
         self._outbox: list[tuple[_Job, Delta | _End]] = []  # deliveries not yet sent to the event loop
         self._urgent = False  # the outbox holds a first token or an ending: send it this turn
+        self._earliest_deadline = float("inf")  # no request can have expired before this (monotonic) time
         self._last_flush = 0.0
         self._state = "starting"  # starting -> ready -> draining -> stopped
         self._thread: threading.Thread | None = None
@@ -259,6 +260,7 @@ class Scheduler:
                 self.totals["rejected"] += 1
                 raise QueueFull(f"{len(self._waiting)} requests are already queued", retry_after=1)
             self._waiting.append(job)
+            self._earliest_deadline = min(self._earliest_deadline, job.deadline)
             self.totals["requests"] += 1
             self._cond.notify()
         return GenerationStream(job, self)
@@ -343,7 +345,7 @@ class Scheduler:
         self.engine.reset()
 
     def _admit(self) -> None:
-        while self._prefilling is None:
+        while self._prefilling is None and self._waiting:
             with self._cond:
                 if not self._waiting or not self.engine.can_begin(self._waiting[0].params.n):
                     return
@@ -361,6 +363,8 @@ class Scheduler:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        if now < self._earliest_deadline:
+            return
         with self._cond:
             expired = [j for j in (*self._waiting, *self._active.values()) if j.deadline < now]
             if self._prefilling is not None and self._prefilling.deadline < now:
@@ -368,6 +372,9 @@ class Scheduler:
         for job in expired:
             message = f"the request did not finish within {self.request_timeout_s:g} s"
             self._drop(job, DeadlineExceeded(message), "timed_out")
+        with self._cond:
+            jobs = [*self._waiting, *self._active.values(), *([self._prefilling] if self._prefilling else [])]
+            self._earliest_deadline = min((j.deadline for j in jobs), default=float("inf"))
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
         now = time.monotonic()

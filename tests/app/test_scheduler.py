@@ -4,11 +4,12 @@ fails the requests in flight (500) instead of killing the thread and hanging eve
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from app.scheduler import InternalError, QueueFull, Scheduler
+from app.scheduler import DeadlineExceeded, InternalError, QueueFull, Scheduler
 from nanochat.checkpoint import load_checkpoint
 from nanochat.engine import Engine, SamplingParams
 
@@ -105,3 +106,30 @@ def test_a_full_queue_rejects_at_once(demo):
         await scheduler.drain(1)
 
     asyncio.run(main())
+
+
+def test_requests_past_their_deadline_end_with_504_running_or_queued(demo):
+    async def main():
+        scheduler = Scheduler(Engine(demo.model, demo.tokenizer, max_batch=1), request_timeout_s=0.15)
+        scheduler.start()
+        ids = prompt(demo.tokenizer, "hello")
+        long = SamplingParams(max_tokens=250, temperature=0.0, ignore_eos=True)
+        running = await scheduler.submit(ids, long, timeout_s=0.15)
+        queued = await scheduler.submit(ids, long, timeout_s=0.05)  # waits behind `running`, then expires
+        started = time.monotonic()
+        outcomes = []
+        for stream in (queued, running):
+            try:
+                outcomes.append(len([d async for d in stream]))
+            except DeadlineExceeded as e:
+                outcomes.append(e.status)
+        elapsed = time.monotonic() - started
+        quick = await tokens(scheduler, ids, SamplingParams(max_tokens=4, temperature=0.0))
+        stats = scheduler.stats()
+        await scheduler.drain(1)
+        return outcomes, elapsed, quick, stats
+
+    outcomes, elapsed, quick, stats = asyncio.run(main())
+    assert outcomes == [504, 504]
+    assert elapsed < 2.0  # cut at the deadline, not after 250 tokens each
+    assert len(quick) == 4 and stats["totals"]["timed_out"] == 2 and stats["free_slots"] == 1
