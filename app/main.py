@@ -42,7 +42,7 @@ from app.config import Settings
 from app.errors import APIError, install_error_handlers
 from app.scheduler import Scheduler
 from nanochat.checkpoint import load_checkpoint
-from nanochat.cliargs import DTYPES, UsageError, resolve_device
+from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
 from nanochat.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -117,10 +117,7 @@ def _folder_name(checkpoint: str) -> str:
 def load_engine(settings: Settings) -> Engine:
     """The default engine factory: the checkpoint Settings name, on its device, in its dtype."""
     device = resolve_device(settings.device)
-    if settings.dtype:
-        dtype = DTYPES[settings.dtype]
-    else:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype(settings.dtype, device)
     checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
     return Engine(
         checkpoint.model,

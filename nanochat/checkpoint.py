@@ -185,9 +185,7 @@ def build_model(
     model.to_empty(device=device)
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(converted, strict=True, assign=True)
-    # buffers are not in the state dict: recompute the rotary tables on the real device
-    cos, sin = GPT._rotary_tables(model.rotary_seq_len, config.head_dim, device)
-    model.cos, model.sin = cos, sin
+    model.reset_rotary(device)
     return model.eval()
 
 

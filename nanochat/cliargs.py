@@ -77,10 +77,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The dtype asked for, else the default: bf16 on CUDA (as nanochat trains), fp32 elsewhere."""
+    if name:
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def load_from_args(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedCheckpoint:
     """Load the checkpoint the `add_checkpoint_args` options name (fp32 on CPU, bf16 on CUDA by default)."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     return load_checkpoint(checkpoint or args.checkpoint, step=args.step, device=device, dtype=dtype)

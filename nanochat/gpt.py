@@ -165,19 +165,22 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary_seq_len = config.sequence_len * ROTARY_LENGTH_FACTOR
-        cos, sin = self._rotary_tables(self.rotary_seq_len, config.head_dim)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("cos", None, persistent=False)
+        self.register_buffer("sin", None, persistent=False)
+        self.reset_rotary()
 
-    @staticmethod
-    def _rotary_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of shape (1, seq_len, 1, head_dim/2), computed in fp32 and stored in bf16."""
+    def reset_rotary(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the cos/sin buffers, shape (1, T, 1, head_dim/2), in fp32 then rounded to bf16.
+
+        They are not in the state dict: a model built on the meta device or loaded with `to_empty` needs
+        them computed again on its real device."""
+        head_dim = self.config.head_dim
         channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (ROTARY_BASE ** (channels / head_dim))
-        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        t = torch.arange(self.rotary_seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
-        cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
-        return cos[None, :, None, :], sin[None, :, None, :]
+        self.cos = freqs.cos().bfloat16()[None, :, None, :]
+        self.sin = freqs.sin().bfloat16()[None, :, None, :]
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """nanochat's initialisation: scaled normal linears, N(0, 1) embedding, zero output projections."""
@@ -192,8 +195,7 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
-        cos, sin = self._rotary_tables(self.rotary_seq_len, self.config.head_dim, self.cos.device)
-        self.cos, self.sin = cos, sin
+        self.reset_rotary(self.lm_head.weight.device)
 
     def forward(
         self,

@@ -28,7 +28,7 @@ from nanochat.train.common import (
     peak_flops,
     save_training_state,
 )
-from nanochat.train.config import ConfigError
+from nanochat.train.config import ConfigError, require_at_least
 from nanochat.train.dataloader import TokenDataLoader
 from nanochat.train.distributed import DistContext, average_gradients, mean_across_ranks
 from nanochat.train.optim import apply_schedule, build_optimizers
@@ -64,12 +64,10 @@ class BaseConfig:
     run_name: str = field(default="base")
 
     def __post_init__(self) -> None:
-        for name in ("depth", "max_seq_len", "device_batch_size", "num_iterations", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("total_batch_size", "eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(
+            self, 1, ("depth", "max_seq_len", "device_batch_size", "num_iterations", "eval_batches")
+        )
+        require_at_least(self, 0, ("total_batch_size", "eval_every", "save_every"))
 
 
 HELP = {

@@ -21,6 +21,13 @@ class ConfigError(ValueError):
     """A config file or value that cannot be used."""
 
 
+def require_at_least(config: Any, minimum: int, names: tuple[str, ...]) -> None:
+    """ConfigError naming the first of `names` whose value on `config` is below `minimum`."""
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
+
+
 def _base_type(annotation: Any) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return args[0] if args else annotation

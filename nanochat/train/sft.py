@@ -21,7 +21,7 @@ from nanochat.checkpoint import load_checkpoint
 from nanochat.data.conversations import load_conversations
 from nanochat.tokenizer import Tokenizer
 from nanochat.train.common import autocast_context, save_training_state
-from nanochat.train.config import ConfigError
+from nanochat.train.config import ConfigError, require_at_least
 from nanochat.train.distributed import DistContext, average_gradients, mean_across_ranks
 from nanochat.train.optim import build_optimizers
 from nanochat.train.tracking import RunTracker, progress
@@ -52,12 +52,8 @@ class SFTConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("device_batch_size", "num_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_iterations", "max_seq_len", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 1, ("device_batch_size", "num_epochs"))
+        require_at_least(self, 0, ("num_iterations", "max_seq_len", "eval_every"))
         if not 0 < self.init_lr_frac <= 1:
             raise ConfigError(f"init_lr_frac must be in (0, 1], got {self.init_lr_frac}")
 
