@@ -1,5 +1,5 @@
 """`python -m app.bench_serve`: a tiny real run against a real server gives every figure, all positive;
-plus its pure parts (percentiles, the OpenAPI probe, argument errors) without a server."""
+plus its pure parts (percentiles, the OpenAPI probe, the SSE splitter, argument errors) without a server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from app.bench_serve import chat_request_fields, main, percentile
+from app.bench_serve import SseSplitter, chat_request_fields, main, percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo"
@@ -75,6 +77,24 @@ def test_tiny_run_reports_every_figure(base_url: str) -> None:
         for figure in ("ttft_ms", "tpot_ms", "e2e_ms"):
             assert level[figure]["p50"] > 0 and level[figure]["p95"] >= level[figure]["p50"], figure
     assert result["engine"]["decode_batch1_tokens_per_s"] > 0
-    assert result["ratios"]["service_1stream_vs_engine_batch1"] > 0
+    assert result["engine"]["request_tokens_per_s"] > 0
+    assert result["ratios"]["service_1stream_vs_engine"] > 0
+    assert result["ratios"]["service_1stream_decode_vs_engine_decode"] > 0
     assert "streams16_vs_streams1" not in result["ratios"]  # no 16-stream level in this run
-    assert set(result["targets"]) == {"streams16_vs_streams1", "service_1stream_vs_engine_batch1"}
+    assert set(result["targets"]) == {"streams16_vs_streams1", "service_1stream_vs_engine"}
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30))
+def test_sse_splitter_gives_the_same_payloads_whatever_the_block_sizes(cuts: list[int]) -> None:
+    stream = (
+        b": a comment\n\n"
+        b'data: {"a": 1}\n\n'
+        b"event: x\r\ndata: two\r\n\r\n"
+        b'data: {"text": "caf\xc3\xa9 \\n"}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    splitter, payloads, start = SseSplitter(), [], 0
+    for size in [*cuts, len(stream)]:
+        payloads += splitter.feed(stream[start : start + size])
+        start += size
+    assert payloads == [b'{"a": 1}', b"two", b'{"text": "caf\xc3\xa9 \\n"}', b"[DONE]"]
