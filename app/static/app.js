@@ -18,6 +18,10 @@ const form = document.getElementById("composer");
 const prompt = document.getElementById("prompt");
 const sendButton = document.getElementById("send");
 const newChatButton = document.getElementById("new-chat");
+const keyButton = document.getElementById("api-key");
+const keyDialog = document.getElementById("key-dialog");
+const keyInput = document.getElementById("key-input");
+const KEY_STORAGE = "nanochat.apiKey"; // sessionStorage: the key lives as long as this tab
 
 let history = []; // [{role, content}] of completed turns
 let inFlight = null; // AbortController of the reply being streamed
@@ -59,6 +63,30 @@ function fitPrompt() {
   const borders = prompt.offsetHeight - prompt.clientHeight;
   prompt.style.height = `${prompt.scrollHeight + borders}px`;
 }
+
+// ---- the API key (servers started with NANOCHAT_API_KEYS answer 401 without one) -----------------------
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function askForKey() {
+  keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  if (!keyDialog.open) keyDialog.showModal();
+  keyInput.focus();
+}
+
+keyDialog.addEventListener("close", () => {
+  if (keyDialog.returnValue === "save" && keyInput.value.trim()) {
+    sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim());
+  } else if (keyDialog.returnValue === "forget") {
+    sessionStorage.removeItem(KEY_STORAGE);
+  }
+  keyInput.value = "";
+  keyButton.classList.toggle("has-key", Boolean(sessionStorage.getItem(KEY_STORAGE)));
+  showModelName();
+  prompt.focus();
+});
 
 // ---- the protocol --------------------------------------------------------------------------------------
 // Returns a function that takes the next chunk of the body and returns the `data` of each complete event.
@@ -104,13 +132,18 @@ async function streamReply(messages, onToken, signal) {
   try {
     response = await fetch(CHAT_URL, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
       body: JSON.stringify({ messages }),
       signal,
     });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ChatError("Could not reach the server. Check that it is running and try again.");
+  }
+  if (response.status === 401) {
+    const error = await errorFromResponse(response);
+    askForKey();
+    throw new ChatError(`${error.message} Enter the API key and send again.`);
   }
   if (!response.ok) throw await errorFromResponse(response);
 
@@ -202,7 +235,7 @@ function newChat() {
 
 async function showModelName() {
   try {
-    const response = await fetch(MODELS_URL);
+    const response = await fetch(MODELS_URL, { headers: authHeaders() });
     const body = await response.json();
     const id = body?.data?.[0]?.id;
     if (typeof id === "string") document.getElementById("model").textContent = id;
@@ -229,6 +262,8 @@ prompt.addEventListener("keydown", (event) => {
 
 prompt.addEventListener("input", fitPrompt);
 newChatButton.addEventListener("click", newChat);
+keyButton.addEventListener("click", askForKey);
+keyButton.classList.toggle("has-key", Boolean(sessionStorage.getItem(KEY_STORAGE)));
 
 showModelName();
 fitPrompt();

@@ -164,3 +164,36 @@ def test_unreachable_server_is_shown(base_url: str, browser) -> None:
         browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
     error = browser.find_element(By.CSS_SELECTOR, ".message.error")
     assert "Could not reach the server" in error.text
+
+
+def test_api_key_is_asked_for_and_sent(start_server, browser) -> None:
+    """A server with NANOCHAT_API_KEYS: the first send gets a 401 and opens the key dialog; with the key
+    saved, the same message gets a streamed reply; Forget removes it again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = start_server({"NANOCHAT_API_KEYS": "page-key-1,page-key-2"})
+    open_page(browser, server.url)
+    send_message(browser, "hello there")
+    wait_idle(browser)
+    error = browser.find_element(By.CSS_SELECTOR, ".message.error")
+    assert error.text.startswith("Error 401:") and "API key" in error.text, error.text
+    dialog = browser.find_element(By.ID, "key-dialog")
+    assert dialog.get_attribute("open") is not None, "the key dialog did not open on a 401"
+
+    browser.find_element(By.ID, "key-input").send_keys("page-key-2")
+    browser.find_element(By.ID, "key-save").click()
+    assert dialog.get_attribute("open") is None
+    assert browser.execute_script("return sessionStorage.getItem('nanochat.apiKey')") == "page-key-2"
+    WebDriverWait(browser, 5).until(lambda d: d.find_element(By.ID, "model").text)  # /v1/models, with the key
+
+    browser.find_element(By.ID, "send").click()  # the failed text came back into the box
+    WebDriverWait(browser, REPLY_TIMEOUT_S, poll_frequency=0.1).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".message.assistant[data-state=done]")
+    )
+    reply = browser.find_element(By.CSS_SELECTOR, ".message.assistant .content").text
+    assert reply.strip()
+
+    browser.find_element(By.ID, "api-key").click()
+    browser.find_element(By.ID, "key-forget").click()
+    assert browser.execute_script("return sessionStorage.getItem('nanochat.apiKey')") is None
