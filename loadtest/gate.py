@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from loadtest._auth import auth_headers
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_SLO = HERE / "slo.yaml"
 LLM = "LLM"
@@ -215,8 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s = run_time_s(args.run_time)
         args.host = args.host.rstrip("/")
         slo = load_slo(args.slo)
-        key = os.environ.get("LOADTEST_API_KEY")
-        wait_ready(args.host, args.wait_ready, {"Authorization": f"Bearer {key}"} if key else {})
+        wait_ready(args.host, args.wait_ready, auth_headers())
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         prefix = out / "loadtest"

@@ -20,7 +20,8 @@ entry's counts are the requests' counts. `loadtest/gate.py` reads these entries.
 
 Settings come from environment variables: `LOADTEST_PROMPTS` (a text file, one prompt per line; default
 loadtest/prompts.txt), `LOADTEST_MAX_TOKENS` (64), `LOADTEST_MODEL` (the server's first model),
-`LOADTEST_API_KEY` (sent as a bearer token when set).
+`LOADTEST_API_KEY` (the app's bearer key) and `LOADTEST_ID_TOKEN` (a Cloud Run identity token, for a
+service that is not public).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import random
 import time
 from pathlib import Path
 
+from _auth import auth_headers  # locust puts this folder on sys.path
 from locust import HttpUser, between, constant, task
 
 HERE = Path(__file__).resolve().parent
@@ -66,9 +68,7 @@ class _LlmUser(HttpUser):
     abstract = True
 
     def on_start(self) -> None:
-        key = os.environ.get("LOADTEST_API_KEY")
-        if key:
-            self.client.headers["Authorization"] = f"Bearer {key}"
+        self.client.headers.update(auth_headers())
         self.model = os.environ.get("LOADTEST_MODEL") or self._first_model()
 
     def _first_model(self) -> str:

@@ -189,7 +189,7 @@ def test_every_alert_is_documented_and_labelled(rules):
 
 
 def test_runbooks_index_lists_every_alert_and_nothing_else(rules):
-    pages = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
+    pages = {path.stem for path in RUNBOOKS.glob("Nanochat*.md")}  # release.md etc. are not alerts
     assert pages == set(rules), "a runbook without an alert, or an alert without a runbook"
     index = (RUNBOOKS / "README.md").read_text()
     for name, rule in rules.items():
