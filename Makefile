@@ -8,8 +8,12 @@ CHECKPOINT ?= ../shared/fixtures/nanochat-ref/modelA
 TORCH_PIP_ARGS ?=
 BENCH_URL ?= http://127.0.0.1:8000
 BENCH_SERVE_ARGS ?=
+BENCH_OBSERVABILITY_ARGS ?=
+# infra-check runs checkov from its own venv: its pins clash with the main venv's
+INFRA_VENV := .venv-infra
+CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean
+.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean observe synth infra-check bench-observability
 
 setup: $(STAMP)
 
@@ -22,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # pytest exits 5 when it collected no tests: that must fail too, with a message that says so.
-test: setup
+test: setup $(INFRA_VENV)/bin/checkov
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -62,4 +66,25 @@ demo-model: setup
 	scripts/demo_model.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .ruff_cache .hypothesis build cdktf.out node_modules *.egg-info
+
+# The app and a local Prometheus (Debian's package) with alerts/*.rules.yaml loaded; Ctrl-C stops both.
+observe: setup
+	scripts/observe.sh
+
+# CDKTF: synthesize one Terraform stack per env file (envs/*.yaml) into cdktf.out/stacks/<env>/.
+synth: setup
+	$(BIN)/python -m infra.main
+
+# checkov over the synthesized stacks (skips with reasons: infra/checkov-skips.yaml) + our own policies.
+infra-check: synth $(INFRA_VENV)/bin/checkov
+	$(BIN)/python -m infra.checks --checkov $(INFRA_VENV)/bin/checkov
+
+$(INFRA_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+
+# Service tokens/s with metrics, logs and traces on vs off (two demo servers, one run; ~1 min); see
+# docs/observability.md "Overhead". Arguments via BENCH_OBSERVABILITY_ARGS (e.g. --json --repeats 20).
+bench-observability: setup
+	$(BIN)/python -m app.bench_observability $(BENCH_OBSERVABILITY_ARGS)

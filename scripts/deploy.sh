@@ -45,7 +45,8 @@ step "release $SERVICE in $PROJECT/$REGION ($ENV_NAME)"
 if [ -z "$IMAGE" ]; then
   step "build $IMAGE_REPO:$TAG with Cloud Build"
   run gcloud builds submit --project "$PROJECT" --region "$REGION" --config cloudbuild.yaml \
-    --substitutions "_IMAGE=$IMAGE_REPO,COMMIT_SHA=$TAG" .
+    --substitutions "_IMAGE=$IMAGE_REPO,COMMIT_SHA=$TAG" . \
+    --service-account "projects/$PROJECT/serviceAccounts/nanochat-build-$ENV_NAME@$PROJECT.iam.gserviceaccount.com"
   digest=$(query "sha256:<digest>" gcloud artifacts docker images describe "$IMAGE_REPO:$TAG" \
     --project "$PROJECT" --format 'value(image_summary.digest)')
   IMAGE="$IMAGE_REPO@$digest"

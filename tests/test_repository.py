@@ -33,7 +33,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_make_test_fails_when_no_tests_are_collected(tmp_path):
     """pytest exits 5 on an empty collection; `make test` must turn that into a failure, not a pass."""
     makefile = ROOT.joinpath("Makefile").read_text()
-    recipe = makefile.split("\ntest: setup\n", 1)[1].split("\n\n", 1)[0]
+    recipe = re.split(r"\ntest: setup[^\n]*\n", makefile, maxsplit=1)[1].split("\n\n", 1)[0]
     shell = recipe.replace("\t", "").replace("@", "", 1).replace("$$", "$").replace("\\\n", "\n")
     shell = shell.replace("$(BIN)/python", sys.executable)
     (tmp_path / "test_nothing.py").write_text("x = 1\n")

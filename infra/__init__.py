@@ -1,0 +1,1 @@
+"""The CDKTF app: `envs/*.yaml` -> one `NanochatStack` per env (see docs/infra.md)."""

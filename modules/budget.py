@@ -1,0 +1,57 @@
+"""A monthly billing budget for the project, emailed through the monitoring notification channels.
+
+Thresholds on actual spend (by default 50%, 90%, 100%) and on forecast spend (100%) each send one email
+when crossed. A budget alerts; it does not stop spending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cdktf_cdktf_provider_google.billing_budget import BillingBudget, BillingBudgetThresholdRules
+from constructs import Construct
+
+
+class Budget(Construct):
+    """Budget `amount` `currency` per month on `billing_account`, for this project's spend only."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env: str,
+        billing_account: str,
+        project_number: str,
+        amount: int,
+        currency: str,
+        actual_thresholds: Sequence[float],
+        forecast_thresholds: Sequence[float],
+        notification_channel_ids: Sequence[str],
+    ) -> None:
+        super().__init__(scope, id_)
+        rules = [
+            BillingBudgetThresholdRules(threshold_percent=t, spend_basis="CURRENT_SPEND")
+            for t in actual_thresholds
+        ]
+        rules += [
+            BillingBudgetThresholdRules(threshold_percent=t, spend_basis="FORECASTED_SPEND")
+            for t in forecast_thresholds
+        ]
+        self.budget = BillingBudget(
+            self,
+            "budget",
+            billing_account=billing_account,
+            display_name=f"nanochat {env}",
+            amount={"specified_amount": {"currency_code": currency, "units": str(amount)}},
+            budget_filter={
+                "projects": [f"projects/{project_number}"],
+                "calendar_period": "MONTH",
+                "credit_types_treatment": "INCLUDE_ALL_CREDITS",
+            },
+            threshold_rules=rules,
+            all_updates_rule={
+                "monitoring_notification_channels": list(notification_channel_ids),
+                "disable_default_iam_recipients": False,
+            },
+        )

@@ -1,0 +1,224 @@
+"""The CPU service on Cloud Run (v2) with the Managed Service for Prometheus sidecar.
+
+- Its own service account: write logs, metrics and traces, read only the secrets it is given.
+- Probes: startup on `/ready` (the model has loaded and warmed up), liveness on `/health`.
+- The `collector` sidecar (Google's cloud-run-gmp-sidecar, pinned) starts after the app and scrapes its
+  `/metrics` as job `nanochat` (the job the alert rules and dashboards select on; the RunMonitoring
+  config is mounted from Secret Manager, the sidecar's only way to read a config file). CPU is always
+  allocated (`cpu_idle = false`, instance-based billing) so scrapes between requests are not throttled.
+- Terraform owns the service; releases own the image and the traffic split: both are ignored here, so a
+  release (a tagged no-traffic `candidate` revision, then promotion) is never undone by `cdktf deploy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import yaml
+from cdktf import TerraformResourceLifecycle
+from cdktf_cdktf_provider_google.cloud_run_v2_service import (
+    CloudRunV2Service,
+    CloudRunV2ServiceTemplateContainers,
+    CloudRunV2ServiceTemplateContainersEnv,
+    CloudRunV2ServiceTemplateContainersVolumeMounts,
+    CloudRunV2ServiceTemplateVolumes,
+    CloudRunV2ServiceTemplateVolumesSecretItems,
+)
+from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
+from cdktf_cdktf_provider_google.secret_manager_secret import SecretManagerSecret
+from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
+from cdktf_cdktf_provider_google.secret_manager_secret_version import SecretManagerSecretVersion
+from constructs import Construct
+
+from modules.service_identity import ServiceIdentity
+
+APP_PORT = 8080  # Cloud Run's default PORT, which the app reads
+READY_PATH = "/ready"
+HEALTH_PATH = "/health"
+METRICS_JOB = "nanochat"
+GMP_SIDECAR_IMAGE = (
+    "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
+)
+INGRESS = {
+    "all": "INGRESS_TRAFFIC_ALL",
+    "internal": "INGRESS_TRAFFIC_INTERNAL_ONLY",
+    "internal-and-cloud-load-balancing": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+}
+# Paths of fields that releases change (image, traffic) and gcloud stamps (client); Terraform ignores them.
+RELEASE_OWNED = ["template[0].containers[0].image", "traffic", "client", "client_version"]
+
+
+def run_monitoring_config(scrape_interval: str = "30s") -> dict:
+    """The sidecar's RunMonitoring config: scrape the app's /metrics; the config's name becomes `job`."""
+    return {
+        "apiVersion": "monitoring.googleapis.com/v1beta",
+        "kind": "RunMonitoring",
+        "metadata": {"name": METRICS_JOB},
+        "spec": {"endpoints": [{"port": APP_PORT, "path": "/metrics", "interval": scrape_interval}]},
+    }
+
+
+class CloudRunService(Construct):
+    """Cloud Run service `name` running `initial_image` until the first release replaces it."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        region: str,
+        env: str,
+        name: str,
+        initial_image: str,
+        cpu: str,
+        memory: str,
+        min_instances: int,
+        max_instances: int,
+        concurrency: int,
+        request_timeout_s: int,
+        ingress: str,
+        public: bool,
+        invokers: Sequence[str],
+        deletion_protection: bool,
+        env_vars: Mapping[str, str],
+        secret_env: Mapping[str, str],
+        labels: Mapping[str, str],
+    ) -> None:
+        super().__init__(scope, id_)
+        self.identity = ServiceIdentity(
+            self,
+            "runtime",
+            project=project,
+            account_id=f"nanochat-run-{env}",
+            display_name="nanochat Cloud Run service",
+            project_roles=[
+                "roles/logging.logWriter",
+                "roles/monitoring.metricWriter",
+                "roles/cloudtrace.agent",
+            ],
+        )
+
+        config_secret = SecretManagerSecret(
+            self,
+            "collector-config",
+            project=project,
+            secret_id=f"{name}-collector-config",
+            replication={"auto": {}},
+            labels=dict(labels),
+        )
+        config_version = SecretManagerSecretVersion(
+            self,
+            "collector-config-version",
+            secret=config_secret.id,
+            secret_data=yaml.safe_dump(run_monitoring_config(), sort_keys=False),
+        )
+        readable = {
+            "collector-config": config_secret.secret_id,
+            **{s: s for s in sorted(set(secret_env.values()))},
+        }
+        accessors = [
+            SecretManagerSecretIamMember(
+                self,
+                f"read-{key}",
+                project=project,
+                secret_id=secret_id,
+                role="roles/secretmanager.secretAccessor",
+                member=self.identity.member,
+            )
+            for key, secret_id in readable.items()
+        ]
+
+        # Cloud Run sets PORT; the app must also listen on all interfaces, whatever the image's default.
+        plain_env = {"HOST": "0.0.0.0", **env_vars}
+        env_list = [CloudRunV2ServiceTemplateContainersEnv(name=k, value=v) for k, v in plain_env.items()]
+        env_list += [
+            CloudRunV2ServiceTemplateContainersEnv(
+                name=k, value_source={"secret_key_ref": {"secret": s, "version": "latest"}}
+            )
+            for k, s in secret_env.items()
+        ]
+        self.service = CloudRunV2Service(
+            self,
+            "service",
+            project=project,
+            location=region,
+            name=name,
+            ingress=INGRESS[ingress],
+            deletion_protection=deletion_protection,
+            labels=dict(labels),
+            template={
+                "service_account": self.identity.email,
+                "execution_environment": "EXECUTION_ENVIRONMENT_GEN2",
+                "max_instance_request_concurrency": concurrency,
+                "timeout": f"{request_timeout_s}s",
+                "scaling": {"min_instance_count": min_instances, "max_instance_count": max_instances},
+                "labels": dict(labels),
+                "containers": [
+                    CloudRunV2ServiceTemplateContainers(
+                        name="app",
+                        image=initial_image,
+                        ports={"name": "http1", "container_port": APP_PORT},
+                        resources={
+                            "limits": {"cpu": cpu, "memory": memory},
+                            "cpu_idle": False,
+                            "startup_cpu_boost": True,
+                        },
+                        # The model loads before /ready turns 200: allow up to 4 minutes.
+                        startup_probe={
+                            "http_get": {"path": READY_PATH, "port": APP_PORT},
+                            "period_seconds": 5,
+                            "timeout_seconds": 3,
+                            "failure_threshold": 48,
+                        },
+                        liveness_probe={
+                            "http_get": {"path": HEALTH_PATH, "port": APP_PORT},
+                            "period_seconds": 15,
+                            "timeout_seconds": 5,
+                            "failure_threshold": 3,
+                        },
+                        env=env_list,
+                    ),
+                    CloudRunV2ServiceTemplateContainers(
+                        name="collector",
+                        image=GMP_SIDECAR_IMAGE,
+                        depends_on=["app"],
+                        resources={"limits": {"cpu": "1", "memory": "512Mi"}, "cpu_idle": False},
+                        volume_mounts=[
+                            CloudRunV2ServiceTemplateContainersVolumeMounts(
+                                name="collector-config", mount_path="/etc/rungmp"
+                            )
+                        ],
+                    ),
+                ],
+                "volumes": [
+                    CloudRunV2ServiceTemplateVolumes(
+                        name="collector-config",
+                        secret={
+                            "secret": config_secret.secret_id,
+                            "items": [
+                                CloudRunV2ServiceTemplateVolumesSecretItems(
+                                    version="latest", path="config.yaml"
+                                )
+                            ],
+                        },
+                    )
+                ],
+            },
+            lifecycle=TerraformResourceLifecycle(ignore_changes=RELEASE_OWNED),
+            depends_on=[config_version, *accessors],
+        )
+        self.name = self.service.name
+        self.url = self.service.uri
+
+        members = ["allUsers"] if public else list(invokers)
+        for member in members:
+            CloudRunV2ServiceIamMember(
+                self,
+                f"invoker-{member}",
+                project=project,
+                location=region,
+                name=self.service.name,
+                role="roles/run.invoker",
+                member=member,
+            )

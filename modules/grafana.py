@@ -1,0 +1,217 @@
+"""Grafana on Cloud Run, private (IAM), with the repository's dashboards and a Managed Prometheus datasource.
+
+- Dashboards (`dashboards/*.json`) and Grafana's provisioning files are objects in a private bucket,
+  mounted read-only into the container (Cloud Storage volume), so a deploy that changes a dashboard
+  changes the object and Grafana picks it up on its next provisioning scan.
+- The datasource is Google's Managed Prometheus frontend, a sidecar on localhost:9090 that answers the
+  Prometheus HTTP API by querying Cloud Monitoring as Grafana's service account. The sidecar takes its
+  OAuth token from the metadata server and refreshes it itself, so no token is stored in Grafana.
+- Access: no public invoker; viewers get `roles/run.invoker` and open Grafana through
+  `gcloud run services proxy`. Inside, everyone is an anonymous Viewer and the login form is off: the
+  dashboards are provisioned, not edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import yaml
+from cdktf_cdktf_provider_google.cloud_run_v2_service import (
+    CloudRunV2Service,
+    CloudRunV2ServiceTemplateContainers,
+    CloudRunV2ServiceTemplateContainersEnv,
+    CloudRunV2ServiceTemplateContainersVolumeMounts,
+    CloudRunV2ServiceTemplateVolumes,
+)
+from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
+from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
+from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
+from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
+from constructs import Construct
+
+from modules.service_identity import ServiceIdentity
+
+GRAFANA_IMAGE = "docker.io/grafana/grafana:11.6.0"
+GMP_FRONTEND_IMAGE = "gke.gcr.io/prometheus-engine/frontend:v0.8.0-gke.4"
+GRAFANA_PORT = 3000
+FRONTEND_PORT = 9090
+MOUNT = "/mnt/grafana"
+DATASOURCE_UID = "managed-prometheus"
+
+
+def datasource_provisioning() -> dict:
+    return {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "Managed Prometheus",
+                "uid": DATASOURCE_UID,
+                "type": "prometheus",
+                "access": "proxy",
+                "url": f"http://localhost:{FRONTEND_PORT}",
+                "isDefault": True,
+                "editable": False,
+                "jsonData": {"timeInterval": "30s"},
+            }
+        ],
+    }
+
+
+def dashboard_provisioning() -> dict:
+    return {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "nanochat",
+                "folder": "nanochat",
+                "type": "file",
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "updateIntervalSeconds": 60,
+                "options": {"path": f"{MOUNT}/dashboards"},
+            }
+        ],
+    }
+
+
+class Grafana(Construct):
+    """Cloud Run service `grafana` serving `dashboards` (file name -> JSON text) to `viewers`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        region: str,
+        env: str,
+        dashboards: Mapping[str, str],
+        viewers: Sequence[str],
+        deletion_protection: bool,
+        labels: Mapping[str, str],
+    ) -> None:
+        super().__init__(scope, id_)
+        if not dashboards:
+            raise ValueError("Grafana needs at least one dashboard")
+        self.identity = ServiceIdentity(
+            self,
+            "runtime",
+            project=project,
+            account_id=f"nanochat-grafana-{env}",
+            display_name="nanochat Grafana",
+            project_roles=["roles/monitoring.viewer"],
+        )
+        self.bucket = StorageBucket(
+            self,
+            "bucket",
+            project=project,
+            name=f"{project}-nanochat-grafana",
+            location=region.upper(),
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            lifecycle_rule=[
+                StorageBucketLifecycleRule(action={"type": "Delete"}, condition={"num_newer_versions": 5})
+            ],
+            force_destroy=not deletion_protection,
+            labels=dict(labels),
+        )
+        StorageBucketIamMember(
+            self,
+            "read",
+            bucket=self.bucket.name,
+            role="roles/storage.objectViewer",
+            member=self.identity.member,
+        )
+        files = {
+            "provisioning/datasources/managed-prometheus.yaml": yaml.safe_dump(datasource_provisioning()),
+            "provisioning/dashboards/nanochat.yaml": yaml.safe_dump(dashboard_provisioning()),
+            **{f"dashboards/{name}": text for name, text in sorted(dashboards.items())},
+        }
+        self.objects = [
+            StorageBucketObject(
+                self,
+                f"object-{path.replace('/', '-')}",
+                bucket=self.bucket.name,
+                name=path,
+                content=text,
+                content_type="application/json" if path.endswith(".json") else "application/yaml",
+            )
+            for path, text in files.items()
+        ]
+
+        grafana_env = {
+            "GF_PATHS_PROVISIONING": f"{MOUNT}/provisioning",
+            "GF_AUTH_ANONYMOUS_ENABLED": "true",
+            "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+            "GF_AUTH_DISABLE_LOGIN_FORM": "true",
+            "GF_AUTH_BASIC_ENABLED": "false",
+            "GF_USERS_ALLOW_SIGN_UP": "false",
+            "GF_ANALYTICS_REPORTING_ENABLED": "false",
+            "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+            "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": f"{MOUNT}/dashboards/{sorted(dashboards)[0]}",
+        }
+        self.service = CloudRunV2Service(
+            self,
+            "service",
+            project=project,
+            location=region,
+            name="grafana",
+            ingress="INGRESS_TRAFFIC_ALL",
+            deletion_protection=deletion_protection,
+            labels=dict(labels),
+            template={
+                "service_account": self.identity.email,
+                "execution_environment": "EXECUTION_ENVIRONMENT_GEN2",  # Cloud Storage volumes need gen2
+                "scaling": {"min_instance_count": 0, "max_instance_count": 1},
+                "labels": dict(labels),
+                "containers": [
+                    CloudRunV2ServiceTemplateContainers(
+                        name="grafana",
+                        image=GRAFANA_IMAGE,
+                        ports={"name": "http1", "container_port": GRAFANA_PORT},
+                        depends_on=["prometheus-frontend"],
+                        resources={"limits": {"cpu": "1", "memory": "512Mi"}, "cpu_idle": True},
+                        env=[
+                            CloudRunV2ServiceTemplateContainersEnv(name=k, value=v)
+                            for k, v in grafana_env.items()
+                        ],
+                        startup_probe={
+                            "http_get": {"path": "/api/health", "port": GRAFANA_PORT},
+                            "period_seconds": 5,
+                            "failure_threshold": 24,
+                        },
+                        volume_mounts=[
+                            CloudRunV2ServiceTemplateContainersVolumeMounts(
+                                name="provisioning", mount_path=MOUNT
+                            )
+                        ],
+                    ),
+                    CloudRunV2ServiceTemplateContainers(
+                        name="prometheus-frontend",
+                        image=GMP_FRONTEND_IMAGE,
+                        args=[f"--web.listen-address=:{FRONTEND_PORT}", f"--query.project-id={project}"],
+                        resources={"limits": {"cpu": "1", "memory": "256Mi"}, "cpu_idle": True},
+                        startup_probe={"tcp_socket": {"port": FRONTEND_PORT}, "period_seconds": 2},
+                    ),
+                ],
+                "volumes": [
+                    CloudRunV2ServiceTemplateVolumes(
+                        name="provisioning", gcs={"bucket": self.bucket.name, "read_only": True}
+                    )
+                ],
+            },
+            depends_on=self.objects,
+        )
+        self.url = self.service.uri
+        for member in viewers:
+            CloudRunV2ServiceIamMember(
+                self,
+                f"viewer-{member}",
+                project=project,
+                location=region,
+                name=self.service.name,
+                role="roles/run.invoker",
+                member=member,
+            )

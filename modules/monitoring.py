@@ -1,0 +1,194 @@
+"""Alerting in Cloud Monitoring: email channels, one PromQL alert policy per alert rule, an uptime check.
+
+The policies come from the Prometheus rule files (`modules.alert_rules`): same name (display name and
+`alert_rule`), same expression, `for` as the duration, the group as `rule_group`, the rule's labels, its
+severity, and its annotations (summary as the subject; summary, description and runbook as the
+documentation). Managed Service for Prometheus stores the app's series under their Prometheus names, so
+the expressions run unchanged.
+
+The uptime check calls the Cloud Run service's `/health` over HTTPS; a private service is called with
+an OIDC token of the Monitoring service agent, which is granted the invoker role for that. Its own
+alert policy fires when the check fails from more than one checker region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from cdktf import Fn
+from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
+from cdktf_cdktf_provider_google.monitoring_alert_policy import (
+    MonitoringAlertPolicy,
+    MonitoringAlertPolicyConditions,
+    MonitoringAlertPolicyConditionsConditionThresholdAggregations,
+)
+from cdktf_cdktf_provider_google.monitoring_notification_channel import MonitoringNotificationChannel
+from cdktf_cdktf_provider_google.monitoring_uptime_check_config import (
+    MonitoringUptimeCheckConfig,
+    MonitoringUptimeCheckConfigHttpCheckAcceptedResponseStatusCodes,
+)
+from constructs import Construct
+
+from modules.alert_rules import AlertRule
+from modules.cloud_run_service import HEALTH_PATH, CloudRunService
+
+AUTO_CLOSE = "1800s"  # an incident with no data for this long closes by itself
+
+
+def _documentation(rule: AlertRule) -> dict:
+    notes = rule.annotations
+    parts = [notes.get("summary", rule.name), notes.get("description", "")]
+    if notes.get("runbook_url"):
+        parts.append(f"Runbook: {notes['runbook_url']}")
+    parts.append(f"Source: `{rule.source}`, group `{rule.group}`.")
+    return {
+        "content": "\n\n".join(p for p in parts if p),
+        "mime_type": "text/markdown",
+        "subject": f"[{rule.severity.upper()}] {notes.get('summary', rule.name)}"[:255],
+    }
+
+
+class Monitoring(Construct):
+    """Email channels for `alert_emails`, a policy per rule in `rules`, and an optional uptime check."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        project_number: str,
+        env: str,
+        alert_emails: Sequence[str],
+        rules: Sequence[AlertRule],
+        evaluation_interval_s: int,
+        service: CloudRunService,
+        service_is_public: bool,
+        uptime_check_period_s: int | None,
+        labels: Mapping[str, str],
+    ) -> None:
+        super().__init__(scope, id_)
+        self.channels = [
+            MonitoringNotificationChannel(
+                self,
+                f"email-{i}",
+                project=project,
+                display_name=f"nanochat {env}: {email}",
+                type="email",
+                labels={"email_address": email},
+                user_labels=dict(labels),
+            )
+            for i, email in enumerate(alert_emails)
+        ]
+        channel_ids = [c.id for c in self.channels]
+
+        self.alert_policies = []
+        for rule in rules:
+            interval = rule.group_interval_seconds or evaluation_interval_s
+            if interval % 30:
+                raise ValueError(
+                    f"{rule.source}: group {rule.group}: Cloud Monitoring evaluates every multiple of 30 s, "
+                    f"not every {interval} s"
+                )
+            self.alert_policies.append(
+                MonitoringAlertPolicy(
+                    self,
+                    f"alert-{rule.name}",
+                    project=project,
+                    display_name=rule.name,
+                    combiner="OR",
+                    severity=rule.policy_severity,
+                    notification_channels=channel_ids,
+                    user_labels={**labels, "severity": rule.severity},
+                    documentation=_documentation(rule),
+                    alert_strategy={"auto_close": AUTO_CLOSE},
+                    conditions=[
+                        MonitoringAlertPolicyConditions(
+                            display_name=rule.name,
+                            condition_prometheus_query_language={
+                                "query": rule.expr,
+                                "duration": f"{rule.for_seconds}s",
+                                "evaluation_interval": f"{interval}s",
+                                "alert_rule": rule.name,
+                                "rule_group": rule.group,
+                                "labels": dict(rule.labels),
+                            },
+                        )
+                    ],
+                )
+            )
+
+        self.uptime_check = None
+        if uptime_check_period_s:
+            if not service_is_public:
+                CloudRunV2ServiceIamMember(
+                    self,
+                    "uptime-invoker",
+                    project=project,
+                    location=service.service.location,
+                    name=service.service.name,
+                    role="roles/run.invoker",
+                    member=f"serviceAccount:service-{project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com",
+                )
+            self.uptime_check = MonitoringUptimeCheckConfig(
+                self,
+                "uptime",
+                project=project,
+                display_name=f"nanochat {env} {HEALTH_PATH}",
+                period=f"{uptime_check_period_s}s",
+                timeout="10s",
+                user_labels=dict(labels),
+                monitored_resource={
+                    "type": "uptime_url",
+                    "labels": {"project_id": project, "host": Fn.replace(service.url, "https://", "")},
+                },
+                http_check={
+                    "path": HEALTH_PATH,
+                    "port": 443,
+                    "use_ssl": True,
+                    "validate_ssl": True,
+                    "request_method": "GET",
+                    "accepted_response_status_codes": [
+                        MonitoringUptimeCheckConfigHttpCheckAcceptedResponseStatusCodes(status_value=200)
+                    ],
+                    **({} if service_is_public else {"service_agent_authentication": {"type": "OIDC_TOKEN"}}),
+                },
+            )
+            check_filter = (
+                'metric.type="monitoring.googleapis.com/uptime_check/check_passed" AND '
+                f'metric.label.check_id="{self.uptime_check.uptime_check_id}" AND resource.type="uptime_url"'
+            )
+            MonitoringAlertPolicy(
+                self,
+                "alert-uptime",
+                project=project,
+                display_name=f"nanochat {env} {HEALTH_PATH} uptime check failing",
+                combiner="OR",
+                severity="CRITICAL",
+                notification_channels=channel_ids,
+                user_labels={**labels, "severity": "critical"},
+                documentation={
+                    "content": f"The uptime check of {HEALTH_PATH} fails from more than one region.",
+                    "mime_type": "text/markdown",
+                },
+                conditions=[
+                    MonitoringAlertPolicyConditions(
+                        display_name="uptime check failing",
+                        condition_threshold={
+                            "filter": check_filter,
+                            "comparison": "COMPARISON_GT",
+                            "threshold_value": 1,
+                            "duration": "300s",
+                            "trigger": {"count": 1},
+                            "aggregations": [
+                                MonitoringAlertPolicyConditionsConditionThresholdAggregations(
+                                    alignment_period="1200s",
+                                    per_series_aligner="ALIGN_NEXT_OLDER",
+                                    cross_series_reducer="REDUCE_COUNT_FALSE",
+                                    group_by_fields=["resource.label.*"],
+                                )
+                            ],
+                        },
+                    )
+                ],
+            )

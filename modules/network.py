@@ -1,0 +1,80 @@
+"""The GPU VMs' network: a private subnet (no public IPs), Cloud NAT for egress, health-check firewall.
+
+VMs reach Google APIs (Artifact Registry, Secret Manager, Monitoring) through Private Google Access and
+the internet (driver and Ops Agent packages) through Cloud NAT, which costs nothing while no VM runs.
+The only ingress rule admits Google's health checkers and load-balancer proxies to the app port of the
+GPU service account's VMs; everything else is denied by the VPC's implied rule.
+"""
+
+from __future__ import annotations
+
+from cdktf_cdktf_provider_google.compute_firewall import ComputeFirewall, ComputeFirewallAllow
+from cdktf_cdktf_provider_google.compute_network import ComputeNetwork
+from cdktf_cdktf_provider_google.compute_router import ComputeRouter
+from cdktf_cdktf_provider_google.compute_router_nat import ComputeRouterNat
+from cdktf_cdktf_provider_google.compute_subnetwork import ComputeSubnetwork
+from constructs import Construct
+
+# Where Google health checks and global external Application Load Balancer proxies connect from.
+HEALTH_CHECK_RANGES = ["130.211.0.0/22", "35.191.0.0/16"]
+
+
+class GpuNetwork(Construct):
+    """VPC `nanochat-ENV` with one subnet in `region`; `allow_health_checks` opens `port` to `target_sa`."""
+
+    def __init__(
+        self, scope: Construct, id_: str, *, project: str, region: str, env: str, cidr: str = "10.20.0.0/24"
+    ) -> None:
+        super().__init__(scope, id_)
+        self.project = project
+        self.network = ComputeNetwork(
+            self,
+            "vpc",
+            project=project,
+            name=f"nanochat-{env}",
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+        )
+        self.subnetwork = ComputeSubnetwork(
+            self,
+            "subnet",
+            project=project,
+            region=region,
+            name=f"nanochat-{env}-gpu",
+            network=self.network.id,
+            ip_cidr_range=cidr,
+            private_ip_google_access=True,
+            log_config={
+                "aggregation_interval": "INTERVAL_10_MIN",
+                "flow_sampling": 0.5,
+                "metadata": "INCLUDE_ALL_METADATA",
+            },
+        )
+        router = ComputeRouter(
+            self, "router", project=project, region=region, name=f"nanochat-{env}", network=self.network.id
+        )
+        ComputeRouterNat(
+            self,
+            "nat",
+            project=project,
+            region=region,
+            name=f"nanochat-{env}",
+            router=router.name,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+            log_config={"enable": True, "filter": "ERRORS_ONLY"},
+        )
+
+    def allow_health_checks(self, *, port: int, target_service_account: str) -> ComputeFirewall:
+        return ComputeFirewall(
+            self,
+            "allow-health-checks",
+            project=self.project,
+            name=f"{self.network.name}-allow-health-checks",
+            network=self.network.id,
+            direction="INGRESS",
+            source_ranges=HEALTH_CHECK_RANGES,
+            target_service_accounts=[target_service_account],
+            allow=[ComputeFirewallAllow(protocol="tcp", ports=[str(port)])],
+            log_config={"metadata": "INCLUDE_ALL_METADATA"},
+        )
