@@ -7,6 +7,9 @@ Plain uvicorn closes its listening socket the moment SIGTERM arrives and re-rais
 requests get 503 at once, requests in flight get `NANOCHAT_DRAIN_TIMEOUT_S` to finish, and only then does
 the server close and the process exit 0. A second signal stops it at once. A model that fails to load
 with `on_load_failure=exit` ends it with status 3.
+
+Logs are JSON lines (or text, NANOCHAT_LOG_FORMAT=text) from the app and uvicorn alike; uvicorn's own access
+log is off, the app writes one access line per request (app/observability/logging.py).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app, drain
+from app.observability.logging import configure_logging
+from app.observability.tracing import TracingConfigError
 
 logger = logging.getLogger("app")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CLOSE_CONNECTIONS_S = 3.0  # after the drain: time for the last bytes of finished responses to go out
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class DrainingServer(uvicorn.Server):
@@ -100,14 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"invalid settings: {problems}")
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     settings = settings.model_copy(update=overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(settings.log_level, settings.log_format)
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except TracingConfigError as e:
+        parser.error(str(e))
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # configured above, as the app's
+        access_log=False,  # the app's request middleware writes the access lines
         timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
     )
     server = DrainingServer(config, app.state.runtime)

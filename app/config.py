@@ -2,6 +2,9 @@
 
 Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_CHECKPOINT`, `NANOCHAT_MAX_BATCH`), except `HOST` and
 `PORT`, which keep the names Cloud Run and most platforms set. `.env.example` lists them all.
+
+Tracing is configured by the standard `OTEL_*` variables instead (see app/observability/tracing.py), and
+gunicorn's metrics directory by `PROMETHEUS_MULTIPROC_DIR` (see app/gunicorn.conf.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _split(value):
@@ -60,6 +65,21 @@ class Settings(BaseSettings):
     workers: int = Field(  # gunicorn workers (one per GPU on GPU machines)
         1, ge=1, validation_alias=AliasChoices("NANOCHAT_WORKERS", "WEB_CONCURRENCY")
     )
-    log_level: str = "info"
+    log_level: str = "info"  # debug | info | warning | error | critical
+
+    # observability (docs/observability.md); traces: the standard OTEL_* variables
+    log_format: Literal["json", "text"] = "json"  # JSON lines for Cloud Logging, or plain text for humans
+    log_content: bool = False  # put prompts and completions in the access log lines (personal data!)
+    access_log: bool = True  # one log line per request
+    metrics: bool = True  # record the Prometheus metrics (/metrics answers either way)
+    # what one instance costs, for the cost panel: 2 vCPU + 4 GiB on Cloud Run, instance-based billing
+    instance_price_per_hour: float = Field(0.16, ge=0)
 
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value):
+        if isinstance(value, str) and value.strip().lower() in LOG_LEVELS:
+            return value.strip().lower()
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")

@@ -12,12 +12,30 @@ grace from NANOCHAT_DRAIN_TIMEOUT_S.
   lifespan drains the scheduler. `python -m app` instead turns /ready to 503 first (see app/__main__.py).
 - A worker whose model fails to load with on_load_failure=exit leaves with status 3, which gunicorn reads
   as "failed to boot" and stops altogether, instead of restarting it forever.
+- Metrics: every worker writes its values to PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set),
+  which is emptied when gunicorn starts; a worker that exits is marked dead (its live gauges leave the sums),
+  and `/metrics` on any worker merges them all. The master itself records no metrics.
+- Logs: the app's JSON (or text) lines for the master and the workers alike; gunicorn's access log is off,
+  the app writes one access line per request.
 """
 
 import math
+import os
+import shutil
+import tempfile
 from importlib.util import find_spec
+from pathlib import Path
 
-from app.config import Settings
+# before anything imports prometheus_client, which reads it once, in the workers too (they fork from here)
+_created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _created_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nanochat-metrics-")
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+from prometheus_client import multiprocess  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.observability.logging import logging_config  # noqa: E402
 
 _settings = Settings()
 
@@ -34,13 +52,22 @@ graceful_timeout = math.ceil(_settings.drain_timeout_s) + 2
 timeout = int(_settings.request_timeout_s) + 30
 keepalive = 5
 loglevel = _settings.log_level
-accesslog = "-"
+accesslog = None
 errorlog = "-"
-# gunicorn's logging, plus a root handler so that the app's own loggers are heard too
-logconfig_dict = {
-    "root": {"level": loglevel.upper(), "handlers": ["console"]},
-    "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-    },
-}
+logconfig_dict = logging_config(_settings.log_level, _settings.log_format)
+
+
+def on_starting(server) -> None:
+    """Start from an empty metrics folder: files of an earlier run would be counted again."""
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    for path in _metrics_dir.glob("*.db"):
+        path.unlink()
+
+
+def child_exit(server, worker) -> None:
+    multiprocess.mark_process_dead(worker.pid, str(_metrics_dir))
+
+
+def on_exit(server) -> None:
+    if _created_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

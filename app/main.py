@@ -11,6 +11,10 @@ Shut-down (`drain`): `/ready` turns 503, new requests get 503, requests in fligh
 finish, then are cut. `python -m app` drains on SIGTERM before the listening socket closes (see
 `app/__main__.py`); under gunicorn or plain uvicorn the lifespan's end drains.
 
+Observability (app/observability/): the request middleware logs, measures and traces every request; the
+metrics follow the model's life (`nanochat_ready`, load time, capacity) and a sampler thread records the
+process's CPU and memory; traces are on when the `OTEL_*` variables ask for them.
+
 Serving from plain uvicorn: `uvicorn --factory app.main:create_app`.
 """
 
@@ -34,12 +38,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from opentelemetry.sdk.trace import TracerProvider
 
 from app.api import health, openai, web
 from app.api.deps import Runtime
 from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, RequestContext
 from app.config import Settings
 from app.errors import APIError, install_error_handlers
+from app.observability import metrics, tracing
 from app.scheduler import Scheduler
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
@@ -54,11 +60,22 @@ EngineFactory = Callable[[Settings], Engine]
 T = TypeVar("T")
 
 
-def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """The service. `engine_factory(settings) -> Engine` replaces checkpoint loading (other backends)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine_factory: EngineFactory | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
+    """The service. `engine_factory(settings) -> Engine` replaces checkpoint loading (other backends);
+    `tracer_provider` replaces the one the OTEL_* variables configure (tests export to memory)."""
     settings = settings or Settings()
     runtime = Runtime(settings, model_name=settings.model_name or _folder_name(settings.checkpoint))
-    middleware = [Middleware(RequestContext, responses=runtime.responses)]
+    provider = tracer_provider or tracing.provider_from_env(version=metrics.version())
+    tracer = provider.get_tracer(tracing.TRACER_NAME) if provider is not None else None
+    if settings.metrics:
+        metrics.describe_service(runtime.model_name, settings.instance_price_per_hour)
+        metrics.set_ready(False)
+    middleware = [Middleware(RequestContext, runtime=runtime, tracer=tracer)]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -75,6 +92,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.metrics:
+            metrics.start_process_sampler()
         loading = asyncio.create_task(load_model(runtime, engine_factory, app.state.exit))
         try:
             yield
@@ -89,6 +108,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         lifespan=lifespan,
         middleware=middleware,
     )
+    if provider is not None:
+        tracing.instrument(app, provider)
     app.state.runtime = runtime
     app.state.exit = _exit_process  # `python -m app` replaces it with a clean server stop
     install_error_handlers(app)
@@ -170,14 +191,20 @@ async def load_model(
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         prefill_chunk=settings.prefill_chunk,
+        record_metrics=settings.metrics,
     )
     scheduler.start()
     runtime.engine, runtime.scheduler = engine, scheduler
     runtime.state, runtime.reason = "ready", ""
+    load_s = time.monotonic() - started
+    if settings.metrics:
+        metrics.set_model_load_seconds(load_s)
+        metrics.set_capacity(settings.max_queue, engine.max_batch)
+        metrics.set_ready(True)
     logger.info(
         "model %s ready in %.1f s: context %d tokens, batch %d, queue %d",
         runtime.model_name,
-        time.monotonic() - started,
+        load_s,
         engine.max_seq_len,
         engine.max_batch,
         settings.max_queue,
@@ -190,6 +217,8 @@ async def drain(runtime: Runtime) -> None:
         return
     grace = runtime.settings.drain_timeout_s
     runtime.state, runtime.reason = "draining", "the server is shutting down; retry on another instance"
+    if runtime.settings.metrics:
+        metrics.set_ready(False)
     if runtime.scheduler is not None:
         busy = runtime.scheduler.stats()["active_requests"]
         logger.info("draining: %d request(s) in flight get up to %.1f s", busy, grace)

@@ -21,10 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.observability import metrics
 from nanochat.engine import Engine, EngineError, Request, SamplingParams, TokenEvent
 
 logger = logging.getLogger(__name__)
-FLUSH_INTERVAL_S = 0.005  # streamed deltas reach the event loop at least this often (see _flush)
+FLUSH_INTERVAL_S = 0.02  # streamed deltas reach the event loop at least this often (see _flush)
 
 
 class SchedulerError(Exception):
@@ -83,6 +84,7 @@ class _Job:
     queue: asyncio.Queue
     submitted_at: float = field(default_factory=time.monotonic)
     admitted_at: float | None = None
+    prefill_done_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
     request: Request | None = None
@@ -108,6 +110,8 @@ class GenerationStream:
         self.request_id = job.request_id
         self.prompt_tokens = len(job.prompt_ids)
         self.n = job.params.n
+        self.params = job.params
+        self.submitted_at = job.submitted_at  # time.monotonic(); the figures below count from it
         self._end: _End | None = None
 
     @property
@@ -124,6 +128,11 @@ class GenerationStream:
         return None if job.admitted_at is None else job.admitted_at - job.submitted_at
 
     @property
+    def prefill_done_s(self) -> float | None:
+        job = self._job
+        return None if job.prefill_done_at is None else job.prefill_done_at - job.submitted_at
+
+    @property
     def ttft_s(self) -> float | None:
         job = self._job
         return None if job.first_token_at is None else job.first_token_at - job.submitted_at
@@ -132,6 +141,17 @@ class GenerationStream:
     def duration_s(self) -> float | None:
         job = self._job
         return None if job.finished_at is None else job.finished_at - job.submitted_at
+
+    @property
+    def error(self) -> SchedulerError | None:
+        """The error the stream ended with, once its consumer has seen the end."""
+        return None if self._end is None else self._end.error
+
+    def token_ids(self) -> tuple[list[int], list[list[int]]]:
+        """The prompt's token ids and each choice's generated ones (for logging the content)."""
+        request = self._job.request
+        outputs = [list(c.tokens) for c in request.continuations] if request is not None else []
+        return list(self._job.prompt_ids), outputs
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -168,8 +188,11 @@ class Scheduler:
         max_queue: int = 64,
         request_timeout_s: float = 120.0,
         prefill_chunk: int = 256,
+        record_metrics: bool = False,
     ) -> None:
         self.engine = engine
+        self.record_metrics = record_metrics  # batch sizes, queue depth and active sequences (metrics.py)
+        self._load = (-1, -1)  # the queue depth and active sequences last recorded
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
         self.prefill_chunk = prefill_chunk
@@ -310,18 +333,26 @@ class Scheduler:
                     job = self._prefilling
                     self._dispatch(self.engine.prefill(job.request, self.prefill_chunk))
                     if not job.request.prefill_remaining:
+                        job.prefill_done_at = time.monotonic()
                         with self._cond:
                             self._prefilling = None
                             if not job.request.done:
                                 self._active[id(job.request)] = job
                         if job.request.done:
                             self._finish(job)
+                    self._flush()  # a first token goes out now, not after the next decode step
                 if self.engine.num_decoding:
+                    if self.record_metrics:
+                        metrics.observe_decode_step(self.engine.num_decoding)
                     self._dispatch(self.engine.decode_step())
                     for job in [j for j in self._active.values() if j.request.done]:
                         self._finish(job)
                 with self._cond:
                     self._free_rows = self.engine.free_rows()
+                    load = (len(self._waiting), self.engine.num_decoding)
+                if self.record_metrics and load != self._load:
+                    self._load = load
+                    metrics.set_load(*load)
             except Exception:  # a bug must not kill the thread and leave every client waiting forever
                 logger.exception("the scheduler turn failed; failing the requests in flight")
                 self._fail_all(InternalError("generation failed inside the server; the error is logged"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -38,7 +37,6 @@ class Runtime:
     engine: Engine | None = None
     scheduler: Scheduler | None = None
     started_at: float = field(default_factory=time.time)
-    responses: Counter[str] = field(default_factory=Counter)  # "2xx", "4xx", ... (GET /stats)
     loader: threading.Thread | None = None  # the thread loading the model
 
     @property
@@ -69,12 +67,13 @@ class Runtime:
         return self.scheduler
 
 
-def runtime(request: Request) -> Runtime:
+# async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a hop per request
+async def runtime(request: Request) -> Runtime:
     """FastAPI dependency: the app's Runtime."""
     return request.app.state.runtime
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     """FastAPI dependency: this request's id (the client's X-Request-ID, or a fresh one)."""
     return request.state.request_id
 

@@ -1,4 +1,4 @@
-"""The service's ASGI middleware, outermost first: request ids, (CORS), API keys, body size.
+"""The service's ASGI middleware, outermost first: request context, (CORS), API keys, body size.
 
 Plain ASGI classes rather than `BaseHTTPMiddleware`, so streamed responses pass through untouched and a
 client disconnect still reaches the route. Each rejects with the service's JSON error shape.
@@ -7,43 +7,171 @@ client disconnect still reaches the route. Each rejects with the service's JSON 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
+import time
 import uuid
-from collections import Counter
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
+from app.observability import context, metrics, tracing
+from app.observability.logging import log_access
+
+try:  # FastAPI >= 0.137.2: the routes of included routers, flattened
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # older: app.routes holds them all
+    iter_route_contexts = None
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from app.api.deps import Runtime
+    from app.scheduler import GenerationStream
+
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PROTECTED_PREFIXES = ("/v1/", "/chat/completions")  # the model routes; probes, metrics and the page are open
+PROBES = frozenset({"/health", "/ready", "/metrics"})  # logged at debug level, never counted as rejections
 
 
 class RequestContext:
-    """Give every request an id (the client's `X-Request-ID` when it is sane, else a fresh one), return it
-    in the `X-Request-ID` response header, and count responses by status class."""
+    """Every request gets an id (the client's `X-Request-ID` when it is sane, else a fresh one), returned in
+    the `X-Request-ID` response header and set as the context (app/observability/context.py) that every log
+    line of the request carries. When the response has ended: the request's metrics, its generation's
+    metrics and spans, and one access log line."""
 
-    def __init__(self, app: ASGIApp, responses: Counter[str]) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, tracer: Tracer | None = None) -> None:
         self.app = app
-        self.responses = responses
+        self.runtime = runtime
+        self.tracer = tracer
+        self.metrics = runtime.settings.metrics
+        self.access_log = runtime.settings.access_log
+        self.log_content = runtime.settings.log_content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = given if VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        info = context.RequestInfo(request_id)
+        token = context.CURRENT.set(info)
+        status = 500  # if the app raises before answering, the outer error middleware answers 500
+        sent = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-                self.responses[f"{message['status'] // 100}xx"] += 1
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            try:
+                self._record(scope, info, status, time.perf_counter() - started, sent)
+            except Exception:  # observability must never fail a request
+                logger.exception("recording the request failed")
+            finally:
+                context.CURRENT.reset(token)
+
+    def _record(
+        self, scope: Scope, info: context.RequestInfo, status: int, latency_s: float, sent: int
+    ) -> None:
+        route = route_template(scope)
+        stream = info.stream
+        finish = metrics.finish_reason(stream) if stream is not None else None
+        if self.metrics:
+            metrics.observe_request(route, scope["method"], status, latency_s)
+            reason = metrics.rejection_reason(status)
+            if status < 400 and stream is not None and stream.error is not None:  # an error mid-stream
+                reason = metrics.rejection_reason(stream.error.status)
+            if reason is not None and route not in PROBES:
+                metrics.observe_rejection(reason)
+            if stream is not None and finish is not None:
+                metrics.observe_generation(stream, finish)
+        if self.tracer is not None and stream is not None and finish is not None:
+            tracing.record_generation(
+                self.tracer,
+                stream,
+                operation=tracing.operation_name(route),
+                model=info.model or self.runtime.model_name,
+                response_id=info.response_id or info.request_id,
+                finish=finish,
+            )
+        if self.access_log:
+            generation = None
+            if stream is not None:
+                generation = {
+                    "prompt_tokens": stream.prompt_tokens,
+                    "completion_tokens": stream.completion_tokens,
+                    "finish_reason": finish,
+                    "queue_wait_s": _rounded(stream.queue_wait_s),
+                    "ttft_s": _rounded(stream.ttft_s),
+                }
+                if self.log_content:
+                    generation.update(self._content(stream))
+            headers = Headers(scope=scope)
+            client = scope.get("client")
+            log_access(
+                method=scope["method"],
+                url=_url(scope, headers),
+                route=route,
+                status=status,
+                latency_s=latency_s,
+                response_size=sent,
+                user_agent=headers.get("user-agent"),
+                remote_ip=client[0] if client else None,
+                level=logging.DEBUG if route in PROBES else logging.INFO,
+                generation=generation,
+            )
+
+    def _content(self, stream: GenerationStream) -> dict[str, object]:
+        """The prompt and completions as text (only with NANOCHAT_LOG_CONTENT=true)."""
+        engine = self.runtime.engine
+        if engine is None:
+            return {}
+        prompt_ids, outputs = stream.token_ids()
+        decode = engine.tokenizer.decode
+        return {"prompt": decode(prompt_ids), "completions": [decode(ids) for ids in outputs]}
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served the request (`/v1/models/{model_id:path}`), `other` when
+    none matches. Requests turned away before routing (401, 413) are matched here."""
+    route = scope.get("route")
+    if route is None and "app" in scope:
+        routes = getattr(scope["app"], "routes", [])
+        for candidate in iter_route_contexts(routes) if iter_route_contexts else routes:
+            if candidate.matches(scope)[0] is not Match.NONE:
+                route = candidate
+                break
+    return getattr(route, "path", None) or metrics.OTHER
+
+
+def _url(scope: Scope, headers: Headers) -> str:
+    host = headers.get("host") or (
+        f"{scope['server'][0]}:{scope['server'][1]}" if scope.get("server") else ""
+    )
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}" + (
+        f"?{query}" if query else ""
+    )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
 
 
 class ApiKeyAuth:

@@ -32,6 +32,7 @@ from app.api.serving import (
     truncation_headers,
 )
 from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
+from app.observability.context import note_response_id
 from app.scheduler import GenerationStream, SchedulerError
 from app.schemas import (
     AssistantMessage,
@@ -85,6 +86,7 @@ async def chat_completions(
     prompt = await chat_prompt(rt, body.messages)
     stream = await submit(rt, prompt, params, rid)
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
+    note_response_id(completion_id)
     headers = truncation_headers(prompt)
     if body.stream:
         events = _chat_events(stream, completion_id, created, rt.model_name, body.include_usage, prompt)
@@ -175,6 +177,7 @@ async def completions(
     prompt = await completion_prompt(rt, body.prompt)
     stream = await submit(rt, prompt, params, rid)
     completion_id, created = f"cmpl-{rid}", int(time.time())
+    note_response_id(completion_id)
     if body.stream:
         events = _completion_events(stream, completion_id, created, rt.model_name, body.include_usage)
         return event_stream(events, stream)

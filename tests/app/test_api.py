@@ -242,7 +242,7 @@ def test_health_ready_stats_metrics(http: httpx.Client) -> None:
     metrics = http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = metrics.text.splitlines()
-    assert "nanochat_ready 1" in lines and "nanochat_batch_slots 16" in lines
+    assert "nanochat_ready 1.0" in lines and "nanochat_batch_slots 16.0" in lines
     assert "# TYPE nanochat_queue_depth gauge" in lines
 
 

@@ -1,0 +1,159 @@
+"""OpenTelemetry traces, exported over OTLP (HTTP/protobuf) when the standard `OTEL_*` variables ask for it.
+
+On when `OTEL_TRACES_EXPORTER=otlp`, or when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
+set; off by default, with `OTEL_TRACES_EXPORTER=none` and with `OTEL_SDK_DISABLED=true`. Everything else
+(endpoint, headers, sampler, batch sizes, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) is read by the
+SDK as usual. An unreachable collector never slows a request: spans are exported by a background thread
+(BatchSpanProcessor, which drops spans when its queue is full), each export gives up after
+`DEFAULT_EXPORT_TIMEOUT_S` unless `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` says otherwise.
+
+What a generation request's trace holds:
+
+    POST /v1/chat/completions            server span (FastAPI instrumentation; W3C traceparent honoured)
+    └── chat demo                        gen_ai.* attributes: model, max_tokens, temperature, top_p, usage,
+        ├── queue                        finish reasons, response id
+        ├── prefill
+        └── decode
+
+The generation spans are made when the request ends, from the scheduler's timestamps (monotonic clock,
+converted once to epoch nanoseconds), so nothing runs per token. Probes and /metrics are not traced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from app.scheduler import GenerationStream
+
+DEFAULT_SERVICE_NAME = "nanochat"
+DEFAULT_EXPORT_TIMEOUT_S = 2.0
+EXCLUDED_URLS = "/health$,/ready$,/metrics$"  # regexes searched in the full URL
+SUPPORTED_PROTOCOL = "http/protobuf"
+TRACER_NAME = "app.observability.tracing"
+OPERATIONS = {"/v1/completions": "text_completion"}  # route -> gen_ai.operation.name (else "chat")
+FAILED = ("deadline", "error")  # finish reasons that mark the generation span as an error
+_EPOCH_OFFSET_NS = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch, fixed once
+
+
+class TracingConfigError(ValueError):
+    """The OTEL_* variables ask for something this service cannot do."""
+
+
+def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the OTEL_* variables turn tracing on (see the module docstring)."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = [e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
+    if exporters:
+        unsupported = sorted(set(exporters) - {"otlp", "none"})
+        if unsupported:
+            raise TracingConfigError(
+                f"OTEL_TRACES_EXPORTER={','.join(unsupported)} is not supported: use otlp, or none to turn "
+                "tracing off"
+            )
+        return "otlp" in exporters
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def provider_from_env(env: Mapping[str, str] = os.environ, version: str = "") -> TracerProvider | None:
+    """A TracerProvider exporting over OTLP/HTTP as the OTEL_* variables say, or None when tracing is off."""
+    if not tracing_requested(env):
+        return None
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol.strip() != SUPPORTED_PROTOCOL:
+        raise TracingConfigError(
+            f"OTLP protocol {protocol.strip()!r} is not supported: use {SUPPORTED_PROTOCOL} (the collector's "
+            "port 4318)"
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    timeout_set = env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    exporter = OTLPSpanExporter(timeout=None if timeout_set else DEFAULT_EXPORT_TIMEOUT_S)
+    return tracer_provider(exporter, version)
+
+
+def tracer_provider(exporter: SpanExporter, version: str = "") -> TracerProvider:
+    """A provider batching spans to `exporter` (tests pass an in-memory exporter)."""
+    resource = Resource.create({SERVICE_VERSION: version} if version else {})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def instrument(app: FastAPI, provider: TracerProvider) -> Tracer:
+    """Trace the app's requests (not the probes, not each ASGI send/receive); the tracer for the
+    generation spans."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
+    return provider.get_tracer(TRACER_NAME)
+
+
+def operation_name(route: str) -> str:
+    return OPERATIONS.get(route, "chat")
+
+
+def epoch_ns(monotonic_s: float) -> int:
+    return int(monotonic_s * 1e9) + _EPOCH_OFFSET_NS
+
+
+def record_generation(
+    tracer: Tracer,
+    stream: GenerationStream,
+    *,
+    operation: str,
+    model: str,
+    response_id: str,
+    finish: str,
+) -> None:
+    """The generation span and its queue / prefill / decode children, under the current (server) span,
+    which has ended already when the response's last byte went out."""
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:  # sampled out: nothing to do
+        return
+    submitted = stream.submitted_at
+    end = epoch_ns(submitted + stream.duration_s) if stream.duration_s is not None else time.time_ns()
+    params = stream.params
+    attributes: dict = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "nanochat",
+        "gen_ai.request.model": model,
+        "gen_ai.response.model": model,
+        "gen_ai.request.max_tokens": params.max_tokens,
+        "gen_ai.request.temperature": float(params.temperature),
+        "gen_ai.request.top_p": float(params.top_p),
+        "gen_ai.request.choice.count": params.n,
+        "gen_ai.usage.input_tokens": stream.prompt_tokens,
+        "gen_ai.usage.output_tokens": stream.completion_tokens,
+        "gen_ai.response.id": response_id,
+        "gen_ai.response.finish_reasons": [reason for _, reason in sorted(stream.finish_reasons.items())]
+        or [finish],
+    }
+    if params.top_k is not None:
+        attributes["gen_ai.request.top_k"] = params.top_k
+    if params.seed is not None:
+        attributes["gen_ai.request.seed"] = params.seed
+    span = tracer.start_span(f"{operation} {model}", start_time=epoch_ns(submitted), attributes=attributes)
+    inside = trace.set_span_in_context(span)
+    marks = [submitted + s for s in (stream.queue_wait_s, stream.prefill_done_s) if s is not None]
+    starts = [epoch_ns(submitted), *map(epoch_ns, marks)]
+    for name, start, stop in zip(("queue", "prefill", "decode"), starts, [*starts[1:], end], strict=False):
+        tracer.start_span(name, context=inside, start_time=start).end(end_time=max(start, stop))
+    if finish in FAILED:
+        span.set_status(Status(StatusCode.ERROR, finish))
+    span.end(end_time=end)
