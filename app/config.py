@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # what one instance costs, for the cost panel: 2 vCPU + 4 GiB on Cloud Run, instance-based billing
     instance_price_per_hour: float = Field(0.16, ge=0)
 
+    # deliberate faults on the model routes, to prove the release gate and the alerts catch them; keep off
+    fault_latency_ms: float = Field(0.0, ge=0, le=60_000)  # added to every model request
+    fault_error_rate: float = Field(0.0, ge=0, le=1)  # share of model requests answered 500 injected_fault
+
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)
 
     @field_validator("log_level", mode="before")

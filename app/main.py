@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from app.api import health, openai, web
 from app.api.deps import Runtime
-from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, RequestContext
+from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, FaultInjection, RequestContext
 from app.config import Settings
 from app.errors import APIError, install_error_handlers
 from app.observability import metrics, tracing
@@ -89,6 +89,12 @@ def create_app(
     if settings.api_keys:
         middleware.append(Middleware(ApiKeyAuth, keys=settings.api_keys))
     middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
+    if settings.fault_latency_ms or settings.fault_error_rate:
+        middleware.append(
+            Middleware(
+                FaultInjection, latency_ms=settings.fault_latency_ms, error_rate=settings.fault_error_rate
+            )
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
+from nanochat import hf_export, hf_finetune
 from nanochat.checkpoint import load_checkpoint
+from nanochat.classify import commands as classify_commands
 from nanochat.cliargs import (
     DTYPES,
     OneLineParser,
@@ -26,6 +28,7 @@ from nanochat.cliargs import (
 from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.learn import daily_log
 from nanochat.train import commands as train_commands
 
 EXIT_USAGE = 2
@@ -81,7 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
-    for module in (train_commands, data_commands, eval_commands):
+    for module in (
+        train_commands,
+        data_commands,
+        eval_commands,
+        classify_commands,
+        hf_export,
+        hf_finetune,
+        daily_log,
+    ):
         module.register(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""The service's ASGI middleware, outermost first: request context, (CORS), API keys, body size.
+"""The service's ASGI middleware, outermost first: request context, (CORS), API keys, body size, (faults).
 
 Plain ASGI classes rather than `BaseHTTPMiddleware`, so streamed responses pass through untouched and a
 client disconnect still reaches the route. Each rejects with the service's JSON error shape.
@@ -6,8 +6,10 @@ client disconnect still reaches the route. Each rejects with the service's JSON 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import random
 import re
 import time
 import uuid
@@ -203,6 +205,33 @@ class ApiKeyAuth:
                     "invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class FaultInjection:
+    """Deliberate faults on the model routes, for proving that the release gate and the alerts catch them
+    (NANOCHAT_FAULT_LATENCY_MS, NANOCHAT_FAULT_ERROR_RATE; both off by default): each request waits the
+    extra latency, then a share of them is answered 500 `injected_fault` without reaching the model."""
+
+    def __init__(self, app: ASGIApp, latency_ms: float, error_rate: float) -> None:
+        self.app = app
+        self.latency_s = latency_ms / 1000
+        self.error_rate = error_rate
+        logger.warning("fault injection is on: +%g ms per model request, %g%% answered 500",
+                       latency_ms, 100 * error_rate)  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(PROTECTED_PREFIXES)
+            and scope["path"] != "/v1/models"
+        ):
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            if random.random() < self.error_rate:
+                response = error_response(500, "injected fault (NANOCHAT_FAULT_ERROR_RATE)", "injected_fault")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,0 +1,216 @@
+"""A prompt-injection / jailbreak screen for chat requests: rule checks plus a trained classifier.
+
+`Guardrail.check(text)` returns a `Decision`:
+- `label`: "injection" when a rule matches or the classifier's probability of injection reaches
+  `threshold`, else "benign";
+- `score`: the classifier's probability of injection (0..1), reported even when a rule decided;
+- `rule`: the name of the first rule that matched, or None;
+- `action`: "allow" for benign text; for an injection "block" in mode "block", "flag" in mode "flag"
+  (flag mode never blocks: the request goes through and the caller logs and counts it).
+
+The rules are regular expressions for the classic patterns (override the instructions, reveal the system
+prompt, "developer mode"/DAN personas, chat-template tokens typed as text); the classifier is the TF-IDF +
+logistic regression pipeline of `nanochat.classify`, trained on the hand-written set in
+`nanochat/classify/data/guardrail.jsonl` and shipped in `models/guardrail/<version>/`.
+
+It is a screen, not a proof: a few hundred examples cannot cover the attacks people invent, and a
+paraphrase can pass. Use it to catch the common cases and to measure how often they come.
+It deliberately knows nothing about HTTP, metrics or logging: the service decides what to do with a
+Decision.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nanochat.classify import registry
+from nanochat.tokenizer import SPECIAL_TOKENS
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "guardrail"
+MODES = ("block", "flag")
+DEFAULT_THRESHOLD = 0.6  # on the held-out split: ~9 in 10 injections caught, ~1 in 20 benign texts stopped
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+INJECTION, BENIGN = "injection", "benign"
+MAX_CHARS = 100_000  # longer texts are screened by rules in full, by the classifier on the first part
+
+_CHAT_TOKENS = [re.escape(t) for t in SPECIAL_TOKENS] + [
+    r"<\|im_start\|>",
+    r"<\|im_end\|>",
+    r"<\|endoftext\|>",
+]
+# (name, alternatives): the first rule with a matching alternative names the Decision. Case-insensitive.
+_WHO = r"(system|hidden|initial|original|secret|internal)"
+RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "override_instructions",
+        (
+            r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(previous|prior|above|earlier|preceding|"
+            r"all|any|your|these|system)\b[^.\n]{0,30}\b(instructions?|prompts?|rules|directions|guidelines|"
+            r"directives|constraints|programming)\b",
+            r"\b(ignore|disregard|forget)\s+(the\s+)?(instructions?|rules|prompt)\s+"
+            r"(above|before|you were given|given to you)\b",
+        ),
+    ),
+    (
+        "reveal_system_prompt",
+        (
+            r"\b(reveal|show|print|repeat|display|output|leak|dump|tell me|give me|quote|copy)\b[^.\n]{0,40}"
+            rf"\b(your|the)\s+{_WHO}\s+(prompt|instructions?|message)",
+            rf"\bwhat\s+(is|are|was|were)\s+your\s+{_WHO}\s+(prompt|instructions?|message|rules)",
+        ),
+    ),
+    (
+        "jailbreak_persona",
+        (
+            r"\byou\s+are\s+(now\s+)?(an?\s+)?(jailbroken|unfiltered|unrestricted|uncensored|(?-i:DAN)\b|"
+            r"in\s+(developer|god|jailbreak|unrestricted)\s+mode)",
+            r"\b(you|act as|pretend)\b[^.\n]{0,40}\bdo anything now\b",
+            r"\b(jailbreak|god)\s+mode\b",
+        ),
+    ),
+    (
+        "no_restrictions",
+        (
+            r"\b(respond|answer|reply|act|behave|speak|talk|write|pretend)\w*\b[^.\n]{0,30}\bwithout\s+"
+            r"(any\s+)?(restrictions|filters|censorship|limitations|guidelines|rules|ethics)\b",
+            r"\bno\s+longer\s+bound\s+by\b",
+        ),
+    ),
+    ("chat_template_tokens", tuple(_CHAT_TOKENS)),
+    (
+        "fake_role_header",
+        (
+            r"(^|\n)\s*(#{1,3}\s*)?(system|developer)\s*(prompt|message|override)?\s*:\s*"
+            r"(you|ignore|new|from now)",
+        ),
+    ),
+)
+_COMPILED = tuple((name, re.compile("|".join(alternatives), re.IGNORECASE)) for name, alternatives in RULES)
+
+
+class GuardrailError(ValueError):
+    """A bad guardrail setting or input; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str
+    score: float
+    rule: str | None
+    action: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def match_rule(text: str) -> str | None:
+    """The name of the first rule that matches `text`, or None."""
+    for name, pattern in _COMPILED:
+        if pattern.search(text):
+            return name
+    return None
+
+
+class Guardrail:
+    """Screen texts with the rules and a fitted binary pipeline whose classes include "injection"."""
+
+    def __init__(
+        self, model: Any, mode: str = "block", threshold: float = DEFAULT_THRESHOLD, version: str = ""
+    ) -> None:
+        if mode not in MODES:
+            raise GuardrailError(f"guardrail mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise GuardrailError(f"guardrail threshold must be a number between 0 and 1, got {threshold!r}")
+        classes = [str(c) for c in getattr(model, "classes_", [])]
+        if INJECTION not in classes:
+            raise GuardrailError(
+                f"the guardrail model's classes are {classes}; it must predict {INJECTION!r}"
+            )
+        self.model = model
+        self.mode = mode
+        self.threshold = float(threshold)
+        self.version = version
+        self._injection_column = classes.index(INJECTION)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] = DEFAULT_MODEL,
+        mode: str = "block",
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> Guardrail:
+        """The guardrail from a registry folder (`models/guardrail` = its latest version)."""
+        loaded = registry.load(path)
+        return cls(loaded.model, mode, threshold, version=f"{loaded.metadata['name']}/{loaded.version}")
+
+    def score(self, texts: list[str]) -> list[float]:
+        """The classifier's probability of injection for each text."""
+        probabilities = self.model.predict_proba([t[:MAX_CHARS] for t in texts])
+        return [float(p[self._injection_column]) for p in probabilities]
+
+    def check(self, text: str) -> Decision:
+        if not isinstance(text, str):
+            raise GuardrailError(f"the guardrail checks text (str), got {type(text).__name__}")
+        if not text.strip():
+            return Decision(BENIGN, 0.0, None, "allow")
+        return self._decide(text, self.score([text])[0])
+
+    def check_messages(self, messages: list[str]) -> Decision:
+        """One decision for a conversation: the first message that is an injection decides, else the most
+        suspicious benign one (its score)."""
+        if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+            raise GuardrailError("check_messages expects a list of str")
+        texts = [m for m in messages if m.strip()]
+        if not texts:
+            return Decision(BENIGN, 0.0, None, "allow")
+        decisions = [self._decide(t, s) for t, s in zip(texts, self.score(texts), strict=True)]
+        flagged = [d for d in decisions if d.label == INJECTION]
+        return flagged[0] if flagged else max(decisions, key=lambda d: d.score)
+
+    def _decide(self, text: str, score: float) -> Decision:
+        rule = match_rule(text)
+        if rule is None and score < self.threshold:
+            return Decision(BENIGN, round(score, 4), None, "allow")
+        return Decision(INJECTION, round(score, 4), rule, "block" if self.mode == "block" else "flag")
+
+
+def evaluate_screen(guardrail: Guardrail, texts: list[str], labels: list[str]) -> dict[str, Any]:
+    """How the rules alone, the classifier alone and both together do on labeled texts: the share of
+    injections caught (recall) and of benign texts stopped (false-positive rate)."""
+    scores = guardrail.score(texts)
+    rules = [match_rule(t) is not None for t in texts]
+    model = [s >= guardrail.threshold for s in scores]
+    verdicts = {
+        "rules": rules,
+        "model": model,
+        "combined": [r or m for r, m in zip(rules, model, strict=True)],
+    }
+    injections = [i for i, label in enumerate(labels) if label == INJECTION]
+    benign = [i for i, label in enumerate(labels) if label != INJECTION]
+    result: dict[str, Any] = {
+        "threshold": guardrail.threshold,
+        "injections": len(injections),
+        "benign": len(benign),
+    }
+    for name, flagged in verdicts.items():
+        caught = sum(flagged[i] for i in injections)
+        false_alarms = sum(flagged[i] for i in benign)
+        result[name] = {
+            "recall": round(caught / len(injections), 4) if injections else None,
+            "false_positive_rate": round(false_alarms / len(benign), 4) if benign else None,
+            "caught": caught,
+            "false_alarms": false_alarms,
+        }
+    result["model_threshold_sweep"] = [
+        {
+            "threshold": t,
+            "recall": round(sum(scores[i] >= t for i in injections) / max(len(injections), 1), 4),
+            "false_positive_rate": round(sum(scores[i] >= t for i in benign) / max(len(benign), 1), 4),
+        }
+        for t in SWEEP
+    ]
+    return result

@@ -1,0 +1,478 @@
+"""An engine over any local Hugging Face causal LM folder, with the interface of `nanochat.engine.Engine`.
+
+`app.scheduler.Scheduler` drives it unchanged: `begin`, chunked `prefill`, one batched `decode_step` over
+every decoding sequence whatever its length, `cancel`, `reset`, `can_begin`, `free_rows`, `num_decoding`,
+`max_batch`, `max_seq_len`, and `TokenEvent`s with the same finish semantics ("stop" on an end-of-sequence
+token, a stop token id or a stop string; "length" at max_tokens or the context). Sampling is nanochat's
+`sample_next_token` (temperature, top-k, top-p, seed; the first token is shared by the n continuations).
+
+How a decode step batches sequences of different lengths: each sequence keeps its own key/value tensors;
+for a step they are left-padded to the longest, stacked into a `DynamicCache`, masked with an attention
+mask, and each row gets its own position id. That is correct for any full-attention model in transformers
+and simple, but it copies the cache every step: fine for small models and moderate batches, not a
+replacement for vLLM. Sliding-window and recurrent models are not supported.
+
+`HFTokenizer` gives the transformers tokenizer the methods the service uses from nanochat's `Tokenizer`:
+plain-text `encode` (text that looks like a special token stays text), `decode`, special tokens, and
+`render_conversation` / `render_for_completion` through the tokenizer's own chat template. Streamed text
+comes from incremental decoding that holds back an incomplete UTF-8 character, so a stream never splits
+one. The calculator tool of nanochat's engine is not run here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nanochat.detokenize import TextStream
+from nanochat.engine import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    CapacityError,
+    Continuation,
+    Engine,
+    EngineError,
+    Request,
+    SamplingParams,
+    TokenEvent,
+    sample_next_token,
+)
+from nanochat.tokenizer import TokenizerError
+
+_SENTINEL = re.compile("\ue000(\\d+)\ue001")  # private-use characters around a content index
+
+
+class HFEngineError(EngineError):
+    """A model folder that cannot be served; the message says what to fix."""
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+class HFTokenizer:
+    """A transformers tokenizer with the nanochat `Tokenizer` methods the engine and the service call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.hf = tokenizer
+        self._special = {
+            token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens
+        }
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+        self._marks_generation = bool(re.search(r"{%-?\s*generation\s*-?%}", template))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def get_vocab_size(self) -> int:
+        return self.vocab_size
+
+    def get_special_tokens(self) -> dict[str, int]:
+        return dict(self._special)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.hf.bos_token_id
+
+    def get_bos_token_id(self) -> int | None:
+        """None for models without one: `encode(text, prepend=None)` then adds nothing."""
+        return self.hf.bos_token_id
+
+    def encode_special(self, name: str) -> int:
+        try:
+            return self._special[name]
+        except (KeyError, TypeError):
+            raise TokenizerError(
+                f"this tokenizer has no special token {name!r}; it has {sorted(self._special)}"
+            ) from None
+
+    def encode(
+        self, text: str | list[str], prepend: int | str | None = None, append: int | str | None = None, **_
+    ) -> list[int] | list[list[int]]:
+        """Plain text -> ids: special-token text typed by a user is split like any other text."""
+        prefix = [] if prepend is None else [self._token_id(prepend)]
+        suffix = [] if append is None else [self._token_id(append)]
+        if isinstance(text, str):
+            return prefix + self._plain(text) + suffix
+        if isinstance(text, list) and all(isinstance(t, str) for t in text):
+            return [prefix + self._plain(t) + suffix for t in text]
+        raise TokenizerError(f"encode expects a str or a list of str, got {type(text).__name__}")
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def render_conversation(
+        self, conversation: Mapping[str, Any], max_tokens: int = 2048
+    ) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a {"messages": [...]} conversation through the chat template, cut to max_tokens.
+
+        mask is 1 on what the assistant writes when the template marks it with {% generation %}, else 0."""
+        ids, mask = self._render(_messages(conversation), add_generation_prompt=False)
+        return ids[:max_tokens], mask[:max_tokens]
+
+    def render_for_completion(self, conversation: Mapping[str, Any]) -> list[int]:
+        """Prompt ids for the assistant's next turn: the last (assistant) message is dropped and the
+        template's generation prompt added, as nanochat's `Tokenizer.render_for_completion` does."""
+        messages = _messages(conversation)
+        if not isinstance(messages[-1], Mapping) or messages[-1].get("role") != "assistant":
+            raise TokenizerError(
+                "render_for_completion expects the conversation to end with an assistant message"
+            )
+        return self._render(messages[:-1], add_generation_prompt=True)[0]
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt ids for answering `messages` (ending with the user's turn)."""
+        return self._render(messages, add_generation_prompt=True)[0]
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _plain(self, text: str) -> list[int]:
+        return self.hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _token_id(self, token: int | str) -> int:
+        if isinstance(token, str):
+            return self.encode_special(token)
+        if isinstance(token, int) and not isinstance(token, bool) and 0 <= token < self.vocab_size:
+            return token
+        raise TokenizerError(f"prepend/append must be a token id or a special-token name, got {token!r}")
+
+    def _render(self, messages: list[Any], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+        from jinja2.exceptions import TemplateError
+
+        if not self.hf.chat_template:
+            raise TokenizerError("this model's tokenizer has no chat template; use completions instead")
+        try:
+            if not any(special in text for text in _texts(messages) for special in self._special):
+                mask_wanted = self._marks_generation and not add_generation_prompt
+                out = self.hf.apply_chat_template(
+                    messages,
+                    tokenize=True,
+                    return_dict=True,
+                    add_generation_prompt=add_generation_prompt,
+                    return_assistant_tokens_mask=mask_wanted,
+                )
+                ids = list(out["input_ids"])
+                return ids, list(out["assistant_masks"]) if mask_wanted else [0] * len(ids)
+            ids = self._render_guarded(messages, add_generation_prompt)
+            return ids, [0] * len(ids)  # no training mask on this path: it serves prompts
+        except TemplateError as exc:
+            raise TokenizerError(f"the chat template refused the conversation: {exc}") from None
+
+    def _render_guarded(self, messages: list[Any], add_generation_prompt: bool) -> list[int]:
+        """Render with every content replaced by a marker, then encode the template's text with special
+        tokens and each content as plain text: typed "<|im_start|>" cannot become a control token."""
+        contents: list[str] = []
+
+        def mark(text: str) -> str:
+            contents.append(text)
+            return f"\ue000{len(contents) - 1}\ue001"
+
+        marked = [_map_texts(m, mark) for m in messages]
+        rendered = self.hf.apply_chat_template(
+            marked, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        ids: list[int] = []
+        for i, piece in enumerate(_SENTINEL.split(rendered)):
+            if i % 2:
+                ids += self._plain(contents[int(piece)])
+            elif piece:
+                ids += self.hf(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+
+def _messages(conversation: Mapping[str, Any]) -> list[Any]:
+    messages = conversation.get("messages") if isinstance(conversation, Mapping) else None
+    if not isinstance(messages, list) or not messages:
+        raise TokenizerError('a conversation must be a dict {"messages": [...]} with at least one message')
+    return messages
+
+
+def _texts(messages: list[Any]) -> list[str]:
+    found: list[str] = []
+    for message in messages:
+        _map_texts(message, lambda t: found.append(t) or t)
+    return found
+
+
+def _map_texts(message: Any, fn) -> Any:
+    """A copy of a message with fn applied to its content text (a str, or each part's "text")."""
+    if not isinstance(message, Mapping):
+        raise TokenizerError("every message must be a dict with 'role' and 'content'")
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": fn(content)}
+    if isinstance(content, list):
+        parts = [_map_part(part, fn) for part in content]
+        return {**message, "content": parts}
+    return message
+
+
+def _map_part(part: Any, fn) -> Any:
+    if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+        return {**part, "text": fn(part["text"])}
+    return part
+
+
+class IncrementalText(TextStream):
+    """`TextStream` (same stop-string handling) fed by the HF tokenizer's incremental decoding: the text
+    of the tokens since the last emitted character, held back while it ends in an incomplete character."""
+
+    def __init__(self, decode, special_ids, stop) -> None:
+        super().__init__(lambda _: b"", special_ids, stop)
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # ids[prefix:read] is the text already emitted, kept as context for the decoder
+        self._read = 0
+
+    def feed(self, token: int) -> str:
+        if self.stopped or token in self._special:
+            return ""
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return self._release(text[len(before) :])
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        before = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        return self._release(text[len(before) :], final=True)
+
+
+# ---- engine ---------------------------------------------------------------------------------------
+class HFEngine:
+    """Continuous-batching generation over a transformers causal LM; see the module docstring."""
+
+    generate = Engine.generate  # nanochat's simple interface works unchanged over begin/prefill/decode_step
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: HFTokenizer,
+        max_batch: int = 16,
+        max_seq_len: int | None = None,
+        prefill_chunk: int = 512,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        context = getattr(model.config, "max_position_embeddings", None) or tokenizer.hf.model_max_length
+        self.max_seq_len = min(max_seq_len or context, context)
+        self.prefill_chunk = prefill_chunk
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.get_text_config().vocab_size
+        self.decoding: list[Continuation] = []
+        self.prefilling: Request | None = None
+        self._prefill_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._kv: dict[Continuation, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.hf.eos_token_id is not None:
+            eos.append(tokenizer.hf.eos_token_id)
+        self._stop_ids = frozenset(eos)
+        self._special_ids = frozenset(tokenizer.get_special_tokens().values())
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> HFEngine:
+        """Load a local model folder (config.json, weights, tokenizer files)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise HFEngineError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    # ---- capacity ---------------------------------------------------------------------------------
+    @property
+    def num_decoding(self) -> int:
+        return len(self.decoding)
+
+    def free_rows(self) -> int:
+        reserved = self.prefilling.params.n if self.prefilling else 0
+        return self.max_batch - len(self.decoding) - reserved
+
+    def can_begin(self, n: int = 1) -> bool:
+        return self.prefilling is None and self.free_rows() >= n
+
+    # ---- request lifecycle ------------------------------------------------------------------------
+    def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) > self.max_seq_len:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len}")
+        bad = next((t for t in prompt if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise EngineError(f"token id {bad} is outside the vocabulary (size {self.vocab_size})")
+        if params.n > self.max_batch:
+            raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
+        if not self.can_begin(params.n):
+            raise CapacityError("no free rows for this request now")
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        request = Request(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
+        for i in range(params.n):
+            stream = IncrementalText(self._decode_text, self._special_ids, params.stop)
+            request.continuations.append(Continuation(request, i, stream))
+        self.prefilling, self._prefill_kv = request, None
+        return request
+
+    @torch.inference_mode()
+    def prefill(self, request: Request, max_tokens: int | None = None) -> list[TokenEvent]:
+        if request is not self.prefilling:
+            raise EngineError("this request is not the one being prefilled")
+        chunk = min(max_tokens or self.prefill_chunk, request.prefill_remaining)
+        start = request.prefilled
+        ids = torch.tensor([request.prompt_ids[start : start + chunk]], device=self.device)
+        positions = torch.arange(start, start + chunk, device=self.device)[None]
+        logits, caches = self._forward(ids, positions, [self._prefill_kv] if self._prefill_kv else None)
+        self._prefill_kv = caches[0]
+        request.prefilled += chunk
+        if request.prefill_remaining:
+            return []
+        first = int(self._sample(request, logits[:, -1, :])[0])
+        self.prefilling = None
+        for cont in request.continuations:
+            cont.row = len(self.decoding)
+            self._kv[cont] = self._prefill_kv  # shared: tensors are never written in place
+            self.decoding.append(cont)
+        self._prefill_kv = None
+        events = [self._accept(cont, first) for cont in request.continuations]
+        self._finish_step(request)
+        return events
+
+    @torch.inference_mode()
+    def decode_step(self) -> list[TokenEvent]:
+        if not self.decoding:
+            return []
+        rows = list(self.decoding)
+        ids = torch.tensor([[c.last_token] for c in rows], device=self.device)
+        positions = torch.tensor([[self._length(c)] for c in rows], device=self.device)
+        logits, caches = self._forward(ids, positions, [self._kv[c] for c in rows])
+        for cont, kv in zip(rows, caches, strict=True):
+            self._kv[cont] = kv
+        logits = logits[:, -1, :]
+        sampled: dict[int, int] = {}
+        index = {cont: i for i, cont in enumerate(rows)}
+        requests = list(dict.fromkeys(c.request for c in rows))
+        for request in requests:
+            group = [index[c] for c in request.continuations]
+            if request.params.temperature == 0.0:
+                picks = torch.argmax(logits[group], dim=-1).tolist()
+            else:
+                picks = self._sample(request, logits[group]).tolist()
+            sampled.update(zip(group, picks, strict=True))
+        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
+        for request in requests:
+            self._finish_step(request)
+        return [e for e in events if e is not None]
+
+    def reset(self) -> None:
+        for cont in self.decoding:
+            cont.request.done = True
+        if self.prefilling is not None:
+            self.prefilling.done = True
+        self.decoding, self.prefilling, self._prefill_kv, self._kv = [], None, None, {}
+
+    def cancel(self, request: Request) -> None:
+        if request is self.prefilling:
+            self.prefilling, self._prefill_kv = None, None
+        elif not request.done:
+            self._release(request)
+        request.done = True
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, caches: list | None):
+        """One forward of len(ids) rows, each continuing its own cache; returns fp32 logits and each row's
+        new cache (its keys/values, one (k, v) per layer)."""
+        from transformers import DynamicCache
+
+        batch, width = ids.shape
+        lengths = [0 if not caches or caches[i] is None else caches[i][0][0].shape[2] for i in range(batch)]
+        longest = max(lengths)
+        if longest == 0:
+            cache = DynamicCache()
+        else:
+            pads = [(0, 0, longest - n, 0) for n in lengths]
+            layers = [
+                tuple(
+                    torch.cat([F.pad(c[layer][j], pad) for c, pad in zip(caches, pads, strict=True)])
+                    for j in (0, 1)
+                )
+                for layer in range(len(caches[0]))
+            ]
+            cache = DynamicCache(ddp_cache_data=layers)
+        mask = torch.zeros(batch, longest + width, dtype=torch.long, device=self.device)
+        for i, n in enumerate(lengths):
+            mask[i, longest - n :] = 1
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        new = [(layer.keys, layer.values) for layer in out.cache.layers]
+        rows = []
+        for i, n in enumerate(lengths):
+            keep = slice(longest - n, None)
+            rows.append([(k[i : i + 1, :, keep], v[i : i + 1, :, keep]) for k, v in new])
+        return out.logits.float(), rows
+
+    def _length(self, cont: Continuation) -> int:
+        return self._kv[cont][0][0].shape[2]
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.hf.decode(ids, skip_special_tokens=True)
+
+    def _sample(self, request: Request, logits: torch.Tensor) -> torch.Tensor:
+        p = request.params
+        return sample_next_token(logits, request.generator, p.temperature, p.top_k, p.top_p)
+
+    def _accept(self, cont: Continuation, token: int) -> TokenEvent | None:
+        was_finished = cont.finished
+        cont.tokens.append(token)
+        cont.masks.append(1)
+        cont.last_token = token
+        if was_finished:
+            return None
+        params = cont.request.params
+        text = cont.text.feed(token)
+        if (
+            (token in self._stop_ids and not params.ignore_eos)
+            or token in params.stop_token_ids
+            or cont.text.stopped
+        ):
+            cont.finish_reason = FINISH_STOP
+        elif cont.request.num_generated + 1 >= params.max_tokens or self._length(cont) >= self.max_seq_len:
+            cont.finish_reason = FINISH_LENGTH
+        if cont.finish_reason:
+            text += cont.text.finish()
+        return TokenEvent(cont.request, cont.index, token, False, text, cont.finish_reason)
+
+    def _finish_step(self, request: Request) -> None:
+        request.num_generated += 1
+        if all(c.finished for c in request.continuations):
+            self._release(request)
+            request.done = True
+
+    def _release(self, request: Request) -> None:
+        for cont in request.continuations:
+            self._kv.pop(cont, None)
+            cont.row = -1
+        self.decoding = [c for c in self.decoding if c.request is not request]
+        for row, cont in enumerate(self.decoding):
+            cont.row = row

@@ -1,0 +1,13 @@
+"""PyTorch fundamentals as small, tested exercises (see docs/learning-path.md and docs/learn/).
+
+- `autograd`: the gradients of a two-layer network written by hand, checked against torch.autograd and
+  finite differences;
+- `mlp`: a training loop with a validation split, early stopping and best-weights restore (scikit-learn's
+  handwritten digits);
+- `attention`: causal self-attention spelled out (rotary, QK-norm, mask, softmax), checked against
+  `nanochat.gpt.CausalSelfAttention`;
+- `daily_log`: `nanochat log draft`, the day's learning-log entry from run reports and git history.
+
+Each module is short enough to read in one sitting; the tests in tests/nanochat/learn/ are the exercises'
+answers key.
+"""

@@ -1,0 +1,44 @@
+"""The release gate (`python -m loadtest.gate`) against real servers: it passes against the demo service,
+and fails, naming the broken objectives, against the same service with a fault injected
+(NANOCHAT_FAULT_ERROR_RATE / NANOCHAT_FAULT_LATENCY_MS). Its reports are written either way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def gate(url: str, out: Path, run_time: str = "8s") -> tuple[subprocess.CompletedProcess, dict]:
+    command = [
+        sys.executable, "-m", "loadtest.gate", "--host", url, "--users", "8", "--spawn-rate", "8",
+        "--run-time", run_time, "--max-tokens", "64", "--out", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    return run, summary
+
+
+def test_gate_passes_against_the_demo_service(base_url: str, tmp_path: Path) -> None:
+    run, summary = gate(base_url, tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "PASSED" in run.stdout and summary["passed"] is True
+    assert all(check["passed"] for check in summary["checks"])
+    assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "loadtest_stats.csv").exists()
+
+
+def test_gate_fails_against_the_same_service_with_a_fault_injected(start_server, tmp_path: Path) -> None:
+    faulty = start_server({"NANOCHAT_FAULT_ERROR_RATE": "0.3", "NANOCHAT_FAULT_LATENCY_MS": "2500"})
+    run, summary = gate(faulty.url, tmp_path)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "FAILED" in run.stdout
+    broken = {check["objective"] for check in summary["checks"] if not check["passed"]}
+    assert {"error_rate_max", "ttft_p95_s"} <= broken, summary["checks"]
+    error_rate = next(c["figure"] for c in summary["checks"] if c["objective"] == "error_rate_max")
+    assert 0.1 < error_rate < 0.6  # about the injected 30 %
