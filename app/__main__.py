@@ -15,67 +15,20 @@ log is off, the app writes one access line per request (app/observability/loggin
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
 import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.main import create_app, drain
+from app.main import create_app
 from app.observability.logging import configure_logging
 from app.observability.tracing import TracingConfigError
+from app.server import CLOSE_CONNECTIONS_S, DrainingServer
 
 logger = logging.getLogger("app")
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-CLOSE_CONNECTIONS_S = 3.0  # after the drain: time for the last bytes of finished responses to go out
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain before the socket closes, and an exit code."""
-
-    def __init__(self, config: uvicorn.Config, runtime) -> None:
-        super().__init__(config)
-        self.runtime = runtime
-        self.exit_code = 0
-        self._draining: asyncio.Task | None = None
-
-    def stop(self, exit_code: int) -> None:
-        self.exit_code = exit_code
-        self.should_exit = True
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        loop = asyncio.get_running_loop()
-        for sig in SIGNALS:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            yield
-        finally:
-            for sig in SIGNALS:
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        if self._draining is None:
-            logger.info("%s: draining, then exiting", name)
-            self._draining = asyncio.ensure_future(self._drain_then_stop())
-        else:
-            logger.warning("%s again: stopping now", name)
-            self.should_exit = self.force_exit = True
-
-    async def _drain_then_stop(self) -> None:
-        await drain(self.runtime)
-        self.should_exit = True
 
 
 def _port(text: str) -> int:

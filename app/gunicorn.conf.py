@@ -6,10 +6,9 @@ grace from NANOCHAT_DRAIN_TIMEOUT_S.
 
 - preload_app is off: each worker loads its own model after the fork (torch state and the scheduler
   thread do not survive a fork; on GPU machines run one worker per GPU).
-- The uvicorn worker comes from the `uvicorn-worker` package when it is installed (uvicorn deprecates its
-  own `uvicorn.workers`), else from uvicorn.
-- On SIGTERM a worker stops accepting, lets open responses finish for up to graceful_timeout, then its
-  lifespan drains the scheduler. `python -m app` instead turns /ready to 503 first (see app/__main__.py).
+- The worker is app.server.DrainingWorker: uvicorn's worker (from the `uvicorn-worker` package) whose
+  SIGTERM turns /ready to 503 and drains requests in flight before its socket closes, as `python -m app`
+  does; graceful_timeout covers the drain and the closing of connections.
 - A worker whose model fails to load with on_load_failure=exit leaves with status 3, which gunicorn reads
   as "failed to boot" and stops altogether, instead of restarting it forever.
 - Metrics: every worker writes its values to PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set),
@@ -23,7 +22,6 @@ import math
 import os
 import shutil
 import tempfile
-from importlib.util import find_spec
 from pathlib import Path
 
 # before anything imports prometheus_client, which reads it once, in the workers too (they fork from here)
@@ -36,17 +34,17 @@ from prometheus_client import multiprocess  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.observability.logging import logging_config  # noqa: E402
+from app.server import CLOSE_CONNECTIONS_S  # noqa: E402
 
 _settings = Settings()
 
 wsgi_app = "app.main:create_app()"
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
-worker_class = (
-    "uvicorn_worker.UvicornWorker" if find_spec("uvicorn_worker") else "uvicorn.workers.UvicornWorker"
-)
+worker_class = "app.server.DrainingWorker"  # uvicorn's worker, draining before its socket closes
 preload_app = False
-graceful_timeout = math.ceil(_settings.drain_timeout_s) + 2
+# the drain, then the last bytes of finished responses, then a margin before gunicorn kills the worker
+graceful_timeout = math.ceil(_settings.drain_timeout_s + CLOSE_CONNECTIONS_S) + 2
 # The worker's heartbeat comes from its event loop, which never runs model code, so this bounds a stuck
 # loop, not a long generation; it only has to exceed the slowest request.
 timeout = int(_settings.request_timeout_s) + 30

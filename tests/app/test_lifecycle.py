@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import httpx
@@ -167,13 +168,23 @@ def test_sigterm_cuts_requests_still_running_after_the_grace(
 @pytest.mark.skipif(
     shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None, reason="no gunicorn"
 )
-def test_gunicorn_config_serves_and_stops_cleanly(
-    tmp_path: Path, clean_env: Callable[..., dict[str, str]]
+def test_gunicorn_config_serves_and_drains_like_python_m_app(
+    tmp_path: Path, clean_env: Callable[..., dict[str, str]], slow_checkpoint: Path
 ) -> None:
+    """Under gunicorn too, SIGTERM turns /ready to 503 and refuses new requests while the one in flight
+    runs to its end; then the master exits 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = clean_env({"PORT": str(port), "NANOCHAT_WORKERS": "1"})
+    env = clean_env(
+        {
+            "PORT": str(port),
+            "NANOCHAT_WORKERS": "1",
+            "NANOCHAT_CHECKPOINT": str(slow_checkpoint),
+            "NANOCHAT_MAX_BATCH": "2",
+            "NANOCHAT_DRAIN_TIMEOUT_S": "15",
+        }
+    )
     log_path = tmp_path / "gunicorn.log"
     command = [
         str(Path(sys.executable).parent / "gunicorn"),
@@ -195,8 +206,17 @@ def test_gunicorn_config_serves_and_stops_cleanly(
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         assert httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=30).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log_path.read_text()
+        with long_stream(SimpleNamespace(url=url), max_tokens=150) as stream:
+            assert next(stream) and next(stream)["choices"][0]["delta"]["content"]
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the master forwards the signal; the worker handles it on its event loop
+            ready = httpx.get(f"{url}/ready")
+            assert ready.status_code == 503 and error_code(ready) == "draining", log_path.read_text()
+            refused = httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=30)
+            assert refused.status_code == 503 and error_code(refused) == "draining"
+            rest = list(stream)
+        assert rest[-1] == "[DONE]" and rest[-2]["usage"]["completion_tokens"] == 150
+        assert process.wait(timeout=30) == 0, log_path.read_text()
     finally:
         if process.poll() is None:
             process.kill()
