@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The nanochat service image, two targets:
-#   cpu  (default, Cloud Run): slim Debian + CPU-only torch, the demo model baked in, gunicorn on $PORT
+#   cpu  (default, Cloud Run): slim Debian + CPU-only torch, the shipped models baked in, gunicorn on $PORT
 #   gpu  (the GPU instance group): a CUDA runtime base + CUDA torch, one worker per GPU
 #
 #   docker build -t nanochat:cpu .
@@ -51,6 +51,8 @@ COPY --from=cpu-build /opt/venv /opt/venv
 WORKDIR /srv
 COPY --chown=root:root app ./app
 COPY --chown=root:root models/demo ./models/demo
+COPY --chown=root:root models/guardrail ./models/guardrail
+COPY --chown=root:root models/fortunes ./models/fortunes
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
@@ -75,6 +77,8 @@ COPY nanochat ./nanochat
 COPY app ./app
 RUN /opt/venv/bin/pip install . && rm -rf pyproject.toml README.md nanochat
 COPY models/demo ./models/demo
+COPY models/guardrail ./models/guardrail
+COPY models/fortunes ./models/fortunes
 RUN groupadd --system --gid 10001 nanochat \
     && useradd --system --uid 10001 --gid nanochat --home-dir /srv --shell /usr/sbin/nologin nanochat
 ENV PATH=/opt/venv/bin:$PATH \

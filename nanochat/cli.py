@@ -249,6 +249,17 @@ def _random_model(depth: int, dtype: torch.dtype):
     return model.to(dtype).eval(), tokenizer
 
 
+# top-level modules of the optional extras (pyproject.toml), for a one-line error where one is missing
+OPTIONAL_MODULES = {
+    "pyarrow": "train",
+    "matplotlib": "train",
+    "wandb": "wandb",
+    "transformers": "hf",
+    "peft": "learn",
+    "accelerate": "learn",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -267,6 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.filename is None:
             raise
         print(f"nanochat: error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as e:  # an optional extra that is not installed (e.g. in the serving image)
+        if e.name not in OPTIONAL_MODULES:
+            raise
+        extra = OPTIONAL_MODULES[e.name]
+        print(f"nanochat: error: this command needs {e.name}: pip install 'nanochat-service[{extra}]'",
+              file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

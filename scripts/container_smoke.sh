@@ -63,7 +63,7 @@ if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BASE"; then
 fi
 
 # ---- build --------------------------------------------------------------------------------------------------
-build_args=(--build-arg "BASE_IMAGE=$BASE" --target cpu --network host -t "$IMAGE")
+build_args=(--build-arg "BASE_IMAGE=$BASE" --target cpu --network host --format docker -t "$IMAGE")  # docker: keeps HEALTHCHECK
 pip_setting() {  # a value from `pip config list` (any scope), e.g. pip_setting cert
   python3 -m pip config list 2>/dev/null | sed -nE "s/^[^.]*\.$1='([^']*)'$/\1/p" | head -1
 }
@@ -108,7 +108,8 @@ user=$(podman exec "$name" id -u)
 podman kill --signal TERM "$name" >/dev/null
 code=$(podman wait "$name")
 [ "$code" = 0 ] || { podman logs "$name" | tail -20 >&2; die "exit status $code after SIGTERM (expected 0)"; }
-podman logs "$name" 2>&1 | grep -qiE 'shutting down|drain' || die "no shutdown/drain line in the logs after SIGTERM"
+logs=$(podman logs "$name" 2>&1)  # whole, not piped: grep -q closing the pipe early would fail pipefail
+grep -qiE 'shutting down|drain' <<<"$logs" || die "no shutdown/drain line in the logs after SIGTERM"
 
 printf '{"image": "%s", "size_bytes": %s, "size_mb": %s, "build_s": %s, "ready_s": %s, "user": %s, "exit_after_sigterm": %s}\n' \
   "$IMAGE" "$size" "$(( size / 1000000 ))" "$build_s" "$ready_s" "$user" "$code"

@@ -20,8 +20,11 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+except ImportError:  # the serving image has no training extras; reading or writing shards says so
+    pa = pq = None
 
 from nanochat.files import write_atomically
 
@@ -32,6 +35,11 @@ OPEN_FILES = 8  # parquet files kept open by the readers
 
 class ShardError(ValueError):
     """A shard folder or file that cannot be used; the message names it and says what to do."""
+
+
+def _need_pyarrow() -> None:
+    if pa is None:
+        raise ShardError("parquet shards need pyarrow: pip install 'nanochat-service[train]'")
 
 
 def write_shards(
@@ -46,6 +54,7 @@ def write_shards(
     Each shard holds `docs_per_shard` documents (the last one fewer) in row groups of `docs_per_row_group`,
     zstd-compressed, written atomically. Empty (or whitespace-only) documents are skipped.
     """
+    _need_pyarrow()
     for name, value in (("docs_per_shard", docs_per_shard), ("docs_per_row_group", docs_per_row_group)):
         _check_positive(name, value)
     if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
@@ -188,6 +197,7 @@ def _parquet_files(folder: Path) -> list[Path]:
 
 
 def _open_shard(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    _need_pyarrow()
     try:
         stat = os.stat(path)
     except OSError as exc:

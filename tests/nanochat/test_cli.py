@@ -19,6 +19,7 @@ from nanochat.gpt import GPT
 from nanochat.tokenizer import Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO = REPO_ROOT / "models" / "demo"
 REFERENCE_PROMPT = "The GNU General Public License"
 TINY_PROMPT = "the quick brown fox"
 
@@ -318,3 +319,27 @@ def test_help(capsys, command: list[str], options: list[str]) -> None:
     assert out.startswith("usage: nanochat")
     for option in options:
         assert option in out
+
+
+def test_cli_without_the_training_extras(tmp_path: Path) -> None:
+    """The serving image installs no `train` extra (pyarrow, matplotlib): the CLI still starts, sampling
+    works, and a command that needs parquet shards says what to install in one line."""
+    (tmp_path / "shard_00000.parquet").write_bytes(b"PAR1")
+    (tmp_path / "shard_00001.parquet").write_bytes(b"PAR1")
+    script = (
+        "import sys\n"
+        "sys.modules['pyarrow'] = sys.modules['pyarrow.parquet'] = sys.modules['matplotlib'] = None\n"
+        "from nanochat.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", script, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    sample = cli("sample", "--checkpoint", str(DEMO), "--prompt", "Hi", "--max-tokens", "3")
+    assert sample.returncode == 0, sample.stderr
+    train = cli("train", "tokenizer", "--data", str(tmp_path), "--out", str(tmp_path / "t"))
+    assert train.returncode == 1
+    assert train.stderr.strip().endswith("pip install 'nanochat-service[train]'"), train.stderr
+    assert train.stderr.count("\n") == 1
