@@ -36,15 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from loadtest._auth import auth_headers
+from loadtest.slo import SLO_FILE, SloError, load_slos
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SLO = HERE / "slo.yaml"
 LLM = "LLM"
 HTTP_STATUS = re.compile(r"HTTP (\d{3})")
-REQUIRED_SLO_KEYS = (
+GATE_OBJECTIVES = (  # the objectives a load test measures (the others are for the alerts only)
     "latency_p95_s",
     "ttft_p95_s",
     "tpot_p95_s",
@@ -71,27 +69,6 @@ class Check:
         sign = ">=" if self.objective.startswith("min_") else "<="
         verdict = "ok" if self.passed else "BROKEN"
         return f"{self.objective:<26} {shown:>10} {sign} {self.limit:<10g} {self.unit:<9} {verdict}"
-
-
-def load_slo(path: str | os.PathLike) -> dict[str, float]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise GateError(f"cannot read the SLO file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise GateError(f"the SLO file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise GateError(f"the SLO file {path} must be a mapping of objective: number")
-    missing = [key for key in REQUIRED_SLO_KEYS if key not in data]
-    if missing:
-        raise GateError(f"the SLO file {path} lacks {', '.join(missing)}")
-    for key in REQUIRED_SLO_KEYS:
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise GateError(f"{path}: {key} must be a number >= 0, got {value!r}")
-    return {key: float(data[key]) for key in REQUIRED_SLO_KEYS}
 
 
 def read_stats(prefix: Path) -> dict[str, dict[str, str]]:
@@ -144,7 +121,7 @@ def evaluate(
     }
     units = {"min_output_tokens_per_s": "tokens/s", "error_rate_max": "share", "rejection_rate_max": "share"}
     checks = []
-    for objective in REQUIRED_SLO_KEYS:
+    for objective in GATE_OBJECTIVES:
         figure, limit = figures[objective], slo[objective]
         if figure is None:
             passed = False
@@ -203,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second (default 4)")
     parser.add_argument("--run-time", default="30s", help="how long to run, locust syntax (default 30s)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens per chat request (default 64)")
-    parser.add_argument("--slo", default=str(DEFAULT_SLO), help="the SLO file (default loadtest/slo.yaml)")
+    parser.add_argument("--slo", default=str(SLO_FILE), help="the SLO file (default loadtest/slo.yaml)")
     parser.add_argument("--out", default="build/loadtest", help="folder for CSV/HTML reports")
     parser.add_argument("--wait-ready", type=float, default=60.0, help="seconds to wait for /ready (60)")
     return parser
@@ -216,14 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise GateError("--users, --spawn-rate and --max-tokens must be positive")
         duration_s = run_time_s(args.run_time)
         args.host = args.host.rstrip("/")
-        slo = load_slo(args.slo)
+        slo = load_slos(args.slo)
         wait_ready(args.host, args.wait_ready, auth_headers())
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         prefix = out / "loadtest"
         run_locust(args, prefix)
         checks = evaluate(read_stats(prefix), read_failures(prefix), slo, duration_s)
-    except GateError as e:
+    except (GateError, SloError) as e:
         print(f"gate: {e}", file=sys.stderr)
         return 2
     passed = all(check.passed for check in checks)

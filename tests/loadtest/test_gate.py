@@ -9,23 +9,22 @@ from pathlib import Path
 import pytest
 
 from loadtest.gate import (
-    DEFAULT_SLO,
-    REQUIRED_SLO_KEYS,
+    GATE_OBJECTIVES,
     GateError,
     evaluate,
-    load_slo,
     main,
     read_failures,
     read_stats,
     run_time_s,
 )
+from loadtest.slo import SLO_FILE, load_slos
 
 STATS_HEADER = [
     "Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
     "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
     "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
 ]  # fmt: skip
-SLO = load_slo(DEFAULT_SLO)
+SLO = load_slos()
 
 
 def stats_row(kind: str, name: str, count: int, failures: int, p95_ms: float, size: float = 0) -> list:
@@ -68,7 +67,7 @@ def judge(tmp_path: Path, *, e2e_p95_ms=1000.0, ttft_p95_ms=100.0, tpot_p95_ms=1
 
 
 def test_a_healthy_run_passes_every_objective(tmp_path: Path) -> None:
-    assert judge(tmp_path) == dict.fromkeys(REQUIRED_SLO_KEYS, True)
+    assert judge(tmp_path) == dict.fromkeys(GATE_OBJECTIVES, True)
 
 
 def edges(objective: str) -> tuple[dict, dict]:
@@ -87,7 +86,7 @@ def edges(objective: str) -> tuple[dict, dict]:
     return {"tokens_per_request": tokens}, {"tokens_per_request": tokens * 0.9}
 
 
-@pytest.mark.parametrize("objective", REQUIRED_SLO_KEYS)
+@pytest.mark.parametrize("objective", GATE_OBJECTIVES)
 def test_each_objective_holds_at_its_limit_and_breaks_past_it(tmp_path: Path, objective: str) -> None:
     at_limit, past_limit = edges(objective)
     assert judge(tmp_path, **at_limit)[objective] is True
@@ -117,15 +116,15 @@ def test_run_time_parsing() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("latency_p95_s: [1]\n", "lacks"),
+        ("latency_p95_s: [1]\n", "missing ttft_p95_s"),
         ("- a\n- b\n", "must be a mapping"),
         ("{unclosed\n", "not valid YAML"),
         (
-            DEFAULT_SLO.read_text().replace("ttft_p95_s: 2.0", "ttft_p95_s: fast"),
-            "ttft_p95_s must be a number",
+            SLO_FILE.read_text().replace("ttft_p95_s: 2.0", "ttft_p95_s: fast"),
+            "ttft_p95_s must be a positive number",
         ),
         (
-            DEFAULT_SLO.read_text().replace("error_rate_max: 0.01", "error_rate_max: -1"),
+            SLO_FILE.read_text().replace("error_rate_max: 0.01", "error_rate_max: -1"),
             "error_rate_max must be",
         ),
     ],

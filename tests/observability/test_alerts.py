@@ -91,7 +91,7 @@ ALL_ONES = "".join(f"{key}: 1\n" for key in build.SLO_KEYS)
             ALL_ONES.replace("error_rate_max: 1", "error_rate_max: 0"),
             "error_rate_max must be a positive number",
         ),
-        ("{unclosed\n", "cannot read the SLO file"),
+        ("{unclosed\n", "is not valid YAML (line 2)"),
     ],
 )
 def test_bad_slo_file_is_a_clear_error(tmp_path, text, message):
