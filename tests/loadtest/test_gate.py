@@ -117,7 +117,7 @@ def test_run_time_parsing() -> None:
     ("content", "message"),
     [
         ("latency_p95_s: [1]\n", "missing ttft_p95_s"),
-        ("- a\n- b\n", "must be a mapping"),
+        ("- a\n- b\n", "expected a mapping"),
         ("{unclosed\n", "not valid YAML"),
         (
             SLO_FILE.read_text().replace("ttft_p95_s: 2.0", "ttft_p95_s: fast"),
