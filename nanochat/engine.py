@@ -162,7 +162,55 @@ class TokenEvent:
     finish_reason: str | None
 
 
-class Engine:
+class RowPool:
+    """What every engine behind the scheduler shares (this one and nanochat.hf_engine.HFEngine): `max_batch`
+    rows, taken by the continuations in `decoding` plus the `n` of the request being prefilled, and the
+    checks and bookkeeping that start a request. Subclasses set `max_batch`, `max_seq_len`, `device`,
+    `decoding`, `prefilling`, and give each continuation its text stream (`_text_stream`)."""
+
+    max_batch: int
+    max_seq_len: int
+    device: torch.device
+    decoding: list[Continuation]
+    prefilling: Request | None
+
+    @property
+    def num_decoding(self) -> int:
+        return len(self.decoding)
+
+    def free_rows(self) -> int:
+        reserved = self.prefilling.params.n if self.prefilling else 0
+        return self.max_batch - len(self.decoding) - reserved
+
+    def can_begin(self, n: int = 1) -> bool:
+        return self.prefilling is None and self.free_rows() >= n
+
+    def _new_request(self, prompt_ids: Sequence[int], params: SamplingParams, vocab_size: int) -> Request:
+        """A checked request with its continuations and seeded generator (EngineError / CapacityError);
+        the caller makes it the one being prefilled."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) > self.max_seq_len:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len}")
+        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise EngineError(f"token id {bad} is outside the vocabulary (size {vocab_size})")
+        if params.n > self.max_batch:
+            raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
+        if not self.can_begin(params.n):
+            raise CapacityError("no free rows for this request now")
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        request = Request(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
+        for i in range(params.n):
+            request.continuations.append(Continuation(request, i, self._text_stream(params)))
+        return request
+
+    def _text_stream(self, params: SamplingParams):
+        raise NotImplementedError
+
+
+class Engine(RowPool):
     """Generation with a row-pooled KV cache; see the module docstring."""
 
     def __init__(
@@ -201,43 +249,16 @@ class Engine:
         self._output_end = special["<|output_end|>"]
         self._default_stop_ids = frozenset({special["<|assistant_end|>"], tokenizer.get_bos_token_id()})
 
-    # ---- capacity -------------------------------------------------------------------------------------
-    @property
-    def num_decoding(self) -> int:
-        return len(self.decoding)
-
-    def free_rows(self) -> int:
-        reserved = self.prefilling.params.n if self.prefilling else 0
-        return self.max_batch - len(self.decoding) - reserved
-
-    def can_begin(self, n: int = 1) -> bool:
-        return self.prefilling is None and self.free_rows() >= n
-
     # ---- request lifecycle ----------------------------------------------------------------------------
     def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Reserve rows for a request and start its prefill. Raises EngineError / CapacityError."""
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) > self.max_seq_len:
-            raise EngineError(f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len}")
-        vocab = self.model.config.vocab_size
-        bad = next((t for t in prompt if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise EngineError(f"token id {bad} is outside the vocabulary (size {vocab})")
-        if params.n > self.max_batch:
-            raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
-        if not self.can_begin(params.n):
-            raise CapacityError("no free rows for this request now")
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        request = Request(prompt, params, generator)
-        for i in range(params.n):
-            stream = TextStream(self.tokenizer.id_to_token_bytes, self._special_ids, params.stop)
-            request.continuations.append(Continuation(request, i, stream))
+        request = self._new_request(prompt_ids, params, self.model.config.vocab_size)
         self.prefilling = request
         self.cache.reset_row(self._prefill_row)
         return request
+
+    def _text_stream(self, params: SamplingParams) -> TextStream:
+        return TextStream(self.tokenizer.id_to_token_bytes, self._special_ids, params.stop)
 
     @property
     def _prefill_row(self) -> int:

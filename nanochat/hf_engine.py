@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,11 @@ from nanochat.detokenize import TextStream
 from nanochat.engine import (
     FINISH_LENGTH,
     FINISH_STOP,
-    CapacityError,
     Continuation,
     Engine,
     EngineError,
     Request,
+    RowPool,
     SamplingParams,
     TokenEvent,
     sample_next_token,
@@ -248,7 +247,7 @@ class IncrementalText(TextStream):
 
 
 # ---- engine ---------------------------------------------------------------------------------------
-class HFEngine:
+class HFEngine(RowPool):
     """Continuous-batching generation over a transformers causal LM; see the module docstring."""
 
     generate = Engine.generate  # nanochat's simple interface works unchanged over begin/prefill/decode_step
@@ -300,39 +299,14 @@ class HFEngine:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
         return cls(model, tokenizer, **kwargs)
 
-    # ---- capacity ---------------------------------------------------------------------------------
-    @property
-    def num_decoding(self) -> int:
-        return len(self.decoding)
-
-    def free_rows(self) -> int:
-        reserved = self.prefilling.params.n if self.prefilling else 0
-        return self.max_batch - len(self.decoding) - reserved
-
-    def can_begin(self, n: int = 1) -> bool:
-        return self.prefilling is None and self.free_rows() >= n
-
     # ---- request lifecycle ------------------------------------------------------------------------
     def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) > self.max_seq_len:
-            raise EngineError(f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len}")
-        bad = next((t for t in prompt if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise EngineError(f"token id {bad} is outside the vocabulary (size {self.vocab_size})")
-        if params.n > self.max_batch:
-            raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
-        if not self.can_begin(params.n):
-            raise CapacityError("no free rows for this request now")
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        request = Request(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
-        for i in range(params.n):
-            stream = IncrementalText(self._decode_text, self._special_ids, params.stop)
-            request.continuations.append(Continuation(request, i, stream))
+        request = self._new_request(prompt_ids, params, self.vocab_size)
         self.prefilling, self._prefill_kv = request, None
         return request
+
+    def _text_stream(self, params: SamplingParams) -> IncrementalText:
+        return IncrementalText(self._decode_text, self._special_ids, params.stop)
 
     @torch.inference_mode()
     def prefill(self, request: Request, max_tokens: int | None = None) -> list[TokenEvent]:
