@@ -263,10 +263,11 @@ async def run_level(
 def engine_batch1(args: argparse.Namespace) -> dict:
     """The bare engine on `args.checkpoint`, measured in this process, one request at a time.
 
-    Two figures: `decode_batch1_tokens_per_s` (decode steps only, as `nanochat bench`), and
-    `request_tokens_per_s`: the same work a one-stream level asks of the server (each of PROMPTS
-    rendered as a chat, prefilled, then `max_tokens` generated greedily), tokens over wall time, best of
-    ENGINE_REPEATS per prompt.
+    Two figures: `decode_batch1_tokens_per_s` (decode steps only, best of ENGINE_REPEATS, as `nanochat
+    bench`), and `request_tokens_per_s`: the very work the one-stream level asks of the server, measured
+    the same way, so the two compare like for like: the same requests (PROMPTS in turn, rendered as a
+    chat, prefilled, then `max_tokens` generated greedily) one after another, all tokens over all the
+    wall time.
     """
     import torch
 
@@ -294,11 +295,16 @@ def engine_batch1(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "decode_steps": result["decode_steps"],
         "decode_batch1_tokens_per_s": result["decode_batch1_tokens_per_s"],
-        "request_tokens_per_s": _engine_request_rate(loaded, args.max_tokens),
+        "request_tokens_per_s": _engine_request_rate(loaded, args.max_tokens, one_stream_requests(args)),
     }
 
 
-def _engine_request_rate(loaded, max_tokens: int) -> float:
+def one_stream_requests(args: argparse.Namespace) -> int:
+    """How many requests the one-stream level sends."""
+    return max(args.requests_per_level or 16, 1)
+
+
+def _engine_request_rate(loaded, max_tokens: int, requests: int) -> float:
     """Tokens/s of the engine serving the benchmark's chat requests alone (prefill included)."""
     from nanochat.engine import Engine, SamplingParams
 
@@ -320,9 +326,9 @@ def _engine_request_rate(loaded, max_tokens: int) -> float:
             engine.decode_step()
         return time.perf_counter() - start
 
-    one_request(prompts[0])  # warm-up
-    seconds = sum(min(one_request(p) for _ in range(ENGINE_REPEATS)) for p in prompts)
-    return round(len(prompts) * max_tokens / seconds, 1)
+    one_request(prompts[0])  # warm-up, as the server's warm-up request
+    seconds = sum(one_request(prompts[i % len(prompts)]) for i in range(requests))
+    return round(requests * max_tokens / seconds, 1)
 
 
 # ---- the run -------------------------------------------------------------------------------------------
