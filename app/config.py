@@ -1,7 +1,8 @@
 """Every knob of the service, as one pydantic-settings class read from the environment (and `.env`).
 
 Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_CHECKPOINT`, `NANOCHAT_MAX_BATCH`), except `HOST` and
-`PORT`, which keep the names Cloud Run and most platforms set. `.env.example` lists them all.
+`PORT`, which keep the names Cloud Run and most platforms set (and `MODEL_BACKEND`, the issue's name for
+`NANOCHAT_BACKEND`). `.env.example` lists them all.
 
 Tracing is configured by the standard `OTEL_*` variables instead (see app/observability/tracing.py), and
 gunicorn's metrics directory by `PROMETHEUS_MULTIPROC_DIR` (see app/gunicorn.conf.py).
@@ -9,12 +10,14 @@ gunicorn's metrics directory by `PROMETHEUS_MULTIPROC_DIR` (see app/gunicorn.con
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SERVICE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ (/srv in the image)
 
 
 def _split(value):
@@ -27,6 +30,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NANOCHAT_", env_file=".env", extra="ignore")
 
     # the model
+    backend: Literal["nanochat", "hf"] = Field(  # hf: NANOCHAT_CHECKPOINT is a transformers causal LM folder
+        "nanochat", validation_alias=AliasChoices("NANOCHAT_BACKEND", "MODEL_BACKEND")
+    )
     checkpoint: str = "models/demo"  # folder or Hugging Face repo id
     step: int | None = None
     device: str = "cpu"  # cpu | cuda | cuda:N
@@ -55,6 +61,14 @@ class Settings(BaseSettings):
     max_n: int = Field(4, ge=1)
     context_overflow: Literal["reject", "truncate"] = "reject"  # prompt too long: 400, or drop oldest turns
 
+    # text classification (POST /v1/classify) and the guardrail on chat requests (docs/classify.md)
+    classifier: str = "models/fortunes"  # a registry folder (model or model/version); empty: the route is off
+    classify_max_inputs: int = Field(64, ge=1)  # texts in one classify request
+    classify_max_chars: int = Field(10_000, ge=1)  # characters in one text
+    guardrail: Literal["off", "flag", "block"] = "off"  # screen the user's messages before any model work
+    guardrail_model: str = "models/guardrail"
+    guardrail_threshold: float = Field(0.6, gt=0, lt=1)  # injection probability from which a text is caught
+
     # access
     api_keys: Annotated[list[str], NoDecode] = []  # bearer keys; empty = no auth
     cors_origins: Annotated[list[str], NoDecode] = []  # allowed browser origins; empty = no CORS
@@ -81,9 +95,25 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)
 
+    @model_validator(mode="after")
+    def _step_is_for_nanochat(self) -> Settings:
+        if self.backend == "hf" and self.step is not None:
+            raise ValueError("NANOCHAT_STEP picks a nanochat checkpoint; leave it unset with the hf backend")
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value):
         if isinstance(value, str) and value.strip().lower() in LOG_LEVELS:
             return value.strip().lower()
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def model_folder(path: str) -> Path:
+    """A model folder setting as a path: a relative one is looked up in the working directory, then under
+    the service's folder (where the image and the repository keep `models/`)."""
+    folder = Path(path)
+    if folder.is_absolute() or folder.exists():
+        return folder
+    bundled = SERVICE_ROOT / folder
+    return bundled if bundled.exists() else folder

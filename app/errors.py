@@ -5,9 +5,11 @@ The status rule (tested in tests/app/test_api.py):
   out-of-range values, limits, a prompt longer than the context, unsupported parameters. One status for all
   input errors, as OpenAI does, so the official client raises `BadRequestError` for each; `code` says which
   (`invalid_json`, `invalid_type`, `missing_field`, `invalid_value`, `context_length_exceeded`,
-  `unsupported_parameter`, ...) and `param` names the field. The service never answers 422.
-- 401 bad or missing API key, 404 unknown route or model, 405 wrong method, 413 body too large,
-  429 queue full (with Retry-After), 503 not ready / draining (with Retry-After), 504 deadline exceeded.
+  `unsupported_parameter`, `content_blocked` (the guardrail), ...) and `param` names the field. The service
+  never answers 422.
+- 401 bad or missing API key, 404 unknown route or model (or classification turned off), 405 wrong method,
+  413 body too large, 429 queue full (with Retry-After), 503 not ready / draining (with Retry-After) or a
+  classifier that failed to load, 504 deadline exceeded.
 - 500 only for a bug: the client sees `internal_error` and the request id, never a traceback; the log has it.
 
 Routes raise `APIError` (or let the scheduler's `SchedulerError` through); `install_error_handlers` turns
@@ -200,11 +202,33 @@ def install_error_handlers(app: FastAPI) -> None:
 GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
-        (400, "invalid input (JSON, types, values, limits, context length, unsupported parameters)"),
+        (
+            400,
+            "invalid input (JSON, types, values, limits, context length, unsupported parameters), or "
+            "content_blocked by the guardrail",
+        ),
         (401, "missing or wrong API key (when keys are configured)"),
         (413, "request body too large"),
         (429, "queue full; retry after Retry-After seconds"),
         (503, "not ready (loading, failed to load, draining); retry after Retry-After seconds"),
         (504, "the request did not finish within the deadline"),
+    ]
+}
+
+# For the classify route: its error statuses in OpenAPI.
+CLASSIFY_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "invalid input (JSON, types, an empty text or list, too many texts, a text too long)"),
+        (401, "missing or wrong API key (when keys are configured)"),
+        (
+            404,
+            "classification is turned off (NANOCHAT_CLASSIFIER is empty), or `model` is not the one served",
+        ),
+        (413, "request body too large"),
+        (
+            503,
+            "the classifier is loading or failed to load (the message says why), or the server is draining",
+        ),
     ]
 }

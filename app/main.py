@@ -7,6 +7,12 @@ tiny generation; then the scheduler starts and `/ready` turns 200. A load failur
 with `on_load_failure=exit` the process then exits with status 3 (never hangs), with `unready` it keeps
 serving `/health`, and `/ready` (like every model route) answers 503 with the reason.
 
+Beside the model, on the same background thread: the guardrail (`NANOCHAT_GUARDRAIL=flag|block`; failing
+to load it is a load failure like the model's: the service does not run unscreened) and, on a thread of
+its own, the classifier of `POST /v1/classify` (failing to load it only turns that route to 503). `/ready`
+waits for both. `NANOCHAT_BACKEND=hf` serves a transformers causal LM folder with `HFEngine` instead of
+a nanochat checkpoint, behind the same scheduler.
+
 Shut-down (`drain`): `/ready` turns 503, new requests get 503, requests in flight get `drain_timeout_s` to
 finish, then are cut. `python -m app` drains on SIGTERM before the listening socket closes (see
 `app/__main__.py`); under gunicorn or plain uvicorn the lifespan's end drains.
@@ -40,14 +46,17 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.api import health, openai, web
+from app.api import classify, health, openai, web
+from app.api.classify import Classifier
 from app.api.deps import Runtime
 from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, FaultInjection, RequestContext
-from app.config import Settings
+from app.api.serving import GUARDRAIL_HEADER
+from app.config import Settings, model_folder
 from app.errors import APIError, install_error_handlers
 from app.observability import metrics, tracing
 from app.scheduler import Scheduler
 from nanochat.checkpoint import load_checkpoint
+from nanochat.classify.guardrail import Guardrail
 from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
 from nanochat.engine import Engine
 
@@ -83,7 +92,7 @@ def create_app(
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
-                expose_headers=[REQUEST_ID_HEADER, "X-Prompt-Truncated", "Retry-After"],
+                expose_headers=[REQUEST_ID_HEADER, "X-Prompt-Truncated", "Retry-After", GUARDRAIL_HEADER],
             )
         )
     if settings.api_keys:
@@ -100,7 +109,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.metrics:
             metrics.start_process_sampler()
-        loading = asyncio.create_task(load_model(runtime, engine_factory, app.state.exit))
+        loading = asyncio.create_task(load_model(app, engine_factory))
         try:
             yield
         finally:
@@ -117,9 +126,12 @@ def create_app(
     if provider is not None:
         tracing.instrument(app, provider)
     app.state.runtime = runtime
+    app.state.classifier = Classifier.from_settings(settings)
+    app.state.guardrail = None  # set before the service turns ready when NANOCHAT_GUARDRAIL is on
     app.state.exit = _exit_process  # `python -m app` replaces it with a clean server stop
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(classify.router)
     app.include_router(web.router)
     app.include_router(health.router)
     if STATIC_DIR.is_dir():
@@ -142,9 +154,26 @@ def _folder_name(checkpoint: str) -> str:
 
 # ---- the model's life -------------------------------------------------------------------------------
 def load_engine(settings: Settings) -> Engine:
-    """The default engine factory: the checkpoint Settings name, on its device, in its dtype."""
+    """The default engine factory: the checkpoint Settings name, on its device, in its dtype; with
+    `backend="hf"` a transformers causal LM folder served by HFEngine."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    if settings.backend == "hf":
+        try:  # transformers is imported only for this backend (the `hf` extra)
+            from transformers.utils import logging as transformers_logging
+        except ImportError:
+            message = "NANOCHAT_BACKEND=hf needs transformers: pip install 'nanochat-service[hf]'"
+            raise UsageError(message) from None
+        from nanochat.hf_engine import HFEngine
+
+        transformers_logging.disable_progress_bar()  # its bars on stderr are not log lines
+        return HFEngine.from_pretrained(  # type: ignore[return-value]  (the same interface, duck-typed)
+            settings.checkpoint,
+            device,
+            dtype,
+            max_batch=settings.max_batch,
+            prefill_chunk=settings.prefill_chunk,
+        )
     checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
     return Engine(
         checkpoint.model,
@@ -165,10 +194,46 @@ def _build_engine(settings: Settings, engine_factory: EngineFactory | None) -> E
     return engine
 
 
-async def load_model(
-    runtime: Runtime, engine_factory: EngineFactory | None, on_fatal: Callable[[int], None]
-) -> None:
-    """Load the model off the event loop and start the scheduler; on failure, record why (and maybe exit)."""
+class GuardrailLoadError(Exception):
+    """The guardrail, not the model, failed to load (the cause is the error)."""
+
+
+def load_guardrail(settings: Settings) -> Guardrail | None:
+    """The guardrail NANOCHAT_GUARDRAIL asks for (None when off)."""
+    if settings.guardrail == "off":
+        return None
+    try:
+        guardrail = Guardrail.load(
+            model_folder(settings.guardrail_model), settings.guardrail, settings.guardrail_threshold
+        )
+    except Exception as e:
+        raise GuardrailLoadError() from e
+    logger.info(
+        "guardrail %s on: mode %s, threshold %s", guardrail.version, guardrail.mode, guardrail.threshold
+    )
+    return guardrail
+
+
+def _load_all(
+    settings: Settings, engine_factory: EngineFactory | None, classifier: Classifier
+) -> tuple[Engine, Guardrail | None]:
+    """Runs on the loader thread: the classifier on a thread of its own meanwhile, the guardrail, the
+    engine; returns once all three are done (a classifier failure is the classifier's own business)."""
+    side = None
+    if classifier.state == "loading":
+        side = threading.Thread(target=classifier.load, name="classifier-loader", daemon=True)
+        side.start()
+    guardrail = load_guardrail(settings)
+    engine = _build_engine(settings, engine_factory)
+    if side is not None:
+        side.join()
+    return engine, guardrail
+
+
+async def load_model(app: FastAPI, engine_factory: EngineFactory | None) -> None:
+    """Load the model (and the guardrail and classifier) off the event loop and start the scheduler; on
+    failure, record why (and maybe exit through `app.state.exit`)."""
+    runtime: Runtime = app.state.runtime
     settings = runtime.settings
     started = time.monotonic()
     logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
@@ -176,19 +241,25 @@ async def load_model(
     # the event loop that streams the tokens (measured: torch on every core stalls single streams).
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 2) - 1))
     try:
-        engine = await _on_daemon_thread(runtime, _build_engine, settings, engine_factory)
+        engine, guardrail = await _on_daemon_thread(
+            runtime, _load_all, settings, engine_factory, app.state.classifier
+        )
     except Exception as e:
-        runtime.state, runtime.reason = "failed", f"the model failed to load: {e}"
-        expected = isinstance(e, ValueError | OSError | UsageError)  # bad checkpoint, files, or device
+        what, source, error = "the model", settings.checkpoint, e
+        if isinstance(e, GuardrailLoadError) and e.__cause__ is not None:
+            what, source, error = "the guardrail", settings.guardrail_model, e.__cause__
+        runtime.state, runtime.reason = "failed", f"{what} failed to load: {error}"
+        expected = isinstance(error, ValueError | OSError | UsageError)  # bad checkpoint, files, or device
         logger.error(
-            "the model failed to load from %s: %s (on_load_failure=%s)",
-            settings.checkpoint,
-            e,
+            "%s failed to load from %s: %s (on_load_failure=%s)",
+            what,
+            source,
+            error,
             settings.on_load_failure,
             exc_info=not expected,
         )
         if settings.on_load_failure == "exit":
-            on_fatal(EXIT_LOAD_FAILED)
+            app.state.exit(EXIT_LOAD_FAILED)
         return
     if runtime.state != "loading":  # shutting down already
         return
@@ -200,12 +271,15 @@ async def load_model(
         record_metrics=settings.metrics,
     )
     scheduler.start()
+    app.state.guardrail = guardrail
     runtime.engine, runtime.scheduler = engine, scheduler
     runtime.state, runtime.reason = "ready", ""
     load_s = time.monotonic() - started
     if settings.metrics:
         metrics.set_model_load_seconds(load_s)
         metrics.set_capacity(settings.max_queue, engine.max_batch)
+        if guardrail is not None:
+            metrics.enable_guardrail()
         metrics.set_ready(True)
     logger.info(
         "model %s ready in %.1f s: context %d tokens, batch %d, queue %d",

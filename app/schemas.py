@@ -1,9 +1,10 @@
 """Request and response bodies of the HTTP API (pydantic), in one module.
 
 OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The nanochat web protocol:
-`/chat/completions`. Static limits (temperature in [0, 2], top_p in (0, 1], ...) live here, so they show in
-the OpenAPI document; limits that come from Settings (max_tokens_limit, max_n, message counts and sizes)
-and the model's context are checked in `app/api/serving.py`.
+`/chat/completions`. Text classification: `/v1/classify`. Static limits (temperature in [0, 2], top_p in
+(0, 1], ...) live here, so they show in the OpenAPI document; limits that come from Settings
+(max_tokens_limit, max_n, message counts and sizes) and the model's context are checked in
+`app/api/serving.py` (the classifier's in `app/api/classify.py`).
 
 Requests are strict (`"3"` is not an integer) and ignore unknown fields. OpenAI fields this server cannot
 honour are accepted only at their no-op values (`logprobs: false`, `presence_penalty: 0`, `tools: []`);
@@ -242,6 +243,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    backend: Literal["nanochat", "hf"] = Field(
+        "nanochat", description="extension: the engine serving it (NANOCHAT_BACKEND)"
+    )
 
 
 class ModelList(BaseModel):
@@ -257,6 +261,56 @@ class WebChatRequest(Request):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+
+
+# ---- POST /v1/classify ------------------------------------------------------------------------------
+class ClassifyRequest(Request):
+    input: Text | list[Text] = Field(
+        description="one text, or a list of texts (at most NANOCHAT_CLASSIFY_MAX_INPUTS, each at most "
+        "NANOCHAT_CLASSIFY_MAX_CHARS characters)"
+    )
+    model: str | None = Field(
+        None, description="the classifier's name or name/version (e.g. fortunes, fortunes/v1); default: it"
+    )
+
+
+class Classification(BaseModel):
+    index: int = Field(description="the position of the text in `input`")
+    label: str = Field(description="the most probable class")
+    score: float = Field(description="its probability")
+    scores: dict[str, float] = Field(description="every class's probability (they sum to 1)")
+
+
+class ClassifyUsage(BaseModel):
+    inputs: int
+    characters: int
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "list",
+                    "model": "fortunes/v1",
+                    "data": [
+                        {
+                            "index": 0,
+                            "label": "computers",
+                            "score": 0.71,
+                            "scores": {"computers": 0.71, "science": 0.12, "work": 0.09, "politics": 0.08},
+                        }
+                    ],
+                    "usage": {"inputs": 1, "characters": 27},
+                }
+            ]
+        }
+    )
+
+    object: Literal["list"] = "list"
+    model: str = Field(description="name/version of the classifier that answered")
+    data: list[Classification]
+    usage: ClassifyUsage
 
 
 # ---- probes -----------------------------------------------------------------------------------------

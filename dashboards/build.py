@@ -5,9 +5,10 @@
 
 One dashboard over the metrics of docs/observability.md: traffic and errors, latency (whole request, time to
 first token, time per output token, queue wait), throughput and batching, resources (CPU, memory, GPU) and
-the cost per million output tokens. SLO lines come from loadtest/slo.yaml (read through alerts/build.py,
-which also owns the list of generation routes). Every query selects `job="$job"`; the `datasource` and `job`
-variables make it importable into any Grafana with a Prometheus data source.
+the cost per million output tokens, and the guardrail's decisions on chat requests. SLO lines come from
+loadtest/slo.yaml (read through alerts/build.py, which also owns the list of generation routes). Every query
+selects `job="$job"`; the `datasource` and `job` variables make it importable into any Grafana with a
+Prometheus data source.
 
 What this does not do: upload anything. docker-compose.yml provisions the file into a local Grafana;
 infra/ owns the hosted one.
@@ -123,6 +124,9 @@ def rows(slo: dict[str, float]) -> list[tuple[str, list]]:
         f"sum({sel('nanochat_instance_price_dollars_per_hour')})\n  / ({output_tokens} * 3600 > 0)\n  * 1e6"
     )
     p95_latency = quantiles("nanochat_request_duration_seconds", GENERATION)[1]
+    decisions = f"rate({sel('nanochat_guardrail_decisions_total')}{RATE})"
+    not_allowed = sel("nanochat_guardrail_decisions_total", 'action!="allow"')
+    caught = f"rate({not_allowed}{RATE})"
     return [
         (
             "Overview",
@@ -372,6 +376,26 @@ def rows(slo: dict[str, float]) -> list[tuple[str, list]]:
                     "s",
                     "Time each worker took to load and warm its model.",
                     [Query(f"max by (instance) ({sel('nanochat_model_load_seconds')})", "{{instance}}")],
+                ),
+            ],
+        ),
+        (
+            "Guardrail",
+            [
+                graph(
+                    "Guardrail decisions",
+                    "reqps",
+                    "Generation requests screened per second by the prompt-injection guardrail, by action: "
+                    "allow, flag (served, X-Guardrail: flagged), block (400 content_blocked). Empty while "
+                    "NANOCHAT_GUARDRAIL is off.",
+                    [Query(f"sum by (action) ({decisions})", "{{action}}")],
+                ),
+                graph(
+                    "Guardrail flagged or blocked share",
+                    "percentunit",
+                    "Share of screened requests the guardrail flagged or blocked. A jump is an attack, or a "
+                    "model or threshold (NANOCHAT_GUARDRAIL_THRESHOLD) that stops benign texts.",
+                    [Query(f"(sum({caught}) or vector(0)) / sum({decisions})", "flagged or blocked")],
                 ),
             ],
         ),

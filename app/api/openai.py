@@ -7,6 +7,10 @@ started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, with
 
 Ids: the completion id is `chatcmpl-<request id>` / `cmpl-<request id>`, the request id being the
 client's `X-Request-ID` or a fresh one (returned in that header either way).
+
+With the guardrail on (NANOCHAT_GUARDRAIL), the user's messages (or the completion prompt) are screened
+before the model sees them: a blocked request is a 400 `content_blocked`, a flagged one is answered with
+the header `X-Guardrail: flagged`. `/v1/models` names the engine (`backend`: nanochat or hf).
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from app.api.serving import (
     delta_groups,
     event_stream,
     openai_sampling_params,
+    screen,
     sse,
     submit,
     truncation_headers,
+    user_texts,
 )
 from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
 from app.observability.context import note_response_id
@@ -84,10 +90,11 @@ async def chat_completions(
     params = openai_sampling_params(rt, body, body.max_completion_tokens)
     rt.scheduler_or_503()  # the prompt needs the model's tokenizer
     prompt = await chat_prompt(rt, body.messages)
+    screened = await screen(request, rt, user_texts(body.messages), "messages")
+    headers = {**truncation_headers(prompt), **screened}
     stream = await submit(rt, prompt, params, rid)
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
     note_response_id(completion_id)
-    headers = truncation_headers(prompt)
     if body.stream:
         events = _chat_events(stream, completion_id, created, rt.model_name, body.include_usage, prompt)
         return event_stream(events, stream, headers)
@@ -175,12 +182,14 @@ async def completions(
     params = openai_sampling_params(rt, body)
     rt.scheduler_or_503()
     prompt = await completion_prompt(rt, body.prompt)
+    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    headers = await screen(request, rt, texts, "prompt")
     stream = await submit(rt, prompt, params, rid)
     completion_id, created = f"cmpl-{rid}", int(time.time())
     note_response_id(completion_id)
     if body.stream:
         events = _completion_events(stream, completion_id, created, rt.model_name, body.include_usage)
-        return event_stream(events, stream)
+        return event_stream(events, stream, headers)
     result = await collect(stream, request)
     completion = Completion(
         id=completion_id,
@@ -192,7 +201,7 @@ async def completions(
         ],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return _json(completion, {})
+    return _json(completion, headers)
 
 
 async def _completion_events(
@@ -220,7 +229,9 @@ async def _completion_events(
 
 # ---- models -----------------------------------------------------------------------------------------
 def _card(rt: Runtime) -> ModelCard:
-    return ModelCard(id=rt.model_name, created=int(rt.started_at), owned_by=OWNED_BY)
+    return ModelCard(
+        id=rt.model_name, created=int(rt.started_at), owned_by=OWNED_BY, backend=rt.settings.backend
+    )
 
 
 @router.get("/models", response_model=ModelList)

@@ -5,6 +5,10 @@ Every limit is checked here, before any model work: message count and sizes, pro
 model's context (`context_overflow`: reject, or drop the oldest turns), max_tokens against
 `max_tokens_limit`, n against `max_n`. A prompt that fits but leaves less room than max_tokens is not an
 error: generation stops at the context with finish_reason "length".
+
+Chat prompts are nanochat's conversation rendering, or, for a transformers tokenizer (NANOCHAT_BACKEND=hf),
+the model's own chat template with its generation prompt. `screen` runs the guardrail over the user's
+texts (NANOCHAT_GUARDRAIL) after the limits and before the request reaches the scheduler.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from starlette.background import BackgroundTask
 
 from app.api.deps import Runtime
 from app.errors import invalid
+from app.observability import metrics
 from app.observability.context import note_generation
 from app.scheduler import Delta, GenerationStream
 from app.schemas import ChatMessage, SamplingFields
 from nanochat.engine import EngineError, SamplingParams
+from nanochat.hf_engine import HFTokenizer
 from nanochat.tokenizer import TokenizerError
 
 logger = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 2000  # up to this many characters, tokenizing (~0.1 ms) beats a thread hop
+GUARDRAIL_HEADER = "X-Guardrail"  # "flagged" on a response the guardrail flagged (NANOCHAT_GUARDRAIL=flag)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ def _conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
     tokenizer = runtime.tokenizer
     try:
+        if isinstance(tokenizer, HFTokenizer):  # another model's template: its generation prompt is its own
+            return tokenizer.chat_prompt(turns)
         # not render_for_completion: it cuts at 2048 tokens, and the context check must see the whole prompt
         ids, _ = tokenizer.render_conversation({"messages": turns}, max_tokens=2**62)
     except TokenizerError as e:
@@ -147,6 +156,38 @@ async def completion_prompt(runtime: Runtime, prompt: str | list[str]) -> Prompt
             "context_length_exceeded",
         )
     return Prompt(ids)
+
+
+# ---- the guardrail ----------------------------------------------------------------------------------
+def user_texts(messages: Sequence[ChatMessage]) -> list[str]:
+    return [message.text for message in messages if message.role == "user"]
+
+
+async def screen(request: Request, runtime: Runtime, texts: list[str], param: str) -> dict[str, str]:
+    """The guardrail's decision on the user's texts (none when it is off): `block` raises a 400
+    `content_blocked` whose message names the rule and the score, never the text; `flag` lets the request
+    go on and returns the response header `X-Guardrail: flagged`. Every decision is counted; each flag or
+    block is logged once (the texts only with NANOCHAT_LOG_CONTENT)."""
+    guardrail = request.app.state.guardrail
+    if guardrail is None:
+        return {}
+    decision = await to_thread.run_sync(guardrail.check_messages, texts)  # ~4 ms a text: off the loop
+    settings = runtime.settings
+    if settings.metrics:
+        metrics.observe_guardrail(decision.action)
+    if decision.action == "allow":
+        return {}
+    why = f"rule {decision.rule}; " if decision.rule else ""
+    why += f"injection score {decision.score:.2f}, threshold {guardrail.threshold}"
+    extra: dict[str, Any] = {"guardrail": decision.to_dict()}
+    if settings.log_content:
+        extra["texts"] = texts
+    verb = "blocked" if decision.action == "block" else "flagged"
+    logger.warning("guardrail %s the request as %s (%s)", verb, decision.label, why, extra=extra)
+    if decision.action == "block":
+        message = f"the guardrail blocked this request as a likely prompt injection ({why})"
+        raise invalid(message, param, "content_blocked")
+    return {GUARDRAIL_HEADER: "flagged"}
 
 
 # ---- sampling ---------------------------------------------------------------------------------------

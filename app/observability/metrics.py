@@ -3,10 +3,11 @@ that record them.
 
 Who calls what:
 - the request middleware: `observe_request`, `observe_rejection`, `observe_generation` (once per request);
+- the generation routes, when the guardrail is on: `observe_guardrail` (once per screened request);
 - the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation) and
   `set_load` (only when the queue depth or the number of active sequences changed);
 - the app's start-up and shut-down: `describe_service`, `set_capacity`, `set_model_load_seconds`,
-  `set_ready`, `start_process_sampler`;
+  `set_ready`, `start_process_sampler`, `enable_guardrail`;
 - `GET /metrics`: `render`.
 
 Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set (app/gunicorn.conf.py) before this module is imported, and
@@ -53,6 +54,7 @@ PACKAGE = "nanochat-service"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNLIMITED_BYTES = 2**60  # cgroup v1 reports "no limit" as a number near 2**63
 FINISH_REASONS = ("stop", "length", "cancelled", "deadline", "error")
+GUARDRAIL_ACTIONS = ("allow", "flag", "block")
 # status of a rejected request -> reason (docs/observability.md)
 REJECTION_REASONS = {
     400: "validation",
@@ -127,7 +129,17 @@ FINISHED = Counter(
     ("finish_reason",),
     registry=REGISTRY,
 )
-MODEL_LOAD = _gauge("nanochat_model_load_seconds", "Time to load (and warm) the model", mode="livemax")
+GUARDRAIL_DECISIONS = Counter(
+    "nanochat_guardrail_decisions",
+    "Guardrail decisions on generation requests, by action",
+    ("action",),
+    registry=REGISTRY,
+)
+MODEL_LOAD = _gauge(
+    "nanochat_model_load_seconds",
+    "Time to load (and warm) the model, with the guardrail and the classifier",
+    mode="livemax",
+)
 READY = _gauge("nanochat_ready", "1 when the worker is ready, 0 while loading or draining", mode="livemin")
 BUILD_INFO = _gauge("nanochat_build_info", "Always 1", ("version", "git_sha", "model"), mode="livemax")
 PROCESS_CPU = Counter("nanochat_process_cpu_seconds", "CPU time of the worker processes", registry=REGISTRY)
@@ -191,6 +203,16 @@ def observe_generation(stream: GenerationStream, finish: str) -> None:
     per_sequence = stream.completion_tokens / stream.n
     if finish in ("stop", "length") and duration is not None and per_sequence > 1:
         TPOT.observe((duration - ttft) / (per_sequence - 1))
+
+
+def enable_guardrail() -> None:
+    """Every action's series from 0, so that rates and shares exist before the first flag or block."""
+    for action in GUARDRAIL_ACTIONS:
+        GUARDRAIL_DECISIONS.labels(action)
+
+
+def observe_guardrail(action: str) -> None:
+    GUARDRAIL_DECISIONS.labels(action).inc()
 
 
 # ---- the scheduler thread ------------------------------------------------------------------------------

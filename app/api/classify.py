@@ -1,0 +1,162 @@
+"""`POST /v1/classify`: label texts with a scikit-learn classifier from the model registry (docs/classify.md).
+
+The classifier is the registry folder NANOCHAT_CLASSIFIER (default `models/fortunes`, its latest version;
+`models/fortunes/v1` pins one). It loads once at start-up on its own thread, beside the chat model, and
+`/ready` waits for the attempt; the registry checks the file's SHA-256 and the types it holds before
+anything is deserialized. A classifier that fails to load (missing, changed, not probabilistic) is logged in
+one line and the route answers 503 with the reason; chat is not affected. An empty NANOCHAT_CLASSIFIER turns
+the route off (404). Prediction runs on a worker thread, never on the event loop.
+
+Request `{"input": "text" | ["text", ...], "model"?: "fortunes" | "fortunes/v1"}`; reply
+`{"object": "list", "model": "fortunes/v1", "data": [{"index", "label", "score", "scores"}], "usage"}`,
+`scores` holding every class's probability. Limits (NANOCHAT_CLASSIFY_MAX_INPUTS texts,
+NANOCHAT_CLASSIFY_MAX_CHARS characters each, no empty text) are 400s in the service's error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Body, Depends, Request
+
+from app.api.deps import RuntimeDep
+from app.config import Settings, model_folder
+from app.errors import CLASSIFY_ERRORS, APIError, invalid
+from app.schemas import Classification, ClassifyRequest, ClassifyResponse, ClassifyUsage
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["classify"])
+EXAMPLES = {
+    "one text": {
+        "summary": "one text",
+        "value": {"input": "The compiler crashed again."},
+    },
+    "several texts": {
+        "summary": "several texts, one model version",
+        "value": {"input": ["Vote early, vote often.", "E = mc^2, give or take."], "model": "fortunes/v1"},
+    },
+}
+
+
+@dataclass
+class Classifier:
+    """The served classifier and where its loading stands: off | loading | ready | failed."""
+
+    path: str
+    state: str = "loading"
+    reason: str = "the classifier is loading"
+    model: Any = None
+    name: str = ""  # name/version, e.g. fortunes/v1
+    classes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Classifier:
+        if not settings.classifier.strip():
+            return cls(
+                "", "off", "classification is turned off on this server (NANOCHAT_CLASSIFIER is empty)"
+            )
+        return cls(settings.classifier)
+
+    def load(self) -> None:
+        """Load from the registry (on a loader thread); the outcome is recorded, never raised."""
+        from nanochat.classify import registry
+
+        started = time.monotonic()
+        try:
+            loaded = registry.load(model_folder(self.path))
+            if not hasattr(loaded.model, "predict_proba"):
+                raise registry.RegistryError(
+                    f"{loaded.directory} gives no probabilities (no predict_proba); serve a model trained "
+                    "with --model logreg or random_forest"
+                )
+        except Exception as e:
+            self.state, self.reason = "failed", f"the classifier failed to load from {self.path}: {e}"
+            logger.error(
+                "%s; POST /v1/classify answers 503 (chat is not affected)",
+                self.reason,
+                exc_info=not isinstance(e, ValueError | OSError),  # a bad folder or file: its message says it
+            )
+            return
+        self.model = loaded.model
+        self.name = f"{loaded.metadata['name']}/{loaded.version}"
+        self.classes = [str(c) for c in loaded.model.classes_]
+        self.state, self.reason = "ready", ""
+        logger.info(
+            "classifier %s ready in %.1f s: %d classes",
+            self.name,
+            time.monotonic() - started,
+            len(self.classes),
+        )
+
+    def check_ready(self) -> None:
+        if self.state == "off":
+            raise APIError(404, self.reason, "classifier_disabled")
+        if self.state == "loading":
+            raise APIError(503, self.reason, "loading", retry_after=5)
+        if self.state == "failed":
+            raise APIError(503, self.reason, "load_failed")
+
+    def check_model(self, model: str | None) -> None:
+        """`model` must name the classifier served: its name, or name/version."""
+        if model is not None and model not in (self.name, self.name.split("/")[0]):
+            message = f"classifier {model!r} not found; this server serves {self.name!r}"
+            raise APIError(404, message, "model_not_found", "model")
+
+    def predict(self, texts: list[str]) -> list[Classification]:
+        probabilities = self.model.predict_proba(texts)
+        results = []
+        for i, row in enumerate(probabilities):
+            scores = {label: float(p) for label, p in zip(self.classes, row, strict=True)}
+            label = max(scores, key=scores.__getitem__)
+            results.append(Classification(index=i, label=label, score=scores[label], scores=scores))
+        return results
+
+
+async def classifier(request: Request) -> Classifier:
+    """FastAPI dependency: the app's Classifier."""
+    return request.app.state.classifier
+
+
+ClassifierDep = Annotated[Classifier, Depends(classifier)]
+
+
+def check_texts(texts: str | list[str], settings: Settings) -> list[str]:
+    """The texts as a list, within the limits; a 400 naming the first one that is not."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise invalid("input is an empty list; send at least one text", "input")
+    if len(texts) > settings.classify_max_inputs:
+        raise invalid(
+            f"input holds {len(texts)} texts; at most {settings.classify_max_inputs} are allowed", "input"
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise invalid(f"text {i} is empty", f"input.{i}")
+        if len(text) > settings.classify_max_chars:
+            raise invalid(
+                f"text {i} has {len(text)} characters; at most {settings.classify_max_chars} are allowed",
+                f"input.{i}",
+            )
+    return texts
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=CLASSIFY_ERRORS)
+async def classify(
+    body: Annotated[ClassifyRequest, Body(openapi_examples=EXAMPLES)],
+    rt: RuntimeDep,
+    served: ClassifierDep,
+) -> ClassifyResponse:
+    """Label each text with the most probable class, and every class's probability."""
+    if rt.state in ("draining", "stopped"):
+        raise rt.not_ready_error()
+    served.check_ready()
+    served.check_model(body.model)
+    texts = check_texts(body.input, rt.settings)
+    data = await to_thread.run_sync(served.predict, texts)
+    usage = ClassifyUsage(inputs=len(texts), characters=sum(len(t) for t in texts))
+    return ClassifyResponse(model=served.name, data=data, usage=usage)
