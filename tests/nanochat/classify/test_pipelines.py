@@ -14,7 +14,7 @@ def test_every_candidate_learns_the_guardrail_set(guardrail_data, name):
     result = cross_validate(guardrail_data, name, features="words+chars", folds=3, seed=0)
     summary = result.summary()
     assert len(result.accuracy) == len(result.macro_f1) == 3
-    assert summary["accuracy_mean"] > 0.75, summary  # far above the 0.51 of always answering "benign"
+    assert summary["accuracy_mean"] > 0.75, summary  # far above the 0.52 of always answering "benign"
     assert all(result.oof_predicted)  # every example was predicted exactly once, out of fold
     assert all(0.0 < c <= 1.0 for c in result.oof_confidence)
     assert summary["fit_seconds_mean"] > 0 and summary["predict_ms_per_text"] > 0
@@ -49,7 +49,7 @@ def test_report_holds_every_figure(experiment, guardrail_data):
     test = report["test"]
     assert report["dataset"]["sha256"] == guardrail_data.sha256()
     assert set(report["cross_validation"]["models"]) == {"logreg", "linear_svc"}
-    assert report["split"]["test"] == test["examples"] == 71
+    assert report["split"]["test"] == test["examples"] == 89
     assert sum(map(sum, test["confusion_matrix"])) == test["examples"]
     assert set(test["per_class"]) == {"benign", "injection"}
     assert 0.75 < test["accuracy"] <= 1 and 0.75 < test["macro_f1"] <= 1
