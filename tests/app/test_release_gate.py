@@ -34,11 +34,12 @@ def test_gate_passes_against_the_demo_service(base_url: str, tmp_path: Path) -> 
 
 
 def test_gate_fails_against_the_same_service_with_a_fault_injected(start_server, tmp_path: Path) -> None:
-    faulty = start_server({"NANOCHAT_FAULT_ERROR_RATE": "0.3", "NANOCHAT_FAULT_LATENCY_MS": "2500"})
+    faulty = start_server({"NANOCHAT_FAULT_ERROR_RATE": "0.5", "NANOCHAT_FAULT_LATENCY_MS": "2500"})
     run, summary = gate(faulty.url, tmp_path)
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
     assert "FAILED" in run.stdout
     broken = {check["objective"] for check in summary["checks"] if not check["passed"]}
     assert {"error_rate_max", "ttft_p95_s"} <= broken, summary["checks"]
     error_rate = next(c["figure"] for c in summary["checks"] if c["objective"] == "error_rate_max")
-    assert 0.1 < error_rate < 0.6  # about the injected 30 %
+    # about the injected half; a run of 8 s at 2.5 s a request makes few requests, so the bounds are wide
+    assert 0.1 <= error_rate <= 0.9
