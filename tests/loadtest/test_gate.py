@@ -4,6 +4,8 @@ and its handling of bad SLO files and arguments. The runs against a real server 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,17 @@ def test_bad_arguments_and_an_unreachable_host_exit_2(capsys) -> None:
     assert main(["--host", "http://127.0.0.1:9", "--run-time", "soon"]) == 2
     assert main(["--host", "http://127.0.0.1:9", "--wait-ready", "0"]) == 2
     assert "did not answer 200" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_locust_loads_the_folder_from_any_directory(tmp_path: Path) -> None:
+    """`locust -f loadtest/` imports every file of the folder (the gate and the SLO loader too): it must work
+    from another working directory, against any URL (here a closed port: requests fail, locust runs)."""
+    folder = Path(__file__).resolve().parents[2] / "loadtest"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(folder), "--headless", "-t", "2s", "-u", "2", "-r", "2",
+        "--host", "http://127.0.0.1:9", "--only-summary", "--exit-code-on-error", "0",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "LLM" in run.stdout + run.stderr  # the chat users ran and reported their own entries
