@@ -165,8 +165,9 @@ class TokenEvent:
 class RowPool:
     """What every engine behind the scheduler shares (this one and nanochat.hf_engine.HFEngine): `max_batch`
     rows, taken by the continuations in `decoding` plus the `n` of the request being prefilled, and the
-    checks and bookkeeping that start a request. Subclasses set `max_batch`, `max_seq_len`, `device`,
-    `decoding`, `prefilling`, and give each continuation its text stream (`_text_stream`)."""
+    checks and bookkeeping that start a request, and a decode step's sampling and accounting. Subclasses set
+    `max_batch`, `max_seq_len`, `device`, `decoding`, `prefilling`, and give each continuation its text
+    stream (`_text_stream`), take a token (`_accept`) and free a finished request's rows (`_release`)."""
 
     max_batch: int
     max_seq_len: int
@@ -206,7 +207,43 @@ class RowPool:
             request.continuations.append(Continuation(request, i, self._text_stream(params)))
         return request
 
+    def _step_rows(self, rows: list[Continuation], logits: torch.Tensor) -> list[TokenEvent]:
+        """One decode step's bookkeeping, given `logits[i]` for `rows[i]`: greedy rows in one argmax, the
+        others with their request's sampler and generator; then each continuation takes its token, and
+        requests whose continuations have all finished leave. Returns the events of live continuations."""
+        sampled: dict[int, int] = {}
+        greedy = [i for i, c in enumerate(rows) if c.request.params.temperature == 0.0]
+        if greedy:
+            sampled.update(zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist(), strict=True))
+        requests = list(dict.fromkeys(c.request for c in rows))
+        sampling = [r for r in requests if r.params.temperature != 0.0]
+        index = {c: i for i, c in enumerate(rows)} if sampling else {}
+        for request in sampling:
+            group = [index[c] for c in request.continuations]
+            sampled.update(zip(group, self._sample(request, logits[group]).tolist(), strict=True))
+        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
+        for request in requests:
+            self._finish_step(request)
+        return [e for e in events if e is not None]
+
+    def _sample(self, request: Request, logits: torch.Tensor) -> torch.Tensor:
+        p = request.params
+        return sample_next_token(logits, request.generator, p.temperature, p.top_k, p.top_p)
+
+    def _finish_step(self, request: Request) -> None:
+        """Count the step; free the request's rows once every continuation has finished."""
+        request.num_generated += 1
+        if all(c.finished for c in request.continuations):
+            self._release(request)
+            request.done = True
+
     def _text_stream(self, params: SamplingParams):
+        raise NotImplementedError
+
+    def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
+        raise NotImplementedError
+
+    def _release(self, request: Request) -> None:
         raise NotImplementedError
 
 
@@ -300,22 +337,7 @@ class Engine(RowPool):
         rows = self.decoding
         idx = torch.tensor([[c.last_token] for c in rows], dtype=torch.long, device=self.device)
         logits = self.model(idx, kv_cache=self.cache, start_row=0)[:, -1, :]
-        requests = list(dict.fromkeys(c.request for c in rows))
-        sampled: dict[int, int] = {}
-        greedy_rows = [c.row for c in rows if c.request.params.temperature == 0.0]
-        if greedy_rows:
-            picks = torch.argmax(logits[greedy_rows], dim=-1).tolist()
-            sampled.update(zip(greedy_rows, picks, strict=True))
-        for request in requests:
-            if request.params.temperature == 0.0:
-                continue
-            group = [c.row for c in request.continuations]
-            picks = self._sample(request, logits[group]).tolist()
-            sampled.update(zip(group, picks, strict=True))
-        events = [self._accept(c, sampled[c.row]) for c in rows]
-        for request in requests:
-            self._finish_step(request)
-        return [e for e in events if e is not None]
+        return self._step_rows(rows, logits)  # rows[i] is cache row i: logits[i] is its
 
     def reset(self) -> None:
         """Forget every request (after an unexpected error left the batch in an unknown state)."""
@@ -336,10 +358,6 @@ class Engine(RowPool):
         request.done = True
 
     # ---- internals ------------------------------------------------------------------------------------
-    def _sample(self, request: Request, logits: torch.Tensor) -> torch.Tensor:
-        p = request.params
-        return sample_next_token(logits, request.generator, p.temperature, p.top_k, p.top_p)
-
     def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
         """Take a continuation's next token (forced by the tool if one is pending) and update its state."""
         forced = bool(cont.forced)
@@ -379,13 +397,6 @@ class Engine(RowPool):
                     cont.forced.append(self._output_end)
         elif cont.in_python:
             cont.python_ids.append(token)
-
-    def _finish_step(self, request: Request) -> None:
-        """Count the step; free the request's rows once every continuation has finished."""
-        request.num_generated += 1
-        if all(c.finished for c in request.continuations):
-            self._release(request)
-            request.done = True
 
     def _release(self, request: Request) -> None:
         """Free a decoding request's rows, moving the last rows into the holes."""

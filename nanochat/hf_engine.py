@@ -41,7 +41,6 @@ from nanochat.engine import (
     RowPool,
     SamplingParams,
     TokenEvent,
-    sample_next_token,
 )
 from nanochat.tokenizer import TokenizerError
 
@@ -342,21 +341,7 @@ class HFEngine(RowPool):
         logits, caches = self._forward(ids, positions, [self._kv[c] for c in rows])
         for cont, kv in zip(rows, caches, strict=True):
             self._kv[cont] = kv
-        logits = logits[:, -1, :]
-        sampled: dict[int, int] = {}
-        index = {cont: i for i, cont in enumerate(rows)}
-        requests = list(dict.fromkeys(c.request for c in rows))
-        for request in requests:
-            group = [index[c] for c in request.continuations]
-            if request.params.temperature == 0.0:
-                picks = torch.argmax(logits[group], dim=-1).tolist()
-            else:
-                picks = self._sample(request, logits[group]).tolist()
-            sampled.update(zip(group, picks, strict=True))
-        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
-        for request in requests:
-            self._finish_step(request)
-        return [e for e in events if e is not None]
+        return self._step_rows(rows, logits[:, -1, :])
 
     def reset(self) -> None:
         for cont in self.decoding:
@@ -412,10 +397,6 @@ class HFEngine(RowPool):
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.hf.decode(ids, skip_special_tokens=True)
 
-    def _sample(self, request: Request, logits: torch.Tensor) -> torch.Tensor:
-        p = request.params
-        return sample_next_token(logits, request.generator, p.temperature, p.top_k, p.top_p)
-
     def _accept(self, cont: Continuation, token: int) -> TokenEvent | None:
         was_finished = cont.finished
         cont.tokens.append(token)
@@ -436,12 +417,6 @@ class HFEngine(RowPool):
         if cont.finish_reason:
             text += cont.text.finish()
         return TokenEvent(cont.request, cont.index, token, False, text, cont.finish_reason)
-
-    def _finish_step(self, request: Request) -> None:
-        request.num_generated += 1
-        if all(c.finished for c in request.continuations):
-            self._release(request)
-            request.done = True
 
     def _release(self, request: Request) -> None:
         for cont in request.continuations:
