@@ -306,11 +306,10 @@ def one_stream_requests(args: argparse.Namespace) -> int:
 
 def _engine_request_rate(loaded, max_tokens: int, requests: int) -> float:
     """Tokens/s of the engine serving the benchmark's chat requests alone (prefill included)."""
-    from nanochat.engine import Engine, SamplingParams
+    from nanochat.engine import Engine
 
     tokenizer = loaded.tokenizer
     engine = Engine(loaded.model, tokenizer, max_batch=1)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     assistant = tokenizer.encode_special("<|assistant_start|>")
     prompts = []
     for text in PROMPTS:
@@ -319,11 +318,8 @@ def _engine_request_rate(loaded, max_tokens: int, requests: int) -> float:
 
     def one_request(prompt: list[int]) -> float:
         start = time.perf_counter()
-        request = engine.begin(prompt, params)
-        while request.prefill_remaining:
-            engine.prefill(request)
-        while not request.done:
-            engine.decode_step()
+        for _ in engine.generate(prompt, max_tokens=max_tokens, temperature=0.0, ignore_eos=True):
+            pass
         return time.perf_counter() - start
 
     one_request(prompts[0])  # warm-up, as the server's warm-up request
