@@ -41,7 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
-    PORT=8080 \
+    PORT=8000 \
     NANOCHAT_CHECKPOINT=/srv/models/demo \
     PROMETHEUS_MULTIPROC_DIR=/tmp/nanochat-metrics \
     HF_HOME=/tmp/huggingface
@@ -54,9 +54,9 @@ COPY --chown=root:root models/demo ./models/demo
 COPY --chown=root:root models/guardrail ./models/guardrail
 COPY --chown=root:root models/fortunes ./models/fortunes
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8080')}/health\", timeout=2)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health\", timeout=2)"]
 # exec form: gunicorn is PID 1's only child (run with --init) or PID 1 itself, and receives SIGTERM
 CMD ["gunicorn", "-c", "app/gunicorn.conf.py"]
 
@@ -84,16 +84,16 @@ RUN groupadd --system --gid 10001 nanochat \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
-    PORT=8080 \
+    PORT=8000 \
     NANOCHAT_CHECKPOINT=/srv/models/demo \
     NANOCHAT_DEVICE=cuda \
     NANOCHAT_WORKERS=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/nanochat-metrics \
     HF_HOME=/tmp/huggingface
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8080')}/health\", timeout=2)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health\", timeout=2)"]
 CMD ["gunicorn", "-c", "app/gunicorn.conf.py"]
 
 # the default target

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.contract import APP_PORT
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SERVICE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ (/srv in the image)
 
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
 
     # the server
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "NANOCHAT_HOST"))
-    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"))
+    port: int = Field(APP_PORT, ge=1, le=65535, validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"))
     workers: int = Field(  # gunicorn workers (one per GPU on GPU machines)
         1, ge=1, validation_alias=AliasChoices("NANOCHAT_WORKERS", "WEB_CONCURRENCY")
     )

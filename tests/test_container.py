@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,20 @@ def test_dockerfile_targets_and_runtime_contract() -> None:
     assert text.count("USER 10001") == 2 and "HEALTHCHECK" in text
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*") + 1 :][:2] == ["!pyproject.toml", "!README.md"]  # allow-list
+
+
+def test_every_image_listens_and_probes_on_the_one_app_port() -> None:
+    """The image's PORT, EXPOSE and HEALTHCHECK default are app/contract.py's APP_PORT, in both targets."""
+    from app.config import Settings
+    from app.contract import APP_PORT, HEALTH_PATH
+
+    text = (ROOT / "Dockerfile").read_text()
+    ports = re.findall(r"\bPORT=(\d+)", text)
+    exposed = re.findall(r"^EXPOSE (\d+)$", text, flags=re.MULTILINE)
+    probed = re.findall(r"os\.environ\.get\('PORT', '(\d+)'\)\}" + re.escape(HEALTH_PATH), text)
+    assert len(ports) == len(exposed) == len(probed) == 2, (ports, exposed, probed)
+    assert {int(p) for p in ports + exposed + probed} == {APP_PORT}
+    assert Settings.model_fields["port"].default == APP_PORT  # `python -m app` and `make run`
 
 
 def test_smoke_script_is_shellcheck_clean() -> None:

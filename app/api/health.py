@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import RuntimeDep
+from app.contract import HEALTH_PATH, METRICS_PATH, READY_PATH
 from app.errors import ErrorResponse
 from app.observability import metrics as observed
 from app.schemas import Health, Ready
@@ -23,13 +24,13 @@ from app.schemas import Health, Ready
 router = APIRouter(tags=["probes"])
 
 
-@router.get("/health", response_model=Health)
+@router.get(HEALTH_PATH, response_model=Health)
 async def health() -> Health:
     return Health()
 
 
 @router.get(
-    "/ready",
+    READY_PATH,
     response_model=Ready,
     responses={503: {"model": ErrorResponse, "description": "loading, failed to load, or draining"}},
 )
@@ -52,7 +53,7 @@ async def stats(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(METRICS_PATH, response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of every metric (docs/observability.md); under gunicorn, of every worker."""
     body, content_type = await to_thread.run_sync(observed.render, request.headers.get("accept"))

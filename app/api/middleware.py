@@ -19,6 +19,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract import HEALTH_PATH, METRICS_PATH, READY_PATH
 from app.errors import error_response
 from app.observability import context, metrics, tracing
 from app.observability.logging import log_access
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PROTECTED_PREFIXES = ("/v1/", "/chat/completions")  # the model routes; probes, metrics and the page are open
-PROBES = frozenset({"/health", "/ready", "/metrics"})  # logged at debug level, never counted as rejections
+PROBES = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})  # logged at debug level, never counted as rejections
 
 
 class RequestContext:
