@@ -12,8 +12,12 @@ BENCH_OBSERVABILITY_ARGS ?=
 # infra-check runs checkov from its own venv: its pins clash with the main venv's
 INFRA_VENV := .venv-infra
 CHECKOV_VERSION ?= 3.3.30
+# the environment of the cloud targets (envs/$(ENV).yaml); the scripts read it with the venv's Python
+ENV ?= dev
+SCRIPT_ENV := PYTHON=$(CURDIR)/$(BIN)/python
 
-.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean observe synth infra-check bench-observability
+.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean observe synth infra-check bench-observability \
+	bootstrap preflight verify apply gpu-up gpu-down gpu-status
 
 setup: $(STAMP)
 
@@ -88,3 +92,31 @@ $(INFRA_VENV)/bin/checkov:
 # docs/observability.md "Overhead". Arguments via BENCH_OBSERVABILITY_ARGS (e.g. --json --repeats 20).
 bench-observability: setup
 	$(BIN)/python -m app.bench_observability $(BENCH_OBSERVABILITY_ARGS)
+
+# ---- the cloud (docs/infra.md): ENV=dev|prod ----------------------------------------------------------------
+# Read-only: can this account bootstrap ENV (permissions per phase, billing, GPU quota)?
+preflight: setup
+	$(SCRIPT_ENV) scripts/preflight.sh --env $(ENV)
+
+# From an empty project to a released, monitored service, in phases; re-running skips what is done.
+bootstrap: setup
+	$(SCRIPT_ENV) scripts/bootstrap.sh --env $(ENV)
+
+# An infra change that goes live: cdktf deploy, then the gated promotion of the service's new revision.
+apply: setup
+	npx cdktf deploy $(ENV)
+	$(SCRIPT_ENV) scripts/deploy.sh --env $(ENV) --promote-latest
+
+# After a deploy: chat, metrics, Grafana, email channels, budget and kill switch; one line each.
+verify: setup
+	$(SCRIPT_ENV) scripts/verify.sh --env $(ENV)
+
+# The GPU group by hand (free credits): start, stop, look.
+gpu-up: setup
+	$(SCRIPT_ENV) scripts/gpu.sh up $(ENV)
+
+gpu-down: setup
+	$(SCRIPT_ENV) scripts/gpu.sh down $(ENV)
+
+gpu-status: setup
+	$(SCRIPT_ENV) scripts/gpu.sh status $(ENV)

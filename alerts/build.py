@@ -1,7 +1,11 @@
 """Generate the Prometheus alert rules, `alerts/nanochat.rules.yaml`, from the SLOs in `loadtest/slo.yaml`.
 
-    python alerts/build.py           # write the rule file
-    python alerts/build.py --check   # exit 1 when the committed rule file differs from what would be written
+    python alerts/build.py           # write the rule file (and the local Grafana's copy of the rules)
+    python alerts/build.py --check   # exit 1 when a committed file differs from what would be written
+
+The same rules, as Grafana-managed alert rules, go to `observe/grafana/provisioning/alerting/nanochat.yaml`
+for docker-compose's Grafana (`modules.alert_rules.grafana_alerting`; `modules/grafana.py` provisions them
+in the cloud the same way).
 
 Every threshold that is an SLO comes from `loadtest/slo.yaml`; nothing here restates one. Each alert is
 self-contained PromQL (no recording rules), because `infra/` turns these same expressions into Cloud
@@ -23,15 +27,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make loadtest/ importable
+from app.contract import METRICS_JOB  # noqa: E402
 from loadtest.slo import SLO_KEYS as SLO_KEYS  # noqa: E402  (re-exported, as are the two below)
 from loadtest.slo import SloError, load_slos  # noqa: E402
+from modules.alert_rules import grafana_alerting, parse_alert_rules  # noqa: E402
 
 OUTPUT = ROOT / "alerts" / "nanochat.rules.yaml"
+# The same rules as Grafana-managed alert rules for docker-compose's Grafana (its Prometheus datasource).
+GRAFANA_OUTPUT = ROOT / "observe" / "grafana" / "provisioning" / "alerting" / "nanochat.yaml"
+GRAFANA_DATASOURCE_UID = "prometheus"  # observe/grafana/provisioning/datasources/prometheus.yaml
+GRAFANA_EVALUATION_INTERVAL_S = 60
 
 REPOSITORY = "your-org/nanochat-service"  # OWNER/REPO on GitHub, where the runbook links point
 RUNBOOK_BASE_URL = f"https://github.com/{REPOSITORY}/blob/main/docs/runbooks/"
 
-JOB = "nanochat"  # the scrape job of the service (scripts/observe.sh, observe/prometheus.yml)
+JOB = METRICS_JOB  # the scrape job of the service (scripts/observe.sh, observe/prometheus.yml)
 # The SLOs are about generation requests: probes (/ready answers 503 while loading), /metrics and /stats
 # would dilute them or, worse, count a loading replica's probes as errors.
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/chat/completions")
@@ -103,9 +113,9 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"sum by (job) (rate({errors}[5m]))\n"
             f"  /\n{generation_rate}\n  > {number(slo['error_rate_max'])}\n",
             f"More than {percent(slo['error_rate_max'])} of generation requests fail with 5xx",
-            "{{ $value | humanizePercentage }} of the generation requests of job {{ $labels.job }} were "
-            "answered 5xx over the last 5 minutes; the SLO allows at most "
-            f"{percent(slo['error_rate_max'])}.",
+            "Generation requests of job {{ $labels.job }} answered 5xx over the last 5 minutes, as a share "
+            f"of all; the SLO allows at most {percent(slo['error_rate_max'])}. "
+            "Current value: {{ $value | humanizePercentage }}.",
         ),
         Alert(
             "NanochatHighRequestLatency",
@@ -114,8 +124,9 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"{latency_p95}\n  > {number(slo['latency_p95_s'])}\n",
             f"p95 generation request latency is over {seconds(slo['latency_p95_s'])}",
             "The 95th percentile of whole generation requests (a streamed reply to its last byte) of job "
-            "{{ $labels.job }} is {{ $value | humanizeDuration }} over the last 5 minutes; the SLO is "
-            f"{seconds(slo['latency_p95_s'])}.",
+            "{{ $labels.job }} over the last 5 minutes is over the SLO of "
+            f"{seconds(slo['latency_p95_s'])}. "
+            "Current value: {{ $value | humanizeDuration }}.",
         ),
         Alert(
             "NanochatHighTimeToFirstToken",
@@ -124,8 +135,9 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"{p95_over('nanochat_time_to_first_token_seconds')}\n  > {number(slo['ttft_p95_s'])}\n",
             f"p95 time to first token is over {seconds(slo['ttft_p95_s'])}",
             "The 95th percentile of the time from queueing a generation request to its first token (job "
-            "{{ $labels.job }}) is {{ $value | humanizeDuration }} over the last 5 minutes; the SLO is "
-            f"{seconds(slo['ttft_p95_s'])}.",
+            "{{ $labels.job }}) over the last 5 minutes is over the SLO of "
+            f"{seconds(slo['ttft_p95_s'])}. "
+            "Current value: {{ $value | humanizeDuration }}.",
         ),
         Alert(
             "NanochatHighTimePerOutputToken",
@@ -134,20 +146,22 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"{p95_over('nanochat_time_per_output_token_seconds')}\n  > {number(slo['tpot_p95_s'])}\n",
             f"p95 time per output token is over {seconds(slo['tpot_p95_s'])}",
             "The 95th percentile of the time per generated token after the first (job {{ $labels.job }}) "
-            "is {{ $value | humanizeDuration }} over the last 5 minutes; the SLO is "
-            f"{seconds(slo['tpot_p95_s'])}.",
+            f"over the last 5 minutes is over the SLO of {seconds(slo['tpot_p95_s'])}. "
+            "Current value: {{ $value | humanizeDuration }}.",
         ),
         Alert(
             "NanochatQueueSaturated",
             "warning",
             "5m",
-            f"sum by (job) (avg_over_time({selector('nanochat_queue_depth')}[5m]))\n  /\n"
-            f"sum by (job) ({selector('nanochat_queue_capacity')} > 0)\n"
+            f"sum by (job, instance) (avg_over_time({selector('nanochat_queue_depth')}[5m]))\n  /\n"
+            f"sum by (job, instance) ({selector('nanochat_queue_capacity')} > 0)\n"
             f"  > {number(slo['queue_saturation_max'])}\n",
-            f"The request queue is more than {percent(slo['queue_saturation_max'])} full",
-            "Requests waiting for a batch slot filled {{ $value | humanizePercentage }} of the queue "
-            "capacity of job {{ $labels.job }} on average over the last 5 minutes (limit: "
-            f"{percent(slo['queue_saturation_max'])}); when it is full, requests are turned away with 429.",
+            "The request queue of nanochat at {{ $labels.instance }} is more than "
+            f"{percent(slo['queue_saturation_max'])} full",
+            "Requests waiting for a batch slot filled the queue of {{ $labels.instance }} (job "
+            "{{ $labels.job }}) on average over the last 5 minutes beyond the limit of "
+            f"{percent(slo['queue_saturation_max'])} of its capacity; when it is full, requests are turned "
+            "away with 429. Current value: {{ $value | humanizePercentage }}.",
         ),
         Alert(
             "NanochatHighRejectionRate",
@@ -156,9 +170,10 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"sum by (job) (rate({queue_full}[5m]))\n"
             f"  /\n{generation_rate}\n  > {number(slo['rejection_rate_max'])}\n",
             f"More than {percent(slo['rejection_rate_max'])} of generation requests are turned away with 429",
-            "{{ $value | humanizePercentage }} of the generation requests of job {{ $labels.job }} were "
-            "rejected with 429 (queue full) over the last 5 minutes, for at least 10 minutes; the SLO "
-            f"allows at most {percent(slo['rejection_rate_max'])}.",
+            "Generation requests of job {{ $labels.job }} rejected with 429 (queue full) over the last 5 "
+            "minutes, as a share of all, for at least 10 minutes; the SLO allows at most "
+            f"{percent(slo['rejection_rate_max'])}. "
+            "Current value: {{ $value | humanizePercentage }}.",
         ),
         Alert(
             "NanochatTargetDown",
@@ -208,9 +223,9 @@ def alerts(slo: dict[str, float]) -> list[Alert]:
             f"  > {number(slo['memory_max_ratio'])}\n",
             "nanochat at {{ $labels.instance }} uses more than "
             f"{percent(slo['memory_max_ratio'])} of its memory limit",
-            "The worker processes of {{ $labels.instance }} (job {{ $labels.job }}) hold "
-            "{{ $value | humanizePercentage }} of the container's memory limit; past the limit the "
-            "container is killed (OOM).",
+            "The worker processes of {{ $labels.instance }} (job {{ $labels.job }}) hold more than "
+            f"{percent(slo['memory_max_ratio'])} of the container's memory limit; past the limit the "
+            "container is killed (OOM). Current value: {{ $value | humanizePercentage }}.",
         ),
     ]
 
@@ -231,6 +246,17 @@ def render(slo: dict[str, float]) -> str:
     """The rule file's text."""
     document = {"groups": [{"name": "nanochat", "rules": [alert.rule() for alert in alerts(slo)]}]}
     return HEADER + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def render_grafana(rules_text: str) -> str:
+    """docker-compose Grafana's alerting provisioning file, from the rule file's text. No contact point:
+    the local Grafana has no SMTP; its alerts show on its Alerting page."""
+    rules = parse_alert_rules(rules_text, OUTPUT)
+    document = grafana_alerting(
+        rules, datasource_uid=GRAFANA_DATASOURCE_UID, emails=[], interval_s=GRAFANA_EVALUATION_INTERVAL_S
+    )
+    header = "# Grafana-managed alert rules of docker-compose.yml's Grafana: alerts/nanochat.rules.yaml's.\n"
+    return HEADER + header + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
 def write_or_check(path: Path, text: str, check: bool, builder: str) -> int:
@@ -258,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     except SloError as e:
         print(f"alerts/build.py: {e}", file=sys.stderr)
         return 2
-    return write_or_check(OUTPUT, text, args.check, "alerts/build.py")
+    GRAFANA_OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    return max(
+        write_or_check(OUTPUT, text, args.check, "alerts/build.py"),
+        write_or_check(GRAFANA_OUTPUT, render_grafana(text), args.check, "alerts/build.py"),
+    )
 
 
 if __name__ == "__main__":

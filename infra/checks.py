@@ -14,6 +14,12 @@ billing budgets or monitoring, and cannot know this project's rules; `policy_vio
   dedicated service account; the group autoheals and never takes a VM away before its replacement.
 - Network: no firewall rule open to 0.0.0.0/0. Buckets: uniform access, public access prevented.
 - Workload identity providers have an attribute condition; alert policies and budgets notify someone.
+- First apply: one API wait (time_sleep) after every API enablement, and every other resource and data
+  source depends on it.
+- GPU images belong to releases: no template names an image (`nanochat-image`) or a `:latest` tag, and
+  the group ignores its all-instances config (where releases set the digest) and waits until stable.
+- Load balancers: a Cloud Armor policy on every external backend; plain HTTP (a port-80 rule that does
+  not redirect to HTTPS) only where the env file says `gpu.insecure_http: true`.
 
 checkov's failures are compared with `infra/checkov-skips.yaml`: an unlisted failure fails, and so does
 a listed check that no longer fails anywhere.
@@ -53,6 +59,8 @@ def resources(stack: dict) -> Iterator[tuple[str, str, dict]]:
 @functools.cache
 def label_field(resource_type: str) -> str | None:
     """The field that holds a resource type's labels (`labels`, `user_labels`), read from the provider."""
+    if not resource_type.startswith("google_"):
+        return None  # time_sleep: no labels
     module = importlib.import_module(f"cdktf_cdktf_provider_google.{resource_type.removeprefix('google_')}")
     cls = next(c for c in vars(module).values() if getattr(c, "TF_RESOURCE_TYPE", None) == resource_type)
     # Some types use `labels` for configuration (notification channels) and `user_labels` for labels.
@@ -117,6 +125,10 @@ def policy_violations(stack: dict, cfg: EnvConfig) -> list[str]:
         if rtype == "google_compute_instance_template":
             problems += [f"{where}: {p}" for p in _instance_template_problems(body)]
         elif rtype == "google_compute_region_instance_group_manager":
+            if "all_instances_config" not in body.get("lifecycle", {}).get("ignore_changes", []):
+                problems.append(f"{where}: Terraform would undo the released image (all_instances_config)")
+            if not body.get("wait_for_instances"):
+                problems.append(f"{where}: does not wait for its VMs, so creation failures go unreported")
             if not body.get("auto_healing_policies", {}).get("health_check"):
                 problems.append(f"{where}: no autohealing health check")
             if body.get("update_policy", {}).get("max_unavailable_fixed") != 0:
@@ -133,8 +145,73 @@ def policy_violations(stack: dict, cfg: EnvConfig) -> list[str]:
         elif rtype in ("google_monitoring_alert_policy", "google_billing_budget") and not (
             body.get("notification_channels")
             or body.get("all_updates_rule", {}).get("monitoring_notification_channels")
+            or body.get("user_labels", {}).get("notified-by") == "grafana"  # Grafana emails it
         ):
             problems.append(f"{where}: notifies nobody")
+        elif (
+            rtype == "google_compute_backend_service"
+            and body.get("load_balancing_scheme", "").startswith("EXTERNAL")
+            and not body.get("security_policy")
+        ):
+            problems.append(f"{where}: no Cloud Armor security policy")
+    problems += _api_wait_problems(stack)
+    problems += _plain_http_problems(stack, cfg)
+    return problems
+
+
+def _api_wait_problems(stack: dict) -> list[str]:
+    waits = stack.get("resource", {}).get("time_sleep", {})
+    apis = {
+        f"google_project_service.{n}" for n in stack.get("resource", {}).get("google_project_service", {})
+    }
+    if len(waits) != 1:
+        return [f"stack: expected one API wait (time_sleep) after the API enablements, got {len(waits)}"]
+    ((name, wait),) = waits.items()
+    address = f"time_sleep.{name}"
+    problems = []
+    if set(wait.get("depends_on", [])) != apis:
+        problems.append(f"{address}: does not wait for exactly every API enablement")
+    bodies = [
+        (f"{rtype}.{n}", body)
+        for rtype, by_name in stack.get("resource", {}).items()
+        if rtype not in ("google_project_service", "time_sleep")
+        for n, body in by_name.items()
+    ]
+    bodies += [
+        (f"data.{dtype}.{n}", body)
+        for dtype, by_name in stack.get("data", {}).items()
+        for n, body in by_name.items()
+    ]
+    problems += [
+        f"{where}: does not wait for the APIs ({address})"
+        for where, body in bodies
+        if address not in body.get("depends_on", [])
+    ]
+    return problems
+
+
+def _plain_http_problems(stack: dict, cfg: EnvConfig) -> list[str]:
+    resources_ = stack.get("resource", {})
+    redirecting = {
+        name
+        for name, body in resources_.get("google_compute_url_map", {}).items()
+        if body.get("default_url_redirect", {}).get("https_redirect")
+    }
+    plain_proxies = {
+        name
+        for name, body in resources_.get("google_compute_target_http_proxy", {}).items()
+        if not any(_refers_to(body.get("url_map", ""), "google_compute_url_map", m) for m in redirecting)
+    }
+    problems = []
+    for name, rule in resources_.get("google_compute_global_forwarding_rule", {}).items():
+        serves_plain = any(
+            _refers_to(rule.get("target", ""), "google_compute_target_http_proxy", p) for p in plain_proxies
+        )
+        if serves_plain and not cfg.gpu.insecure_http:
+            problems.append(
+                f"google_compute_global_forwarding_rule.{name}: plain HTTP without gpu.insecure_http: true "
+                "(set gpu.domain for HTTPS)"
+            )
     return problems
 
 
@@ -177,6 +254,9 @@ def _instance_template_problems(body: dict) -> list[str]:
         problems.append("GPU VMs must TERMINATE on host maintenance")
     if "${google_service_account." not in str(body.get("service_account", {}).get("email", "")):
         problems.append("runs as the default compute service account")
+    metadata = body.get("metadata", {})
+    if "nanochat-image" in metadata or ":latest" in json.dumps(metadata):
+        problems.append("names an image: releases own it (a digest in the group's all-instances config)")
     return problems
 
 

@@ -1,20 +1,33 @@
 """`NanochatStack`: everything one environment needs, composed from `modules/` and one `EnvConfig`.
 
-State lives in the env's GCS bucket (prefix per env). Every resource waits for the project's APIs;
-every resource that takes labels carries `env`, `app`, `managed-by` (and the env file's extra labels).
-The outputs are what the delivery scripts read (`cdktf output` / `terraform output -json`).
+State lives in the env's GCS bucket (prefix per env). Every resource that takes labels carries `env`,
+`app`, `managed-by` (and the env file's extra labels). Names come from `infra/names.py`, which the scripts
+read too. The outputs are what the delivery scripts read (`cdktf output` / `terraform output -json`).
+
+First apply on an empty project: the APIs are enabled first, then a `time_sleep` lets them and their
+service agents propagate, and every other resource (and the project data source) depends on that wait.
+
+Phases (`phase` in the env file, each a superset of the one before):
+- foundation: APIs (+ wait), registry, identities, workload identity, secrets (declared, no values),
+  build bucket, Cloud Run on the placeholder image, network, the GPU template and group held at 0 with no
+  autoscaler, load balancer, email channels, budget (+ kill switch when enabled).
+- released: the GPU group takes its configured size (fixed, autoscaler, schedule).
+- monitored: PromQL alert policies, uptime check and Grafana, once the app's series exist (Managed
+  Prometheus rejects alert conditions on metrics that were never written).
 """
 
 from __future__ import annotations
 
-from cdktf import GcsBackend, TerraformOutput, TerraformResource, TerraformStack
+from cdktf import GcsBackend, TerraformDataSource, TerraformOutput, TerraformResource, TerraformStack
 from cdktf_cdktf_provider_google.data_google_project import DataGoogleProject
 from cdktf_cdktf_provider_google.project_service import ProjectService
 from cdktf_cdktf_provider_google.provider import GoogleProvider
+from cdktf_cdktf_provider_time.provider import TimeProvider
 from constructs import Construct
 
+from infra import names
 from infra.config import ROOT, EnvConfig
-from modules.alert_rules import load_alert_rules
+from modules.alert_rules import alerting_rules, load_alert_rules
 from modules.artifact_registry import ArtifactRegistry
 from modules.budget import Budget
 from modules.build_trigger import BuildTrigger
@@ -24,21 +37,26 @@ from modules.github_oidc import GitHubOidc
 from modules.gpu_inference_group import GpuInferenceGroup
 from modules.grafana import Grafana
 from modules.http_load_balancer import HttpLoadBalancer
-from modules.monitoring import Monitoring
+from modules.kill_switch import KillSwitch
+from modules.monitoring import AlertChannels, Monitoring
 from modules.network import GpuNetwork
 from modules.project_services import ProjectServices
+from modules.secrets import Secrets
 
 APIS = [
     "artifactregistry.googleapis.com",
     "billingbudgets.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",  # the kill switch (Cloud Run functions)
     "cloudresourcemanager.googleapis.com",
     "cloudtrace.googleapis.com",
     "compute.googleapis.com",
+    "eventarc.googleapis.com",  # the kill switch's Pub/Sub trigger
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
+    "pubsub.googleapis.com",  # the budget's kill-switch topic
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
@@ -50,8 +68,6 @@ class NanochatStack(TerraformStack):
     def __init__(self, scope: Construct, cfg: EnvConfig) -> None:
         super().__init__(scope, cfg.name)
         labels = cfg.common_labels
-        rules = load_alert_rules(ROOT / cfg.monitoring.alert_rules_dir)
-        dashboards = read_dashboards(ROOT / cfg.grafana.dashboards_dir) if cfg.grafana.enabled else {}
 
         # The budget API needs a quota project when called with user credentials.
         GoogleProvider(
@@ -62,10 +78,12 @@ class NanochatStack(TerraformStack):
             user_project_override=True,
             billing_project=cfg.project,
         )
+        TimeProvider(self, "time")
         GcsBackend(self, bucket=cfg.state.bucket, prefix=cfg.state.prefix)
         apis = ProjectServices(self, "apis", project=cfg.project, services=APIS)
         project_number = DataGoogleProject(self, "project-number", project_id=cfg.project).number
 
+        secrets = Secrets(self, "secrets", project=cfg.project, secrets=cfg.secrets, labels=labels)
         registry = ArtifactRegistry(
             self,
             "registry",
@@ -80,12 +98,16 @@ class NanochatStack(TerraformStack):
             self,
             "build",
             project=cfg.project,
-            env=cfg.name,
+            trigger_name=names.build_trigger(cfg),
+            account_id=names.build_account_id(cfg),
+            bucket=names.build_source_bucket(cfg),
+            on_push=cfg.github.build_on_push,
             github_owner=cfg.github.owner,
             github_repo=cfg.github.repo,
             branch=cfg.github.deploy_branch,
             repository=registry.repository,
-            image=f"{registry.url}/{cfg.service.name}",
+            image=names.image_repo(cfg),
+            gpu_image=names.gpu_image_repo(cfg) if cfg.gpu.enabled else None,
             location=cfg.region,
             labels=labels,
         )
@@ -94,8 +116,10 @@ class NanochatStack(TerraformStack):
             "service",
             project=cfg.project,
             region=cfg.region,
-            env=cfg.name,
-            name=cfg.service.name,
+            name=names.service_name(cfg),
+            account_id=names.runtime_account_id(cfg),
+            collector_secret_id=names.collector_config_secret(cfg),
+            gate_audience=names.gate_audience(cfg),
             initial_image=cfg.service.initial_image,
             cpu=cfg.service.cpu,
             memory=cfg.service.memory,
@@ -109,31 +133,22 @@ class NanochatStack(TerraformStack):
             deletion_protection=cfg.service.deletion_protection,
             env_vars=cfg.service.env,
             secret_env=cfg.service.secret_env,
+            secret_refs=secrets.ids,
+            mount_secret_env=cfg.released,  # the secrets have values only after bootstrap's first phase
             labels=labels,
         )
-        github = GitHubOidc(
-            self,
-            "github",
-            project=cfg.project,
-            env=cfg.name,
-            owner=cfg.github.owner,
-            repo=cfg.github.repo,
-            environment=cfg.github.environment or cfg.name,
-            branch=cfg.github.deploy_branch,
-            repository=registry.repository,
-            service=service,
-            build=build,
-        )
 
-        gpu_address = None
+        gpu = gpu_lb = None
         if cfg.gpu.enabled:
             network = GpuNetwork(self, "network", project=cfg.project, region=cfg.region, env=cfg.name)
+            schedule = cfg.gpu.schedule
             gpu = GpuInferenceGroup(
                 self,
                 "gpu",
                 project=cfg.project,
                 region=cfg.region,
-                env=cfg.name,
+                name=names.gpu_group(cfg),
+                account_id=names.gpu_account_id(cfg),
                 network=network,
                 zones=cfg.gpu.zones,
                 machine_type=cfg.gpu.machine_type,
@@ -142,54 +157,121 @@ class NanochatStack(TerraformStack):
                 image_project=cfg.gpu.image_project,
                 image_family=cfg.gpu.image_family,
                 disk_size_gb=cfg.gpu.disk_size_gb,
-                container_image=f"{registry.url}/{cfg.gpu.image_name}:{cfg.gpu.image_tag}",
                 repository=registry.repository,
                 env_vars=cfg.gpu.env,
                 secret_env=cfg.gpu.secret_env,
+                secret_refs=secrets.ids,
                 spot=cfg.gpu.spot,
+                released=cfg.released,
                 target_size=cfg.gpu.target_size,
                 max_surge=cfg.gpu.max_surge,
                 autoscaling=cfg.gpu.autoscaling.model_dump() if cfg.gpu.autoscaling else None,
+                schedule={
+                    "schedule": schedule.start,
+                    "duration_s": schedule.duration_s,
+                    "time_zone": schedule.time_zone,
+                    "size": schedule.size,
+                }
+                if schedule
+                else None,
                 labels=labels,
             )
             if cfg.gpu.load_balancer:
-                gpu_address = HttpLoadBalancer(
+                gpu_lb = HttpLoadBalancer(
                     self,
                     "gpu-lb",
                     project=cfg.project,
-                    env=cfg.name,
+                    name=names.gpu_group(cfg),
                     group=gpu,
+                    domain=cfg.gpu.domain,
+                    rate_limit_per_minute=cfg.gpu.rate_limit_per_minute,
                     max_rate_per_instance=cfg.gpu.max_rate_per_instance,
                     request_timeout_s=cfg.service.request_timeout_s,
                     labels=labels,
-                ).address
+                )
 
-        monitoring = Monitoring(
+        github = GitHubOidc(
             self,
-            "monitoring",
+            "github",
             project=cfg.project,
-            project_number=project_number,
+            env=cfg.name,
+            owner=cfg.github.owner,
+            repo=cfg.github.repo,
+            owner_id=cfg.github.owner_id,
+            repository_id=cfg.github.repository_id,
+            environment=cfg.github.environment or cfg.name,
+            branch=cfg.github.deploy_branch,
+            pool_id=names.WIF_POOL_ID,
+            provider_id=names.WIF_PROVIDER_ID,
+            account_id=names.deployer_account_id(cfg),
+            repository=registry.repository,
+            service=service,
+            build=build,
+            api_keys_secret=secrets.ids[cfg.service.api_keys_secret] if cfg.service.api_keys_secret else None,
+            gpu_vm_account=gpu.identity if gpu else None,
+        )
+
+        monitoring_outputs = self._observability(cfg, project_number, service, labels)
+
+        # Nothing can be created before its API is on and has propagated: every resource and data source
+        # waits for the time_sleep, which waits for every enablement.
+        wait = f"{apis.wait.terraform_resource_type}.{apis.wait.friendly_unique_id}"
+        for node in self.node.find_all():
+            if node is apis.wait or isinstance(node, ProjectService):
+                continue
+            if isinstance(node, TerraformResource | TerraformDataSource):
+                node.depends_on = [*(node.depends_on or []), wait]
+
+        outputs = {
+            "project": cfg.project,
+            "region": cfg.region,
+            "service_name": service.name,
+            "service_url": service.url,
+            "registry_url": registry.url,
+            "image": names.image_repo(cfg),
+            "gpu_image": names.gpu_image_repo(cfg) if gpu else "",
+            "gpu_group": names.gpu_group(cfg) if gpu else "",
+            "runtime_service_account": service.identity.email,
+            "deployer_service_account": github.deployer.email,
+            "build_service_account": build.identity.email,
+            "build_source_bucket": build.source_bucket.name,
+            "workload_identity_provider": github.provider.name,
+            "gate_audience": service.gate_audience,
+            "gpu_address": gpu_lb.address.address if gpu_lb else "",
+            "gpu_url": gpu_lb.url if gpu_lb else "",
+            **monitoring_outputs,
+        }
+        for name, value in outputs.items():
+            TerraformOutput(self, name, value=value)
+
+    def _observability(
+        self, cfg: EnvConfig, project_number: str, service: CloudRunService, labels: dict[str, str]
+    ) -> dict[str, str]:
+        """The other helpers' constructs, in one place: email channels and budget always (with the kill
+        switch when enabled), alert policies and Grafana only once the env is `monitored`."""
+        channels = AlertChannels(
+            self,
+            "alert-channels",
+            project=cfg.project,
             env=cfg.name,
             alert_emails=cfg.monitoring.alert_emails,
-            rules=rules,
-            evaluation_interval_s=cfg.monitoring.evaluation_interval_s,
-            service=service,
-            service_is_public=cfg.service.public,
-            uptime_check_period_s=cfg.monitoring.uptime_check_period_s,
             labels=labels,
         )
-        grafana = None
-        if cfg.grafana.enabled:
-            grafana = Grafana(
+        kill_switch = None
+        if cfg.budget.kill_switch:
+            kill_switch = KillSwitch(
                 self,
-                "grafana",
+                "kill-switch",
                 project=cfg.project,
                 region=cfg.region,
                 env=cfg.name,
-                dashboards=dashboards,
-                viewers=cfg.grafana.viewers,
-                deletion_protection=cfg.service.deletion_protection,
+                gpu_group=names.gpu_group(cfg) if cfg.gpu.enabled else None,
+                service_name=names.service_name(cfg),
                 labels=labels,
+                topic_name=names.kill_switch_topic(cfg),
+                function_name=names.kill_switch_function(cfg),
+                runtime_service_account=service.identity.email,
+                build_service_account=names.build_service_account(cfg),
             )
         Budget(
             self,
@@ -201,29 +283,48 @@ class NanochatStack(TerraformStack):
             currency=cfg.budget.currency,
             actual_thresholds=cfg.budget.actual_thresholds,
             forecast_thresholds=cfg.budget.forecast_thresholds,
-            notification_channel_ids=[c.id for c in monitoring.channels],
+            notification_channel_ids=channels.ids,
+            pubsub_topic=kill_switch.budget_topic_id if kill_switch else None,
         )
 
-        # Nothing can be created before its API is on: make every resource wait for all of them.
-        api_addresses = [f"{api.terraform_resource_type}.{api.friendly_unique_id}" for api in apis.resources]
-        for node in self.node.find_all():
-            if isinstance(node, TerraformResource) and not isinstance(node, ProjectService):
-                node.depends_on = [*(node.depends_on or []), *api_addresses]
-
-        outputs = {
-            "project": cfg.project,
-            "region": cfg.region,
-            "service_name": service.name,
-            "service_url": service.url,
-            "registry_url": registry.url,
-            "image": f"{registry.url}/{cfg.service.name}",
-            "runtime_service_account": service.identity.email,
-            "deployer_service_account": github.deployer.email,
-            "build_service_account": build.service_account_name,
-            "build_source_bucket": build.source_bucket.name,
-            "workload_identity_provider": github.provider.name,
+        grafana = None
+        if cfg.monitored:
+            rules = load_alert_rules(ROOT / cfg.monitoring.alert_rules_dir)
+            scales_to_zero = cfg.service.min_instances == 0
+            grafana_emails = cfg.grafana.enabled and cfg.grafana.smtp is not None
+            Monitoring(
+                self,
+                "monitoring",
+                project=cfg.project,
+                project_number=project_number,
+                env=cfg.name,
+                channel_ids=channels.ids,
+                rules=rules,
+                evaluation_interval_s=cfg.monitoring.evaluation_interval_s,
+                service=service,
+                service_is_public=cfg.service.public,
+                uptime_check_period_s=cfg.monitoring.uptime_check_period_s,
+                scales_to_zero=scales_to_zero,
+                # warnings: emailed by Grafana where it can send mail, else by these policies
+                notify_warnings=not grafana_emails,
+                labels=labels,
+            )
+            if cfg.grafana.enabled:
+                grafana = Grafana(
+                    self,
+                    "grafana",
+                    project=cfg.project,
+                    region=cfg.region,
+                    env=cfg.name,
+                    dashboards=read_dashboards(ROOT / cfg.grafana.dashboards_dir),
+                    rules=alerting_rules(rules, scales_to_zero=scales_to_zero),
+                    alert_emails=cfg.monitoring.alert_emails,
+                    smtp=cfg.grafana.smtp,
+                    viewers=cfg.grafana.viewers,
+                    deletion_protection=cfg.service.deletion_protection,
+                    labels=labels,
+                )
+        return {
             "grafana_url": grafana.url if grafana else "",
-            "gpu_address": gpu_address.address if gpu_address else "",
+            "kill_switch_topic": kill_switch.topic.name if kill_switch else "",
         }
-        for name, value in outputs.items():
-            TerraformOutput(self, name, value=value)

@@ -15,7 +15,11 @@ loadtest/locustfile.py) and checks every objective of `loadtest/slo.yaml`:
 | `rejection_rate_max` | chat requests answered 429, over all chat requests |
 | `min_output_tokens_per_s` | completion tokens of successful replies over `--run-time` |
 
-Exit status: 0 when every objective holds, 1 when one is broken (or the run produced no chat requests),
+Given an API key (`LOADTEST_API_KEY`), the gate first checks that the server refuses `/v1/models` without it
+(401): a candidate that lost its key fails before any load is sent.
+
+Exit status: 0 when every objective holds, 1 when one is broken (or the run produced no chat requests, or
+the server does not require its API key),
 2 for bad arguments or an unreachable host. A summary table goes to stdout, `summary.json` beside the
 reports. The objectives the alert rules use are the same file's (alerts/build.py reads it too).
 """
@@ -149,6 +153,21 @@ def wait_ready(host: str, timeout_s: float, headers: dict[str, str]) -> None:
         time.sleep(0.5)
 
 
+def unauthenticated_status(host: str, headers: dict[str, str]) -> int:
+    """The HTTP status of `GET /v1/models` with every header but the API key (the Cloud Run identity token
+    stays, so only the app's own check answers)."""
+    without_key = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{host}/v1/models", headers=without_key), timeout=10
+        ):
+            return 200
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError) as e:
+        raise GateError(f"{host}/v1/models did not answer: {getattr(e, 'reason', e)}") from e
+
+
 def run_time_s(text: str) -> float:
     """Seconds in a locust run time like 30s, 2m or 1h30m."""
     if not re.fullmatch(r"(\d+[hms])+", text):
@@ -194,10 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s = run_time_s(args.run_time)
         args.host = args.host.rstrip("/")
         slo = load_slos(args.slo)
-        wait_ready(args.host, args.wait_ready, auth_headers())
+        headers = auth_headers()
+        wait_ready(args.host, args.wait_ready, headers)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         prefix = out / "loadtest"
+        # Given an API key, the candidate must refuse requests without it: a revision that lost its key
+        # (a secret not mounted) would otherwise pass the gate and serve the API to anyone.
+        if os.environ.get("LOADTEST_API_KEY"):
+            status = unauthenticated_status(args.host, headers)
+            if status != 401:
+                print(f"gate: {args.host}/v1/models answers {status} without the API key (expected 401)")
+                print("FAILED: the server does not require its API key")
+                summary = {"host": args.host, "passed": False, "checks": [], "api_key_required": False}
+                (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+                return 1
         run_locust(args, prefix)
         checks = evaluate(read_stats(prefix), read_failures(prefix), slo, duration_s)
     except (GateError, SloError) as e:

@@ -4,14 +4,15 @@ Each construct is small, typed and documented; it takes plain values (never the 
 what can be labelled, and exposes the resources other constructs need as attributes. Files without cdktf
 imports (`alert_rules`, `gpu_vm_boot`) are data helpers that tests use directly.
 
-    project_services      the Google APIs the stack uses
+    project_services      the Google APIs the stack uses, and the wait after them (time_sleep)
+    secrets               the Secret Manager secrets the env file declares (no values)
     artifact_registry     Docker repository with a cleanup policy
-    build_trigger         Cloud Build trigger on pushes to the main branch (cloudbuild.yaml)
+    build_trigger         the build service account and source bucket; optional trigger on pushes
     cloud_run_service     the CPU service + Managed Service for Prometheus sidecar
     network               VPC for the GPU VMs: private subnet, Cloud NAT, health-check firewall
     gpu_inference_group   L4 instance template, regional MIG with autohealing and autoscaler
     gpu_vm_boot           the GPU VM's startup script and Ops Agent (Managed Prometheus) config
-    http_load_balancer    external HTTP load balancer in front of the GPU group
+    http_load_balancer    external HTTPS load balancer with Cloud Armor in front of the GPU group
     monitoring            email channels, PromQL alert policies from alerts/, uptime check
     alert_rules           reads the Prometheus rule files in alerts/
     grafana               Grafana on Cloud Run with provisioned dashboards and a Managed Prometheus datasource

@@ -1,7 +1,8 @@
 """A monthly billing budget for the project, emailed through the monitoring notification channels.
 
 Thresholds on actual spend (by default 50%, 90%, 100%) and on forecast spend (100%) each send one email
-when crossed. A budget alerts; it does not stop spending.
+when crossed. A budget alerts; it does not stop spending. With `pubsub_topic` it also publishes its state
+to that topic (schema 1.0, several times a day), which the kill switch (modules/kill_switch.py) acts on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Budget(Construct):
         actual_thresholds: Sequence[float],
         forecast_thresholds: Sequence[float],
         notification_channel_ids: Sequence[str],
+        pubsub_topic: str | None = None,
     ) -> None:
         super().__init__(scope, id_)
         rules = [
@@ -38,6 +40,12 @@ class Budget(Construct):
             BillingBudgetThresholdRules(threshold_percent=t, spend_basis="FORECASTED_SPEND")
             for t in forecast_thresholds
         ]
+        all_updates: dict = {
+            "monitoring_notification_channels": list(notification_channel_ids),
+            "disable_default_iam_recipients": False,
+        }
+        if pubsub_topic:  # `projects/P/topics/T`; the only schema the budget API accepts is 1.0
+            all_updates |= {"pubsub_topic": pubsub_topic, "schema_version": "1.0"}
         self.budget = BillingBudget(
             self,
             "budget",
@@ -50,8 +58,5 @@ class Budget(Construct):
                 "credit_types_treatment": "INCLUDE_ALL_CREDITS",
             },
             threshold_rules=rules,
-            all_updates_rule={
-                "monitoring_notification_channels": list(notification_channel_ids),
-                "disable_default_iam_recipients": False,
-            },
+            all_updates_rule=all_updates,
         )

@@ -1,13 +1,17 @@
-"""Cloud Build: a trigger that builds `cloudbuild.yaml` on every push to the main branch, and what manual
-builds (`gcloud builds submit`, scripts/deploy.sh) need.
+"""Cloud Build: the build service account, the bucket releases stage their sources in, and (optionally) a
+trigger that builds `cloudbuild.yaml` on every push to the deploy branch.
 
-Builds run as their own service account, which may only write logs, read the uploaded sources and push
-to the one repository; manual builds pass it with `--service-account` (stack output
-`build_service_account`) and upload their sources to the `PROJECT_cloudbuild` bucket made here (gcloud's
-default, which gcloud would otherwise try to create with project-wide rights).
-`cloudbuild.yaml` receives the image path as `_IMAGE` and tags with `$COMMIT_SHA`; a build with a
-user-managed service account must log to Cloud Logging only (`options.logging: CLOUD_LOGGING_ONLY`).
-The GitHub repository must be connected to Cloud Build once (the Cloud Build GitHub app), see docs/infra.md.
+Builds run as their own service account, which may only write logs, read the staged sources and push to
+the one repository (no default Cloud Build account, no project-wide storage). Releases
+(scripts/deploy.sh) build once per merge with `gcloud builds submit --service-account` (stack output
+`build_service_account`) and `--gcs-source-staging-dir gs://PROJECT-nanochat-build/source` (the bucket made
+here), so gcloud never looks for or creates its default `PROJECT_cloudbuild` bucket, which needs
+project-wide bucket rights. One build per merge: the trigger exists only with `github.build_on_push`, and
+then the release must not build as well.
+`cloudbuild.yaml` receives the image paths as `_IMAGE` (CPU) and `_GPU_IMAGE` (GPU, empty: not built) and
+tags with `$COMMIT_SHA`; a build with a user-managed service account must log to Cloud Logging only
+(`options.logging: CLOUD_LOGGING_ONLY`). A trigger needs the GitHub repository connected to Cloud Build
+once (the Cloud Build GitHub app), see docs/infra.md.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ BUILD_FILE = "cloudbuild.yaml"
 
 
 class BuildTrigger(Construct):
-    """Builds `github_owner/github_repo` on pushes to `branch` into `image` (`REGISTRY/NAME`)."""
+    """Builds `github_owner/github_repo` into `image` and `gpu_image` (`REGISTRY/NAME`, no tag); a trigger on
+    pushes to `branch` only when `on_push`."""
 
     def __init__(
         self,
@@ -38,12 +43,16 @@ class BuildTrigger(Construct):
         id_: str,
         *,
         project: str,
-        env: str,
+        trigger_name: str,
+        account_id: str,
+        bucket: str,
+        on_push: bool,
         github_owner: str,
         github_repo: str,
         branch: str,
         repository: ArtifactRegistryRepository,
         image: str,
+        gpu_image: str | None,
         location: str,
         labels: Mapping[str, str],
     ) -> None:
@@ -52,7 +61,7 @@ class BuildTrigger(Construct):
             self,
             "builder",
             project=project,
-            account_id=f"nanochat-build-{env}",
+            account_id=account_id,
             display_name="nanochat Cloud Build",
             project_roles=["roles/logging.logWriter"],
         )
@@ -65,12 +74,12 @@ class BuildTrigger(Construct):
             role="roles/artifactregistry.writer",
             member=self.identity.member,
         )
-        # Sources of manual builds; kept a week.
+        # Sources of release builds (--gcs-source-staging-dir); kept a week.
         self.source_bucket = StorageBucket(
             self,
             "sources",
             project=project,
-            name=f"{project}_cloudbuild",
+            name=bucket,
             location=location.upper(),
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
@@ -87,16 +96,19 @@ class BuildTrigger(Construct):
             member=self.identity.member,
         )
         self.service_account_name = f"projects/{project}/serviceAccounts/{self.identity.email}"
+        self.trigger = None
+        if not on_push:
+            return
         self.trigger = CloudbuildTrigger(
             self,
             "trigger",
             project=project,
             location="global",
-            name=f"nanochat-{env}-main",
+            name=trigger_name,
             description=f"Build {BUILD_FILE} on pushes to {branch}",
             github={"owner": github_owner, "name": github_repo, "push": {"branch": f"^{re.escape(branch)}$"}},
             filename=BUILD_FILE,
-            substitutions={"_IMAGE": image},
+            substitutions={"_IMAGE": image, "_GPU_IMAGE": gpu_image or ""},
             service_account=self.service_account_name,
             include_build_logs="INCLUDE_BUILD_LOGS_WITH_STATUS",
         )

@@ -1,13 +1,26 @@
 """The CPU service on Cloud Run (v2) with the Managed Service for Prometheus sidecar.
 
 - Its own service account: write logs, metrics and traces, read only the secrets it is given.
-- Probes: startup on `/ready` (the model has loaded and warmed up), liveness on `/health`.
+- One port (`app.contract.APP_PORT`, which Cloud Run passes to the app as PORT); probes: startup on
+  READY_PATH (the model has loaded and warmed up), liveness on HEALTH_PATH.
+- Secrets: each `secret_env` entry mounts a declared secret (modules.secrets) as an env var, read by the
+  runtime service account alone (one accessor grant per secret). A declared secret has no value until
+  scripts/bootstrap.sh adds one after the first apply, and a revision that mounts a secret without a
+  version fails to start; so Terraform mounts them only with `mount_secret_env` (the stack: from phase
+  `released` on). The grants exist from the start, and every release mounts the same secrets itself
+  (`gcloud run deploy --update-secrets`, scripts/deploy.sh), so no released revision runs without them.
 - The `collector` sidecar (Google's cloud-run-gmp-sidecar, pinned) starts after the app and scrapes its
-  `/metrics` as job `nanochat` (the job the alert rules and dashboards select on; the RunMonitoring
+  METRICS_PATH as job METRICS_JOB (the job the alert rules and dashboards select on; the RunMonitoring
   config is mounted from Secret Manager, the sidecar's only way to read a config file). CPU is always
   allocated (`cpu_idle = false`, instance-based billing) so scrapes between requests are not throttled.
 - Terraform owns the service; releases own the image and the traffic split: both are ignored here, so a
   release (a tagged no-traffic `candidate` revision, then promotion) is never undone by `cdktf deploy`.
+  A `cdktf deploy` that changes the template makes a new revision that gets no traffic (traffic is pinned
+  to a named revision); `scripts/deploy.sh --promote-latest` (run by `make apply`) gates and promotes it
+  like a release. Terraform declares nothing about traffic.
+- `gate_audience` is a custom audience: the release gate's ID token (from GitHub's workload identity,
+  whose audience must be fixed before the candidate's URL exists) names it, and Cloud Run accepts a
+  custom audience on every URL of the service, tagged revisions included.
 """
 
 from __future__ import annotations
@@ -30,12 +43,10 @@ from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretM
 from cdktf_cdktf_provider_google.secret_manager_secret_version import SecretManagerSecretVersion
 from constructs import Construct
 
+from app.contract import APP_PORT, HEALTH_PATH, METRICS_JOB, METRICS_PATH, READY_PATH
 from modules.service_identity import ServiceIdentity
 
-APP_PORT = 8080  # Cloud Run's default PORT, which the app reads
-READY_PATH = "/ready"
-HEALTH_PATH = "/health"
-METRICS_JOB = "nanochat"
+__all__ = ["APP_PORT", "HEALTH_PATH", "READY_PATH", "CloudRunService", "run_monitoring_config"]
 GMP_SIDECAR_IMAGE = (
     "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
 )
@@ -54,7 +65,7 @@ def run_monitoring_config(scrape_interval: str = "30s") -> dict:
         "apiVersion": "monitoring.googleapis.com/v1beta",
         "kind": "RunMonitoring",
         "metadata": {"name": METRICS_JOB},
-        "spec": {"endpoints": [{"port": APP_PORT, "path": "/metrics", "interval": scrape_interval}]},
+        "spec": {"endpoints": [{"port": APP_PORT, "path": METRICS_PATH, "interval": scrape_interval}]},
     }
 
 
@@ -68,8 +79,10 @@ class CloudRunService(Construct):
         *,
         project: str,
         region: str,
-        env: str,
         name: str,
+        account_id: str,
+        collector_secret_id: str,
+        gate_audience: str,
         initial_image: str,
         cpu: str,
         memory: str,
@@ -83,14 +96,18 @@ class CloudRunService(Construct):
         deletion_protection: bool,
         env_vars: Mapping[str, str],
         secret_env: Mapping[str, str],
+        secret_refs: Mapping[str, str],
+        mount_secret_env: bool,
         labels: Mapping[str, str],
     ) -> None:
+        """`secret_env`: env var -> secret id; `secret_refs`: secret id -> the declared secret's reference;
+        `mount_secret_env`: declare the secret env vars in the template (else only the read grants)."""
         super().__init__(scope, id_)
         self.identity = ServiceIdentity(
             self,
             "runtime",
             project=project,
-            account_id=f"nanochat-run-{env}",
+            account_id=account_id,
             display_name="nanochat Cloud Run service",
             project_roles=[
                 "roles/logging.logWriter",
@@ -103,7 +120,7 @@ class CloudRunService(Construct):
             self,
             "collector-config",
             project=project,
-            secret_id=f"{name}-collector-config",
+            secret_id=collector_secret_id,
             replication={"auto": {}},
             labels=dict(labels),
         )
@@ -115,7 +132,7 @@ class CloudRunService(Construct):
         )
         readable = {
             "collector-config": config_secret.secret_id,
-            **{s: s for s in sorted(set(secret_env.values()))},
+            **{s: secret_refs[s] for s in sorted(set(secret_env.values()))},
         }
         accessors = [
             SecretManagerSecretIamMember(
@@ -134,9 +151,10 @@ class CloudRunService(Construct):
         env_list = [CloudRunV2ServiceTemplateContainersEnv(name=k, value=v) for k, v in plain_env.items()]
         env_list += [
             CloudRunV2ServiceTemplateContainersEnv(
-                name=k, value_source={"secret_key_ref": {"secret": s, "version": "latest"}}
+                name=k, value_source={"secret_key_ref": {"secret": secret_refs[s], "version": "latest"}}
             )
             for k, s in secret_env.items()
+            if mount_secret_env
         ]
         self.service = CloudRunV2Service(
             self,
@@ -145,6 +163,7 @@ class CloudRunService(Construct):
             location=region,
             name=name,
             ingress=INGRESS[ingress],
+            custom_audiences=[gate_audience],
             deletion_protection=deletion_protection,
             labels=dict(labels),
             template={
@@ -210,6 +229,7 @@ class CloudRunService(Construct):
         )
         self.name = self.service.name
         self.url = self.service.uri
+        self.gate_audience = gate_audience
 
         members = ["allUsers"] if public else list(invokers)
         for member in members:

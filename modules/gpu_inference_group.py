@@ -1,13 +1,19 @@
 """GPU inference on Compute Engine: an NVIDIA L4 instance template and a regional managed instance group.
 
-- Template: a g2 machine with its L4, a Deep Learning VM image family with the NVIDIA driver
-  (`install-nvidia-driver`), on-host maintenance TERMINATE (GPUs cannot live-migrate), shielded VM
-  (vTPM, integrity monitoring), no public IP, no project-wide SSH keys (OS Login), its own service
-  account, and the boot metadata of `modules.gpu_vm_boot` (Ops Agent for Managed Prometheus, then the
-  app container on the GPU).
-- Group: regional, health check on `/health` for autohealing (with a delay for driver install and model
-  load), rolling updates that replace VMs with a surge and nothing unavailable, and either a fixed size
-  (0 by default: an idle group costs nothing) or an autoscaler on load-balancer utilization.
+- Template: a g2 machine with its L4, a Deep Learning VM image family with the NVIDIA driver preinstalled,
+  on-host maintenance TERMINATE (GPUs cannot live-migrate), shielded VM (vTPM, integrity monitoring), no
+  public IP, no project-wide SSH keys (OS Login), its own service account, and the boot metadata of
+  `modules.gpu_vm_boot` (Ops Agent for Managed Prometheus, then the app container on the GPU). The template
+  names no image: releases own it, as a digest in the group's all-instances configuration (metadata
+  `nanochat-image`), which Terraform ignores; with a PROACTIVE update policy the group rolls on a new one.
+- Two health checks: READY_PATH for the load balancer (traffic only once the model is loaded) and
+  HEALTH_PATH for autohealing (recreate a VM whose process stopped answering), after a startup grace.
+- Size: before the first release (`released` false) the group is held at 0 with no autoscaler (there is no
+  image to run). Then either a fixed size, or an autoscaler: on load-balancer utilization (`autoscaling`),
+  and/or a working-hours scaling schedule (`schedule`). Scaling schedules need one other signal; without
+  a load balancer that is CPU utilization, capped at the schedule's size.
+- Terraform waits until the group is STABLE (every VM created and running), so a VM that cannot be
+  created (no GPU capacity, quota) fails the apply instead of hiding.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from cdktf_cdktf_provider_google.compute_instance_template import (
     ComputeInstanceTemplateGuestAccelerator,
     ComputeInstanceTemplateNetworkInterface,
 )
-from cdktf_cdktf_provider_google.compute_region_autoscaler import ComputeRegionAutoscaler
+from cdktf_cdktf_provider_google.compute_region_autoscaler import (
+    ComputeRegionAutoscaler,
+    ComputeRegionAutoscalerAutoscalingPolicyScalingSchedules,
+)
 from cdktf_cdktf_provider_google.compute_region_instance_group_manager import (
     ComputeRegionInstanceGroupManager,
     ComputeRegionInstanceGroupManagerNamedPort,
@@ -35,17 +44,23 @@ from cdktf_cdktf_provider_google.compute_region_instance_group_manager import (
 from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from constructs import Construct
 
-from modules.gpu_vm_boot import APP_PORT, boot_metadata
+from app.contract import APP_PORT, HEALTH_PATH, READY_PATH
+from modules.gpu_vm_boot import IMAGE_KEY, boot_metadata
 from modules.network import GpuNetwork
 from modules.service_identity import ServiceIdentity
 
-HEALTH_PATH = "/health"
 PORT_NAME = "http"
-# Seconds before autohealing and the autoscaler judge a new VM: first boot installs the driver and the
-# Ops Agent, pulls the image and loads the model.
+# Seconds before autohealing and the autoscaler judge a new VM: first boot installs the Ops Agent, pulls
+# the image and loads the model.
 STARTUP_GRACE_S = 900
-# Secure Boot stays off: the Deep Learning VM's driver install builds unsigned kernel modules.
+# Secure Boot stays off: the Deep Learning VM's NVIDIA kernel modules are not signed for it.
 SECURE_BOOT = False
+# Releases own the image (all-instances metadata); Terraform never undoes them.
+RELEASE_OWNED = ["all_instances_config"]
+# How long an apply waits for the group to become stable (VM creation, boot, image pull, model load).
+WAIT_TIMEOUT = "45m"
+# The signal a scaling schedule needs beside it when there is no load balancer (capped by max replicas).
+SCHEDULE_CPU_TARGET = 0.9
 
 
 class GpuInferenceGroup(Construct):
@@ -58,7 +73,8 @@ class GpuInferenceGroup(Construct):
         *,
         project: str,
         region: str,
-        env: str,
+        name: str,
+        account_id: str,
         network: GpuNetwork,
         zones: Sequence[str],
         machine_type: str,
@@ -67,23 +83,26 @@ class GpuInferenceGroup(Construct):
         image_project: str,
         image_family: str,
         disk_size_gb: int,
-        container_image: str,
         repository: ArtifactRegistryRepository,
         env_vars: Mapping[str, str],
         secret_env: Mapping[str, str],
+        secret_refs: Mapping[str, str],
         spot: bool,
+        released: bool,
         target_size: int,
         max_surge: int,
         autoscaling: Mapping[str, float] | None,
+        schedule: Mapping[str, str | int] | None,
         labels: Mapping[str, str],
     ) -> None:
+        """`schedule`: {schedule (cron), duration_s, time_zone, size}; `secret_refs`: secret id -> the
+        declared secret's reference."""
         super().__init__(scope, id_)
-        name = f"nanochat-gpu-{env}"
         self.identity = ServiceIdentity(
             self,
             "vm",
             project=project,
-            account_id=f"nanochat-gpu-{env}",
+            account_id=account_id,
             display_name="nanochat GPU VMs",
             project_roles=["roles/logging.logWriter", "roles/monitoring.metricWriter"],
         )
@@ -101,7 +120,7 @@ class GpuInferenceGroup(Construct):
                 self,
                 f"read-{secret}",
                 project=project,
-                secret_id=secret,
+                secret_id=secret_refs[secret],
                 role="roles/secretmanager.secretAccessor",
                 member=self.identity.member,
             )
@@ -144,23 +163,31 @@ class GpuInferenceGroup(Construct):
             # no access_config: no public IP
             network_interface=[ComputeInstanceTemplateNetworkInterface(subnetwork=network.subnetwork.id)],
             service_account={"email": self.identity.email, "scopes": ["cloud-platform"]},
-            metadata=boot_metadata(image=container_image, env=env_vars, secret_env=secret_env),
+            metadata=boot_metadata(env=env_vars, secret_env=secret_env),
             # A changed template is a new template; the group rolls to it before the old one goes.
             lifecycle=TerraformResourceLifecycle(create_before_destroy=True),
         )
 
-        self.health_check = ComputeHealthCheck(
-            self,
-            "health",
-            project=project,
-            name=f"{name}-health",
-            check_interval_sec=10,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=3,
-            http_health_check={"port": APP_PORT, "request_path": HEALTH_PATH},
-            log_config={"enable": True},
+        self.health_check, self.ready_check = (
+            ComputeHealthCheck(
+                self,
+                check_id,
+                project=project,
+                name=f"{name}-{check_id}",
+                description=description,
+                check_interval_sec=10,
+                timeout_sec=5,
+                healthy_threshold=2,
+                unhealthy_threshold=3,
+                http_health_check={"port": APP_PORT, "request_path": path},
+                log_config={"enable": True},
+            )
+            for check_id, path, description in (
+                ("health", HEALTH_PATH, "autohealing: the process answers"),
+                ("ready", READY_PATH, "load balancing: the model is loaded"),
+            )
         )
+        scaled = released and bool(autoscaling or schedule)
 
         self.group = ComputeRegionInstanceGroupManager(
             self,
@@ -175,8 +202,8 @@ class GpuInferenceGroup(Construct):
                     name="primary", instance_template=self.template.self_link_unique
                 )
             ],
-            # With an autoscaler attached the size is the autoscaler's, never Terraform's.
-            target_size=None if autoscaling else target_size,
+            # Held at 0 until a release exists; with an autoscaler the size is the autoscaler's.
+            target_size=None if scaled else (target_size if released else 0),
             named_port=[ComputeRegionInstanceGroupManagerNamedPort(name=PORT_NAME, port=APP_PORT)],
             auto_healing_policies={
                 "health_check": self.health_check.id,
@@ -189,11 +216,41 @@ class GpuInferenceGroup(Construct):
                 "max_surge_fixed": max_surge,
                 "max_unavailable_fixed": 0,
             },
-            wait_for_instances=False,
+            # Report VM creation failures (GPU stock-outs, quota) in the apply instead of hiding them.
+            wait_for_instances=True,
+            wait_for_instances_status="STABLE",
+            timeouts={"create": WAIT_TIMEOUT, "update": WAIT_TIMEOUT, "delete": "20m"},
+            lifecycle=TerraformResourceLifecycle(ignore_changes=RELEASE_OWNED),
         )
+        self.image_metadata_key = IMAGE_KEY
 
         self.autoscaler = None
-        if autoscaling:
+        if scaled:
+            policy: dict = {"mode": "ON", "cooldown_period": STARTUP_GRACE_S}
+            if autoscaling:
+                policy |= {
+                    "min_replicas": int(autoscaling["min_replicas"]),
+                    "max_replicas": int(autoscaling["max_replicas"]),
+                    "load_balancing_utilization": {"target": autoscaling["target_utilization"]},
+                }
+            else:
+                # Schedules need another signal; without a load balancer, CPU, capped at the schedule's size.
+                policy |= {
+                    "min_replicas": 0,
+                    "max_replicas": int(schedule["size"]),
+                    "cpu_utilization": {"target": SCHEDULE_CPU_TARGET},
+                }
+            if schedule:
+                policy["scaling_schedules"] = [
+                    ComputeRegionAutoscalerAutoscalingPolicyScalingSchedules(
+                        name="working-hours",
+                        description="the GPU group's working hours (envs/*.yaml gpu.schedule)",
+                        schedule=str(schedule["schedule"]),
+                        duration_sec=int(schedule["duration_s"]),
+                        time_zone=str(schedule["time_zone"]),
+                        min_required_replicas=int(schedule["size"]),
+                    )
+                ]
             self.autoscaler = ComputeRegionAutoscaler(
                 self,
                 "autoscaler",
@@ -201,11 +258,5 @@ class GpuInferenceGroup(Construct):
                 region=region,
                 name=name,
                 target=self.group.id,
-                autoscaling_policy={
-                    "mode": "ON",
-                    "min_replicas": int(autoscaling["min_replicas"]),
-                    "max_replicas": int(autoscaling["max_replicas"]),
-                    "cooldown_period": STARTUP_GRACE_S,
-                    "load_balancing_utilization": {"target": autoscaling["target_utilization"]},
-                },
+                autoscaling_policy=policy,
             )

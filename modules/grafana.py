@@ -9,13 +9,23 @@
 - Access: no public invoker; viewers get `roles/run.invoker` and open Grafana through
   `gcloud run services proxy`. Inside, everyone is an anonymous Viewer and the login form is off: the
   dashboards are provisioned, not edited.
+- Alerting: Grafana-managed alert rules from the same `alerts/` rule files as Cloud Monitoring's policies
+  (`modules.alert_rules.grafana_alerting`: the warnings; critical alerts page through Cloud Monitoring
+  only, so nothing is emailed twice), an email contact point for `alert_emails` and the policy routing to
+  it, provisioned like the dashboards. Email goes out through `smtp` (host:port, user, from address, and
+  the password as a Secret Manager secret mounted as GF_SMTP_PASSWORD); Cloud Run blocks outbound port 25,
+  so the host must name another port (587 or 465). With SMTP, Grafana runs one instance all the time with
+  CPU always allocated, because a Grafana scaled to zero evaluates no rules; without SMTP it scales to zero
+  and shows the rules' state only while it runs (synth warns that email needs SMTP).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import yaml
+from cdktf import Annotations
 from cdktf_cdktf_provider_google.cloud_run_v2_service import (
     CloudRunV2Service,
     CloudRunV2ServiceTemplateContainers,
@@ -24,11 +34,13 @@ from cdktf_cdktf_provider_google.cloud_run_v2_service import (
     CloudRunV2ServiceTemplateVolumes,
 )
 from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
+from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
 from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
 from constructs import Construct
 
+from modules.alert_rules import AlertRule, grafana_alerting
 from modules.service_identity import ServiceIdentity
 
 GRAFANA_IMAGE = "docker.io/grafana/grafana:11.6.0"
@@ -37,6 +49,37 @@ GRAFANA_PORT = 3000
 FRONTEND_PORT = 9090
 MOUNT = "/mnt/grafana"
 DATASOURCE_UID = "managed-prometheus"
+EVALUATION_INTERVAL_S = 60
+BLOCKED_SMTP_PORT = 25  # Cloud Run cannot connect out on port 25
+
+
+class SmtpSettings(Protocol):
+    """What Grafana needs to send email: `host` as host:port, and the id of the password's secret."""
+
+    host: str
+    user: str
+    from_address: str
+    password_secret: str
+
+
+def smtp_env(smtp: SmtpSettings) -> dict[str, str]:
+    """Grafana's SMTP settings as its environment variables (GF_SMTP_PASSWORD comes from the secret)."""
+    host, _, port = smtp.host.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"grafana.smtp.host must be host:port (e.g. smtp.example.com:587), not {smtp.host!r}"
+        )
+    if int(port) == BLOCKED_SMTP_PORT:
+        raise ValueError(
+            f"grafana.smtp.host {smtp.host!r}: Cloud Run blocks outbound connections to port 25; "
+            "use the provider's submission port (587, STARTTLS) or 465 (TLS)"
+        )
+    return {
+        "GF_SMTP_ENABLED": "true",
+        "GF_SMTP_HOST": smtp.host,
+        "GF_SMTP_USER": smtp.user,
+        "GF_SMTP_FROM_ADDRESS": smtp.from_address,
+    }
 
 
 def datasource_provisioning() -> dict:
@@ -75,7 +118,8 @@ def dashboard_provisioning() -> dict:
 
 
 class Grafana(Construct):
-    """Cloud Run service `grafana` serving `dashboards` (file name -> JSON text) to `viewers`."""
+    """Cloud Run service `grafana` serving `dashboards` (file name -> JSON text) to `viewers`, with alert
+    `rules` emailed to `alert_emails` through `smtp` (None: no email)."""
 
     def __init__(
         self,
@@ -86,6 +130,9 @@ class Grafana(Construct):
         region: str,
         env: str,
         dashboards: Mapping[str, str],
+        rules: Sequence[AlertRule],
+        alert_emails: Sequence[str],
+        smtp: SmtpSettings | None,
         viewers: Sequence[str],
         deletion_protection: bool,
         labels: Mapping[str, str],
@@ -93,6 +140,19 @@ class Grafana(Construct):
         super().__init__(scope, id_)
         if not dashboards:
             raise ValueError("Grafana needs at least one dashboard")
+        self.alerting = grafana_alerting(
+            list(rules),
+            datasource_uid=DATASOURCE_UID,
+            emails=list(alert_emails),
+            interval_s=EVALUATION_INTERVAL_S,
+        )
+        emails = bool(smtp and alert_emails and self.alerting["groups"])
+        if self.alerting["groups"] and not emails:
+            Annotations.of(self).add_warning(
+                f"grafana ({env}): alert rules are provisioned but Grafana sends no email: "
+                + ("set grafana.smtp" if alert_emails else "no alert_emails")
+                + " (docs/observability.md#alerting)"
+            )
         self.identity = ServiceIdentity(
             self,
             "runtime",
@@ -127,6 +187,7 @@ class Grafana(Construct):
         files = {
             "provisioning/datasources/managed-prometheus.yaml": yaml.safe_dump(datasource_provisioning()),
             "provisioning/dashboards/nanochat.yaml": yaml.safe_dump(dashboard_provisioning()),
+            "provisioning/alerting/nanochat.yaml": yaml.safe_dump(self.alerting, sort_keys=False),
             **{f"dashboards/{name}": text for name, text in sorted(dashboards.items())},
         }
         self.objects = [
@@ -151,7 +212,25 @@ class Grafana(Construct):
             "GF_ANALYTICS_REPORTING_ENABLED": "false",
             "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
             "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": f"{MOUNT}/dashboards/{sorted(dashboards)[0]}",
+            **(smtp_env(smtp) if smtp else {}),
         }
+        secret_env = []
+        self.smtp_secret_access = None
+        if smtp:
+            self.smtp_secret_access = SecretManagerSecretIamMember(
+                self,
+                "smtp-password-access",
+                project=project,
+                secret_id=smtp.password_secret,
+                role="roles/secretmanager.secretAccessor",
+                member=self.identity.member,
+            )
+            secret_env.append(
+                CloudRunV2ServiceTemplateContainersEnv(
+                    name="GF_SMTP_PASSWORD",
+                    value_source={"secret_key_ref": {"secret": smtp.password_secret, "version": "latest"}},
+                )
+            )
         self.service = CloudRunV2Service(
             self,
             "service",
@@ -164,7 +243,8 @@ class Grafana(Construct):
             template={
                 "service_account": self.identity.email,
                 "execution_environment": "EXECUTION_ENVIRONMENT_GEN2",  # Cloud Storage volumes need gen2
-                "scaling": {"min_instance_count": 0, "max_instance_count": 1},
+                # One Grafana evaluates the rules (two would email twice); it must run to evaluate them.
+                "scaling": {"min_instance_count": 1 if emails else 0, "max_instance_count": 1},
                 "labels": dict(labels),
                 "containers": [
                     CloudRunV2ServiceTemplateContainers(
@@ -172,11 +252,12 @@ class Grafana(Construct):
                         image=GRAFANA_IMAGE,
                         ports={"name": "http1", "container_port": GRAFANA_PORT},
                         depends_on=["prometheus-frontend"],
-                        resources={"limits": {"cpu": "1", "memory": "512Mi"}, "cpu_idle": True},
+                        resources={"limits": {"cpu": "1", "memory": "512Mi"}, "cpu_idle": not emails},
                         env=[
                             CloudRunV2ServiceTemplateContainersEnv(name=k, value=v)
                             for k, v in grafana_env.items()
-                        ],
+                        ]
+                        + secret_env,
                         startup_probe={
                             "http_get": {"path": "/api/health", "port": GRAFANA_PORT},
                             "period_seconds": 5,
@@ -192,7 +273,7 @@ class Grafana(Construct):
                         name="prometheus-frontend",
                         image=GMP_FRONTEND_IMAGE,
                         args=[f"--web.listen-address=:{FRONTEND_PORT}", f"--query.project-id={project}"],
-                        resources={"limits": {"cpu": "1", "memory": "256Mi"}, "cpu_idle": True},
+                        resources={"limits": {"cpu": "1", "memory": "256Mi"}, "cpu_idle": not emails},
                         startup_probe={"tcp_socket": {"port": FRONTEND_PORT}, "period_seconds": 2},
                     ),
                 ],
@@ -202,7 +283,7 @@ class Grafana(Construct):
                     )
                 ],
             },
-            depends_on=self.objects,
+            depends_on=[*self.objects, *filter(None, [self.smtp_secret_access])],
         )
         self.url = self.service.uri
         for member in viewers:

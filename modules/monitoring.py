@@ -1,10 +1,19 @@
 """Alerting in Cloud Monitoring: email channels, one PromQL alert policy per alert rule, an uptime check.
 
+Two constructs, for the two bootstrap phases (docs/infra.md):
+- `AlertChannels`: the email notification channels, created in every phase (the budget uses them too).
+- `Monitoring`: the PromQL policies and the uptime check, created only in phase `monitored`, once the
+  service's `nanochat_*` series exist: Cloud Monitoring refuses a PromQL condition whose metrics were never
+  written, so a first apply on an empty project would fail.
+
 The policies come from the Prometheus rule files (`modules.alert_rules`): same name (display name and
 `alert_rule`), same expression, `for` as the duration, the group as `rule_group`, the rule's labels, its
 severity, and its annotations (summary as the subject; summary, description and runbook as the
-documentation). Managed Service for Prometheus stores the app's series under their Prometheus names, so
-the expressions run unchanged.
+documentation, their Prometheus templates turned into Cloud Monitoring's `${metric.label.KEY}` variables).
+Managed Service for Prometheus stores the app's series under their Prometheus names, so the expressions run
+unchanged. Where the service scales to zero, the `absent(...)` alerts are not created (they would fire on
+every idle period; `modules.alert_rules.alerting_rules`). Critical policies always email the channels (the
+paging path); warning ones only with `notify_warnings` (off where Grafana emails them instead).
 
 The uptime check calls the Cloud Run service's `/health` over HTTPS; a private service is called with
 an OIDC token of the Monitoring service agent, which is granted the invoker role for that. Its own
@@ -29,14 +38,16 @@ from cdktf_cdktf_provider_google.monitoring_uptime_check_config import (
 )
 from constructs import Construct
 
-from modules.alert_rules import AlertRule
-from modules.cloud_run_service import HEALTH_PATH, CloudRunService
+from app.contract import HEALTH_PATH
+from modules.alert_rules import AlertRule, alerting_rules, cloud_monitoring_text
+from modules.cloud_run_service import CloudRunService
 
+GRAFANA_NOTIFIES = {"notified-by": "grafana"}  # a policy whose email Grafana's alert rule sends
 AUTO_CLOSE = "1800s"  # an incident with no data for this long closes by itself
 
 
 def _documentation(rule: AlertRule) -> dict:
-    notes = rule.annotations
+    notes = {key: cloud_monitoring_text(text) for key, text in rule.annotations.items()}
     parts = [notes.get("summary", rule.name), notes.get("description", "")]
     if notes.get("runbook_url"):
         parts.append(f"Runbook: {notes['runbook_url']}")
@@ -48,8 +59,8 @@ def _documentation(rule: AlertRule) -> dict:
     }
 
 
-class Monitoring(Construct):
-    """Email channels for `alert_emails`, a policy per rule in `rules`, and an optional uptime check."""
+class AlertChannels(Construct):
+    """One email notification channel per address of `alert_emails`; `.ids` for policies and budgets."""
 
     def __init__(
         self,
@@ -57,14 +68,8 @@ class Monitoring(Construct):
         id_: str,
         *,
         project: str,
-        project_number: str,
         env: str,
         alert_emails: Sequence[str],
-        rules: Sequence[AlertRule],
-        evaluation_interval_s: int,
-        service: CloudRunService,
-        service_is_public: bool,
-        uptime_check_period_s: int | None,
         labels: Mapping[str, str],
     ) -> None:
         super().__init__(scope, id_)
@@ -80,10 +85,36 @@ class Monitoring(Construct):
             )
             for i, email in enumerate(alert_emails)
         ]
-        channel_ids = [c.id for c in self.channels]
+        self.ids = [channel.id for channel in self.channels]
+
+
+class Monitoring(Construct):
+    """A PromQL policy per rule in `rules` notifying `channel_ids`, and an optional uptime check."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        project_number: str,
+        env: str,
+        channel_ids: Sequence[str],
+        rules: Sequence[AlertRule],
+        evaluation_interval_s: int,
+        service: CloudRunService,
+        service_is_public: bool,
+        uptime_check_period_s: int | None,
+        scales_to_zero: bool,
+        labels: Mapping[str, str],
+        notify_warnings: bool = True,
+    ) -> None:
+        super().__init__(scope, id_)
+        channel_ids = list(channel_ids)
 
         self.alert_policies = []
-        for rule in rules:
+        for rule in alerting_rules(list(rules), scales_to_zero=scales_to_zero):
+            emailed = rule.severity == "critical" or notify_warnings
             interval = rule.group_interval_seconds or evaluation_interval_s
             if interval % 30:
                 raise ValueError(
@@ -98,8 +129,13 @@ class Monitoring(Construct):
                     display_name=rule.name,
                     combiner="OR",
                     severity=rule.policy_severity,
-                    notification_channels=channel_ids,
-                    user_labels={**labels, "severity": rule.severity},
+                    notification_channels=channel_ids if emailed else [],
+                    # who notifies instead, for readers and for the policy checks (infra/checks.py)
+                    user_labels={
+                        **labels,
+                        "severity": rule.severity,
+                        **({} if emailed else GRAFANA_NOTIFIES),
+                    },
                     documentation=_documentation(rule),
                     alert_strategy={"auto_close": AUTO_CLOSE},
                     conditions=[

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PROTECTED_PREFIXES = ("/v1/", "/chat/completions")  # the model routes; probes, metrics and the page are open
-PROBES = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})  # logged at debug level, never counted as rejections
+# logged at debug level, never counted as rejections
+PROBES = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})
 
 
 class RequestContext:

@@ -75,3 +75,54 @@ def dev(stacks) -> Synthesized:
 @pytest.fixture(scope="session")
 def prod(stacks) -> Synthesized:
     return stacks["prod"]
+
+
+def _variant(cfg: EnvConfig, name: str, **update) -> EnvConfig:
+    """`cfg` renamed (its own stack and resource names) with top-level fields and sections replaced."""
+    sections = {
+        key: getattr(cfg, key).model_copy(update=value) if isinstance(value, dict) else value
+        for key, value in update.items()
+    }
+    return cfg.model_copy(update={"name": name, **sections})
+
+
+def variant_configs() -> list[EnvConfig]:
+    """The later bootstrap phases and optional features, on the committed env files:
+    - devmon: dev monitored, with an uptime check on its private service;
+    - prodmon: prod monitored (released: the autoscaler, the load balancer as committed);
+    - devrel: dev released with working hours, an HTTP-only load balancer and the push trigger."""
+    from infra.config import GpuSchedule
+
+    envs = {cfg.name: cfg for cfg in load_envs()}
+    dev, prod = envs["dev"], envs["prod"]
+    return [
+        _variant(dev, "devmon", phase="monitored", monitoring={"uptime_check_period_s": 300}),
+        _variant(prod, "prodmon", phase="monitored"),
+        _variant(
+            dev,
+            "devrel",
+            phase="released",
+            github={"build_on_push": True},
+            gpu={
+                "schedule": GpuSchedule(start="0 8 * * 1-5", stop="0 19 * * 1-5", time_zone="Europe/Berlin"),
+                "load_balancer": True,
+                "insecure_http": True,
+            },
+        ),
+    ]
+
+
+@pytest.fixture(scope="session")
+def variants(stacks, tmp_path_factory) -> dict[str, Synthesized]:
+    """The variant configs' stacks, synthesized once per session in one app (after the env files')."""
+    from infra.main import build_app
+
+    outdir = tmp_path_factory.mktemp("variants") / "cdktf.out"
+    configs = variant_configs()
+    build_app(configs, outdir=str(outdir)).synth()
+    result = {}
+    for cfg in configs:
+        folder = outdir / "stacks" / cfg.name
+        data = json.loads((folder / "cdk.tf.json").read_text())
+        result[cfg.name] = Synthesized(cfg=cfg, stack=None, text="", path=folder, _data=data)
+    return result

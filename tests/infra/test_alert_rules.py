@@ -9,7 +9,16 @@ import pytest
 import yaml
 
 from infra.config import ROOT
-from modules.alert_rules import AlertRuleError, load_alert_rules, parse_duration
+from modules.alert_rules import (
+    CLOUD_MONITORING_VALUE,
+    AlertRuleError,
+    alerting_rules,
+    cloud_monitoring_text,
+    grafana_text,
+    load_alert_rules,
+    parse_alert_rules,
+    parse_duration,
+)
 
 ALERTS_DIR = ROOT / "alerts"
 
@@ -121,3 +130,44 @@ def test_a_file_that_is_not_a_rule_file_is_an_error(tmp_path):
     (tmp_path / "x.rules.yaml").write_text("alerts: []\n")
     with pytest.raises(AlertRuleError, match="expected a Prometheus rule file"):
         load_alert_rules(tmp_path)
+
+
+def test_prometheus_templates_become_cloud_monitoring_variables():
+    text = "{{ $labels.instance }} (job {{$labels.job}}) is slow. Current value: {{ $value | humanize }}."
+    assert cloud_monitoring_text(text) == (
+        "${metric.label.instance} (job ${metric.label.job}) is slow. Current value: "
+        f"{CLOUD_MONITORING_VALUE}."
+    )
+
+
+def test_prometheus_templates_for_grafana_read_the_querys_value():
+    text = "{{ $labels.job }}: {{ $value | humanizePercentage }} ({{ $value }})"
+    assert grafana_text(text) == (
+        "{{ $labels.job }}: {{ $values.A.Value | humanizePercentage }} ({{ $values.A.Value }})"
+    )
+
+
+@pytest.mark.parametrize("translate", [cloud_monitoring_text, grafana_text])
+def test_a_template_without_translation_is_an_error_not_raw_text(translate):
+    with pytest.raises(AlertRuleError, match=re.escape("{{ $externalURL }}")):
+        translate("see {{ $externalURL }}")
+
+
+def test_no_repository_alert_keeps_a_prometheus_template_for_cloud_monitoring():
+    for rule in load_alert_rules(ALERTS_DIR):
+        for key, text in rule.annotations.items():
+            assert "{{" not in cloud_monitoring_text(text), f"{rule.name}.{key}"
+
+
+def test_absence_alerts_are_left_out_where_the_service_scales_to_zero():
+    rules = load_alert_rules(ALERTS_DIR)
+    absent = {rule.name for rule in rules if rule.fires_on_absence}
+    assert absent == {"NanochatTargetAbsent"}
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=False)} == {r.name for r in rules}
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=True)} == {r.name for r in rules} - absent
+
+
+def test_rule_text_parses_like_a_rule_file(tmp_path):
+    text = "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n    labels: {severity: warning}\n"
+    write_rules(tmp_path, text, "x.rules.yaml")
+    assert parse_alert_rules(text, tmp_path / "x.rules.yaml") == load_alert_rules(tmp_path)

@@ -77,9 +77,12 @@ BREACHES = {
         r"google_artifact_registry_repository\..*: labels missing or wrong: env, app, managed-by",
     ),
     "wrong env label on an alert policy": (
-        lambda s, c: next(iter(s["resource"]["google_monitoring_alert_policy"].values()))[
-            "user_labels"
-        ].update(env="x"),
+        # (foundation has no alert policies yet: plant one)
+        lambda s, c: add(
+            s,
+            "google_monitoring_alert_policy",
+            {"user_labels": {**c.common_labels, "env": "x"}, "notification_channels": ["c"]},
+        ),
         r"google_monitoring_alert_policy\..*: user_labels missing or wrong: env",
     ),
     "open firewall": (
@@ -123,7 +126,7 @@ BREACHES = {
         r"may take VMs away before replacing them",
     ),
     "public bucket": (
-        lambda s, c: find(s, "google_storage_bucket", name=f"{c.project}_cloudbuild").update(
+        lambda s, c: find(s, "google_storage_bucket", name=f"{c.project}-nanochat-build").update(
             public_access_prevention="inherited"
         ),
         r"public access not prevented",
@@ -133,8 +136,8 @@ BREACHES = {
         r"no attribute condition",
     ),
     "silent alert": (
-        lambda s, c: next(iter(s["resource"]["google_monitoring_alert_policy"].values())).update(
-            notification_channels=[]
+        lambda s, c: add(
+            s, "google_monitoring_alert_policy", {"user_labels": c.common_labels, "notification_channels": []}
         ),
         r"google_monitoring_alert_policy\..*: notifies nobody",
     ),
@@ -172,7 +175,65 @@ BREACHES = {
         lambda s, c: _app(s, c).pop("lifecycle"),
         r"Terraform would undo releases",
     ),
+    "a resource that does not wait for the APIs": (
+        lambda s, c: add(s, "google_pubsub_topic", {"name": "t"}),
+        r"google_pubsub_topic\.planted: does not wait for the APIs",
+    ),
+    "no API wait": (
+        lambda s, c: s["resource"].pop("time_sleep"),
+        r"expected one API wait",
+    ),
+    "a wait that misses an API": (
+        lambda s, c: next(iter(s["resource"]["time_sleep"].values()))["depends_on"].pop(),
+        r"does not wait for exactly every API enablement",
+    ),
+    "a GPU template with a mutable image": (
+        lambda s, c: next(iter(s["resource"]["google_compute_instance_template"].values()))[
+            "metadata"
+        ].update({"nanochat-image": "r/nanochat-gpu:latest"}),
+        r"names an image: releases own it",
+    ),
+    "a GPU group that undoes releases": (
+        lambda s, c: next(iter(s["resource"]["google_compute_region_instance_group_manager"].values())).pop(
+            "lifecycle"
+        ),
+        r"would undo the released image",
+    ),
+    "a GPU group that hides creation failures": (
+        lambda s, c: next(
+            iter(s["resource"]["google_compute_region_instance_group_manager"].values())
+        ).update(wait_for_instances=False),
+        r"does not wait for its VMs",
+    ),
+    "a backend without Cloud Armor": (
+        lambda s, c: add(
+            s, "google_compute_backend_service", {"name": "b", "load_balancing_scheme": "EXTERNAL_MANAGED"}
+        ),
+        r"google_compute_backend_service\.planted: no Cloud Armor security policy",
+    ),
+    "plain HTTP without insecure_http": (
+        lambda s, c: (
+            add(
+                s,
+                "google_compute_target_http_proxy",
+                {"name": "p", "url_map": "${google_compute_url_map.x.id}"},
+            ),
+            s["resource"]
+            .setdefault("google_compute_global_forwarding_rule", {})
+            .update(plain={"port_range": "80", "target": "${google_compute_target_http_proxy.planted.id}"}),
+        ),
+        r"google_compute_global_forwarding_rule\.plain: plain HTTP without gpu.insecure_http",
+    ),
 }
+
+
+def test_plain_http_is_allowed_when_the_env_says_insecure_http_and_a_redirect_is_not_plain(variants):
+    devrel = variants["devrel"]  # insecure_http: true, one port-80 rule
+    assert policy_violations(devrel.data, devrel.cfg) == []
+    prodmon = variants["prodmon"]  # HTTPS, and port 80 redirects
+    assert policy_violations(prodmon.data, prodmon.cfg) == []
+    strict = devrel.cfg.model_copy(update={"gpu": devrel.cfg.gpu.model_copy(update={"insecure_http": False})})
+    assert any("plain HTTP" in p for p in policy_violations(devrel.data, strict))
 
 
 @pytest.mark.parametrize("breach", sorted(BREACHES))
@@ -260,7 +321,7 @@ def test_infra_check_fails_on_unlisted_failures_and_stale_skips(stacks, synth_ou
 def test_checkov_reads_the_synthesized_json(dev, checkov, tmp_path):
     """A planted weakness (a bucket with ACLs) is reported by checkov itself, not only by our policies."""
     stack = dev.data
-    find(stack, "google_storage_bucket", name=f"{dev.cfg.project}_cloudbuild")[
+    find(stack, "google_storage_bucket", name=f"{dev.cfg.project}-nanochat-build")[
         "uniform_bucket_level_access"
     ] = False
     (tmp_path / "cdk.tf.json").write_text(json.dumps(stack))

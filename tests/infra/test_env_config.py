@@ -86,7 +86,20 @@ BAD = [
     ("gpu.zones", ["us-central1-a", "europe-west4-a"], ["one region"]),
     ("gpu.machine_type", "n1-standard-8", ["gpu.machine_type"]),
     ("gpu.accelerator_type", "nvidia-tesla-t4", ["gpu.accelerator_type"]),
-    ("gpu.image_tag", "", ["gpu.image_tag"]),
+    ("gpu.image_tag", "latest", ["gpu.image_tag", "Extra inputs"]),  # releases set a digest
+    ("phase", "live", ["phase"]),
+    ("github.owner_id", _DELETE, ["github.owner_id", "Field required"]),
+    ("github.repository_id", "my-repo", ["github.repository_id"]),
+    ("service.secret_env", {"NANOCHAT_HF": "undeclared"}, ["not declared", "service.secret_env.NANOCHAT_HF"]),
+    ("service.api_keys_secret", "grafana-smtp-password", ["must be the secret mounted as NANOCHAT_API_KEYS"]),
+    (
+        "grafana.smtp",
+        {"host": "smtp.example.com:587", "user": "u", "from_address": "a@b.io", "password_secret": "nope"},
+        ["not declared", "grafana.smtp.password_secret: nope"],
+    ),
+    ("gpu.load_balancer", True, ["set domain", "insecure_http: true"]),  # no plain HTTP by accident
+    ("gpu.schedule", {"start": "0 19 * * 1-5", "stop": "0 8 * * 1-5"}, ["must be later"]),
+    ("gpu.schedule", {"start": "0 8 * * 1-5", "stop": "0 19 * * *"}, ["same days"]),
     ("gpu.autoscaling", {"min_replicas": 1, "max_replicas": 2}, ["needs load_balancer: true"]),
     ("gpu.target_size", -1, ["gpu.target_size"]),
     ("monitoring.alert_emails", [], ["monitoring.alert_emails"]),
@@ -172,3 +185,27 @@ def test_the_app_exits_2_with_one_line_on_a_bad_env_file(tmp_path, dev_data):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("infra: ") and "service.max_instances" in lines[0], lines
+
+
+def test_phases_are_supersets(tmp_path, dev_data):
+    assert load_env(write_env(tmp_path, dev_data)).phase == "foundation"  # what the repository ships
+    seen = {}
+    for phase in ("foundation", "released", "monitored"):
+        cfg = load_env(write_env(tmp_path, _set(dev_data, "phase", phase)))
+        seen[phase] = (cfg.released, cfg.monitored)
+    assert seen == {"foundation": (False, False), "released": (True, False), "monitored": (True, True)}
+
+
+def test_a_schedule_is_working_hours(tmp_path, dev_data):
+    data = _set(dev_data, "gpu.schedule", {"start": "30 7 * * 1-5", "stop": "0 19 * * 1-5", "size": 2})
+    schedule = load_env(write_env(tmp_path, data)).gpu.schedule
+    assert schedule.duration_s == (11 * 60 + 30) * 60 and schedule.size == 2
+
+
+def test_api_keys_must_be_mounted_where_the_gate_reads_them(tmp_path, dev_data):
+    data = _set(dev_data, "secrets", {**dev_data["secrets"], "keys": "bearer keys"})
+    data = _set(data, "service.secret_env", {"NANOCHAT_API_KEYS": "keys"})
+    with pytest.raises(ConfigError, match="name the same secret as api_keys_secret"):
+        load_env(write_env(tmp_path, data))
+    cfg = load_env(write_env(tmp_path, _set(data, "service.api_keys_secret", "keys")))
+    assert cfg.service.api_keys_secret == "keys"

@@ -2,9 +2,11 @@
 
 `dashboard_queries(path)` lists (panel title, query) with Grafana's variables (`$job`, `$__rate_interval`,
 `$__interval`, `$__range`, ...) replaced by concrete values, so Prometheus' HTTP API accepts the query as
-is. `alert_rules()` lists the rules of `alerts/*.rules.yaml`. `selectors(query)` lists the series a query
-reads (parsed with promql-parser) and `documented_metrics()` the catalog of docs/observability.md, so tests
-can check that every metric used is one the service exports. Tests import these; nothing here runs a query.
+is. `alert_rules()` lists the rules of `alerts/*.rules.yaml`, `grafana_rule_queries(path)` the Prometheus
+queries of the Grafana-managed alert rules in an alerting provisioning file. `selectors(query)` lists the
+series a query reads (parsed with promql-parser) and `documented_metrics()` the catalog of
+docs/observability.md, so tests can check that every metric used is one the service exports. Tests import
+these; nothing here runs a query.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "alerts"
+GRAFANA_ALERTING = ROOT / "observe" / "grafana" / "provisioning" / "alerting" / "nanochat.yaml"
 DASHBOARDS_DIR = ROOT / "dashboards"
 METRICS_DOC = ROOT / "docs" / "observability.md"
 _MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
@@ -96,6 +99,19 @@ def alert_rules(directory: Path | str = ALERTS_DIR) -> list[dict]:
         for group in document["groups"]:
             rules.extend(rule for rule in group["rules"] if "alert" in rule)
     return rules
+
+
+def grafana_rule_queries(path: Path | str = GRAFANA_ALERTING) -> list[tuple[str, str]]:
+    """(rule title, PromQL) for every datasource query of the Grafana alert rules in a provisioning file
+    (server-side expressions, datasource `__expr__`, are not PromQL and are left out)."""
+    document = yaml.safe_load(Path(path).read_text())
+    return [
+        (rule["title"], query["model"]["expr"])
+        for group in document.get("groups", [])
+        for rule in group["rules"]
+        for query in rule["data"]
+        if query["datasourceUid"] != "__expr__"
+    ]
 
 
 def selectors(query: str) -> list[tuple[str, dict[str, str]]]:

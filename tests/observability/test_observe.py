@@ -14,13 +14,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import pytest
 import yaml
 
 from alerts.build import JOB
-from tests.observability.promql import ROOT, alert_rules
+from tests.observability.promql import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
 
 COMPOSE = ROOT / "docker-compose.yml"
 OBSERVE = ROOT / "scripts" / "observe.sh"
@@ -151,6 +151,12 @@ def test_compose_grafana_is_provisioned_with_prometheus_and_the_dashboard(compos
     variables = json.loads((dashboards / "nanochat.json").read_text())["templating"]["list"]
     assert any(v["type"] == "datasource" and v["query"] == datasource["type"] for v in variables)
 
+    # the Grafana-managed alert rules (alerts/build.py) are in the mounted folder and query this datasource
+    assert GRAFANA_ALERTING.parent == provisioning / "alerting"
+    alerting = yaml.safe_load(GRAFANA_ALERTING.read_text())
+    uids = {q["datasourceUid"] for g in alerting["groups"] for r in g["rules"] for q in r["data"]}
+    assert datasource["uid"] in uids and uids <= {datasource["uid"], "__expr__"}
+
 
 def test_compose_traces_flow_from_app_through_the_collector_to_jaeger(compose):
     services = compose["services"]
@@ -224,6 +230,12 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
         assert loaded == {rule["alert"] for rule in alert_rules()}
         ready = get_json(f"{prometheus}/api/v1/query?query=nanochat_ready")["data"]["result"]
         assert [sample["metric"]["job"] for sample in ready] == [JOB]
+        # the Grafana-managed rules' queries, as Grafana's Prometheus datasource sends them (instant queries)
+        grafana_queries = grafana_rule_queries()
+        assert grafana_queries
+        for title, query in grafana_queries:
+            answer = get_json(f"{prometheus}/api/v1/query?{urlencode({'query': query})}")
+            assert answer["status"] == "success" and answer["data"]["resultType"] == "vector", title
     finally:
         script.send_signal(signal.SIGINT)
         output, _ = script.communicate(timeout=60)

@@ -1,6 +1,8 @@
 """scripts/deploy.sh and scripts/rollback.sh in dry-run mode: the exact gcloud and gate commands a release
 and a rollback would run, in order, for an env file of envs/; and their argument errors. gcloud is not
-called in dry-run mode: a `gcloud` that fails loudly comes first on the tests' PATH."""
+called in dry-run mode: a `gcloud` that fails loudly comes first on the tests' PATH. Also: the files the
+release runs on (cloudbuild.yaml, .github/workflows/deploy.yml) and shellcheck over every script. The
+releases themselves run against a fake cloud in test_deploy.py."""
 
 from __future__ import annotations
 
@@ -47,16 +49,23 @@ def commands(result: subprocess.CompletedProcess) -> list[str]:
 def test_deploy_dry_run_builds_deploys_a_candidate_gates_it_then_promotes() -> None:
     lines = commands(run(DEPLOY, "--env", "dev", "--dry-run", "--tag", "abc1"))
     project, region, service = DEV["project"], DEV["region"], DEV["service"]["name"]
-    image = f"{region}-docker.pkg.dev/{project}/{DEV['registry']['repository']}/{service}"
+    registry = f"{region}-docker.pkg.dev/{project}/{DEV['registry']['repository']}"
+    image, gpu_image = f"{registry}/{service}", f"{registry}/{DEV['gpu']['image_name']}"
     where = f"--project {project} --region {region}"
     digest = "sha256:\\<digest\\>"
     order = [
-        f"gcloud builds submit {where} --config cloudbuild.yaml --substitutions _IMAGE={image}\\,COMMIT_SHA=",
+        f"gcloud builds submit {where} --config cloudbuild.yaml --substitutions _IMAGE={image}\\,"
+        f"_GPU_IMAGE={gpu_image}\\,COMMIT_SHA=abc1 "
+        f"--gcs-source-staging-dir gs://{project}-nanochat-build/source --service-account "
+        f"projects/{project}/serviceAccounts/nanochat-build-dev@{project}.iam.gserviceaccount.com .",
         f"gcloud run deploy {service} {where} --image {image}@{digest} --no-traffic --tag candidate",
         "-m loadtest.gate --host https://candidate---",
         f"gcloud run services update-traffic {service} {where} --to-revisions \\<candidate-revision\\>=100 "
         "--update-tags previous=\\<serving-revision\\> --remove-tags candidate",
         "record build/release.json",
+        f"gcloud compute instance-groups managed all-instances-config update nanochat-gpu-dev {where} "
+        f"--metadata=nanochat-image={gpu_image}@{digest}",
+        f"gcloud compute instance-groups managed wait-until nanochat-gpu-dev --stable --timeout 1800 {where}",
     ]
     positions = []
     for expected in order:
@@ -67,6 +76,7 @@ def test_deploy_dry_run_builds_deploys_a_candidate_gates_it_then_promotes() -> N
     assert not any(
         "--remove-tags candidate --quiet" in line and "--to-revisions" not in line for line in lines
     )
+    assert sum(line.startswith("gcloud builds submit") for line in lines) == 1
 
 
 def test_deploy_dry_run_with_an_image_skips_the_build() -> None:
@@ -74,6 +84,13 @@ def test_deploy_dry_run_with_an_image_skips_the_build() -> None:
     lines = commands(run(DEPLOY, "--dry-run", "--image", ref))
     assert not any(line.startswith("gcloud builds") for line in lines)
     assert any(f"--image {ref} --no-traffic --tag candidate" in line for line in lines)
+
+
+def test_deploy_dry_run_promote_latest_tags_gates_and_promotes_without_a_build() -> None:
+    lines = commands(run(DEPLOY, "--dry-run", "--promote-latest"))
+    assert not any(line.startswith(("gcloud builds", "gcloud run deploy")) for line in lines)
+    assert any("--update-tags candidate=\\<latest-ready-revision\\>" in line for line in lines), lines
+    assert any("--to-revisions \\<latest-ready-revision\\>=100" in line for line in lines), lines
 
 
 def test_rollback_dry_run_moves_traffic_to_previous_or_the_given_revision() -> None:
@@ -90,7 +107,7 @@ def test_rollback_dry_run_moves_traffic_to_previous_or_the_given_revision() -> N
     assert not any(line.startswith(("gcloud run deploy", "gcloud builds")) for line in lines)
 
 
-@pytest.mark.parametrize("script", [DEPLOY, ROLLBACK], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [DEPLOY, ROLLBACK, ROOT / "scripts/bootstrap.sh"], ids=lambda p: p.name)
 def test_help_and_argument_errors(script: Path) -> None:
     helped = run(script, "--help")
     assert helped.returncode == 0 and "--dry-run" in helped.stdout and "set -euo" not in helped.stdout
@@ -103,10 +120,10 @@ def test_help_and_argument_errors(script: Path) -> None:
     assert missing.returncode == 2 and "no environment file envs/nosuch.yaml" in missing.stderr
 
 
-def test_release_scripts_are_shellcheck_clean() -> None:
+def test_scripts_are_shellcheck_clean() -> None:
     if not shutil.which("shellcheck"):
         pytest.skip("needs shellcheck (apt-get install -y shellcheck)")
-    scripts = [str(ROOT / "scripts" / name) for name in ("deploy.sh", "rollback.sh", "release_lib.sh")]
+    scripts = [str(path) for path in sorted((ROOT / "scripts").glob("*.sh"))]
     result = subprocess.run(["shellcheck", "-x", *scripts], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -119,3 +136,26 @@ def test_cloudbuild_file_matches_its_schema() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cloudbuild_builds_the_gpu_image_beside_the_cpu_one() -> None:
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    assert set(build["substitutions"]) == {"_IMAGE", "_GPU_IMAGE"}
+    steps = {step["id"]: " ".join(step["args"]) for step in build["steps"]}
+    assert "--target=cpu" in steps["build-cpu"]
+    assert "--target=gpu" in steps["gpu"] and 'docker push --all-tags "${_GPU_IMAGE}"' in steps["gpu"]
+    assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # required with a user build account
+
+
+def test_deploy_workflow_mints_the_gate_token_and_is_the_only_build() -> None:
+    workflow = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())
+    steps = workflow["jobs"]["release"]["steps"]
+    auth = next(step for step in steps if step.get("id") == "auth")
+    assert auth["with"]["token_format"] == "id_token"
+    assert auth["with"]["id_token_audience"] == "${{ vars.GATE_AUDIENCE }}"
+    assert auth["with"]["id_token_include_email"] is True
+    release = next(step for step in steps if "scripts/deploy.sh" in step.get("run", ""))
+    assert release["env"]["LOADTEST_ID_TOKEN"] == "${{ steps.auth.outputs.id_token }}"
+    for path in (ROOT / ".github/workflows").glob("*.yml"):
+        text = path.read_text()
+        assert "builds submit" not in text and "docker build" not in text and "docker push" not in text, path

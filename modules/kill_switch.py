@@ -1,0 +1,218 @@
+"""The budget kill switch: the Pub/Sub topic the budget publishes to, and the function that acts on it.
+
+At 100% of the budget the function (its code: infra/kill_switch/main.py, which says what it does) turns
+the GPU group's autoscaler off, resizes the group to 0 and caps the Cloud Run service at one instance.
+Opt-in per env (`budget.kill_switch`): it stops the service to stop the spending.
+
+- Topic `nanochat-budget-ENV`. The budget publishes as `billing-budget-alert@system.gserviceaccount.com`;
+  it gets publisher on this topic only (`budget_topic_id` depends on that grant: give it to `Budget`).
+- One service account runs the function and is the Eventarc trigger's identity. It holds a custom role
+  with exactly the permissions the function uses (no predefined role is this narrow:
+  compute.instanceAdmin.v1 could also create and delete VMs), and `run.invoker` on its own function only.
+  With `runtime_service_account`, it may act as the Cloud Run service's identity, which Cloud Run checks
+  on service updates.
+- The source: infra/kill_switch's files zipped (`TerraformAsset`) into a bucket object named by the
+  archive's hash, so a code change redeploys the function and nothing else does.
+- The function: Cloud Run functions (2nd gen), Python 3.12, at most one instance, internal ingress only
+  (Eventarc's Pub/Sub deliveries count as internal), and no retries (a failed run waits for the budget's
+  next notification instead of being retried for days).
+
+It does not enable APIs: the stack does (cloudfunctions, eventarc, pubsub, cloudbuild, artifactregistry,
+run, storage).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from cdktf import AssetType, TerraformAsset
+from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
+from cdktf_cdktf_provider_google.cloudfunctions2_function import Cloudfunctions2Function
+from cdktf_cdktf_provider_google.project_iam_custom_role import ProjectIamCustomRole
+from cdktf_cdktf_provider_google.project_iam_member import ProjectIamMember
+from cdktf_cdktf_provider_google.pubsub_topic import PubsubTopic
+from cdktf_cdktf_provider_google.pubsub_topic_iam_member import PubsubTopicIamMember
+from cdktf_cdktf_provider_google.service_account_iam_member import ServiceAccountIamMember
+from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
+from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
+from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
+from constructs import Construct
+
+from modules.service_identity import ServiceIdentity
+
+FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "infra" / "kill_switch"
+FUNCTION_FILES = ("main.py", "requirements.txt")  # only these ship (no __pycache__, no local files)
+ENTRY_POINT = "kill_switch"
+RUNTIME = "python312"
+PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
+BUDGET_PUBLISHER = "serviceAccount:billing-budget-alert@system.gserviceaccount.com"
+MAX_SERVICE_INSTANCES = 1
+# Exactly what infra/kill_switch/main.py calls: regionInstanceGroupManagers.get/resize,
+# regionAutoscalers.get/patch, regionOperations.wait; Run v2 services.get/patch, operations.get.
+PERMISSIONS = (
+    "compute.autoscalers.get",
+    "compute.autoscalers.update",
+    "compute.instanceGroupManagers.get",
+    "compute.instanceGroupManagers.update",
+    "compute.regionOperations.get",
+    "run.operations.get",
+    "run.services.get",
+    "run.services.update",
+)
+
+
+def staged_source() -> Path:
+    """A folder with just the function's files, so the archive (and its hash) is the code alone."""
+    folder = Path(tempfile.mkdtemp(prefix="nanochat-kill-switch-"))
+    for name in FUNCTION_FILES:
+        shutil.copy2(FUNCTION_SOURCE / name, folder / name)
+    return folder
+
+
+class KillSwitch(Construct):
+    """Topic, function and identity that stop `gpu_group` and cap `service_name` when the budget is spent."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        region: str,
+        env: str,
+        gpu_group: str | None,
+        service_name: str,
+        labels: Mapping[str, str],
+        topic_name: str | None = None,
+        function_name: str | None = None,
+        runtime_service_account: str | None = None,
+        build_service_account: str | None = None,
+    ) -> None:
+        """`runtime_service_account`: the Cloud Run service's identity (email); `build_service_account`:
+        the function's build identity (`projects/P/serviceAccounts/EMAIL`; default: Cloud Build's)."""
+        super().__init__(scope, id_)
+        topic_name = topic_name or f"nanochat-budget-{env}"
+        function_name = function_name or f"nanochat-kill-switch-{env}"
+
+        self.topic = PubsubTopic(self, "topic", project=project, name=topic_name, labels=dict(labels))
+        publisher = PubsubTopicIamMember(
+            self,
+            "budget-publisher",
+            project=project,
+            topic=self.topic.id,
+            role="roles/pubsub.publisher",
+            member=BUDGET_PUBLISHER,
+        )
+        # the topic's id, read through the grant: a budget given this is created after the grant
+        self.budget_topic_id = publisher.topic
+
+        self.identity = ServiceIdentity(
+            self,
+            "identity",
+            project=project,
+            account_id=f"nanochat-kill-switch-{env}",
+            display_name=f"nanochat {env} budget kill switch",
+        )
+        role = ProjectIamCustomRole(
+            self,
+            "role",
+            project=project,
+            role_id=f"nanochatKillSwitch_{env.replace('-', '_')}",
+            title=f"nanochat {env} budget kill switch",
+            description="Stop the GPU group and cap the Cloud Run service (infra/kill_switch).",
+            permissions=list(PERMISSIONS),
+        )
+        ProjectIamMember(self, "role-member", project=project, role=role.id, member=self.identity.member)
+        if runtime_service_account:
+            ServiceAccountIamMember(
+                self,
+                "act-as-runtime",
+                service_account_id=f"projects/{project}/serviceAccounts/{runtime_service_account}",
+                role="roles/iam.serviceAccountUser",
+                member=self.identity.member,
+            )
+
+        self.bucket = StorageBucket(
+            self,
+            "source-bucket",
+            project=project,
+            name=f"{project}-nanochat-kill-switch",
+            location=region.upper(),
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            lifecycle_rule=[
+                StorageBucketLifecycleRule(action={"type": "Delete"}, condition={"num_newer_versions": 3})
+            ],
+            force_destroy=True,
+            labels=dict(labels),
+        )
+        if build_service_account:  # the function's build reads its source
+            StorageBucketIamMember(
+                self,
+                "build-reads-source",
+                bucket=self.bucket.name,
+                role="roles/storage.objectViewer",
+                member=f"serviceAccount:{build_service_account.rsplit('/', 1)[-1]}",
+            )
+        asset = TerraformAsset(self, "source", path=str(staged_source()), type=AssetType.ARCHIVE)
+        source = StorageBucketObject(
+            self,
+            "source-object",
+            bucket=self.bucket.name,
+            name=f"kill-switch-{asset.asset_hash}.zip",
+            source=asset.path,
+        )
+
+        environment = {
+            "KILL_SWITCH_PROJECT": project,
+            "KILL_SWITCH_REGION": region,
+            "KILL_SWITCH_GPU_GROUP": gpu_group or "",
+            "KILL_SWITCH_SERVICE": service_name,
+            "KILL_SWITCH_MAX_INSTANCES": str(MAX_SERVICE_INSTANCES),
+        }
+        self.function = Cloudfunctions2Function(
+            self,
+            "function",
+            project=project,
+            location=region,
+            name=function_name,
+            description=f"nanochat {env}: at 100% of the budget, stop the GPU group and cap Cloud Run",
+            labels=dict(labels),
+            build_config={
+                "runtime": RUNTIME,
+                "entry_point": ENTRY_POINT,
+                "source": {"storage_source": {"bucket": self.bucket.name, "object": source.name}},
+                **({"service_account": build_service_account} if build_service_account else {}),
+            },
+            service_config={
+                "min_instance_count": 0,
+                "max_instance_count": 1,
+                "available_memory": "256M",
+                "timeout_seconds": 540,
+                "ingress_settings": "ALLOW_INTERNAL_ONLY",
+                "all_traffic_on_latest_revision": True,
+                "service_account_email": self.identity.email,
+                "environment_variables": environment,
+            },
+            event_trigger={
+                "trigger_region": region,
+                "event_type": PUBSUB_EVENT,
+                "pubsub_topic": self.topic.id,
+                "retry_policy": "RETRY_POLICY_DO_NOT_RETRY",
+                "service_account_email": self.identity.email,
+            },
+        )
+        # Eventarc delivers as the trigger's identity: it may invoke this function and nothing else.
+        CloudRunV2ServiceIamMember(
+            self,
+            "trigger-invoker",
+            project=project,
+            location=region,
+            name=self.function.name,
+            role="roles/run.invoker",
+            member=self.identity.member,
+        )
