@@ -211,7 +211,7 @@ class NanochatStack(TerraformStack):
             gpu_vm_account=gpu.identity if gpu else None,
         )
 
-        monitoring_outputs = self._observability(cfg, project_number, service, labels)
+        monitoring_outputs = self._observability(cfg, project_number, service, build, labels)
 
         # Nothing can be created before its API is on and has propagated: every resource and data source
         # waits for the time_sleep, which waits for every enablement.
@@ -245,7 +245,12 @@ class NanochatStack(TerraformStack):
             TerraformOutput(self, name, value=value)
 
     def _observability(
-        self, cfg: EnvConfig, project_number: str, service: CloudRunService, labels: dict[str, str]
+        self,
+        cfg: EnvConfig,
+        project_number: str,
+        service: CloudRunService,
+        build: BuildTrigger,
+        labels: dict[str, str],
     ) -> dict[str, str]:
         """The other helpers' constructs, in one place: email channels and budget always (with the kill
         switch when enabled), alert policies and Grafana only once the env is `monitored`."""
@@ -271,7 +276,8 @@ class NanochatStack(TerraformStack):
                 topic_name=names.kill_switch_topic(cfg),
                 function_name=names.kill_switch_function(cfg),
                 runtime_service_account=service.identity.email,
-                build_service_account=names.build_service_account(cfg),
+                build_service_account=build.service_account_name,
+                docker_repository=build.pushable_repository,  # the build account may push there
             )
         Budget(
             self,

@@ -65,7 +65,9 @@ class BuildTrigger(Construct):
             display_name="nanochat Cloud Build",
             project_roles=["roles/logging.logWriter"],
         )
-        ArtifactRegistryRepositoryIamMember(
+        # `pushable_repository`: the repository's name read through this grant, so a build that uses it
+        # (the kill switch's function build) starts only once the build account may push there
+        self.push = ArtifactRegistryRepositoryIamMember(
             self,
             "push",
             project=project,
@@ -95,6 +97,7 @@ class BuildTrigger(Construct):
             role="roles/storage.objectViewer",
             member=self.identity.member,
         )
+        self.pushable_repository = self.push.repository
         self.service_account_name = f"projects/{project}/serviceAccounts/{self.identity.email}"
         self.trigger = None
         if not on_push:

@@ -90,9 +90,15 @@ class KillSwitch(Construct):
         function_name: str | None = None,
         runtime_service_account: str | None = None,
         build_service_account: str | None = None,
+        docker_repository: str | None = None,
     ) -> None:
         """`runtime_service_account`: the Cloud Run service's identity (email); `build_service_account`:
-        the function's build identity (`projects/P/serviceAccounts/EMAIL`; default: Cloud Build's)."""
+        the function's build identity (`projects/P/serviceAccounts/EMAIL`; default: Cloud Build's), which
+        pushes the function's image to `docker_repository` (`projects/P/locations/R/repositories/NAME`, one
+        it may write to; default: the `gcf-artifacts` repository the service creates, where a dedicated
+        build account has no rights)."""
+        if build_service_account and not docker_repository:
+            raise ValueError("a dedicated build account needs a docker_repository it may push to")
         super().__init__(scope, id_)
         topic_name = topic_name or f"nanochat-budget-{env}"
         function_name = function_name or f"nanochat-kill-switch-{env}"
@@ -187,6 +193,7 @@ class KillSwitch(Construct):
                 "entry_point": ENTRY_POINT,
                 "source": {"storage_source": {"bucket": self.bucket.name, "object": source.name}},
                 **({"service_account": build_service_account} if build_service_account else {}),
+                **({"docker_repository": docker_repository} if docker_repository else {}),
             },
             service_config={
                 "min_instance_count": 0,

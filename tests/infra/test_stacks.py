@@ -113,10 +113,12 @@ def test_builds_stage_in_the_stacks_bucket_and_run_as_the_build_account(stacks):
             for body in by_name.values()
             if "build_builder_account" in str(body.get("member", ""))
         ]
+        # (and, with the kill switch, the function's source, which it builds too)
+        reads = 2 if cfg.budget.kill_switch else 1
         assert sorted(grants) == [
             ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.writer"),
             ("google_project_iam_member", "roles/logging.logWriter"),
-            ("google_storage_bucket_iam_member", "roles/storage.objectViewer"),
+            *[("google_storage_bucket_iam_member", "roles/storage.objectViewer")] * reads,
         ]
 
 
@@ -644,3 +646,21 @@ def test_a_private_service_is_checked_with_an_oidc_token(variants):
         "serviceAccount:service-${data.google_project.project-number.number}@gcp-sa-monitoring-notification"
     )
     assert [m for m in invokers if m.startswith(agent)], invokers
+
+
+def test_the_kill_switch_builds_as_the_build_account_into_our_registry(dev):
+    """A dedicated build account has no rights on the `gcf-artifacts` repository Cloud Run functions
+    would create: the function's image goes to the env's registry, where the build account may push."""
+    (function,) = dev.of_type("google_cloudfunctions2_function").values()
+    build = function["build_config"]
+    assert "google_service_account.build_builder_account" in build["service_account"]
+    # read through the push grant: the function is built only once the build account may push
+    assert build["docker_repository"].startswith(
+        "${google_artifact_registry_repository_iam_member.build_push"
+    )
+    (push,) = [
+        m
+        for m in dev.of_type("google_artifact_registry_repository_iam_member").values()
+        if "build_builder_account" in m["member"]
+    ]
+    assert push["role"] == "roles/artifactregistry.writer"

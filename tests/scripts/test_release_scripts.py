@@ -145,6 +145,8 @@ def test_cloudbuild_builds_the_gpu_image_beside_the_cpu_one() -> None:
     assert "--target=cpu" in steps["build-cpu"]
     assert "--target=gpu" in steps["gpu"] and 'docker push --all-tags "${_GPU_IMAGE}"' in steps["gpu"]
     assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # required with a user build account
+    # the default pool's default machine: the only one Cloud Build's free minutes cover
+    assert "machineType" not in build["options"] and "pool" not in build["options"]
 
 
 def test_deploy_workflow_mints_the_gate_token_and_is_the_only_build() -> None:
