@@ -16,7 +16,7 @@ CHECKOV_VERSION ?= 3.3.30
 ENV ?= dev
 SCRIPT_ENV := PYTHON=$(CURDIR)/$(BIN)/python
 
-.PHONY: setup test test-fast lint format bench bench-serve demo-model run serve clean observe synth infra-check bench-observability \
+.PHONY: setup test test-fast test-stress soak lint format bench bench-serve demo-model run serve clean observe synth infra-check bench-observability \
 	bootstrap preflight verify apply gpu-up gpu-down gpu-status
 
 setup: $(STAMP)
@@ -36,6 +36,25 @@ test: setup $(INFRA_VENV)/bin/checkov
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# The whole suite STRESS_RUNS times while STRESS_HOGS busy loops at nice 0 (one per core) compete for the CPU;
+# fails if any run fails. The hogs end with the recipe however it ends (each watches the recipe's shell).
+STRESS_RUNS ?= 2
+STRESS_HOGS ?= $(shell nproc 2>/dev/null || echo 2)
+STRESS_PYTEST ?= $(BIN)/python -m pytest -q
+test-stress: setup $(INFRA_VENV)/bin/checkov
+	@recipe=$$$$; hogs=""; \
+	for i in $$(seq $(STRESS_HOGS)); do \
+		nice -n 0 sh -c 'while kill -0 '$$recipe' 2>/dev/null; do i=0; while [ $$i -lt 50000 ]; do i=$$((i + 1)); done; done' & \
+		hogs="$$hogs $$!"; \
+	done; \
+	trap 'kill $$hogs 2>/dev/null; wait' EXIT; trap 'exit 130' INT TERM; \
+	export NANOCHAT_STRESS_HOGS="$$hogs"; failed=0; \
+	for run in $$(seq $(STRESS_RUNS)); do \
+		echo "make test-stress: run $$run of $(STRESS_RUNS), CPU hogs:$$hogs"; \
+		$(STRESS_PYTEST) || failed=$$((failed + 1)); \
+	done; \
+	echo "make test-stress: $$failed of $(STRESS_RUNS) runs failed"; [ $$failed -eq 0 ]
 
 lint: setup
 	$(BIN)/ruff check .
@@ -60,6 +79,13 @@ run: setup
 # Production-style: gunicorn with uvicorn workers (app/gunicorn.conf.py).
 serve: setup
 	$(BIN)/gunicorn -c app/gunicorn.conf.py
+
+# A bounded soak, not in CI: gunicorn (app/gunicorn.conf.py, 2 workers) on 127.0.0.1 under mixed traffic at
+# concurrency 8 for SOAK_MINUTES; prints JSON (requests sent/answered, statuses, worker RSS and fds).
+SOAK_MINUTES ?= 5
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Serving benchmark against a running server (`make run` in another terminal); --json via BENCH_SERVE_ARGS.
 bench-serve: setup

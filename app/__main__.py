@@ -5,11 +5,15 @@ Host and port default to Settings (`HOST` / `PORT`, which Cloud Run sets, or `NA
 Plain uvicorn closes its listening socket the moment SIGTERM arrives and re-raises the signal at the end
 (exit status 143). This runner installs its own SIGTERM/SIGINT handler instead: `/ready` turns 503 and new
 requests get 503 at once, requests in flight get `NANOCHAT_DRAIN_TIMEOUT_S` to finish, and only then does
-the server close and the process exit 0. A second signal stops it at once. A model that fails to load
+the server close and the process exit 0. SIGTERM again is ignored (a process group gets it twice); SIGINT
+during a drain (a second Ctrl-C) or SIGQUIT stops at once. A model that fails to load
 with `on_load_failure=exit` ends it with status 3.
 
 Logs are JSON lines (or text, NANOCHAT_LOG_FORMAT=text) from the app and uvicorn alike; uvicorn's own access
 log is off, the app writes one access line per request (app/observability/logging.py).
+
+The HTTP edge's limits (request head size and time, open connections, keep-alive) are put on uvicorn's
+config by app/http_limits.py, as in gunicorn's workers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from app import http_limits
 from app.config import Settings
 from app.main import create_app
 from app.observability.logging import configure_logging
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # the app's request middleware writes the access lines
         timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
     )
+    http_limits.apply(config, settings)  # header size and time, connections, keep-alive
     server = DrainingServer(config, app.state.runtime)
     app.state.exit = server.stop
     server.run()

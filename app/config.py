@@ -95,6 +95,30 @@ class Settings(BaseSettings):
     fault_latency_ms: float = Field(0.0, ge=0, le=60_000)  # added to every model request
     fault_error_rate: float = Field(0.0, ge=0, le=1)  # share of model requests answered 500 injected_fault
 
+    # admission of the CPU-heavy side routes (app/admission.py): each runs on threads of its own, with at
+    # most `_queue` more requests waiting; past that, 429 with Retry-After (chat and the probes keep going)
+    classify_workers: int = Field(1, ge=1)  # threads classifying at once (scikit-learn holds the GIL)
+    classify_queue: int = Field(8, ge=0)  # classify requests waiting for a thread
+    guardrail_workers: int = Field(1, ge=1)  # threads screening chat prompts at once
+    guardrail_queue: int = Field(64, ge=0)  # screenings waiting (as many as NANOCHAT_MAX_QUEUE by default)
+    # exposure (docs/serving.md): /metrics on a port of its own, for the scraper only (0: on the app's port,
+    # for local use; the image sets app.contract.METRICS_PORT), and the API documentation pages (/docs,
+    # /redoc, /openapi.json; turn them off in production)
+    metrics_port: int = Field(0, ge=0, le=65535)
+    docs: bool = True
+
+    # the HTTP edge (app/http_limits.py, BodyLimit in app/api/middleware.py): what one client may cost.
+    # Fit for Cloud Run (requests of at most 32 MiB, at most 1000 at once per instance) and the GPU group's
+    # load balancer (it keeps idle connections to a backend for 600 s: ours must stay open longer)
+    max_header_bytes: int = Field(65_536, ge=1024)  # request line + headers -> 431 past it
+    header_timeout_s: float = Field(10.0, gt=0)  # for a request's head, from its first byte -> 408, closed
+    body_timeout_s: float = Field(30.0, gt=0)  # for a request's whole body -> 408, closed
+    max_connections: int = Field(1000, ge=1)  # per process; past it an idle one is closed, else 503
+    keepalive_s: int = Field(620, ge=1)  # an idle connection stays open this long (the LB's 600 s + margin)
+    # a body over max_body_bytes is read and dropped up to this size before the 413, so that every client
+    # hears the 413 (closing with unread bytes resets the connection); larger ones are cut at once
+    discard_body_bytes: int = Field(33_554_432, ge=0)
+
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)
 
     @model_validator(mode="after")

@@ -10,3 +10,7 @@ HEALTH_PATH = "/health"  # liveness: the process answers (autohealing, liveness 
 READY_PATH = "/ready"  # readiness: the model is loaded and the server takes requests (traffic, startup)
 METRICS_PATH = "/metrics"  # Prometheus exposition
 METRICS_JOB = "nanochat"  # the scrape job name every scrape config uses and every alert selects on
+# /metrics on a port of its own, for the scraper beside the app (Cloud Run's sidecar, the GPU VMs' Ops Agent)
+# and never behind the public load balancer: the image sets NANOCHAT_METRICS_PORT to it (0, the local
+# default, keeps /metrics on APP_PORT). 9464 is the port OpenTelemetry's Prometheus exporters use.
+METRICS_PORT = 9464

@@ -8,7 +8,10 @@ grace from NANOCHAT_DRAIN_TIMEOUT_S.
   thread do not survive a fork; on GPU machines run one worker per GPU).
 - The worker is app.server.DrainingWorker: uvicorn's worker (from the `uvicorn-worker` package) whose
   SIGTERM turns /ready to 503 and drains requests in flight before its socket closes, as `python -m app`
-  does; graceful_timeout covers the drain and the closing of connections.
+  does; graceful_timeout covers the drain and the closing of connections. SIGTERM to the whole process
+  group (each worker gets it twice) drains all the same; SIGQUIT (gunicorn's quick shutdown) cuts.
+- With several workers, a (re)started worker accepts connections only once its model is loaded, beating
+  gunicorn's heartbeat meanwhile: a worker killed and respawned never answers 503 "loading" (app/server.py).
 - A worker whose model fails to load with on_load_failure=exit leaves with status 3, which gunicorn reads
   as "failed to boot" and stops altogether, instead of restarting it forever.
 - Metrics: every worker writes its values to PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set),
@@ -16,6 +19,8 @@ grace from NANOCHAT_DRAIN_TIMEOUT_S.
   and `/metrics` on any worker merges them all. The master itself records no metrics.
 - Logs: the app's JSON (or text) lines for the master and the workers alike; gunicorn's access log is off,
   the app writes one access line per request.
+- The HTTP edge (app/http_limits.py): each worker applies the same limits as `python -m app` (request head
+  size and time, open connections); keepalive outlasts the load balancer's 600 s (NANOCHAT_KEEPALIVE_S).
 """
 
 import math
@@ -48,7 +53,7 @@ graceful_timeout = math.ceil(_settings.drain_timeout_s + CLOSE_CONNECTIONS_S) + 
 # The worker's heartbeat comes from its event loop, which never runs model code, so this bounds a stuck
 # loop, not a long generation; it only has to exceed the slowest request.
 timeout = int(_settings.request_timeout_s) + 30
-keepalive = 5
+keepalive = _settings.keepalive_s  # longer than the load balancer keeps idle connections (app/http_limits.py)
 loglevel = _settings.log_level
 accesslog = None
 errorlog = "-"
@@ -69,3 +74,12 @@ def child_exit(server, worker) -> None:
 def on_exit(server) -> None:
     if _created_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def when_ready(server) -> None:
+    """With NANOCHAT_METRICS_PORT, the master serves /metrics there: every worker's files merged at each
+    scrape (app/metrics_server.py), and the workers' /metrics on the app's port answers 404."""
+    if _settings.metrics_port:
+        from app.metrics_server import start
+
+        start(_settings.host, _settings.metrics_port)

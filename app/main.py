@@ -13,9 +13,10 @@ its own, the classifier of `POST /v1/classify` (failing to load it only turns th
 waits for both. `NANOCHAT_BACKEND=hf` serves a transformers causal LM folder with `HFEngine` instead of
 a nanochat checkpoint, behind the same scheduler.
 
-Shut-down (`drain`): `/ready` turns 503, new requests get 503, requests in flight get `drain_timeout_s` to
-finish, then are cut. `python -m app` drains on SIGTERM before the listening socket closes (see
-`app/__main__.py`); under gunicorn or plain uvicorn the lifespan's end drains.
+Shut-down (`drain`): `/ready` turns 503, new requests get 503, the requests already accepted (running or
+queued: their clients have their 200) get `drain_timeout_s` to finish, then are cut. `python -m app` and
+gunicorn's workers drain on SIGTERM before the listening socket closes (see app/server.py); under plain
+uvicorn the lifespan's end drains.
 
 Observability (app/observability/): the request middleware logs, measures and traces every request; the
 metrics follow the model's life (`nanochat_ready`, load time, capacity) and a sampler thread records the
@@ -38,20 +39,30 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware import Middleware
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.sdk.trace import TracerProvider
 
+from app import admission, metrics_server
 from app.api import classify, health, openai, web
 from app.api.classify import Classifier
 from app.api.deps import Runtime
-from app.api.middleware import REQUEST_ID_HEADER, ApiKeyAuth, BodyLimit, FaultInjection, RequestContext
+from app.api.middleware import (
+    CORS,
+    CORS_ALLOW_HEADER_PREFIXES,
+    CORS_ALLOW_HEADERS,
+    REQUEST_ID_HEADER,
+    ApiKeyAuth,
+    BodyLimit,
+    FaultInjection,
+    RequestContext,
+)
 from app.api.serving import GUARDRAIL_HEADER
 from app.config import Settings, model_folder
+from app.contract import METRICS_PATH
 from app.errors import APIError, install_error_handlers
 from app.observability import metrics, tracing
 from app.scheduler import Scheduler
@@ -88,16 +99,24 @@ def create_app(
     if settings.cors_origins:
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                CORS,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+                allow_headers=CORS_ALLOW_HEADERS,
+                allow_header_prefixes=CORS_ALLOW_HEADER_PREFIXES,
                 expose_headers=[REQUEST_ID_HEADER, "X-Prompt-Truncated", "Retry-After", GUARDRAIL_HEADER],
             )
         )
     if settings.api_keys:
         middleware.append(Middleware(ApiKeyAuth, keys=settings.api_keys))
-    middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
+    middleware.append(
+        Middleware(
+            BodyLimit,
+            max_bytes=settings.max_body_bytes,
+            discard_bytes=settings.discard_body_bytes,
+            timeout_s=settings.body_timeout_s,
+        )
+    )
     if settings.fault_latency_ms or settings.fault_error_rate:
         middleware.append(
             Middleware(
@@ -115,6 +134,7 @@ def create_app(
         finally:
             loading.cancel()
             await drain(runtime)
+            admission.shutdown_all(app.state.admission)  # the side routes' pools and worker processes
 
     app = FastAPI(
         title="nanochat",
@@ -122,18 +142,24 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         middleware=middleware,
+        docs_url="/docs" if settings.docs else None,  # NANOCHAT_DOCS: off in production
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     if provider is not None:
         tracing.instrument(app, provider)
     app.state.runtime = runtime
     app.state.classifier = Classifier.from_settings(settings)
     app.state.guardrail = None  # set before the service turns ready when NANOCHAT_GUARDRAIL is on
+    app.state.admission = admission.side_routes(settings)  # classify's and the guardrail's bounded pools
     app.state.exit = _exit_process  # `python -m app` replaces it with a clean server stop
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(classify.router)
     app.include_router(web.router)
-    app.include_router(health.router)
+    app.include_router(health.router, dependencies=[Depends(_probe_exposure(settings))])
+    if settings.metrics_port and metrics.multiprocess_dir() is None:  # under gunicorn the master serves it
+        metrics_server.start(settings.host, settings.metrics_port)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -146,6 +172,18 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _probe_exposure(settings: Settings) -> Callable[[Request], Any]:
+    """The probe routes' guard: `/metrics` is a 404 on this port when it is served on
+    NANOCHAT_METRICS_PORT. (`/stats` wants an API key when keys are set: ApiKeyAuth's KEYED_PREFIXES.)"""
+
+    async def guard(request: Request) -> None:
+        path = request.url.path
+        if path == METRICS_PATH and settings.metrics_port:
+            raise APIError(404, f"no route {request.method} {path}", "not_found")
+
+    return guard
 
 
 def _folder_name(checkpoint: str) -> str:
@@ -292,7 +330,8 @@ async def load_model(app: FastAPI, engine_factory: EngineFactory | None) -> None
 
 
 async def drain(runtime: Runtime) -> None:
-    """Stop admitting (ready -> 503), give requests in flight `drain_timeout_s`, then stop the scheduler."""
+    """Stop admitting (ready -> 503), give the requests accepted (running or queued) `drain_timeout_s`,
+    then stop the scheduler."""
     if runtime.state in ("draining", "stopped"):
         return
     grace = runtime.settings.drain_timeout_s
@@ -300,8 +339,13 @@ async def drain(runtime: Runtime) -> None:
     if runtime.settings.metrics:
         metrics.set_ready(False)
     if runtime.scheduler is not None:
-        busy = runtime.scheduler.stats()["active_requests"]
-        logger.info("draining: %d request(s) in flight get up to %.1f s", busy, grace)
+        stats = runtime.scheduler.stats()
+        logger.info(
+            "draining: %d request(s) running and %d queued get up to %.1f s",
+            stats["active_requests"],
+            stats["queue_depth"],
+            grace,
+        )
         await runtime.scheduler.drain(grace)
     runtime.state, runtime.reason = "stopped", "the server has stopped"
     logger.info("drained")

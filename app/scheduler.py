@@ -6,7 +6,8 @@ every active sequence. Tokens go back to each request's asyncio queue with `call
 event loop never runs model code.
 
 The queue is bounded: when it is full, `submit` fails at once with `QueueFull` (HTTP 429). `drain()` stops
-admissions, lets in-flight requests finish within a grace period, then cancels what is left.
+taking requests, serves the ones accepted (running or queued) within a grace period, then cancels what is
+left.
 """
 
 from __future__ import annotations
@@ -228,15 +229,12 @@ class Scheduler:
         return self._state
 
     async def drain(self, grace_s: float) -> None:
-        """No new requests; queued ones get 503; in-flight ones get `grace_s` to finish, then are cut."""
+        """No new requests (NotReady, 503); the requests already accepted, running or queued, get `grace_s`
+        to finish (their clients have their 200 already), then whatever is left is cut."""
         with self._cond:
             if self._state in ("draining", "stopped"):
                 return
             self._state = "draining"
-            waiting, self._waiting = list(self._waiting), deque()
-            self._cond.notify()
-        for job in waiting:
-            job.push(_End(NotReady("the server is shutting down; retry on another instance", retry_after=1)))
         deadline = time.monotonic() + grace_s
         while self._busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

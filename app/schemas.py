@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from nanochat.engine import MAX_TOP_K
 
@@ -72,18 +80,33 @@ class TextPart(Request):
     text: Text
 
 
+Content = Annotated[Text | list[TextPart] | None, BeforeValidator(_content)]
+
+
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant"]  # "developer" is OpenAI's newer "system"
-    content: Annotated[Text | list[TextPart] | None, BeforeValidator(_content)] = None
+    content: Content = Field(None, validate_default=True)  # checked when absent too: a user turn needs it
     name: str | None = None  # accepted, ignored
+
+    @field_validator("content")
+    @classmethod
+    def _user_turn_has_text(cls, content: Any, info: ValidationInfo) -> Any:
+        """A user turn must say something (OpenAI: 400); null is for an assistant turn that called tools."""
+        if info.data.get("role") == "user" and not _joined(content).strip():
+            raise ValueError("a user message needs text (got null, an empty or blank string, or no text)")
+        return content
 
     @property
     def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+        return _joined(self.content)
+
+
+def _joined(content: str | list[TextPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
 
 
 class StreamOptions(Request):

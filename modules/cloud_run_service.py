@@ -10,8 +10,10 @@
   `released` on). The grants exist from the start, and every release mounts the same secrets itself
   (`gcloud run deploy --update-secrets`, scripts/deploy.sh), so no released revision runs without them.
 - The `collector` sidecar (Google's cloud-run-gmp-sidecar, pinned) starts after the app and scrapes its
-  METRICS_PATH as job METRICS_JOB (the job the alert rules and dashboards select on; the RunMonitoring
-  config is mounted from Secret Manager, the sidecar's only way to read a config file). CPU is always
+  METRICS_PATH on METRICS_PORT (a port of its own that only the sidecar reaches: Cloud Run routes
+  requests to the container port alone, where /metrics answers 404) as job METRICS_JOB (the job the
+  alert rules and dashboards select on; the RunMonitoring config is mounted from Secret Manager, the
+  sidecar's only way to read a config file). CPU is always
   allocated (`cpu_idle = false`, instance-based billing) so scrapes between requests are not throttled.
 - Terraform owns the service; releases own the image and the traffic split: both are ignored here, so a
   release (a tagged no-traffic `candidate` revision, then promotion) is never undone by `cdktf deploy`.
@@ -43,7 +45,7 @@ from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretM
 from cdktf_cdktf_provider_google.secret_manager_secret_version import SecretManagerSecretVersion
 from constructs import Construct
 
-from app.contract import APP_PORT, HEALTH_PATH, METRICS_JOB, METRICS_PATH, READY_PATH
+from app.contract import APP_PORT, HEALTH_PATH, METRICS_JOB, METRICS_PATH, METRICS_PORT, READY_PATH
 from modules.service_identity import ServiceIdentity
 
 __all__ = ["APP_PORT", "HEALTH_PATH", "READY_PATH", "CloudRunService", "run_monitoring_config"]
@@ -65,7 +67,7 @@ def run_monitoring_config(scrape_interval: str = "30s") -> dict:
         "apiVersion": "monitoring.googleapis.com/v1beta",
         "kind": "RunMonitoring",
         "metadata": {"name": METRICS_JOB},
-        "spec": {"endpoints": [{"port": APP_PORT, "path": METRICS_PATH, "interval": scrape_interval}]},
+        "spec": {"endpoints": [{"port": METRICS_PORT, "path": METRICS_PATH, "interval": scrape_interval}]},
     }
 
 
@@ -147,7 +149,7 @@ class CloudRunService(Construct):
         ]
 
         # Cloud Run sets PORT; the app must also listen on all interfaces, whatever the image's default.
-        plain_env = {"HOST": "0.0.0.0", **env_vars}
+        plain_env = {"HOST": "0.0.0.0", "NANOCHAT_METRICS_PORT": str(METRICS_PORT), **env_vars}
         env_list = [CloudRunV2ServiceTemplateContainersEnv(name=k, value=v) for k, v in plain_env.items()]
         env_list += [
             CloudRunV2ServiceTemplateContainersEnv(

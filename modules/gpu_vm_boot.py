@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from app.contract import APP_PORT, METRICS_JOB, METRICS_PATH
+from app.contract import APP_PORT, METRICS_JOB, METRICS_PATH, METRICS_PORT
 
 __all__ = ["APP_PORT", "IMAGE_KEY", "METRICS_JOB", "STARTUP_SCRIPT", "boot_metadata", "ops_agent_config"]
 
@@ -80,10 +80,12 @@ gcloud auth configure-docker "${image%%/*}" --quiet
 docker pull "$image"
 docker rm -f nanochat >/dev/null 2>&1 || true
 docker run -d --name nanochat --restart=always --gpus all --init \
-  -p __APP_PORT__:__APP_PORT__ --env-file /etc/nanochat.env "$image"
+  -p __APP_PORT__:__APP_PORT__ -p 127.0.0.1:__METRICS_PORT__:__METRICS_PORT__ \
+  --env-file /etc/nanochat.env "$image"
 log "started $image"
 """.replace("__OPS_AGENT_VERSION__", OPS_AGENT_VERSION)
     .replace("__APP_PORT__", str(APP_PORT))
+    .replace("__METRICS_PORT__", str(METRICS_PORT))
     .replace("__IMAGE_KEY__", IMAGE_KEY)
 )
 
@@ -101,7 +103,7 @@ def ops_agent_config() -> dict:
                                 "job_name": METRICS_JOB,
                                 "scrape_interval": SCRAPE_INTERVAL,
                                 "metrics_path": METRICS_PATH,
-                                "static_configs": [{"targets": [f"localhost:{APP_PORT}"]}],
+                                "static_configs": [{"targets": [f"localhost:{METRICS_PORT}"]}],
                                 # The agent labels its static targets with the VM's metadata.
                                 "relabel_configs": [
                                     {
@@ -121,7 +123,13 @@ def ops_agent_config() -> dict:
 
 def app_env(env: Mapping[str, str]) -> dict[str, str]:
     """The container's environment: the env file's values over the GPU defaults."""
-    return {"NANOCHAT_DEVICE": "cuda", "HOST": "0.0.0.0", "PORT": str(APP_PORT), **env}
+    return {
+        "NANOCHAT_DEVICE": "cuda",
+        "HOST": "0.0.0.0",
+        "PORT": str(APP_PORT),
+        "NANOCHAT_METRICS_PORT": str(METRICS_PORT),  # published on the VM's loopback only
+        **env,
+    }
 
 
 def boot_metadata(*, env: Mapping[str, str], secret_env: Mapping[str, str]) -> dict[str, str]:

@@ -86,7 +86,9 @@ name="nanochat-smoke-$$"
 cleanup() { [ "$KEEP" = 1 ] || podman rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 start=$(date +%s.%N)
-podman run -d --init --name "$name" --network host -e PORT="$port" -e NANOCHAT_WORKERS=1 "$IMAGE" >/dev/null
+mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+podman run -d --init --name "$name" --network host -e PORT="$port" -e NANOCHAT_METRICS_PORT="$mport" \
+  -e NANOCHAT_WORKERS=1 "$IMAGE" >/dev/null
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 240); do
   if curl -fsS "$url/ready" >/dev/null 2>&1; then break; fi
@@ -100,8 +102,11 @@ reply=$(curl -fsS -N "$url/v1/chat/completions" -H 'Content-Type: application/js
   -d '{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":true}')
 grep -q '"delta":{"content"' <<<"$reply" || die "no content chunk in the streamed reply: $reply"
 tail -c 200 <<<"$reply" | grep -q 'data: \[DONE\]' || die "the stream did not end with data: [DONE]"
-metrics=$(curl -fsS "$url/metrics")
+# metrics on their own port (the image's NANOCHAT_METRICS_PORT), never on the public one
+metrics=$(curl -fsS "http://127.0.0.1:$mport/metrics")
 grep -q '^nanochat_requests_total' <<<"$metrics" || die "/metrics has no nanochat_requests_total"
+public=$(curl -s -o /dev/null -w '%{http_code}' "$url/metrics")
+[ "$public" = 404 ] || die "/metrics on the public port answered $public (expected 404)"
 user=$(podman exec "$name" id -u)
 [ "$user" != 0 ] || die "the server runs as root"
 

@@ -61,6 +61,29 @@ def test_every_image_listens_and_probes_on_the_one_app_port() -> None:
     assert Settings.model_fields["port"].default == APP_PORT  # `python -m app` and `make run`
 
 
+def test_every_image_serves_metrics_on_the_metrics_port_only() -> None:
+    """/metrics on a port of its own in the image (the scrapers beside the app reach it; the public port
+    answers 404), and that port is not exposed."""
+    from app.contract import METRICS_PORT
+
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.findall(r"\bNANOCHAT_METRICS_PORT=(\d+)", text) == [str(METRICS_PORT)] * 2
+    assert str(METRICS_PORT) not in " ".join(re.findall(r"^EXPOSE .*$", text, flags=re.MULTILINE))
+
+
+def test_gunicorn_config_loads_without_the_app_in_the_master(tmp_path) -> None:
+    """gunicorn's master reads app/gunicorn.conf.py before its hooks create the metrics folder: importing it
+    must not pull in the scheduler or create metrics (the image's metrics folder is not made yet)."""
+    probe = (
+        "import runpy, sys; runpy.run_path('app/gunicorn.conf.py'); "
+        "print(sorted(m for m in sys.modules if m in ('app.scheduler', 'app.main', 'torch')))"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "not-yet")}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_smoke_script_is_shellcheck_clean() -> None:
     if not shutil.which("shellcheck"):
         pytest.skip("needs shellcheck (apt-get install -y shellcheck)")

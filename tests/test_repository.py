@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -57,3 +59,125 @@ def test_workflows_match_the_github_schema(workflow):
 def test_ci_workflow_runs_the_readme_test_command():
     workflow = ROOT.joinpath(".github/workflows/ci.yml").read_text()
     assert f"run: {readme_test_command()}" in workflow
+
+
+# ---- the skip summary (tests/conftest.py) -----------------------------------------------------------------
+SKIPPING_SUITE = """
+import pytest
+
+def test_a():
+    pytest.skip("promtool not found: apt-get install -y prometheus")
+
+def test_b():
+    pytest.skip("promtool not found: apt-get install -y prometheus")
+
+@pytest.mark.skipif(True, reason="needs Chromium (`sudo apt-get install -y chromium chromium-driver`)")
+def test_c():
+    pass
+
+def test_d():
+    pytest.importorskip("no_such_module", reason="needs selenium (pip install selenium; in the dev extra)")
+
+def test_e():
+    pytest.skip("this machine has CUDA")
+
+def test_f():
+    pass
+"""
+
+
+def run_pytest_with_our_conftest(folder: Path) -> subprocess.CompletedProcess[str]:
+    """pytest on `folder` with tests/conftest.py loaded as a plugin (the folder has no conftest)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "-p", "tests.conftest"]
+    return subprocess.run([*command, str(folder)], cwd=folder, env=env, capture_output=True, text=True)
+
+
+def test_a_run_ends_with_one_line_counting_the_skips_and_how_to_install_what_they_need(tmp_path):
+    (tmp_path / "test_skips.py").write_text(SKIPPING_SUITE)
+    result = run_pytest_with_our_conftest(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    *_, stats, summary = result.stdout.strip().splitlines()
+    assert stats.startswith("1 passed, 5 skipped")  # pytest's own last line comes before ours
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    assert summary == (
+        "skipped 5: 2 × promtool not found: apt-get install -y prometheus; "
+        "1 × needs Chromium (`sudo apt-get install -y chromium chromium-driver`); "
+        "1 × needs selenium (pip install selenium; in the dev extra); 1 × this machine has CUDA"
+        f" | install: {sudo}apt-get install -y prometheus chromium chromium-driver"
+        f" && {sys.executable} -m pip install selenium | 1 without an install command"
+    )
+
+
+def test_a_run_without_skips_says_so_and_a_failing_run_still_ends_with_the_summary(tmp_path):
+    (tmp_path / "test_plain.py").write_text("def test_ok():\n    pass\n\ndef test_bad():\n    assert False\n")
+    result = run_pytest_with_our_conftest(tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1] == "skipped: nothing"
+
+
+# ---- make test-stress and make soak -----------------------------------------------------------------------
+STRESS_PROBE = """
+import os
+from pathlib import Path
+
+RUNS = Path(__file__).with_name("runs.txt")
+
+def test_the_hogs_spin_while_the_suite_runs():
+    pids = os.environ["NANOCHAT_STRESS_HOGS"].split()
+    with open(RUNS, "a") as runs:
+        runs.write(" ".join(pids) + "\\n")
+    assert len(pids) == 2
+    for pid in pids:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state in "RS", state  # alive (running, or waiting for a core)
+
+def test_the_second_run_fails():
+    assert len(RUNS.read_text().splitlines()) == 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make (apt-get install -y make)")
+def test_make_test_stress_runs_the_suite_twice_beside_cpu_hogs_fails_on_a_failure_and_stops_them(tmp_path):
+    """The real `make test-stress` on a tiny suite whose second run fails (-o: the venv is there already)."""
+    (tmp_path / "test_probe.py").write_text(STRESS_PROBE)
+    pytest_command = f"{sys.executable} -m pytest -q -p no:cacheprovider {tmp_path}"
+    command = ["make", "-s", "-o", "setup", "-o", ".venv-infra/bin/checkov", "test-stress"]
+    command += ["STRESS_HOGS=2", f"STRESS_PYTEST={pytest_command}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "make test-stress: 1 of 2 runs failed" in result.stdout, result.stdout + result.stderr
+    first, second = [line.split() for line in (tmp_path / "runs.txt").read_text().splitlines()]
+    assert first == second  # the same hogs through both runs
+    assert not any(Path(f"/proc/{pid}").exists() for pid in first), "a CPU hog outlived make test-stress"
+
+
+def test_make_soak_runs_the_bench_script_for_soak_minutes():
+    result = subprocess.run(
+        ["make", "-n", "-o", "setup", "soak", "SOAK_MINUTES=2"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [".venv/bin/python", "bench/soak.py", "--minutes", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_soak_answers_every_request_once_and_reports_the_workers(tmp_path):
+    """A few seconds of the real soak: gunicorn with 2 workers, the report's shape, and gunicorn gone."""
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.05", "--out", str(out)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    requests = report["requests"]
+    assert requests["sent"] == requests["answered"] > 0 and requests["each_answered_exactly_once"]
+    assert set(requests["access_lines_per_logged_request"]) == {"1"}
+    assert set(report["statuses"]["all"]) == {"200"}, report["statuses"]
+    for moment in ("start", "middle", "end"):
+        workers = report["processes"][moment]["workers"]
+        assert len(workers) == 2 and all(w["rss_mb"] > 0 and w["fds"] > 0 for w in workers), moment
+    assert report["server"]["exit_status_after_sigterm"] == 0
+    pids = [w["pid"] for w in report["processes"]["end"]["workers"]]
+    pids.append(report["processes"]["end"]["master"]["pid"])
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "gunicorn outlived the soak"

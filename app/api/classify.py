@@ -5,7 +5,12 @@ The classifier is the registry folder NANOCHAT_CLASSIFIER (default `models/fortu
 `/ready` waits for the attempt; the registry checks the file's SHA-256 and the types it holds before
 anything is deserialized. A classifier that fails to load (missing, changed, not probabilistic) is logged in
 one line and the route answers 503 with the reason; chat is not affected. An empty NANOCHAT_CLASSIFIER turns
-the route off (404). Prediction runs on a worker thread, never on the event loop.
+the route off (404). Prediction runs in the route's own worker processes (NANOCHAT_CLASSIFY_WORKERS, at a
+lower CPU priority, each loading the same version folder once: app/pool_worker.py), never in the server's
+process, whose GIL the event loop and the scheduler need; at most NANOCHAT_CLASSIFY_QUEUE requests wait
+for one, and past that the route answers 429 `queue_full` with Retry-After at once (app/admission.py), so
+a flood of classification cannot slow chat or the probes. A worker process that dies running a request
+makes it a 503 `worker_crashed`; the next request gets a new one.
 
 Request `{"input": "text" | ["text", ...], "model"?: "fortunes" | "fortunes/v1"}`; reply
 `{"object": "list", "model": "fortunes/v1", "data": [{"index", "label", "score", "scores"}], "usage"}`,
@@ -18,14 +23,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Body, Depends, Request
 
+from app import pool_worker
+from app.admission import CLASSIFY
 from app.api.deps import RuntimeDep
 from app.config import Settings, model_folder
-from app.errors import CLASSIFY_ERRORS, APIError, invalid
+from app.errors import CLASSIFY_ERRORS, APIError, ErrorResponse, invalid
 from app.schemas import Classification, ClassifyRequest, ClassifyResponse, ClassifyUsage
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,12 @@ EXAMPLES = {
         "value": {"input": ["Vote early, vote often.", "E = mc^2, give or take."], "model": "fortunes/v1"},
     },
 }
+BUSY = {
+    429: {
+        "model": ErrorResponse,
+        "description": "NANOCHAT_CLASSIFY_QUEUE requests wait already; retry after Retry-After seconds",
+    }
+}
 
 
 @dataclass
@@ -51,6 +64,7 @@ class Classifier:
     reason: str = "the classifier is loading"
     model: Any = None
     name: str = ""  # name/version, e.g. fortunes/v1
+    directory: str = ""  # the version folder loaded (absolute): what the worker processes load too
     classes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -83,6 +97,7 @@ class Classifier:
             return
         self.model = loaded.model
         self.name = f"{loaded.metadata['name']}/{loaded.version}"
+        self.directory = str(Path(loaded.directory).resolve())
         self.classes = [str(c) for c in loaded.model.classes_]
         self.state, self.reason = "ready", ""
         logger.info(
@@ -107,7 +122,11 @@ class Classifier:
             raise APIError(404, message, "model_not_found", "model")
 
     def predict(self, texts: list[str]) -> list[Classification]:
-        probabilities = self.model.predict_proba(texts)
+        """In this process (the route runs `pool_worker.classify` in its worker processes instead)."""
+        return self.results(self.model.predict_proba(texts).tolist())
+
+    def results(self, probabilities: list[list[float]]) -> list[Classification]:
+        """Each text's row of class probabilities as its label, score and scores."""
         results = []
         for i, row in enumerate(probabilities):
             scores = {label: float(p) for label, p in zip(self.classes, row, strict=True)}
@@ -145,9 +164,10 @@ def check_texts(texts: str | list[str], settings: Settings) -> list[str]:
     return texts
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=CLASSIFY_ERRORS)
+@router.post("/classify", response_model=ClassifyResponse, responses={**CLASSIFY_ERRORS, **BUSY})
 async def classify(
     body: Annotated[ClassifyRequest, Body(openapi_examples=EXAMPLES)],
+    request: Request,
     rt: RuntimeDep,
     served: ClassifierDep,
 ) -> ClassifyResponse:
@@ -157,6 +177,7 @@ async def classify(
     served.check_ready()
     served.check_model(body.model)
     texts = check_texts(body.input, rt.settings)
-    data = await to_thread.run_sync(served.predict, texts)
+    rows = await request.app.state.admission[CLASSIFY].run(pool_worker.classify, served.directory, texts)
+    data = served.results(rows)
     usage = ClassifyUsage(inputs=len(texts), characters=sum(len(t) for t in texts))
     return ClassifyResponse(model=served.name, data=data, usage=usage)

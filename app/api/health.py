@@ -29,6 +29,12 @@ async def health() -> Health:
     return Health()
 
 
+@router.head(HEALTH_PATH, include_in_schema=False)
+async def health_head() -> Response:
+    """The same probe for checkers that send HEAD (200, no body)."""
+    return Response()
+
+
 @router.get(
     READY_PATH,
     response_model=Ready,

@@ -8,7 +8,8 @@ error: generation stops at the context with finish_reason "length".
 
 Chat prompts are nanochat's conversation rendering, or, for a transformers tokenizer (NANOCHAT_BACKEND=hf),
 the model's own chat template with its generation prompt. `screen` runs the guardrail over the user's
-texts (NANOCHAT_GUARDRAIL) after the limits and before the request reaches the scheduler.
+texts (NANOCHAT_GUARDRAIL) after the limits and before the request reaches the scheduler, on the
+guardrail's own threads (NANOCHAT_GUARDRAIL_WORKERS; past NANOCHAT_GUARDRAIL_QUEUE waiting: 429).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from app.admission import GUARDRAIL
 from app.api.deps import Runtime
 from app.errors import invalid
 from app.observability import metrics
@@ -171,7 +173,8 @@ async def screen(request: Request, runtime: Runtime, texts: list[str], param: st
     guardrail = request.app.state.guardrail
     if guardrail is None:
         return {}
-    decision = await to_thread.run_sync(guardrail.check_messages, texts)  # ~4 ms a text: off the loop
+    # ~4 ms a text, holding the GIL: on the guardrail's bounded pool, off the event loop
+    decision = await request.app.state.admission[GUARDRAIL].run(guardrail.check_messages, texts)
     settings = runtime.settings
     if settings.metrics:
         metrics.observe_guardrail(decision.action)

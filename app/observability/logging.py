@@ -11,7 +11,9 @@ call passes in `extra`, and a traceback in `stack_trace` (where Error Reporting 
 (app/gunicorn.conf.py): a stdout handler on the root logger, which uvicorn's and gunicorn's loggers write
 through too. Their access logs are off: the request middleware writes one access line per request
 (`log_access`) with what they cannot know (route, tokens, finish reason, queue wait, time to first token).
-Prompts and completions appear in it only with NANOCHAT_LOG_CONTENT=true.
+Prompts and completions appear in it only with NANOCHAT_LOG_CONTENT=true. The values of secret-looking
+query parameters (`api_key`, `token`, ...) are written as REDACTED, URLs and user agents are cut at
+MAX_LOGGED_CHARS, and no request header but the user agent is logged (never Authorization).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging.config
 import os
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -38,6 +41,13 @@ SEVERITIES = ((logging.DEBUG, "DEBUG"), (logging.INFO, "INFO"), (logging.WARNING
               (logging.ERROR, "ERROR"))  # fmt: skip
 # record attributes that are never fields of their own (uvicorn adds `color_message`, a copy of the message)
 SKIPPED_ATTRS = (*RESERVED_ATTRS, "color_message", "request")
+# query parameters whose values never reach the log: these names, and any name ending in a suffix below
+# (`api_key`, `x-api-key`, `access_token`, `client_secret`, ...); the Authorization header is never logged
+SECRET_PARAMS = frozenset({"key", "token", "auth", "authorization", "password", "secret", "signature", "sig",
+                           "code", "session"})  # fmt: skip
+SECRET_SUFFIXES = ("key", "token", "secret", "password", "signature", "credential", "credentials")
+REDACTED = "REDACTED"
+MAX_LOGGED_CHARS = 2048  # a URL or user agent is cut here in the access log (a URL may be 64 KiB)
 
 
 def severity(levelno: int) -> str:
@@ -148,11 +158,11 @@ def log_access(
         return
     http_request = {
         "requestMethod": method,
-        "requestUrl": url,
+        "requestUrl": clip(redact_url(url)),
         "status": status,
         "latency": f"{latency_s:.6f}s",
         "responseSize": str(response_size),
-        "userAgent": user_agent,
+        "userAgent": clip(user_agent),
         "remoteIp": remote_ip,
     }
     extra: dict[str, Any] = {"httpRequest": http_request, "route": route, "latency_s": round(latency_s, 6)}
@@ -166,3 +176,29 @@ def log_access(
         if generation.get("ttft_s") is not None:
             message += f" ttft {generation['ttft_s']:.3f}s"
     logger.log(level, message, extra=extra)
+
+
+def redact_url(url: str) -> str:
+    """`url` with the values of its secret-looking query parameters replaced by REDACTED."""
+    base, question, query = url.partition("?")
+    if not question:
+        return url
+    parts = []
+    for part in query.split("&"):
+        name = part.partition("=")[0]
+        if _secret(unquote_plus(name)):
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return f"{base}?{'&'.join(parts)}"
+
+
+def _secret(name: str) -> bool:
+    name = name.strip().lower()
+    return name in SECRET_PARAMS or name.endswith(SECRET_SUFFIXES)
+
+
+def clip(text: str | None, limit: int = MAX_LOGGED_CHARS) -> str | None:
+    """`text` cut to `limit` characters, saying how many were left out."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"

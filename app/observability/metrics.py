@@ -4,11 +4,13 @@ that record them.
 Who calls what:
 - the request middleware: `observe_request`, `observe_rejection`, `observe_generation` (once per request);
 - the generation routes, when the guardrail is on: `observe_guardrail` (once per screened request);
+- the side routes' admission (app/admission.py): `enable_admission` (once per pool), `observe_admission`
+  (once per job offered), `observe_admission_done` (once per job admitted, when it ends);
 - the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation) and
   `set_load` (only when the queue depth or the number of active sequences changed);
 - the app's start-up and shut-down: `describe_service`, `set_capacity`, `set_model_load_seconds`,
   `set_ready`, `start_process_sampler`, `enable_guardrail`;
-- `GET /metrics`: `render`.
+- `GET /metrics`: `render` (on the app's port), or app/metrics_server.py (on a port of its own).
 
 Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set (app/gunicorn.conf.py) before this module is imported, and
 prometheus-client writes every value to per-process files there; `render` then merges the files of all
@@ -55,6 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 UNLIMITED_BYTES = 2**60  # cgroup v1 reports "no limit" as a number near 2**63
 FINISH_REASONS = ("stop", "length", "cancelled", "deadline", "error")
 GUARDRAIL_ACTIONS = ("allow", "flag", "block")
+ADMISSION_OUTCOMES = ("admitted", "rejected")
 # status of a rejected request -> reason (docs/observability.md)
 REJECTION_REASONS = {
     400: "validation",
@@ -135,6 +138,15 @@ GUARDRAIL_DECISIONS = Counter(
     ("action",),
     registry=REGISTRY,
 )
+ADMISSION_REQUESTS = Counter(
+    "nanochat_admission_requests",
+    "Jobs offered to a side route's pool (classify, guardrail), by outcome",
+    ("pool", "outcome"),
+    registry=REGISTRY,
+)
+ADMISSION_IN_FLIGHT = _gauge(
+    "nanochat_admission_in_flight", "Jobs admitted to a side route's pool and not finished", ("pool",)
+)
 MODEL_LOAD = _gauge(
     "nanochat_model_load_seconds",
     "Time to load (and warm) the model, with the guardrail and the classifier",
@@ -213,6 +225,23 @@ def enable_guardrail() -> None:
 
 def observe_guardrail(action: str) -> None:
     GUARDRAIL_DECISIONS.labels(action).inc()
+
+
+def enable_admission(pool: str) -> None:
+    """The pool's series from 0, before its first job."""
+    for outcome in ADMISSION_OUTCOMES:
+        ADMISSION_REQUESTS.labels(pool, outcome)
+    ADMISSION_IN_FLIGHT.labels(pool)
+
+
+def observe_admission(pool: str, admitted: bool) -> None:
+    ADMISSION_REQUESTS.labels(pool, "admitted" if admitted else "rejected").inc()
+    if admitted:
+        ADMISSION_IN_FLIGHT.labels(pool).inc()
+
+
+def observe_admission_done(pool: str) -> None:
+    ADMISSION_IN_FLIGHT.labels(pool).dec()
 
 
 # ---- the scheduler thread ------------------------------------------------------------------------------
@@ -380,13 +409,18 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def render(accept: str | None = None) -> tuple[bytes, str]:
-    """The exposition for a scrape (format by its Accept header) and its content type: every worker's
-    values merged in multiprocess mode, else this process's."""
-    encoder, content_type = choose_encoder(accept or "")
+def exposition_registry() -> CollectorRegistry:
+    """What a scrape shows: every worker's values merged in multiprocess mode (read at each scrape, so also
+    from gunicorn's master, app/metrics_server.py), else this process's."""
     path = multiprocess_dir()
     if path is None:
-        return encoder(REGISTRY), content_type
+        return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path)
-    return encoder(registry), content_type
+    return registry
+
+
+def render(accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition for a scrape (format by its Accept header) and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(exposition_registry()), content_type

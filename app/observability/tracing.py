@@ -5,7 +5,10 @@ set; off by default, with `OTEL_TRACES_EXPORTER=none` and with `OTEL_SDK_DISABLE
 (endpoint, headers, sampler, batch sizes, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) is read by the
 SDK as usual. An unreachable collector never slows a request: spans are exported by a background thread
 (BatchSpanProcessor, which drops spans when its queue is full), each export gives up after
-`DEFAULT_EXPORT_TIMEOUT_S` unless `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` says otherwise.
+`DEFAULT_EXPORT_TIMEOUT_S` unless `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` says otherwise. Nor does it flood
+the logs: the exporter's and the batch processor's failure lines (retries, refused connections, a full
+queue dropping spans) become one WARNING per `EXPORT_LOG_INTERVAL_S`, which counts the ones not written
+(`ExportLogLimit`), so a dead collector cannot trip an alert on ERROR lines.
 
 What a generation request's trace holds:
 
@@ -21,9 +24,12 @@ converted once to epoch nanoseconds), so nothing runs per token. Probes and /met
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -44,11 +50,71 @@ SUPPORTED_PROTOCOL = "http/protobuf"
 TRACER_NAME = "app.observability.tracing"
 OPERATIONS = {"/v1/completions": "text_completion"}  # route -> gen_ai.operation.name (else "chat")
 FAILED = ("deadline", "error")  # finish reasons that mark the generation span as an error
+EXPORT_LOG_INTERVAL_S = 60.0
+# the loggers OpenTelemetry writes export failures to: the OTLP/HTTP exporter (its client logs through it),
+# and the batch processor (a full queue logs once per dropped span)
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+)
 _EPOCH_OFFSET_NS = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch, fixed once
 
 
 class TracingConfigError(ValueError):
     """The OTEL_* variables ask for something this service cannot do."""
+
+
+class ExportLogLimit(logging.Filter):
+    """On OpenTelemetry's export loggers: the first warning or error in each `interval_s` goes out as one
+    WARNING, its traceback reduced to the exception's message; the others are dropped and counted, and the
+    next line that goes out says how many. Lines below WARNING pass untouched."""
+
+    def __init__(
+        self, interval_s: float = EXPORT_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()  # the exporter thread and a flush on another thread log at once
+        self._quiet_until = -math.inf
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        with self._lock:
+            now = self.clock()
+            if now < self._quiet_until:
+                self._dropped += 1
+                return False
+            self._quiet_until = now + self.interval_s
+            dropped, self._dropped = self._dropped, 0
+        message = f"trace export: {record.getMessage().rstrip('.')}"
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f": {record.exc_info[1]!r}"
+        if dropped:
+            message += f" ({dropped} more such lines since the last one were not written)"
+        record.msg = f"{message}; at most one such line every {self.interval_s:g} s"
+        record.args = None
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+EXPORT_LOG_LIMIT = ExportLogLimit()
+
+
+def limit_export_logs() -> ExportLogLimit:
+    """Put EXPORT_LOG_LIMIT on OpenTelemetry's export loggers, in place of any other ExportLogLimit: one
+    count and one line a minute for all of them."""
+    for name in EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        for other in [f for f in logger.filters if isinstance(f, ExportLogLimit)]:
+            logger.removeFilter(other)
+        logger.addFilter(EXPORT_LOG_LIMIT)
+    return EXPORT_LOG_LIMIT
 
 
 def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
@@ -81,6 +147,7 @@ def provider_from_env(env: Mapping[str, str] = os.environ, version: str = "") ->
 
     timeout_set = env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
     exporter = OTLPSpanExporter(timeout=None if timeout_set else DEFAULT_EXPORT_TIMEOUT_S)
+    limit_export_logs()
     return tracer_provider(exporter, version)
 
 

@@ -382,9 +382,12 @@ def test_api_keys(guarded_server: Server) -> None:
     wrong = openai.OpenAI(base_url=f"{guarded_server.url}/v1", api_key="wrong", max_retries=0)
     with wrong, pytest.raises(openai.AuthenticationError):
         chat(wrong, max_tokens=2)
-    # probes stay open: load balancers and Prometheus carry no key
-    for path in ("/health", "/ready", "/metrics", "/stats"):
+    # probes stay open: load balancers and Prometheus carry no key; /stats (model, state, load) does not
+    for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{guarded_server.url}{path}").status_code == 200
+    assert_error(httpx.get(f"{guarded_server.url}/stats"), 401, "invalid_api_key")
+    keyed = httpx.get(f"{guarded_server.url}/stats", headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert keyed.status_code == 200
 
 
 def test_cors_off_by_default(base_url: str) -> None:

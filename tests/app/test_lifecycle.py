@@ -4,6 +4,7 @@ Real `python -m app` processes (and one gunicorn) on 127.0.0.1; see conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from app import server as server_module
 from app.config import Settings
 
 if TYPE_CHECKING:
@@ -143,6 +145,40 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
 
 
 @pytest.mark.integration
+def test_sigterm_serves_the_queued_requests_it_had_accepted(
+    start_server: Callable[..., Server], slow_checkpoint: Path
+) -> None:
+    """A batch of 1 and 4 streams: 1 decoding, 3 queued, each with its 200 and role chunk, when SIGTERM
+    arrives. All 4 run to their end within the grace; only the request that comes after SIGTERM gets 503."""
+    server = start_server(
+        {
+            "NANOCHAT_CHECKPOINT": str(slow_checkpoint),
+            "NANOCHAT_MAX_BATCH": "1",
+            "NANOCHAT_DRAIN_TIMEOUT_S": "120",
+        }
+    )
+    accepted, max_tokens = 4, 200  # about 2 s each: the last 3 are still queued at SIGTERM
+    with ExitStack() as stack:
+        streams = [stack.enter_context(long_stream(server, max_tokens)) for _ in range(accepted)]
+        for stream in streams:
+            assert next(stream)["choices"][0]["delta"]["role"] == "assistant"  # 200, role chunk sent
+        assert httpx.get(f"{server.url}/stats").json()["scheduler"]["queue_depth"] >= 2
+        server.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (ready := httpx.get(f"{server.url}/ready")).status_code == 200:  # handled on the event loop
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert error_code(ready) == "draining"
+        refused = post_chat(server)
+        assert refused.status_code == 503 and error_code(refused) == "draining"
+        rests = [list(stream) for stream in streams]
+    for rest in rests:
+        assert rest[-1] == "[DONE]", rest[-3:]
+        assert rest[-2]["usage"]["completion_tokens"] == max_tokens
+    assert server.wait(timeout=60) == 0
+
+
+@pytest.mark.integration
 def test_sigterm_cuts_requests_still_running_after_the_grace(
     start_server: Callable[..., Server], slow_checkpoint: Path
 ) -> None:
@@ -162,6 +198,63 @@ def test_sigterm_cuts_requests_still_running_after_the_grace(
     assert rest[-1]["error"]["code"] == "not_ready"  # the SSE error event, after the text so far
     assert server.wait(timeout=10) == 0
     assert time.monotonic() - signalled < 5
+
+
+@pytest.mark.integration
+def test_sigterm_again_is_ignored_and_sigquit_stops_at_once(
+    start_server: Callable[..., Server], slow_checkpoint: Path
+) -> None:
+    """A drain survives more SIGTERMs (they are logged once); SIGQUIT ends it at once, and the stream still
+    running gets the SSE error event."""
+    server = start_server({"NANOCHAT_CHECKPOINT": str(slow_checkpoint), "NANOCHAT_DRAIN_TIMEOUT_S": "120"})
+    with long_stream(server, max_tokens=1000) as stream:  # about 10 s, far more than this test needs
+        next(stream), next(stream)
+        for seen in ("SIGTERM: draining", "SIGTERM again"):  # one at a time: pending signals merge
+            server.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while seen not in server.log():  # handled on the server's event loop
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.02)
+        server.signal(signal.SIGTERM)
+        going_on = [next(stream) for _ in range(50)]  # far more than was buffered: generated since
+        assert all(isinstance(e, dict) and e["choices"][0]["delta"].get("content") for e in going_on)
+        server.signal(signal.SIGQUIT)
+        rest = list(stream)
+    assert rest[-1]["error"]["code"] == "not_ready", rest[-3:]
+    assert server.wait(timeout=30) == 0
+    log = server.log()
+    assert log.count("SIGTERM again") == 1 and "Traceback" not in log, log[-3000:]
+
+
+def test_a_gunicorn_worker_completes_its_startup_only_once_its_model_has_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ListenWhenLoaded holds the lifespan's `startup.complete` (uvicorn listens only after it) while the
+    model loads, telling gunicorn's master it is alive meanwhile; other scopes pass straight through."""
+    monkeypatch.setattr(server_module, "HEARTBEAT_S", 0.01)
+    runtime = SimpleNamespace(state="loading")
+    beats: list[int] = []
+    sent: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": f"{scope['type']}.startup.complete"})
+
+    async def send(message) -> None:
+        sent.append(message["type"])
+
+    async def main() -> None:
+        wrapper = server_module.ListenWhenLoaded(app, runtime, lambda: beats.append(1))
+        await wrapper({"type": "http"}, None, send)
+        assert sent == ["http.startup.complete"]  # not held
+        startup = asyncio.create_task(wrapper({"type": "lifespan"}, None, send))
+        while len(beats) < 3:
+            await asyncio.sleep(0.01)
+        assert sent == ["http.startup.complete"] and not startup.done()
+        runtime.state = "ready"
+        await asyncio.wait_for(startup, 30)
+        assert sent == ["http.startup.complete", "lifespan.startup.complete"]
+
+    asyncio.run(main())
 
 
 @pytest.mark.integration

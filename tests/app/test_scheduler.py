@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.scheduler import DeadlineExceeded, InternalError, QueueFull, Scheduler
+from app.scheduler import DeadlineExceeded, InternalError, NotReady, QueueFull, Scheduler
 from nanochat.checkpoint import load_checkpoint
 from nanochat.engine import Engine, SamplingParams
 
@@ -133,3 +133,47 @@ def test_requests_past_their_deadline_end_with_504_running_or_queued(demo):
     assert outcomes == [504, 504]
     assert elapsed < 2.0  # cut at the deadline, not after 250 tokens each
     assert len(quick) == 4 and stats["totals"]["timed_out"] == 2 and stats["free_slots"] == 1
+
+
+def test_a_drain_serves_the_queued_requests_and_refuses_new_ones(demo):
+    """Requests already queued when the drain starts are served within the grace, not failed; a request
+    submitted during the drain gets NotReady (503)."""
+
+    async def main():
+        scheduler = Scheduler(Engine(demo.model, demo.tokenizer, max_batch=1), max_queue=8)
+        scheduler.start()
+        ids = prompt(demo.tokenizer, "hello")
+        params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+        streams = [await scheduler.submit(ids, params) for _ in range(4)]  # 1 runs, 3 wait
+        queued = scheduler.stats()["queue_depth"]
+        draining = asyncio.create_task(scheduler.drain(60))
+        await asyncio.sleep(0)  # the drain has begun
+        with pytest.raises(NotReady):
+            await scheduler.submit(ids, params)
+        served = [len([d async for d in stream]) for stream in streams]
+        await draining
+        return queued, served, scheduler.stats()
+
+    queued, served, stats = asyncio.run(main())
+    assert queued >= 2
+    assert served == [20, 20, 20, 20]
+    assert stats["state"] == "stopped" and stats["totals"]["completed"] == 4
+
+
+def test_a_drain_cuts_what_is_left_after_the_grace(demo):
+    async def main():
+        scheduler = Scheduler(Engine(demo.model, demo.tokenizer, max_batch=1), max_queue=8)
+        scheduler.start()
+        ids = prompt(demo.tokenizer, "hello")
+        params = SamplingParams(max_tokens=250, temperature=0.0, ignore_eos=True)
+        streams = [await scheduler.submit(ids, params) for _ in range(2)]
+        await scheduler.drain(0)
+        outcomes = []
+        for stream in streams:
+            try:
+                outcomes.append(len([d async for d in stream]))
+            except NotReady as e:
+                outcomes.append(e.status)
+        return outcomes
+
+    assert asyncio.run(main()) == [503, 503]

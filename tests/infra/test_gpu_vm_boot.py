@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from app.contract import METRICS_PATH
+from app.contract import METRICS_PATH, METRICS_PORT
 from modules.gpu_vm_boot import APP_PORT, METRICS_JOB, STARTUP_SCRIPT, boot_metadata
 
 
@@ -43,7 +43,10 @@ def test_the_ops_agent_scrapes_the_app_as_job_nanochat(metadata):
     (scrape,) = receiver["config"]["scrape_configs"]
     assert scrape["job_name"] == METRICS_JOB == "nanochat"  # the job alerts/ and dashboards/ select on
     assert scrape["metrics_path"] == METRICS_PATH
-    assert scrape["static_configs"] == [{"targets": [f"localhost:{APP_PORT}"]}]
+    # the metrics port, published on the VM's loopback only: never behind the load balancer
+    assert scrape["static_configs"] == [{"targets": [f"localhost:{METRICS_PORT}"]}]
+    assert f"-p 127.0.0.1:{METRICS_PORT}:{METRICS_PORT}" in STARTUP_SCRIPT
+    assert f"-p {METRICS_PORT}" not in STARTUP_SCRIPT
     # finding 10: each VM's series carry its own `instance` (the agent's __meta_gce_* target labels)
     assert scrape["relabel_configs"] == [
         {"source_labels": ["__meta_gce_instance_name"], "target_label": "instance"}
@@ -60,6 +63,7 @@ def test_metadata_carries_the_env_but_no_image_and_no_driver_install(metadata):
         "NANOCHAT_DEVICE": "cuda",
         "HOST": "0.0.0.0",
         "PORT": str(APP_PORT),
+        "NANOCHAT_METRICS_PORT": str(METRICS_PORT),
         "NANOCHAT_MAX_BATCH": "64",
     }
     assert metadata["nanochat-secret-env"] == "NANOCHAT_API_KEYS=nanochat-api-keys\n"

@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from app.contract import APP_PORT, HEALTH_PATH, METRICS_PATH, READY_PATH
+from app.contract import APP_PORT, HEALTH_PATH, METRICS_PATH, METRICS_PORT, READY_PATH
 from infra import names
 from infra.config import ROOT
 
@@ -165,7 +165,7 @@ def test_cloud_run_app_probes_and_resources(stacks, variants):
         assert service["ingress"] == "INGRESS_TRAFFIC_ALL"
         assert service["deletion_protection"] is cfg.deletion_protection
         plain = {e["name"]: e["value"] for e in app["env"] if "value" in e}
-        assert plain == {"HOST": "0.0.0.0", **cfg.env}
+        assert plain == {"HOST": "0.0.0.0", "NANOCHAT_METRICS_PORT": str(METRICS_PORT), **cfg.env}
         secret = {e["name"]: e["value_source"]["secret_key_ref"] for e in app["env"] if "value_source" in e}
         # mounted once the secrets have values (bootstrap adds them after the foundation apply)
         assert set(secret) == (set(cfg.secret_env) if synth.cfg.released else set())
@@ -219,7 +219,9 @@ def test_cloud_run_managed_prometheus_sidecar(stacks):
         version = synth.one("google_secret_manager_secret_version")
         config = yaml.safe_load(version["secret_data"])
         assert config["kind"] == "RunMonitoring" and config["metadata"]["name"] == "nanochat"
-        assert config["spec"]["endpoints"] == [{"port": APP_PORT, "path": METRICS_PATH, "interval": "30s"}]
+        assert config["spec"]["endpoints"] == [
+            {"port": METRICS_PORT, "path": METRICS_PATH, "interval": "30s"}
+        ]
 
 
 def test_releases_own_the_image_and_traffic(stacks):

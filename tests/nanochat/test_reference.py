@@ -1,12 +1,18 @@
-"""Numbers computed by the public nanochat code (../shared/fixtures/nanochat-ref) reproduced exactly."""
+"""Numbers computed by the public nanochat code (tests/data/nanochat-ref, see its SOURCE.md) reproduced
+exactly."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import pytest
 import torch
 
 from nanochat.checkpoint import load_checkpoint
 from nanochat.engine import Engine
+
+SHA256SUMS = Path(__file__).resolve().parents[1] / "data" / "nanochat-ref" / "SHA256SUMS"
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +23,14 @@ def model_a(reference_dir):
 @pytest.fixture(scope="module")
 def generation(expected):
     return expected["generation"]
+
+
+def test_the_fixture_files_are_the_ones_nanochat_wrote(reference_dir):
+    """Byte for byte, as listed in the repository's copy (also for NANOCHAT_REF_FIXTURES): a re-saved or
+    LFS-filtered copy would change what the tests compare with."""
+    for line in SHA256SUMS.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        assert hashlib.sha256((reference_dir / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_loads_strict_in_fp32(model_a, reference_dir, expected):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from alerts.build import JOB
+from app.contract import METRICS_PORT
 from tests.observability.promql import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -65,7 +66,7 @@ def test_observe_script_is_shellcheck_clean():
 def test_observe_script_says_what_to_install(tmp_path):
     tool("curl", "apt-get install -y curl")  # checked first
     env = {**os.environ, "PROMETHEUS": str(tmp_path / "no-prometheus"), "OBSERVE_DIR": str(tmp_path)}
-    result = subprocess.run(["bash", str(OBSERVE)], capture_output=True, text=True, env=env, timeout=30)
+    result = subprocess.run(["bash", str(OBSERVE)], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1
     assert "not found (apt-get install -y prometheus)" in result.stderr
 
@@ -127,8 +128,10 @@ def test_compose_prometheus_config_passes_promtool(compose, tmp_path):
 
     [scrape] = yaml.safe_load(config.read_text())["scrape_configs"]
     assert scrape["job_name"] == JOB
-    app_port = int(compose["services"]["app"]["environment"]["PORT"])
-    assert [host_port(t) for t in scrape["static_configs"][0]["targets"]] == [("app", app_port)]
+    # /metrics is served on the app's metrics port, which compose does not publish
+    metrics_port = int(compose["services"]["app"]["environment"]["NANOCHAT_METRICS_PORT"])
+    assert metrics_port == METRICS_PORT
+    assert [host_port(t) for t in scrape["static_configs"][0]["targets"]] == [("app", metrics_port)]
 
 
 def test_compose_grafana_is_provisioned_with_prometheus_and_the_dashboard(compose):
@@ -184,7 +187,7 @@ def free_port() -> int:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=60) as response:
         return json.load(response)
 
 

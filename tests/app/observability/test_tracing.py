@@ -1,10 +1,15 @@
 """Traces of the in-process service (OpenTelemetry's in-memory exporter): the server span honours W3C
 traceparent, each generation request gets a GenAI span with queue / prefill / decode children timed by the
-scheduler, probes are not traced, and the OTEL_* variables decide whether tracing is on."""
+scheduler, probes are not traced, and the OTEL_* variables decide whether tracing is on; a collector that
+refuses connections writes one warning a minute, with a count, not a line per failure."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import socket
 
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
@@ -147,3 +152,65 @@ def test_service_name_from_the_environment(monkeypatch) -> None:
 def test_unsupported_settings_are_clear_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(tracing.TracingConfigError, match=message):
         tracing.provider_from_env(env)
+
+
+# ---- a dead collector (issue 13, item 7) -------------------------------------------------------------
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on: connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def minute(monkeypatch):
+    """A fresh ExportLogLimit on a clock the test moves; taken off the loggers afterwards."""
+    now = [1000.0]
+    limit = tracing.ExportLogLimit(clock=lambda: now[0])
+    monkeypatch.setattr(tracing, "EXPORT_LOG_LIMIT", limit)
+    yield now
+    for name in tracing.EXPORT_LOGGERS:
+        logging.getLogger(name).removeFilter(limit)
+
+
+def test_a_dead_collector_is_one_warning_a_minute_with_a_count(monkeypatch, caplog, minute) -> None:
+    """The real OTLP/HTTP exporter against a port that refuses connections: 6 failed exports in a minute
+    write one WARNING (no ERROR); the next minute's first failure writes one more, counting the others."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")  # give up at once rather than retry
+    provider = tracing.provider_from_env(os.environ)
+    tracer = provider.get_tracer("test")
+    caplog.set_level(logging.INFO)
+
+    def failed_exports(count: int) -> None:
+        for _ in range(count):
+            tracer.start_span("lost").end()
+            assert provider.force_flush(timeout_millis=30_000)
+
+    def export_lines() -> list[logging.LogRecord]:
+        records = caplog.records
+        return [r for r in records if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING]
+
+    try:
+        failed_exports(6)
+        (line,) = export_lines()
+        assert line.levelno == logging.WARNING and not line.exc_info
+        message = line.getMessage()
+        assert message.startswith("trace export: ") and "at most one such line every 60 s" in message
+        minute[0] += 61
+        failed_exports(1)
+        _, second = export_lines()
+        dropped = re.search(r"\((\d+) more such lines since the last one", second.getMessage())
+        assert dropped and int(dropped[1]) >= 5, second.getMessage()
+        assert second.levelno == logging.WARNING
+    finally:
+        provider.shutdown()
+
+
+def test_export_log_limit_passes_lines_below_warning() -> None:
+    limit = tracing.ExportLogLimit(clock=lambda: 0.0)
+    debug = logging.makeLogRecord({"levelno": logging.DEBUG, "msg": "a"})
+    error = logging.makeLogRecord({"levelno": logging.ERROR, "msg": "b %s", "args": ("x",)})
+    assert limit.filter(debug) and limit.filter(debug)
+    assert limit.filter(error) and error.levelno == logging.WARNING and "b x" in error.getMessage()
+    assert not limit.filter(logging.makeLogRecord({"levelno": logging.ERROR, "msg": "c"}))

@@ -21,7 +21,7 @@ def fortunes_deb(tmp_path_factory) -> Path:
     """A cache folder holding a `fortunes` .deb built here with dpkg-deb: the Debian layout, a copyright
     file with the BSD sentence, 300 fortunes per category, each with an attribution to strip."""
     if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed (Debian's dpkg); it builds and reads .deb packages")
+        pytest.skip("dpkg-deb is not installed (apt-get install -y dpkg); it builds and reads .deb packages")
     root = tmp_path_factory.mktemp("fortunes-root")
     games = root / "usr/share/games/fortunes"
     games.mkdir(parents=True)

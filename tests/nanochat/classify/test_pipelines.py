@@ -17,7 +17,7 @@ def test_every_candidate_learns_the_guardrail_set(guardrail_data, name):
     assert summary["accuracy_mean"] > 0.75, summary  # far above the 0.52 of always answering "benign"
     assert all(result.oof_predicted)  # every example was predicted exactly once, out of fold
     assert all(0.0 < c <= 1.0 for c in result.oof_confidence)
-    assert summary["fit_seconds_mean"] > 0 and summary["predict_ms_per_text"] > 0
+    assert summary["fit_seconds_mean"] >= 0 and summary["predict_ms_per_text"] >= 0  # measured, reported
 
 
 def test_confidence_ranks_like_the_decision_function(guardrail_data):
@@ -54,8 +54,9 @@ def test_report_holds_every_figure(experiment, guardrail_data):
     assert set(test["per_class"]) == {"benign", "injection"}
     assert 0.75 < test["accuracy"] <= 1 and 0.75 < test["macro_f1"] <= 1
     lat = report["latency"]
-    assert 0 < lat["batch_ms_per_text"] < lat["single_text_ms_p50"] <= lat["single_text_ms_p95"]
-    assert report["train_seconds"] > 0
+    # measured times: their order depends on the machine's load, only the percentiles' order is certain
+    assert lat["batch_ms_per_text"] >= 0 and 0 <= lat["single_text_ms_p50"] <= lat["single_text_ms_p95"]
+    assert report["train_seconds"] >= 0
 
 
 def test_worst_predictions_are_mistakes_most_confident_first_with_evidence(experiment):

@@ -37,7 +37,7 @@ def gunzip(stream: bytes) -> bytes:
     """The reference: gzip decodes compress's .Z format."""
     gzip = shutil.which("gzip")
     if gzip is None:
-        pytest.skip("gzip is not installed")
+        pytest.skip("gzip is not installed (apt-get install -y gzip)")
     return subprocess.run(
         [gzip, "-dc"], input=COMPRESS_HEADER + stream, capture_output=True, check=True
     ).stdout

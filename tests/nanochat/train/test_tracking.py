@@ -247,7 +247,9 @@ def test_missing_wandb_is_a_warning(tmp_path, monkeypatch, caplog):
 def offline_wandb(tmp_path, monkeypatch):
     """Offline wandb writing under tmp_path; wandb reads its environment once per process, so the
     fixture tears its process-wide state down before and after."""
-    wandb = pytest.importorskip("wandb", reason="the optional wandb extra is not installed")
+    wandb = pytest.importorskip(
+        "wandb", reason="the optional wandb extra is not installed (pip install wandb)"
+    )
     wandb_dir = tmp_path / "wandb-home"
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -260,12 +262,21 @@ def offline_wandb(tmp_path, monkeypatch):
     wandb.teardown()
 
 
+def wandb_flushed() -> None:
+    """Wait until the offline run file is complete: `run.finish()` returns once the run is marked done, and
+    wandb's service process closes (flushes) the file later; `teardown` waits for that process to exit."""
+    import wandb
+
+    wandb.teardown()
+
+
 def test_wandb_offline_run_mirrors_the_log(tmp_path, offline_wandb):
     run_dir = tmp_path / "run"
     with RunTracker(run_dir, {"depth": 4}, wandb_project="nanochat-tests") as run:
         run.log(0, train_loss=1.2345)
         run.log(1, train_loss=0.6789, val_bpb=1.111)
         run.summary(final_bpb=1.111)
+    wandb_flushed()
     run_id = json.loads((run_dir / CONFIG_FILE).read_text())["run"]["wandb_run_id"]
     (offline_run,) = (offline_wandb / "wandb").glob(f"offline-run-*-{run_id}")
     data = (offline_run / f"run-{run_id}.wandb").read_bytes()
