@@ -30,15 +30,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/release_lib.sh
 source scripts/release_lib.sh
 
-ENV_ARG=dev
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --env) ENV_ARG=${2:?--env needs a name}; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage "$0"; exit 0 ;;
-    *) fail "unknown argument $1 (see --help)" 2 ;;
-  esac
-done
+env_args "$0" dry-run "$@"
 
 load_env "$ENV_ARG"
 read -r -a CDKTF_CMD <<<"${CDKTF:-npx cdktf}"

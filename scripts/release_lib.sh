@@ -42,6 +42,23 @@ query() {
   fi
 }
 
+# env_args SCRIPT WITH_DRY_RUN ARGS...: the arguments of the scripts that take only `--env NAME`, `-h`
+# and, when WITH_DRY_RUN is `dry-run`, `--dry-run`; sets ENV_ARG (default dev) and DRY_RUN
+env_args() {
+  local script=$1 dry=$2
+  shift 2
+  ENV_ARG=dev  # read by the sourcing script
+  export ENV_ARG
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --env) ENV_ARG=${2:?--env needs a name}; shift 2 ;;
+      --dry-run) [ "$dry" = dry-run ] || fail "unknown argument $1 (see --help)" 2; DRY_RUN=1; shift ;;
+      -h | --help) usage "$script"; exit 0 ;;
+      *) fail "unknown argument $1 (see --help)" 2 ;;
+    esac
+  done
+}
+
 # load_env NAME: the env's settings and resource names, from envs/NAME.yaml through the typed config
 # (infra/config.py) and infra/names.py, so that no name is derived twice. Sets and exports:
 #   ENV_NAME ENV_FILE PROJECT REGION PHASE SERVICE IMAGE_REPO GPU_IMAGE_REPO GPU_ENABLED GPU_GROUP
