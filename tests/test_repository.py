@@ -117,6 +117,12 @@ def test_a_run_without_skips_says_so_and_a_failing_run_still_ends_with_the_summa
 
 
 # ---- make test-stress and make soak -----------------------------------------------------------------------
+def outside_make() -> dict[str, str]:
+    """This environment without what an enclosing make passes down (under `make test`, a nested make would
+    print "Entering directory" lines and inherit its flags)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")}
+
+
 STRESS_PROBE = """
 import os
 from pathlib import Path
@@ -145,7 +151,7 @@ def test_make_test_stress_runs_the_suite_twice_beside_cpu_hogs_fails_on_a_failur
     pytest_command = f"{sys.executable} -m pytest -q -p no:cacheprovider {tmp_path}"
     command = ["make", "-s", "-o", "setup", "-o", ".venv-infra/bin/checkov", "test-stress"]
     command += ["STRESS_HOGS=2", f"STRESS_PYTEST={pytest_command}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=outside_make(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "make test-stress: 1 of 2 runs failed" in result.stdout, result.stdout + result.stderr
     first, second = [line.split() for line in (tmp_path / "runs.txt").read_text().splitlines()]
@@ -154,9 +160,8 @@ def test_make_test_stress_runs_the_suite_twice_beside_cpu_hogs_fails_on_a_failur
 
 
 def test_make_soak_runs_the_bench_script_for_soak_minutes():
-    result = subprocess.run(
-        ["make", "-n", "-o", "setup", "soak", "SOAK_MINUTES=2"], cwd=ROOT, capture_output=True, text=True
-    )
+    command = ["make", "-n", "-o", "setup", "soak", "SOAK_MINUTES=2"]
+    result = subprocess.run(command, cwd=ROOT, env=outside_make(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [".venv/bin/python", "bench/soak.py", "--minutes", "2"]
 

@@ -200,7 +200,9 @@ def test_sigterm_to_the_process_group_drains_every_stream(
     assert exit_code == 0, server.log()[-3000:]
     log = server.log()
     assert "Traceback" not in log and "stack_trace" not in log, log[-3000:]
-    assert "already draining" in log  # the repeated SIGTERM was seen, and ignored
+    # Whether the worker saw the master's SIGTERM as a second signal depends on timing (two pending
+    # SIGTERMs merge into one), so the log line is not asserted here; test_lifecycle.py sends the second
+    # signal itself and checks it is ignored.
 
 
 def test_a_respawned_worker_takes_no_traffic_while_its_model_loads(
