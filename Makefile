@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CHECKPOINT ?= ../shared/fixtures/nanochat-ref/modelA
+CHECKPOINT ?= tests/data/nanochat-ref/modelA
 # extra pip arguments for torch, e.g. the CPU wheel index on machines without the local wheel
 TORCH_PIP_ARGS ?=
 BENCH_URL ?= http://127.0.0.1:8000
