@@ -59,7 +59,6 @@ EXPORT_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.trace.export",
 )
-_EPOCH_OFFSET_NS = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch, fixed once
 
 
 class TracingConfigError(ValueError):
@@ -176,8 +175,15 @@ def operation_name(route: str) -> str:
     return OPERATIONS.get(route, "chat")
 
 
-def epoch_ns(monotonic_s: float) -> int:
-    return int(monotonic_s * 1e9) + _EPOCH_OFFSET_NS
+def epoch_offset_ns() -> int:
+    """Now's wall clock minus the monotonic clock. Read when a span is recorded, not once per process: the
+    wall clock may be slewed or stepped (NTP) while the server runs, and the OpenTelemetry SDK stamps the
+    server span with the wall clock of its own moment."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def epoch_ns(monotonic_s: float, offset_ns: int | None = None) -> int:
+    return int(monotonic_s * 1e9) + (epoch_offset_ns() if offset_ns is None else offset_ns)
 
 
 def record_generation(
@@ -194,7 +200,10 @@ def record_generation(
     if not trace.get_current_span().get_span_context().trace_flags.sampled:  # sampled out: nothing to do
         return
     submitted = stream.submitted_at
-    end = epoch_ns(submitted + stream.duration_s) if stream.duration_s is not None else time.time_ns()
+    offset = (
+        epoch_offset_ns()
+    )  # one conversion for every time of this generation: its spans stay back to back
+    end = epoch_ns(submitted + stream.duration_s, offset) if stream.duration_s is not None else time.time_ns()
     params = stream.params
     attributes: dict = {
         "gen_ai.operation.name": operation,
@@ -215,10 +224,12 @@ def record_generation(
         attributes["gen_ai.request.top_k"] = params.top_k
     if params.seed is not None:
         attributes["gen_ai.request.seed"] = params.seed
-    span = tracer.start_span(f"{operation} {model}", start_time=epoch_ns(submitted), attributes=attributes)
+    span = tracer.start_span(
+        f"{operation} {model}", start_time=epoch_ns(submitted, offset), attributes=attributes
+    )
     inside = trace.set_span_in_context(span)
     marks = [submitted + s for s in (stream.queue_wait_s, stream.prefill_done_s) if s is not None]
-    starts = [epoch_ns(submitted), *map(epoch_ns, marks)]
+    starts = [epoch_ns(mark, offset) for mark in (submitted, *marks)]
     for name, start, stop in zip(("queue", "prefill", "decode"), starts, [*starts[1:], end], strict=False):
         tracer.start_span(name, context=inside, start_time=start).end(end_time=max(start, stop))
     if finish in FAILED:
