@@ -346,9 +346,14 @@ async def drain(runtime: Runtime) -> None:
             stats["queue_depth"],
             grace,
         )
-        await runtime.scheduler.drain(grace)
+        cut = await runtime.scheduler.drain(grace)
+        if cut:
+            logger.warning("drained: the grace of %.1f s ran out; %d request(s) cut", grace, cut)
+        else:
+            logger.info("drained: every accepted request finished")
+    else:
+        logger.info("drained: no model was serving")
     runtime.state, runtime.reason = "stopped", "the server has stopped"
-    logger.info("drained")
 
 
 async def _on_daemon_thread(runtime: Runtime, fn: Callable[..., T], *args: Any) -> T:

@@ -228,17 +228,20 @@ class Scheduler:
     def state(self) -> str:
         return self._state
 
-    async def drain(self, grace_s: float) -> None:
+    async def drain(self, grace_s: float) -> int:
         """No new requests (NotReady, 503); the requests already accepted, running or queued, get `grace_s`
-        to finish (their clients have their 200 already), then whatever is left is cut."""
+        to finish (their clients have their 200 already), then whatever is left is cut. Returns how many
+        requests were cut (0: every accepted request finished within the grace)."""
         with self._cond:
             if self._state in ("draining", "stopped"):
-                return
+                return 0
             self._state = "draining"
         deadline = time.monotonic() + grace_s
         while self._busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        cut = self._busy_requests()
         self.stop()
+        return cut
 
     def stop(self) -> None:
         with self._cond:
@@ -250,6 +253,12 @@ class Scheduler:
     def _busy(self) -> bool:
         with self._cond:
             return bool(self._active or self._prefilling or self._waiting)
+
+    def _busy_requests(self) -> int:
+        """Accepted, unfinished requests: decoding (a job may decode several rows), prefilling, queued."""
+        with self._cond:
+            jobs = {id(job) for job in self._active.values()}
+            return len(jobs) + (1 if self._prefilling else 0) + len(self._waiting)
 
     # ---- requests -------------------------------------------------------------------------------------
     async def submit(

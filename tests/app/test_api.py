@@ -297,7 +297,7 @@ def slow_server(start_server: Callable[..., Server], slow_checkpoint) -> Server:
 LONG = {"messages": HELLO, "temperature": 0, "max_tokens": 600, "stream": True}
 
 
-def wait_idle(url: str, timeout: float = 5.0) -> dict:
+def wait_idle(url: str, timeout: float = 120.0) -> dict:
     """Stats once nothing is active or queued; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -317,31 +317,36 @@ def test_disconnect_frees_the_slot(slow_server: Server) -> None:
             pass
         assert httpx.get(f"{slow_server.url}/stats").json()["scheduler"]["active_sequences"] == 1
     # leaving the block closed the connection mid-stream: 600 tokens would take several seconds
-    stats = wait_idle(slow_server.url, timeout=3)
+    stats = wait_idle(slow_server.url)
     assert stats["totals"]["cancelled"] == before + 1
     ok = httpx.post(f"{slow_server.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2})
     assert ok.status_code == 200
     # the same for a client that gives up on a non-streaming request
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{slow_server.url}/v1/chat/completions", json={**LONG, "stream": False}, timeout=0.5)
-    assert wait_idle(slow_server.url, timeout=3)["totals"]["cancelled"] == before + 2
+    assert wait_idle(slow_server.url)["totals"]["cancelled"] == before + 2
 
 
 def test_queue_full_is_429_with_retry_after(slow_server: Server) -> None:
     wait_idle(slow_server.url)
 
     async def flood() -> list[int]:
-        async with httpx.AsyncClient(base_url=slow_server.url, timeout=30) as http:
+        answered: list[int] = []
+        everyone = asyncio.Event()  # set once all 5 have their status
+
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=120) as http:
 
             async def one() -> int:
-                # only the status matters: the streams are closed (and cancelled) as soon as it is known
                 async with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
+                    answered.append(response.status_code)
+                    if len(answered) == 5:
+                        everyone.set()
                     if response.status_code == 429:
                         await response.aread()
                         assert response.json()["error"]["code"] == "queue_full"
                         assert int(response.headers["retry-after"]) >= 1
-                    else:
-                        await asyncio.sleep(0.5)  # hold the slot while the others arrive
+                    else:  # hold the slot until every other request has its answer; then close (cancel)
+                        await asyncio.wait_for(everyone.wait(), timeout=120)
                     return response.status_code
 
             return await asyncio.gather(*(one() for _ in range(5)))

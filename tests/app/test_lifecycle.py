@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
 EXIT_LOAD_FAILED = 3
+DEADLINE_S = 120  # only bounds a hang: two cores shared with other tests; nothing here measures time
 
 
 def post_chat(server: Server, body: dict = HELLO) -> httpx.Response:
@@ -38,6 +39,16 @@ def post_chat(server: Server, body: dict = HELLO) -> httpx.Response:
 
 def error_code(response: httpx.Response) -> str:
     return response.json()["error"]["code"]
+
+
+def until_draining(server: Server) -> httpx.Response:
+    """/ready once it stops being 200: a signal is handled on the server's event loop, not at once."""
+    deadline = time.monotonic() + DEADLINE_S
+    while (ready := httpx.get(f"{server.url}/ready", timeout=30)).status_code == 200:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.02)
+    assert ready.status_code == 503
+    return ready
 
 
 def events(lines: Iterator[str]) -> Iterator[dict | str]:
@@ -57,7 +68,7 @@ def test_ready_is_503_while_loading_and_sigterm_then_exits_0(start_server: Calla
     assert chat.status_code == 503 and error_code(chat) == "loading"
     assert httpx.get(f"{server.url}/v1/models").status_code == 200  # needs no model
     server.signal(signal.SIGTERM)  # while loading: nothing to drain
-    assert server.wait(timeout=10) == 0
+    assert server.wait(timeout=DEADLINE_S) == 0
 
 
 @pytest.mark.integration
@@ -68,7 +79,7 @@ def test_load_failure_unready_keeps_serving_health(
     server = start_server(
         {"NANOCHAT_CHECKPOINT": str(missing), "NANOCHAT_ON_LOAD_FAILURE": "unready"}, wait="health"
     )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + DEADLINE_S
     while (ready := httpx.get(f"{server.url}/ready")).json()["error"]["code"] == "loading":
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -83,7 +94,7 @@ def test_load_failure_unready_keeps_serving_health(
     assert stats["state"] == "failed" and stats["scheduler"] is None
     assert "the model failed to load" in server.log()
     server.signal(signal.SIGTERM)
-    assert server.wait(timeout=10) == 0
+    assert server.wait(timeout=DEADLINE_S) == 0
 
 
 @pytest.mark.integration
@@ -94,7 +105,7 @@ def test_load_failure_exits_non_zero(start_server: Callable[..., Server], tmp_pa
     server = start_server(
         {"NANOCHAT_CHECKPOINT": str(broken)}, wait=None
     )  # on_load_failure=exit: the default
-    assert server.wait(timeout=30) == EXIT_LOAD_FAILED
+    assert server.wait(timeout=DEADLINE_S) == EXIT_LOAD_FAILED
     log = server.log()
     assert f"the model failed to load from {broken}" in log and "meta" in log
     assert "Traceback" not in log  # an expected failure is one clear line
@@ -119,17 +130,15 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
         {
             "NANOCHAT_CHECKPOINT": str(slow_checkpoint),
             "NANOCHAT_MAX_BATCH": "2",
-            "NANOCHAT_DRAIN_TIMEOUT_S": "15",
+            "NANOCHAT_DRAIN_TIMEOUT_S": "600",  # far more than the stream needs: the exit must not wait
         }
     )
     with long_stream(server, max_tokens=150) as stream:  # about 1.5 s of decoding
         first = [next(stream), next(stream)]  # the role chunk, then the first text
         assert first[1]["choices"][0]["delta"]["content"]
-        signalled = time.monotonic()
         server.signal(signal.SIGTERM)
-        time.sleep(0.2)  # the signal is handled on the server's event loop
-        ready = httpx.get(f"{server.url}/ready")
-        assert ready.status_code == 503 and error_code(ready) == "draining"
+        ready = until_draining(server)
+        assert error_code(ready) == "draining"
         refused = post_chat(server)
         assert refused.status_code == 503 and error_code(refused) == "draining"
         assert "retry-after" in refused.headers
@@ -138,8 +147,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
     assert rest[-2]["usage"]["completion_tokens"] == 150  # ran to the end, not cut
     finish = [e["choices"][0]["finish_reason"] for e in rest[:-2] if e["choices"][0].get("finish_reason")]
     assert finish == ["length"]
-    assert server.wait(timeout=15 + 5) == 0
-    assert time.monotonic() - signalled < 15
+    assert server.wait(timeout=DEADLINE_S) == 0  # well before the 600 s grace: it ended with the stream
+    assert "drained: every accepted request finished" in server.log()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health")
 
@@ -164,18 +173,15 @@ def test_sigterm_serves_the_queued_requests_it_had_accepted(
             assert next(stream)["choices"][0]["delta"]["role"] == "assistant"  # 200, role chunk sent
         assert httpx.get(f"{server.url}/stats").json()["scheduler"]["queue_depth"] >= 2
         server.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while (ready := httpx.get(f"{server.url}/ready")).status_code == 200:  # handled on the event loop
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert error_code(ready) == "draining"
+        assert error_code(until_draining(server)) == "draining"
         refused = post_chat(server)
         assert refused.status_code == 503 and error_code(refused) == "draining"
         rests = [list(stream) for stream in streams]
     for rest in rests:
         assert rest[-1] == "[DONE]", rest[-3:]
         assert rest[-2]["usage"]["completion_tokens"] == max_tokens
-    assert server.wait(timeout=60) == 0
+    assert server.wait(timeout=DEADLINE_S) == 0
+    assert "drained: every accepted request finished" in server.log()
 
 
 @pytest.mark.integration
@@ -191,13 +197,12 @@ def test_sigterm_cuts_requests_still_running_after_the_grace(
     )
     with long_stream(server, max_tokens=900) as stream:  # about 10 s: far past the grace
         next(stream), next(stream)
-        signalled = time.monotonic()
         server.signal(signal.SIGTERM)
         rest = list(stream)
     assert "[DONE]" not in rest
     assert rest[-1]["error"]["code"] == "not_ready"  # the SSE error event, after the text so far
-    assert server.wait(timeout=10) == 0
-    assert time.monotonic() - signalled < 5
+    assert server.wait(timeout=DEADLINE_S) == 0
+    assert "drained: the grace of 0.5 s ran out; 1 request(s) cut" in server.log()
 
 
 @pytest.mark.integration
@@ -211,7 +216,7 @@ def test_sigterm_again_is_ignored_and_sigquit_stops_at_once(
         next(stream), next(stream)
         for seen in ("SIGTERM: draining", "SIGTERM again"):  # one at a time: pending signals merge
             server.signal(signal.SIGTERM)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + DEADLINE_S
             while seen not in server.log():  # handled on the server's event loop
                 assert time.monotonic() < deadline, server.log()[-3000:]
                 time.sleep(0.02)
@@ -221,7 +226,7 @@ def test_sigterm_again_is_ignored_and_sigquit_stops_at_once(
         server.signal(signal.SIGQUIT)
         rest = list(stream)
     assert rest[-1]["error"]["code"] == "not_ready", rest[-3:]
-    assert server.wait(timeout=30) == 0
+    assert server.wait(timeout=DEADLINE_S) == 0
     log = server.log()
     assert log.count("SIGTERM again") == 1 and "Traceback" not in log, log[-3000:]
 

@@ -18,7 +18,7 @@ from app.main import create_app
 from app.observability import tracing
 
 DEMO_MODEL = Path(__file__).resolve().parents[3] / "models" / "demo"
-READY_TIMEOUT_S = 60
+READY_TIMEOUT_S = 180
 
 
 @dataclass
