@@ -85,11 +85,11 @@ serve: setup
 SOAK_MINUTES ?= 5
 SOAK_ARGS ?=
 soak: setup
-	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Serving benchmark against a running server (`make run` in another terminal); --json via BENCH_SERVE_ARGS.
 bench-serve: setup
-	$(BIN)/python -m app.bench_serve --url $(BENCH_URL) $(BENCH_SERVE_ARGS)
+	$(BIN)/python -m bench.serve --url $(BENCH_URL) $(BENCH_SERVE_ARGS)
 
 # Retrain the bundled demo model from scratch (about 10 minutes on 2 CPU cores); see scripts/demo_model.sh.
 demo-model: setup
@@ -117,7 +117,7 @@ $(INFRA_VENV)/bin/checkov:
 # Service tokens/s with metrics, logs and traces on vs off (two demo servers, one run; ~1 min); see
 # docs/observability.md "Overhead". Arguments via BENCH_OBSERVABILITY_ARGS (e.g. --json --repeats 20).
 bench-observability: setup
-	$(BIN)/python -m app.bench_observability $(BENCH_OBSERVABILITY_ARGS)
+	$(BIN)/python -m bench.observability $(BENCH_OBSERVABILITY_ARGS)
 
 # ---- the cloud (docs/infra.md): ENV=dev|prod ----------------------------------------------------------------
 # Read-only: can this account bootstrap ENV (permissions per phase, billing, GPU quota)?

@@ -1,6 +1,6 @@
 """A bounded soak: gunicorn with its production config, mixed traffic at a fixed concurrency, one JSON report.
 
-`python bench/soak.py --minutes 5` (`make soak`, SOAK_MINUTES=5) starts `gunicorn -c app/gunicorn.conf.py`
+`python -m bench.soak --minutes 5` (`make soak`, SOAK_MINUTES=5) starts `gunicorn -c app/gunicorn.conf.py`
 with 2 workers on a free 127.0.0.1 port (the demo model, its own temporary folder, no `.env`), waits until
 it is ready, and keeps 8 clients busy with a fixed mix: streamed and non-streamed chat completions,
 `/v1/classify`, `/health`, `/ready` and `/metrics`. Then it stops gunicorn with SIGTERM and prints:

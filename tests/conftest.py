@@ -22,6 +22,9 @@ from hypothesis import HealthCheck, settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_FIXTURES = REPO_ROOT / "tests" / "data" / "nanochat-ref"
 
+# The real-server fixtures (start_server, api_server, base_url, slow_checkpoint, ...) for tests/app and tests/bench
+pytest_plugins = ["tests.servers"]
+
 
 # No test may depend on how fast the machine is (a busy CI runner, `make test-stress`): no per-example
 # deadline and no "too slow" health check for any @given (a test's own @settings add to this profile).

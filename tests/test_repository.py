@@ -163,7 +163,7 @@ def test_make_soak_runs_the_bench_script_for_soak_minutes():
     command = ["make", "-n", "-o", "setup", "soak", "SOAK_MINUTES=2"]
     result = subprocess.run(command, cwd=ROOT, env=outside_make(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [".venv/bin/python", "bench/soak.py", "--minutes", "2"]
+    assert result.stdout.split() == [".venv/bin/python", "-m", "bench.soak", "--minutes", "2"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 from nanochat.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from conftest import Server
+    from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Server
+    from tests.servers import Server
 
 KEY = "sk-live-authorization-secret"
 ORIGIN = "https://chat.example.com"

@@ -28,7 +28,7 @@ import pytest
 import requests
 
 if TYPE_CHECKING:
-    from conftest import Server
+    from tests.servers import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60  # for a limit of a few seconds: only a server that never enforces it fails

@@ -25,7 +25,7 @@ from app import server as server_module
 from app.config import Settings
 
 if TYPE_CHECKING:
-    from conftest import Server
+    from tests.servers import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}

@@ -34,7 +34,7 @@ from app.observability.logging import (
 )
 
 if TYPE_CHECKING:
-    from conftest import Server
+    from tests.servers import Server
 
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 SEVERITIES = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

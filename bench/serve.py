@@ -1,6 +1,6 @@
 """Serving benchmark: what a client of a running server sees, next to what the bare engine can do.
 
-`python -m app.bench_serve --url http://127.0.0.1:8000 --checkpoint models/demo --json`
+`python -m bench.serve --url http://127.0.0.1:8000 --checkpoint models/demo --json`
 
 For each concurrency level, that many clients stream `POST /v1/chat/completions` back to back (greedy, a
 fixed `max_tokens`) until the level's requests are done. Figures per level: aggregate output tokens/s,
@@ -426,7 +426,7 @@ def _levels(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m app.bench_serve",
+        prog="python -m bench.serve",
         description="Stream chat completions from a running server at several concurrencies.",
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")

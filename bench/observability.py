@@ -1,7 +1,7 @@
 """What observability costs: the same streaming load against the service with metrics, logs and traces on,
 and with them off, in one run. `make bench-observability`, or
 
-    python -m app.bench_observability --checkpoint models/demo --concurrency 8 --repeats 10 --json
+    python -m bench.observability --checkpoint models/demo --concurrency 8 --repeats 10 --json
 
 It starts two `python -m app` servers on the same checkpoint:
 - "on": the defaults (Prometheus metrics, one JSON access line per request, written to a file), traces
@@ -9,7 +9,7 @@ It starts two `python -m app` servers on the same checkpoint:
   /metrics scraped every `--scrape-interval` seconds, as Prometheus would;
 - "off": NANOCHAT_METRICS=false, NANOCHAT_ACCESS_LOG=false, OTEL_SDK_DISABLED=true.
 
-Then, `--repeats` times, it runs one round of streaming chat completions (app/bench_serve.py: greedy,
+Then, `--repeats` times, it runs one round of streaming chat completions (bench/serve.py: greedy,
 `ignore_eos`, `--max-tokens` each, `--concurrency` at a time) against each server, alternating which goes
 first, while the other idles. It prints aggregate output tokens/s per round, their medians, and on ÷ off:
 the median over repeats of the ratio of the two back-to-back rounds (robust to other load on the machine).
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from app.bench_serve import BenchError, describe_server, run_level, wait_ready
+from bench.serve import BenchError, describe_server, run_level, wait_ready
 from nanochat.cliargs import OneLineParser, UsageError, positive_int
 
 TARGET_COST_PERCENT = 5.0
@@ -248,7 +248,7 @@ def format_table(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m app.bench_observability",
+        prog="python -m bench.observability",
         description="Service tokens/s with metrics, logs and traces on vs off (two servers, one run).",
     )
     parser.add_argument("--checkpoint", default="models/demo", help="what both servers serve (default: demo)")

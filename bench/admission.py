@@ -1,6 +1,6 @@
 """Whether a flood of `POST /v1/classify` starves the rest of the service (issue 13, item 2). Run
 
-    python -m app.bench_admission --checkpoint models/demo --flooders 160 --seconds 15 --json
+    python -m bench.admission --checkpoint models/demo --flooders 160 --seconds 15 --json
 
 It starts one `python -m app` server (the demo model, the shipped classifier, default settings unless
 `--env NAME=VALUE` says otherwise) and measures it twice, `--seconds` each: quiet, then flooded by
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> dict:
             quiet = measure(url, process.pid, args.seconds)
             rss_before = rss_mb(process.pid)
             flooder = subprocess.Popen(
-                [sys.executable, "-m", "app.bench_admission", "--flood", url, "--flooders",
+                [sys.executable, "-m", "bench.admission", "--flood", url, "--flooders",
                  str(args.flooders), "--seconds", str(args.seconds + 2), "--texts", str(args.texts),
                  "--chars", str(args.chars)],
                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.bench_admission", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.admission", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(REPO_ROOT / "models" / "demo"))
     parser.add_argument("--flooders", type=int, default=160, help="concurrent classify clients")
     parser.add_argument("--texts", type=int, default=64, help="texts per classify request")

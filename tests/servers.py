@@ -1,4 +1,5 @@
-"""Real servers for the service's tests: `python -m app` in a subprocess on a free 127.0.0.1 port.
+"""Real servers for the tests of the service and its benchmarks (a pytest plugin, loaded by tests/conftest.py):
+`python -m app` in a subprocess on a free 127.0.0.1 port.
 
 - `base_url`: one session-wide server on the bundled demo model (context 256 tokens), ready.
 - `start_server(env, wait="ready")`: more servers with their own settings (a tiny queue, API keys, an
@@ -31,7 +32,7 @@ import torch
 from nanochat.checkpoint import save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO_ROOT / "models" / "demo"
 READY_TIMEOUT_S = 180  # only bounds a hang: loads are slow on two shared cores
 STOP_TIMEOUT_S = 20

@@ -1,4 +1,4 @@
-"""`python -m app.bench_serve`: a tiny real run against a real server gives every figure, all positive;
+"""`python -m bench.serve`: a tiny real run against a real server gives every figure, all positive;
 plus its pure parts (percentiles, the OpenAPI probe, the SSE splitter, argument errors) without a server."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.bench_serve import SseSplitter, chat_request_fields, main, percentile
+from bench.serve import SseSplitter, chat_request_fields, main, percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo"
@@ -62,7 +62,7 @@ def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.integration
 def test_tiny_run_reports_every_figure(base_url: str) -> None:
     command = [
-        sys.executable, "-m", "app.bench_serve", "--url", base_url, "--checkpoint", str(CHECKPOINT),
+        sys.executable, "-m", "bench.serve", "--url", base_url, "--checkpoint", str(CHECKPOINT),
         "--concurrency", "1,2", "--requests-per-level", "2", "--max-tokens", "8", "--json",
     ]  # fmt: skip
     run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
