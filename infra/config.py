@@ -42,7 +42,9 @@ from modules.inputs import (
     SecretId,
 )
 
-__all__ = [
+__all__ = [  # GpuSchedule and GrafanaSmtp: the env file's sub-sections, re-exported for its readers
+    "ENVS_DIR",
+    "ROOT",
     "ConfigError",
     "EnvConfig",
     "GpuSchedule",
