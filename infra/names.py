@@ -148,6 +148,15 @@ def kill_switch_function(cfg: EnvConfig) -> str:
     return f"nanochat-kill-switch-{cfg.name}"
 
 
+def kill_switch_account_id(cfg: EnvConfig) -> str:
+    return f"nanochat-kill-switch-{cfg.name}"
+
+
+def kill_switch_bucket(cfg: EnvConfig) -> str:
+    """The function's source archives."""
+    return f"{cfg.project}-nanochat-kill-switch"
+
+
 def all_names(cfg: EnvConfig) -> dict[str, str]:
     """Every name a script may need, keyed like the stack outputs where one exists."""
     return {

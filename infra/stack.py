@@ -37,6 +37,7 @@ from modules.github_oidc import GitHubOidc
 from modules.gpu_inference_group import GpuInferenceGroup
 from modules.grafana import Grafana
 from modules.http_load_balancer import HttpLoadBalancer
+from modules.inputs import GrafanaInput, MonitoringInput
 from modules.kill_switch import KillSwitch
 from modules.monitoring import AlertChannels, Monitoring
 from modules.network import GpuNetwork
@@ -85,54 +86,33 @@ class NanochatStack(TerraformStack):
 
         secrets = Secrets(self, "secrets", project=cfg.project, secrets=cfg.secrets, labels=labels)
         registry = ArtifactRegistry(
-            self,
-            "registry",
-            project=cfg.project,
-            location=cfg.region,
-            repository_id=cfg.registry.repository,
-            keep_recent_versions=cfg.registry.keep_recent_versions,
-            delete_older_than_days=cfg.registry.delete_older_than_days,
-            labels=labels,
+            self, "registry", cfg.registry, project=cfg.project, location=cfg.region, labels=labels
         )
         build = BuildTrigger(
             self,
             "build",
+            cfg.github,
             project=cfg.project,
+            location=cfg.region,
             trigger_name=names.build_trigger(cfg),
             account_id=names.build_account_id(cfg),
             bucket=names.build_source_bucket(cfg),
-            on_push=cfg.github.build_on_push,
-            github_owner=cfg.github.owner,
-            github_repo=cfg.github.repo,
-            branch=cfg.github.deploy_branch,
-            repository=registry.repository,
+            repository=registry.name,
+            repository_location=registry.location,
             image=names.image_repo(cfg),
             gpu_image=names.gpu_image_repo(cfg) if cfg.gpu.enabled else None,
-            location=cfg.region,
             labels=labels,
         )
         service = CloudRunService(
             self,
             "service",
+            cfg.service,
             project=cfg.project,
             region=cfg.region,
             name=names.service_name(cfg),
             account_id=names.runtime_account_id(cfg),
             collector_secret_id=names.collector_config_secret(cfg),
             gate_audience=names.gate_audience(cfg),
-            initial_image=cfg.service.initial_image,
-            cpu=cfg.service.cpu,
-            memory=cfg.service.memory,
-            min_instances=cfg.service.min_instances,
-            max_instances=cfg.service.max_instances,
-            concurrency=cfg.service.concurrency,
-            request_timeout_s=cfg.service.request_timeout_s,
-            ingress=cfg.service.ingress,
-            public=cfg.service.public,
-            invokers=cfg.service.invokers,
-            deletion_protection=cfg.service.deletion_protection,
-            env_vars=cfg.service.env,
-            secret_env=cfg.service.secret_env,
             secret_refs=secrets.ids,
             mount_secret_env=cfg.released,  # the secrets have values only after bootstrap's first phase
             labels=labels,
@@ -141,74 +121,52 @@ class NanochatStack(TerraformStack):
         gpu = gpu_lb = None
         if cfg.gpu.enabled:
             network = GpuNetwork(self, "network", project=cfg.project, region=cfg.region, env=cfg.name)
-            schedule = cfg.gpu.schedule
             gpu = GpuInferenceGroup(
                 self,
                 "gpu",
+                cfg.gpu,
                 project=cfg.project,
                 region=cfg.region,
                 name=names.gpu_group(cfg),
                 account_id=names.gpu_account_id(cfg),
-                network=network,
-                zones=cfg.gpu.zones,
-                machine_type=cfg.gpu.machine_type,
-                accelerator_type=cfg.gpu.accelerator_type,
-                accelerator_count=cfg.gpu.accelerator_count,
-                image_project=cfg.gpu.image_project,
-                image_family=cfg.gpu.image_family,
-                disk_size_gb=cfg.gpu.disk_size_gb,
-                repository=registry.repository,
-                env_vars=cfg.gpu.env,
-                secret_env=cfg.gpu.secret_env,
+                subnetwork_id=network.subnetwork_id,
+                repository=registry.name,
+                repository_location=registry.location,
                 secret_refs=secrets.ids,
-                spot=cfg.gpu.spot,
                 released=cfg.released,
-                target_size=cfg.gpu.target_size,
-                max_surge=cfg.gpu.max_surge,
-                autoscaling=cfg.gpu.autoscaling.model_dump() if cfg.gpu.autoscaling else None,
-                schedule={
-                    "schedule": schedule.start,
-                    "duration_s": schedule.duration_s,
-                    "time_zone": schedule.time_zone,
-                    "size": schedule.size,
-                }
-                if schedule
-                else None,
                 labels=labels,
             )
+            network.allow_health_checks(target_service_account=gpu.identity.email)
             if cfg.gpu.load_balancer:
                 gpu_lb = HttpLoadBalancer(
                     self,
                     "gpu-lb",
+                    cfg.gpu.load_balancer_input(request_timeout_s=cfg.service.request_timeout_s),
                     project=cfg.project,
                     name=names.gpu_group(cfg),
-                    group=gpu,
-                    domain=cfg.gpu.domain,
-                    rate_limit_per_minute=cfg.gpu.rate_limit_per_minute,
-                    max_rate_per_instance=cfg.gpu.max_rate_per_instance,
-                    request_timeout_s=cfg.service.request_timeout_s,
+                    instance_group=gpu.instance_group,
+                    health_check=gpu.ready_check_id,
                     labels=labels,
                 )
 
         github = GitHubOidc(
             self,
             "github",
+            cfg.github,
             project=cfg.project,
             env=cfg.name,
-            owner=cfg.github.owner,
-            repo=cfg.github.repo,
-            owner_id=cfg.github.owner_id,
-            repository_id=cfg.github.repository_id,
-            environment=cfg.github.environment or cfg.name,
-            branch=cfg.github.deploy_branch,
             pool_id=names.WIF_POOL_ID,
             provider_id=names.WIF_PROVIDER_ID,
             account_id=names.deployer_account_id(cfg),
-            repository=registry.repository,
-            service=service,
-            build=build,
+            repository=registry.name,
+            repository_location=registry.location,
+            service_name=service.name,
+            service_location=service.location,
+            build_bucket=build.source_bucket_name,
+            runtime_account=service.identity.name,
+            build_account=build.identity.name,
+            gpu_account=gpu.identity.name if gpu else None,
             api_keys_secret=secrets.ids[cfg.service.api_keys_secret] if cfg.service.api_keys_secret else None,
-            gpu_vm_account=gpu.identity if gpu else None,
         )
 
         monitoring_outputs = self._observability(cfg, project_number, service, build, labels)
@@ -234,7 +192,7 @@ class NanochatStack(TerraformStack):
             "runtime_service_account": service.identity.email,
             "deployer_service_account": github.deployer.email,
             "build_service_account": build.identity.email,
-            "build_source_bucket": build.source_bucket.name,
+            "build_source_bucket": build.source_bucket_name,
             "workload_identity_provider": github.provider.name,
             "gate_audience": service.gate_audience,
             "gpu_address": gpu_lb.address.address if gpu_lb else "",
@@ -270,11 +228,13 @@ class NanochatStack(TerraformStack):
                 project=cfg.project,
                 region=cfg.region,
                 env=cfg.name,
+                topic_name=names.kill_switch_topic(cfg),
+                function_name=names.kill_switch_function(cfg),
+                account_id=names.kill_switch_account_id(cfg),
+                bucket=names.kill_switch_bucket(cfg),
                 gpu_group=names.gpu_group(cfg) if cfg.gpu.enabled else None,
                 service_name=names.service_name(cfg),
                 labels=labels,
-                topic_name=names.kill_switch_topic(cfg),
-                function_name=names.kill_switch_function(cfg),
                 runtime_service_account=service.identity.email,
                 build_service_account=build.service_account_name,
                 docker_repository=build.pushable_repository,  # the build account may push there
@@ -282,52 +242,57 @@ class NanochatStack(TerraformStack):
         Budget(
             self,
             "budget",
+            cfg.budget,
             env=cfg.name,
-            billing_account=cfg.budget.billing_account,
             project_number=project_number,
-            amount=cfg.budget.amount,
-            currency=cfg.budget.currency,
-            actual_thresholds=cfg.budget.actual_thresholds,
-            forecast_thresholds=cfg.budget.forecast_thresholds,
             notification_channel_ids=channels.ids,
             pubsub_topic=kill_switch.budget_topic_id if kill_switch else None,
         )
 
         grafana = None
         if cfg.monitored:
-            rules = load_alert_rules(ROOT / cfg.monitoring.alert_rules_dir)
+            rules = tuple(load_alert_rules(ROOT / cfg.monitoring.alert_rules_dir))
             scales_to_zero = cfg.service.min_instances == 0
             grafana_emails = cfg.grafana.enabled and cfg.grafana.smtp is not None
             Monitoring(
                 self,
                 "monitoring",
+                MonitoringInput(
+                    evaluation_interval_s=cfg.monitoring.evaluation_interval_s,
+                    uptime_check_period_s=cfg.monitoring.uptime_check_period_s,
+                    rules=rules,
+                    service_is_public=cfg.service.public,
+                    scales_to_zero=scales_to_zero,
+                    # warnings: emailed by Grafana where it can send mail, else by these policies
+                    notify_warnings=not grafana_emails,
+                ),
                 project=cfg.project,
                 project_number=project_number,
                 env=cfg.name,
                 channel_ids=channels.ids,
-                rules=rules,
-                evaluation_interval_s=cfg.monitoring.evaluation_interval_s,
-                service=service,
-                service_is_public=cfg.service.public,
-                uptime_check_period_s=cfg.monitoring.uptime_check_period_s,
-                scales_to_zero=scales_to_zero,
-                # warnings: emailed by Grafana where it can send mail, else by these policies
-                notify_warnings=not grafana_emails,
+                service_name=service.name,
+                service_location=service.location,
+                service_url=service.url,
                 labels=labels,
             )
             if cfg.grafana.enabled:
                 grafana = Grafana(
                     self,
                     "grafana",
+                    GrafanaInput(
+                        smtp=cfg.grafana.smtp,
+                        viewers=cfg.grafana.viewers,
+                        dashboards=read_dashboards(ROOT / cfg.grafana.dashboards_dir),
+                        rules=alerting_rules(list(rules), scales_to_zero=scales_to_zero),
+                        deletion_protection=cfg.service.deletion_protection,
+                    ),
                     project=cfg.project,
                     region=cfg.region,
                     env=cfg.name,
-                    dashboards=read_dashboards(ROOT / cfg.grafana.dashboards_dir),
-                    rules=alerting_rules(rules, scales_to_zero=scales_to_zero),
+                    name=names.grafana_service(cfg),
+                    account_id=names.grafana_account_id(cfg),
+                    bucket=names.grafana_bucket(cfg),
                     alert_emails=cfg.monitoring.alert_emails,
-                    smtp=cfg.grafana.smtp,
-                    viewers=cfg.grafana.viewers,
-                    deletion_protection=cfg.service.deletion_protection,
                     labels=labels,
                 )
         return {

@@ -1,4 +1,8 @@
-"""Artifact Registry Docker repository for the service's images, with a cleanup policy for old ones."""
+"""Artifact Registry Docker repository for the service's images, with a cleanup policy for old ones.
+
+Input: `RegistryInput` (repository id, retention). Outputs: `name` and `location` (the repository's, for
+grants), `url` (the image prefix).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ from cdktf_cdktf_provider_google.artifact_registry_repository import (
 )
 from constructs import Construct
 
+from modules.inputs import RegistryInput
+
 
 class ArtifactRegistry(Construct):
-    """A Docker repository `repository_id` in `location`.
+    """A Docker repository `spec.repository` in `location`.
 
-    Cleanup: the `keep_recent_versions` newest versions of every image are always kept; any other version
-    older than `delete_older_than_days` is deleted. `url` is the image prefix
+    Cleanup: the `spec.keep_recent_versions` newest versions of every image are always kept; any other
+    version older than `spec.delete_older_than_days` is deleted. `url` is the image prefix
     (`REGION-docker.pkg.dev/PROJECT/REPOSITORY`).
     """
 
@@ -23,12 +29,10 @@ class ArtifactRegistry(Construct):
         self,
         scope: Construct,
         id_: str,
+        spec: RegistryInput,
         *,
         project: str,
         location: str,
-        repository_id: str,
-        keep_recent_versions: int,
-        delete_older_than_days: int,
         labels: Mapping[str, str],
     ) -> None:
         super().__init__(scope, id_)
@@ -37,7 +41,7 @@ class ArtifactRegistry(Construct):
             "repository",
             project=project,
             location=location,
-            repository_id=repository_id,
+            repository_id=spec.repository,
             format="DOCKER",
             description="nanochat service images (CPU and GPU builds), tagged with the commit SHA",
             labels=dict(labels),
@@ -46,13 +50,15 @@ class ArtifactRegistry(Construct):
                 ArtifactRegistryRepositoryCleanupPolicies(
                     id="keep-recent",
                     action="KEEP",
-                    most_recent_versions={"keep_count": keep_recent_versions},
+                    most_recent_versions={"keep_count": spec.keep_recent_versions},
                 ),
                 ArtifactRegistryRepositoryCleanupPolicies(
                     id="delete-old",
                     action="DELETE",
-                    condition={"tag_state": "ANY", "older_than": f"{delete_older_than_days * 86400}s"},
+                    condition={"tag_state": "ANY", "older_than": f"{spec.delete_older_than_days * 86400}s"},
                 ),
             ],
         )
-        self.url = f"{location}-docker.pkg.dev/{project}/{repository_id}"
+        self.name = self.repository.name
+        self.location = self.repository.location
+        self.url = f"{location}-docker.pkg.dev/{project}/{spec.repository}"

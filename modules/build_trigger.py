@@ -12,6 +12,10 @@ then the release must not build as well.
 tags with `$COMMIT_SHA`; a build with a user-managed service account must log to Cloud Logging only
 (`options.logging: CLOUD_LOGGING_ONLY`). A trigger needs the GitHub repository connected to Cloud Build
 once (the Cloud Build GitHub app), see docs/infra.md.
+
+Input: `GitHubRepository` (owner, repo, deploy branch, `build_on_push`), and the names of the trigger, the
+build account, the bucket, the repository and the images. Outputs: `identity` (the build account),
+`source_bucket_name`, `pushable_repository`, `service_account_name` (as triggers and builds take it).
 """
 
 from __future__ import annotations
@@ -19,43 +23,42 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from cdktf_cdktf_provider_google.artifact_registry_repository import ArtifactRegistryRepository
 from cdktf_cdktf_provider_google.artifact_registry_repository_iam_member import (
     ArtifactRegistryRepositoryIamMember,
 )
 from cdktf_cdktf_provider_google.cloudbuild_trigger import CloudbuildTrigger
-from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
-from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from constructs import Construct
 
+from modules.grants import bucket_role
+from modules.inputs import GitHubRepository
+from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
 
 BUILD_FILE = "cloudbuild.yaml"
 
 
 class BuildTrigger(Construct):
-    """Builds `github_owner/github_repo` into `image` and `gpu_image` (`REGISTRY/NAME`, no tag); a trigger on
-    pushes to `branch` only when `on_push`."""
+    """Builds `github.owner/github.repo` into `image` and `gpu_image` (`REGISTRY/NAME`, no tag); a trigger
+    on pushes to `github.deploy_branch` only with `github.build_on_push`."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        github: GitHubRepository,
         *,
         project: str,
+        location: str,
         trigger_name: str,
         account_id: str,
         bucket: str,
-        on_push: bool,
-        github_owner: str,
-        github_repo: str,
-        branch: str,
-        repository: ArtifactRegistryRepository,
+        repository: str,
+        repository_location: str,
         image: str,
         gpu_image: str | None,
-        location: str,
         labels: Mapping[str, str],
     ) -> None:
+        """`repository`, `repository_location`: the Artifact Registry repository builds push to."""
         super().__init__(scope, id_)
         self.identity = ServiceIdentity(
             self,
@@ -71,37 +74,30 @@ class BuildTrigger(Construct):
             self,
             "push",
             project=project,
-            location=repository.location,
-            repository=repository.name,
+            location=repository_location,
+            repository=repository,
             role="roles/artifactregistry.writer",
             member=self.identity.member,
         )
         # Sources of release builds (--gcs-source-staging-dir); kept a week.
-        self.source_bucket = StorageBucket(
+        self.source_bucket = private_bucket(
             self,
             "sources",
             project=project,
             name=bucket,
-            location=location.upper(),
-            uniform_bucket_level_access=True,
-            public_access_prevention="enforced",
-            versioning={"enabled": True},
-            lifecycle_rule=[StorageBucketLifecycleRule(action={"type": "Delete"}, condition={"age": 7})],
+            region=location,
+            delete_when={"age": 7},
             force_destroy=True,
-            labels=dict(labels),
+            labels=labels,
         )
-        StorageBucketIamMember(
-            self,
-            "read-sources",
-            bucket=self.source_bucket.name,
-            role="roles/storage.objectViewer",
-            member=self.identity.member,
-        )
+        self.source_bucket_name = self.source_bucket.name
+        bucket_role(self, "read-sources", bucket=self.source_bucket.name, member=self.identity.member)
         self.pushable_repository = self.push.repository
         self.service_account_name = f"projects/{project}/serviceAccounts/{self.identity.email}"
         self.trigger = None
-        if not on_push:
+        if not github.build_on_push:
             return
+        branch = github.deploy_branch
         self.trigger = CloudbuildTrigger(
             self,
             "trigger",
@@ -109,7 +105,7 @@ class BuildTrigger(Construct):
             location="global",
             name=trigger_name,
             description=f"Build {BUILD_FILE} on pushes to {branch}",
-            github={"owner": github_owner, "name": github_repo, "push": {"branch": f"^{re.escape(branch)}$"}},
+            github={"owner": github.owner, "name": github.repo, "push": {"branch": f"^{re.escape(branch)}$"}},
             filename=BUILD_FILE,
             substitutions={"_IMAGE": image, "_GPU_IMAGE": gpu_image or ""},
             service_account=self.service_account_name,

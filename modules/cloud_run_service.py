@@ -23,11 +23,15 @@
 - `gate_audience` is a custom audience: the release gate's ID token (from GitHub's workload identity,
   whose audience must be fixed before the candidate's URL exists) names it, and Cloud Run accepts a
   custom audience on every URL of the service, tagged revisions included.
+
+Input: `CloudRunServiceInput` (image, size, scaling, access, env), the names of the service, its account,
+the collector's secret and the gate's audience, and the declared secrets' references. Outputs: `name`,
+`location`, `url`, `gate_audience`, `identity` (the runtime service account).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import yaml
 from cdktf import TerraformResourceLifecycle
@@ -39,13 +43,13 @@ from cdktf_cdktf_provider_google.cloud_run_v2_service import (
     CloudRunV2ServiceTemplateVolumes,
     CloudRunV2ServiceTemplateVolumesSecretItems,
 )
-from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
 from cdktf_cdktf_provider_google.secret_manager_secret import SecretManagerSecret
-from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from cdktf_cdktf_provider_google.secret_manager_secret_version import SecretManagerSecretVersion
 from constructs import Construct
 
 from app.contract import APP_PORT, HEALTH_PATH, METRICS_JOB, METRICS_PATH, METRICS_PORT, READY_PATH
+from modules.grants import run_service_role, secret_accessor
+from modules.inputs import CloudRunServiceInput
 from modules.service_identity import ServiceIdentity
 
 __all__ = ["APP_PORT", "HEALTH_PATH", "READY_PATH", "CloudRunService", "run_monitoring_config"]
@@ -72,12 +76,13 @@ def run_monitoring_config(scrape_interval: str = "30s") -> dict:
 
 
 class CloudRunService(Construct):
-    """Cloud Run service `name` running `initial_image` until the first release replaces it."""
+    """Cloud Run service `name` running `spec.initial_image` until the first release replaces it."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        spec: CloudRunServiceInput,
         *,
         project: str,
         region: str,
@@ -85,24 +90,11 @@ class CloudRunService(Construct):
         account_id: str,
         collector_secret_id: str,
         gate_audience: str,
-        initial_image: str,
-        cpu: str,
-        memory: str,
-        min_instances: int,
-        max_instances: int,
-        concurrency: int,
-        request_timeout_s: int,
-        ingress: str,
-        public: bool,
-        invokers: Sequence[str],
-        deletion_protection: bool,
-        env_vars: Mapping[str, str],
-        secret_env: Mapping[str, str],
         secret_refs: Mapping[str, str],
         mount_secret_env: bool,
         labels: Mapping[str, str],
     ) -> None:
-        """`secret_env`: env var -> secret id; `secret_refs`: secret id -> the declared secret's reference;
+        """`secret_refs`: secret id -> the declared secret's reference (modules.secrets);
         `mount_secret_env`: declare the secret env vars in the template (else only the read grants)."""
         super().__init__(scope, id_)
         self.identity = ServiceIdentity(
@@ -134,28 +126,23 @@ class CloudRunService(Construct):
         )
         readable = {
             "collector-config": config_secret.secret_id,
-            **{s: secret_refs[s] for s in sorted(set(secret_env.values()))},
+            **{s: secret_refs[s] for s in sorted(set(spec.secret_env.values()))},
         }
         accessors = [
-            SecretManagerSecretIamMember(
-                self,
-                f"read-{key}",
-                project=project,
-                secret_id=secret_id,
-                role="roles/secretmanager.secretAccessor",
-                member=self.identity.member,
+            secret_accessor(
+                self, f"read-{key}", project=project, secret_id=secret_id, member=self.identity.member
             )
             for key, secret_id in readable.items()
         ]
 
         # Cloud Run sets PORT; the app must also listen on all interfaces, whatever the image's default.
-        plain_env = {"HOST": "0.0.0.0", "NANOCHAT_METRICS_PORT": str(METRICS_PORT), **env_vars}
+        plain_env = {"HOST": "0.0.0.0", "NANOCHAT_METRICS_PORT": str(METRICS_PORT), **spec.env}
         env_list = [CloudRunV2ServiceTemplateContainersEnv(name=k, value=v) for k, v in plain_env.items()]
         env_list += [
             CloudRunV2ServiceTemplateContainersEnv(
                 name=k, value_source={"secret_key_ref": {"secret": secret_refs[s], "version": "latest"}}
             )
-            for k, s in secret_env.items()
+            for k, s in spec.secret_env.items()
             if mount_secret_env
         ]
         self.service = CloudRunV2Service(
@@ -164,24 +151,27 @@ class CloudRunService(Construct):
             project=project,
             location=region,
             name=name,
-            ingress=INGRESS[ingress],
+            ingress=INGRESS[spec.ingress],
             custom_audiences=[gate_audience],
-            deletion_protection=deletion_protection,
+            deletion_protection=spec.deletion_protection,
             labels=dict(labels),
             template={
                 "service_account": self.identity.email,
                 "execution_environment": "EXECUTION_ENVIRONMENT_GEN2",
-                "max_instance_request_concurrency": concurrency,
-                "timeout": f"{request_timeout_s}s",
-                "scaling": {"min_instance_count": min_instances, "max_instance_count": max_instances},
+                "max_instance_request_concurrency": spec.concurrency,
+                "timeout": f"{spec.request_timeout_s}s",
+                "scaling": {
+                    "min_instance_count": spec.min_instances,
+                    "max_instance_count": spec.max_instances,
+                },
                 "labels": dict(labels),
                 "containers": [
                     CloudRunV2ServiceTemplateContainers(
                         name="app",
-                        image=initial_image,
+                        image=spec.initial_image,
                         ports={"name": "http1", "container_port": APP_PORT},
                         resources={
-                            "limits": {"cpu": cpu, "memory": memory},
+                            "limits": {"cpu": spec.cpu, "memory": spec.memory},
                             "cpu_idle": False,
                             "startup_cpu_boost": True,
                         },
@@ -230,17 +220,12 @@ class CloudRunService(Construct):
             depends_on=[config_version, *accessors],
         )
         self.name = self.service.name
+        self.location = self.service.location
         self.url = self.service.uri
         self.gate_audience = gate_audience
 
-        members = ["allUsers"] if public else list(invokers)
+        members = ["allUsers"] if spec.public else list(spec.invokers)
         for member in members:
-            CloudRunV2ServiceIamMember(
-                self,
-                f"invoker-{member}",
-                project=project,
-                location=region,
-                name=self.service.name,
-                role="roles/run.invoker",
-                member=member,
+            run_service_role(
+                self, f"invoker-{member}", project=project, location=region, service=self.name, member=member
             )

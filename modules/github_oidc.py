@@ -12,26 +12,26 @@
   (run.developer on it), call it for the release gate (run.invoker on it, and the API keys secret, whose
   first key the gate sends), act as its runtime service account (to deploy revisions that run as it),
   and roll the GPU group to a new image digest (a custom role: get and update instance group managers).
+
+Input: `GitHubRepository` (owner, repo and their ids, deploy branch, environment), and the names of what a
+release touches: the repository, the service, the build bucket, the service accounts it acts as, the API
+keys secret. Outputs: `pool`, `provider` (its `name` is the workflows' provider), `deployer`.
 """
 
 from __future__ import annotations
 
-from cdktf_cdktf_provider_google.artifact_registry_repository import ArtifactRegistryRepository
 from cdktf_cdktf_provider_google.artifact_registry_repository_iam_member import (
     ArtifactRegistryRepositoryIamMember,
 )
-from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
 from cdktf_cdktf_provider_google.iam_workload_identity_pool import IamWorkloadIdentityPool
 from cdktf_cdktf_provider_google.iam_workload_identity_pool_provider import IamWorkloadIdentityPoolProvider
 from cdktf_cdktf_provider_google.project_iam_custom_role import ProjectIamCustomRole
 from cdktf_cdktf_provider_google.project_iam_member import ProjectIamMember
-from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from cdktf_cdktf_provider_google.service_account_iam_member import ServiceAccountIamMember
-from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from constructs import Construct
 
-from modules.build_trigger import BuildTrigger
-from modules.cloud_run_service import CloudRunService
+from modules.grants import act_as, bucket_role, run_service_role, secret_accessor
+from modules.inputs import GitHubRepository
 from modules.service_identity import ServiceIdentity
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -57,33 +57,38 @@ def attribute_condition(
 
 
 class GitHubOidc(Construct):
-    """Pool `github`, provider `github-actions`, deployer `nanochat-deploy-ENV` for `owner/repo`."""
+    """Pool `pool_id`, provider `provider_id`, deployer `account_id` for `github.owner/github.repo`."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        github: GitHubRepository,
         *,
         project: str,
         env: str,
-        owner: str,
-        repo: str,
-        owner_id: int,
-        repository_id: int,
-        environment: str,
-        branch: str,
         pool_id: str,
         provider_id: str,
         account_id: str,
-        repository: ArtifactRegistryRepository,
-        service: CloudRunService,
-        build: BuildTrigger,
+        repository: str,
+        repository_location: str,
+        service_name: str,
+        service_location: str,
+        build_bucket: str,
+        runtime_account: str,
+        build_account: str,
+        gpu_account: str | None,
         api_keys_secret: str | None,
-        gpu_vm_account: ServiceIdentity | None,
     ) -> None:
-        """`api_keys_secret`: the reference of the secret the release gate reads (None: no keys);
-        `gpu_vm_account`: the GPU VMs' identity when the env has a GPU group the release rolls."""
+        """`repository`, `repository_location`: the Artifact Registry repository releases push to;
+        `service_name`, `service_location`: the Cloud Run service they deploy; `build_bucket`: where builds
+        stage their sources; `runtime_account`, `build_account`, `gpu_account`: the service accounts
+        (resource names, `projects/P/serviceAccounts/EMAIL`) of the service, the builds and the GPU VMs
+        (None: the env has no GPU group to roll); `api_keys_secret`: the reference of the secret the
+        release gate reads (None: no keys). The GitHub environment is `github.environment`, else `env`."""
         super().__init__(scope, id_)
+        owner, repo, repository_id = github.owner, github.repo, github.repository_id
+        environment = github.environment or env
         self.pool = IamWorkloadIdentityPool(
             self,
             "pool",
@@ -108,7 +113,7 @@ class GitHubOidc(Construct):
                 "attribute.repository_id": "assertion.repository_id",
             },
             attribute_condition=attribute_condition(
-                owner, repo, environment, branch, owner_id, repository_id
+                owner, repo, environment, github.deploy_branch, github.owner_id, repository_id
             ),
             oidc={"issuer_uri": GITHUB_ISSUER},
         )
@@ -132,50 +137,38 @@ class GitHubOidc(Construct):
             self,
             "push",
             project=project,
-            location=repository.location,
-            repository=repository.name,
+            location=repository_location,
+            repository=repository,
             role="roles/artifactregistry.writer",
             member=self.deployer.member,
         )
         for role in ("roles/run.developer", "roles/run.invoker"):
-            CloudRunV2ServiceIamMember(
+            run_service_role(
                 self,
                 role.removeprefix("roles/"),
                 project=project,
-                location=service.service.location,
-                name=service.service.name,
+                location=service_location,
+                service=service_name,
+                member=self.deployer.member,
                 role=role,
-                member=self.deployer.member,
             )
-        acted_as = [("runtime", service.identity), ("builder", build.identity)]
-        if gpu_vm_account:
-            acted_as.append(("gpu", gpu_vm_account))
-        for name, account in acted_as:
-            ServiceAccountIamMember(
-                self,
-                f"act-as-{name}",
-                service_account_id=account.account.name,
-                role="roles/iam.serviceAccountUser",
-                member=self.deployer.member,
-            )
+        acted_as = {"runtime": runtime_account, "builder": build_account, "gpu": gpu_account}
+        for name, account in acted_as.items():
+            if account:
+                act_as(self, f"act-as-{name}", service_account=account, member=self.deployer.member)
         for role in ("roles/storage.objectAdmin", "roles/storage.legacyBucketReader"):
-            StorageBucketIamMember(
+            bucket_role(
                 self,
                 f"sources-{role.removeprefix('roles/storage.')}",
-                bucket=build.source_bucket.name,
-                role=role,
+                bucket=build_bucket,
                 member=self.deployer.member,
+                role=role,
             )
         if api_keys_secret:
-            SecretManagerSecretIamMember(
-                self,
-                "read-api-keys",
-                project=project,
-                secret_id=api_keys_secret,
-                role="roles/secretmanager.secretAccessor",
-                member=self.deployer.member,
+            secret_accessor(
+                self, "read-api-keys", project=project, secret_id=api_keys_secret, member=self.deployer.member
             )
-        if gpu_vm_account:
+        if gpu_account:
             role = ProjectIamCustomRole(
                 self,
                 "gpu-release-role",

@@ -14,14 +14,18 @@
   a load balancer that is CPU utilization, capped at the schedule's size.
 - Terraform waits until the group is STABLE (every VM created and running), so a VM that cannot be
   created (no GPU capacity, quota) fails the apply instead of hiding.
+
+Input: `GpuGroupInput` (machine, GPUs, image family, size, autoscaling, schedule, env), the names of the
+group and its account, the subnetwork id, the repository it pulls from, the declared secrets' references,
+and whether a release exists. Outputs: `identity` (the VMs' service account), `ready_check_id` (for the
+load balancer), `instance_group`, `image_metadata_key`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from cdktf import TerraformResourceLifecycle
-from cdktf_cdktf_provider_google.artifact_registry_repository import ArtifactRegistryRepository
 from cdktf_cdktf_provider_google.artifact_registry_repository_iam_member import (
     ArtifactRegistryRepositoryIamMember,
 )
@@ -41,12 +45,12 @@ from cdktf_cdktf_provider_google.compute_region_instance_group_manager import (
     ComputeRegionInstanceGroupManagerNamedPort,
     ComputeRegionInstanceGroupManagerVersion,
 )
-from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
 from constructs import Construct
 
 from app.contract import APP_PORT, HEALTH_PATH, READY_PATH
 from modules.gpu_vm_boot import IMAGE_KEY, boot_metadata
-from modules.network import GpuNetwork
+from modules.grants import secret_accessor
+from modules.inputs import GpuGroupInput
 from modules.service_identity import ServiceIdentity
 
 PORT_NAME = "http"
@@ -64,39 +68,28 @@ SCHEDULE_CPU_TARGET = 0.9
 
 
 class GpuInferenceGroup(Construct):
-    """Regional MIG `nanochat-gpu-ENV` of `machine_type` VMs, each with `accelerator_count` GPUs."""
+    """Regional MIG `name` of `spec.machine_type` VMs, each with `spec.accelerator_count` GPUs."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        spec: GpuGroupInput,
         *,
         project: str,
         region: str,
         name: str,
         account_id: str,
-        network: GpuNetwork,
-        zones: Sequence[str],
-        machine_type: str,
-        accelerator_type: str,
-        accelerator_count: int,
-        image_project: str,
-        image_family: str,
-        disk_size_gb: int,
-        repository: ArtifactRegistryRepository,
-        env_vars: Mapping[str, str],
-        secret_env: Mapping[str, str],
+        subnetwork_id: str,
+        repository: str,
+        repository_location: str,
         secret_refs: Mapping[str, str],
-        spot: bool,
         released: bool,
-        target_size: int,
-        max_surge: int,
-        autoscaling: Mapping[str, float] | None,
-        schedule: Mapping[str, str | int] | None,
         labels: Mapping[str, str],
     ) -> None:
-        """`schedule`: {schedule (cron), duration_s, time_zone, size}; `secret_refs`: secret id -> the
-        declared secret's reference."""
+        """`repository`, `repository_location`: the Artifact Registry repository the VMs pull from;
+        `secret_refs`: secret id -> the declared secret's reference (modules.secrets); `released`: a
+        release exists (before it, the group is held at 0)."""
         super().__init__(scope, id_)
         self.identity = ServiceIdentity(
             self,
@@ -110,21 +103,20 @@ class GpuInferenceGroup(Construct):
             self,
             "pull",
             project=project,
-            location=repository.location,
-            repository=repository.name,
+            location=repository_location,
+            repository=repository,
             role="roles/artifactregistry.reader",
             member=self.identity.member,
         )
-        for secret in sorted(set(secret_env.values())):
-            SecretManagerSecretIamMember(
+        for secret in sorted(set(spec.secret_env.values())):
+            secret_accessor(
                 self,
                 f"read-{secret}",
                 project=project,
                 secret_id=secret_refs[secret],
-                role="roles/secretmanager.secretAccessor",
                 member=self.identity.member,
             )
-        network.allow_health_checks(port=APP_PORT, target_service_account=self.identity.email)
+        spot = spec.spot
 
         self.template = ComputeInstanceTemplate(
             self,
@@ -133,17 +125,19 @@ class GpuInferenceGroup(Construct):
             region=region,
             name_prefix=f"{name}-",
             description="nanochat on an NVIDIA GPU (Deep Learning VM, app container via the startup script)",
-            machine_type=machine_type,
+            machine_type=spec.machine_type,
             labels=dict(labels),
             guest_accelerator=[
-                ComputeInstanceTemplateGuestAccelerator(type=accelerator_type, count=accelerator_count)
+                ComputeInstanceTemplateGuestAccelerator(
+                    type=spec.accelerator_type, count=spec.accelerator_count
+                )
             ],
             disk=[
                 ComputeInstanceTemplateDisk(
                     boot=True,
                     auto_delete=True,
-                    source_image=f"projects/{image_project}/global/images/family/{image_family}",
-                    disk_size_gb=disk_size_gb,
+                    source_image=f"projects/{spec.image_project}/global/images/family/{spec.image_family}",
+                    disk_size_gb=spec.disk_size_gb,
                     disk_type="pd-balanced",
                     labels=dict(labels),
                 )
@@ -161,9 +155,9 @@ class GpuInferenceGroup(Construct):
                 "enable_integrity_monitoring": True,
             },
             # no access_config: no public IP
-            network_interface=[ComputeInstanceTemplateNetworkInterface(subnetwork=network.subnetwork.id)],
+            network_interface=[ComputeInstanceTemplateNetworkInterface(subnetwork=subnetwork_id)],
             service_account={"email": self.identity.email, "scopes": ["cloud-platform"]},
-            metadata=boot_metadata(env=env_vars, secret_env=secret_env),
+            metadata=boot_metadata(env=spec.env, secret_env=spec.secret_env),
             # A changed template is a new template; the group rolls to it before the old one goes.
             lifecycle=TerraformResourceLifecycle(create_before_destroy=True),
         )
@@ -187,6 +181,7 @@ class GpuInferenceGroup(Construct):
                 ("ready", READY_PATH, "load balancing: the model is loaded"),
             )
         )
+        autoscaling, schedule = spec.autoscaling, spec.schedule
         scaled = released and bool(autoscaling or schedule)
 
         self.group = ComputeRegionInstanceGroupManager(
@@ -196,14 +191,14 @@ class GpuInferenceGroup(Construct):
             region=region,
             name=name,
             base_instance_name=name,
-            distribution_policy_zones=list(zones),
+            distribution_policy_zones=list(spec.zones),
             version=[
                 ComputeRegionInstanceGroupManagerVersion(
                     name="primary", instance_template=self.template.self_link_unique
                 )
             ],
             # Held at 0 until a release exists; with an autoscaler the size is the autoscaler's.
-            target_size=None if scaled else (target_size if released else 0),
+            target_size=None if scaled else (spec.target_size if released else 0),
             named_port=[ComputeRegionInstanceGroupManagerNamedPort(name=PORT_NAME, port=APP_PORT)],
             auto_healing_policies={
                 "health_check": self.health_check.id,
@@ -213,7 +208,7 @@ class GpuInferenceGroup(Construct):
                 "type": "PROACTIVE",
                 "minimal_action": "REPLACE",
                 "replacement_method": "SUBSTITUTE",
-                "max_surge_fixed": max_surge,
+                "max_surge_fixed": spec.max_surge,
                 "max_unavailable_fixed": 0,
             },
             # Report VM creation failures (GPU stock-outs, quota) in the apply instead of hiding them.
@@ -223,21 +218,23 @@ class GpuInferenceGroup(Construct):
             lifecycle=TerraformResourceLifecycle(ignore_changes=RELEASE_OWNED),
         )
         self.image_metadata_key = IMAGE_KEY
+        self.ready_check_id = self.ready_check.id
+        self.instance_group = self.group.instance_group
 
         self.autoscaler = None
         if scaled:
             policy: dict = {"mode": "ON", "cooldown_period": STARTUP_GRACE_S}
             if autoscaling:
                 policy |= {
-                    "min_replicas": int(autoscaling["min_replicas"]),
-                    "max_replicas": int(autoscaling["max_replicas"]),
-                    "load_balancing_utilization": {"target": autoscaling["target_utilization"]},
+                    "min_replicas": autoscaling.min_replicas,
+                    "max_replicas": autoscaling.max_replicas,
+                    "load_balancing_utilization": {"target": autoscaling.target_utilization},
                 }
             else:
                 # Schedules need another signal; without a load balancer, CPU, capped at the schedule's size.
                 policy |= {
                     "min_replicas": 0,
-                    "max_replicas": int(schedule["size"]),
+                    "max_replicas": schedule.size,
                     "cpu_utilization": {"target": SCHEDULE_CPU_TARGET},
                 }
             if schedule:
@@ -245,10 +242,10 @@ class GpuInferenceGroup(Construct):
                     ComputeRegionAutoscalerAutoscalingPolicyScalingSchedules(
                         name="working-hours",
                         description="the GPU group's working hours (envs/*.yaml gpu.schedule)",
-                        schedule=str(schedule["schedule"]),
-                        duration_sec=int(schedule["duration_s"]),
-                        time_zone=str(schedule["time_zone"]),
-                        min_required_replicas=int(schedule["size"]),
+                        schedule=schedule.start,
+                        duration_sec=schedule.duration_s,
+                        time_zone=schedule.time_zone,
+                        min_required_replicas=schedule.size,
                     )
                 ]
             self.autoscaler = ComputeRegionAutoscaler(

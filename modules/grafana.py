@@ -17,12 +17,15 @@
   so the host must name another port (587 or 465). With SMTP, Grafana runs one instance all the time with
   CPU always allocated, because a Grafana scaled to zero evaluates no rules; without SMTP it scales to zero
   and shows the rules' state only while it runs (synth warns that email needs SMTP).
+
+Input: `GrafanaInput` (SMTP, viewers, dashboards, alert rules, deletion protection), the names of the
+service, its account and its bucket, and the alert emails. Outputs: `url`, `identity`, `bucket`,
+`alerting` (the provisioned alerting document).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 import yaml
 from cdktf import Annotations
@@ -33,14 +36,13 @@ from cdktf_cdktf_provider_google.cloud_run_v2_service import (
     CloudRunV2ServiceTemplateContainersVolumeMounts,
     CloudRunV2ServiceTemplateVolumes,
 )
-from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
-from cdktf_cdktf_provider_google.secret_manager_secret_iam_member import SecretManagerSecretIamMember
-from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
-from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
 from constructs import Construct
 
-from modules.alert_rules import AlertRule, grafana_alerting
+from modules.alert_rules import grafana_alerting
+from modules.grants import bucket_role, run_service_role, secret_accessor
+from modules.inputs import GrafanaInput, GrafanaSmtp
+from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
 
 GRAFANA_IMAGE = "docker.io/grafana/grafana:11.6.0"
@@ -53,16 +55,7 @@ EVALUATION_INTERVAL_S = 60
 BLOCKED_SMTP_PORT = 25  # Cloud Run cannot connect out on port 25
 
 
-class SmtpSettings(Protocol):
-    """What Grafana needs to send email: `host` as host:port, and the id of the password's secret."""
-
-    host: str
-    user: str
-    from_address: str
-    password_secret: str
-
-
-def smtp_env(smtp: SmtpSettings) -> dict[str, str]:
+def smtp_env(smtp: GrafanaSmtp) -> dict[str, str]:
     """Grafana's SMTP settings as its environment variables (GF_SMTP_PASSWORD comes from the secret)."""
     host, _, port = smtp.host.rpartition(":")
     if not host or not port.isdigit():
@@ -118,30 +111,28 @@ def dashboard_provisioning() -> dict:
 
 
 class Grafana(Construct):
-    """Cloud Run service `grafana` serving `dashboards` (file name -> JSON text) to `viewers`, with alert
-    `rules` emailed to `alert_emails` through `smtp` (None: no email)."""
+    """Cloud Run service `name` serving `spec.dashboards` (file name -> JSON text) to `spec.viewers`, with
+    alert `spec.rules` emailed to `alert_emails` through `spec.smtp` (None: no email)."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        spec: GrafanaInput,
         *,
         project: str,
         region: str,
         env: str,
-        dashboards: Mapping[str, str],
-        rules: Sequence[AlertRule],
+        name: str,
+        account_id: str,
+        bucket: str,
         alert_emails: Sequence[str],
-        smtp: SmtpSettings | None,
-        viewers: Sequence[str],
-        deletion_protection: bool,
         labels: Mapping[str, str],
     ) -> None:
         super().__init__(scope, id_)
-        if not dashboards:
-            raise ValueError("Grafana needs at least one dashboard")
+        smtp, dashboards, deletion_protection = spec.smtp, spec.dashboards, spec.deletion_protection
         self.alerting = grafana_alerting(
-            list(rules),
+            list(spec.rules),
             datasource_uid=DATASOURCE_UID,
             emails=list(alert_emails),
             interval_s=EVALUATION_INTERVAL_S,
@@ -157,33 +148,22 @@ class Grafana(Construct):
             self,
             "runtime",
             project=project,
-            account_id=f"nanochat-grafana-{env}",
+            account_id=account_id,
             display_name="nanochat Grafana",
             project_roles=["roles/monitoring.viewer"],
         )
-        self.bucket = StorageBucket(
+        self.bucket = private_bucket(
             self,
             "bucket",
             project=project,
-            name=f"{project}-nanochat-grafana",
-            location=region.upper(),
+            name=bucket,
+            region=region,
             storage_class="STANDARD",
-            uniform_bucket_level_access=True,
-            public_access_prevention="enforced",
-            versioning={"enabled": True},
-            lifecycle_rule=[
-                StorageBucketLifecycleRule(action={"type": "Delete"}, condition={"num_newer_versions": 5})
-            ],
+            delete_when={"num_newer_versions": 5},
             force_destroy=not deletion_protection,
-            labels=dict(labels),
+            labels=labels,
         )
-        StorageBucketIamMember(
-            self,
-            "read",
-            bucket=self.bucket.name,
-            role="roles/storage.objectViewer",
-            member=self.identity.member,
-        )
+        bucket_role(self, "read", bucket=self.bucket.name, member=self.identity.member)
         files = {
             "provisioning/datasources/managed-prometheus.yaml": yaml.safe_dump(datasource_provisioning()),
             "provisioning/dashboards/nanochat.yaml": yaml.safe_dump(dashboard_provisioning()),
@@ -217,12 +197,11 @@ class Grafana(Construct):
         secret_env = []
         self.smtp_secret_access = None
         if smtp:
-            self.smtp_secret_access = SecretManagerSecretIamMember(
+            self.smtp_secret_access = secret_accessor(
                 self,
                 "smtp-password-access",
                 project=project,
                 secret_id=smtp.password_secret,
-                role="roles/secretmanager.secretAccessor",
                 member=self.identity.member,
             )
             secret_env.append(
@@ -236,7 +215,7 @@ class Grafana(Construct):
             "service",
             project=project,
             location=region,
-            name="grafana",
+            name=name,
             ingress="INGRESS_TRAFFIC_ALL",
             deletion_protection=deletion_protection,
             labels=dict(labels),
@@ -286,13 +265,12 @@ class Grafana(Construct):
             depends_on=[*self.objects, *filter(None, [self.smtp_secret_access])],
         )
         self.url = self.service.uri
-        for member in viewers:
-            CloudRunV2ServiceIamMember(
+        for member in spec.viewers:
+            run_service_role(
                 self,
                 f"viewer-{member}",
                 project=project,
                 location=region,
-                name=self.service.name,
-                role="roles/run.invoker",
+                service=self.service.name,
                 member=member,
             )

@@ -10,6 +10,9 @@
   requests (429 above it); everything else is allowed (the app checks API keys).
 - Requests are balanced by rate: each VM takes up to `max_rate_per_instance` requests/s, which is also the
   capacity the autoscaler's load-balancing utilization is measured against. Requests are logged.
+
+Input: `LoadBalancerInput` (domain, rate limit, rate per VM, request timeout), the name, the instance
+group's and its readiness check's ids. Outputs: `address`, `url`, `forwarding_rule`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from cdktf_cdktf_provider_google.compute_target_https_proxy import ComputeTarget
 from cdktf_cdktf_provider_google.compute_url_map import ComputeUrlMap
 from constructs import Construct
 
-from modules.gpu_inference_group import PORT_NAME, GpuInferenceGroup
+from modules.gpu_inference_group import PORT_NAME
+from modules.inputs import LoadBalancerInput
 
 DEFAULT_RULE_PRIORITY = 2147483647  # Cloud Armor's default rule, evaluated last
 
@@ -66,17 +70,18 @@ class HttpLoadBalancer(Construct):
         self,
         scope: Construct,
         id_: str,
+        spec: LoadBalancerInput,
         *,
         project: str,
         name: str,
-        group: GpuInferenceGroup,
-        domain: str | None,
-        rate_limit_per_minute: int,
-        max_rate_per_instance: float,
-        request_timeout_s: int,
+        instance_group: str,
+        health_check: str,
         labels: Mapping[str, str],
     ) -> None:
+        """`instance_group`: the managed group's instance group (URL); `health_check`: the id of the check
+        that says a VM takes traffic."""
         super().__init__(scope, id_)
+        domain = spec.domain
         self.address = ComputeGlobalAddress(
             self, "address", project=project, name=name, ip_version="IPV4", labels=dict(labels)
         )
@@ -87,7 +92,7 @@ class HttpLoadBalancer(Construct):
             name=f"{name}-armor",
             description="nanochat GPU endpoint: per-client-IP rate limit",
             type="CLOUD_ARMOR",
-            rule=_armor_rules(rate_limit_per_minute),
+            rule=_armor_rules(spec.rate_limit_per_minute),
         )
         backend = ComputeBackendService(
             self,
@@ -97,15 +102,15 @@ class HttpLoadBalancer(Construct):
             protocol="HTTP",
             port_name=PORT_NAME,
             load_balancing_scheme="EXTERNAL_MANAGED",
-            timeout_sec=request_timeout_s,
+            timeout_sec=spec.request_timeout_s,
             connection_draining_timeout_sec=30,
-            health_checks=[group.ready_check.id],
+            health_checks=[health_check],
             security_policy=self.security_policy.id,
             backend=[
                 ComputeBackendServiceBackend(
-                    group=group.group.instance_group,
+                    group=instance_group,
                     balancing_mode="RATE",
-                    max_rate_per_instance=max_rate_per_instance,
+                    max_rate_per_instance=spec.max_rate_per_instance,
                     capacity_scaler=1.0,
                 )
             ],

@@ -19,6 +19,10 @@ Opt-in per env (`budget.kill_switch`): it stops the service to stop the spending
 
 It does not enable APIs: the stack does (cloudfunctions, eventarc, pubsub, cloudbuild, artifactregistry,
 run, storage).
+
+Input: names and emails only (the topic, the function, its account and bucket, the group and service it
+stops, the accounts it builds and acts as). Outputs: `topic`, `budget_topic_id` (for `Budget`),
+`function`, `identity`.
 """
 
 from __future__ import annotations
@@ -29,18 +33,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cdktf import AssetType, TerraformAsset
-from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
 from cdktf_cdktf_provider_google.cloudfunctions2_function import Cloudfunctions2Function
 from cdktf_cdktf_provider_google.project_iam_custom_role import ProjectIamCustomRole
 from cdktf_cdktf_provider_google.project_iam_member import ProjectIamMember
 from cdktf_cdktf_provider_google.pubsub_topic import PubsubTopic
 from cdktf_cdktf_provider_google.pubsub_topic_iam_member import PubsubTopicIamMember
-from cdktf_cdktf_provider_google.service_account_iam_member import ServiceAccountIamMember
-from cdktf_cdktf_provider_google.storage_bucket import StorageBucket, StorageBucketLifecycleRule
-from cdktf_cdktf_provider_google.storage_bucket_iam_member import StorageBucketIamMember
 from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
 from constructs import Construct
 
+from modules.grants import act_as, bucket_role, run_service_role
+from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
 
 FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "infra" / "kill_switch"
@@ -83,11 +85,13 @@ class KillSwitch(Construct):
         project: str,
         region: str,
         env: str,
+        topic_name: str,
+        function_name: str,
+        account_id: str,
+        bucket: str,
         gpu_group: str | None,
         service_name: str,
         labels: Mapping[str, str],
-        topic_name: str | None = None,
-        function_name: str | None = None,
         runtime_service_account: str | None = None,
         build_service_account: str | None = None,
         docker_repository: str | None = None,
@@ -100,8 +104,6 @@ class KillSwitch(Construct):
         if build_service_account and not docker_repository:
             raise ValueError("a dedicated build account needs a docker_repository it may push to")
         super().__init__(scope, id_)
-        topic_name = topic_name or f"nanochat-budget-{env}"
-        function_name = function_name or f"nanochat-kill-switch-{env}"
 
         self.topic = PubsubTopic(self, "topic", project=project, name=topic_name, labels=dict(labels))
         publisher = PubsubTopicIamMember(
@@ -119,7 +121,7 @@ class KillSwitch(Construct):
             self,
             "identity",
             project=project,
-            account_id=f"nanochat-kill-switch-{env}",
+            account_id=account_id,
             display_name=f"nanochat {env} budget kill switch",
         )
         role = ProjectIamCustomRole(
@@ -133,35 +135,28 @@ class KillSwitch(Construct):
         )
         ProjectIamMember(self, "role-member", project=project, role=role.id, member=self.identity.member)
         if runtime_service_account:
-            ServiceAccountIamMember(
+            act_as(
                 self,
                 "act-as-runtime",
-                service_account_id=f"projects/{project}/serviceAccounts/{runtime_service_account}",
-                role="roles/iam.serviceAccountUser",
+                service_account=f"projects/{project}/serviceAccounts/{runtime_service_account}",
                 member=self.identity.member,
             )
 
-        self.bucket = StorageBucket(
+        self.bucket = private_bucket(
             self,
             "source-bucket",
             project=project,
-            name=f"{project}-nanochat-kill-switch",
-            location=region.upper(),
-            uniform_bucket_level_access=True,
-            public_access_prevention="enforced",
-            versioning={"enabled": True},
-            lifecycle_rule=[
-                StorageBucketLifecycleRule(action={"type": "Delete"}, condition={"num_newer_versions": 3})
-            ],
+            name=bucket,
+            region=region,
+            delete_when={"num_newer_versions": 3},
             force_destroy=True,
-            labels=dict(labels),
+            labels=labels,
         )
         if build_service_account:  # the function's build reads its source
-            StorageBucketIamMember(
+            bucket_role(
                 self,
                 "build-reads-source",
                 bucket=self.bucket.name,
-                role="roles/storage.objectViewer",
                 member=f"serviceAccount:{build_service_account.rsplit('/', 1)[-1]}",
             )
         asset = TerraformAsset(self, "source", path=str(staged_source()), type=AssetType.ARCHIVE)
@@ -214,12 +209,11 @@ class KillSwitch(Construct):
             },
         )
         # Eventarc delivers as the trigger's identity: it may invoke this function and nothing else.
-        CloudRunV2ServiceIamMember(
+        run_service_role(
             self,
             "trigger-invoker",
             project=project,
             location=region,
-            name=self.function.name,
-            role="roles/run.invoker",
+            service=self.function.name,
             member=self.identity.member,
         )

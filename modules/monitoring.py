@@ -18,6 +18,10 @@ paging path); warning ones only with `notify_warnings` (off where Grafana emails
 The uptime check calls the Cloud Run service's `/health` over HTTPS; a private service is called with
 an OIDC token of the Monitoring service agent, which is granted the invoker role for that. Its own
 alert policy fires when the check fails from more than one checker region.
+
+Inputs: `AlertChannels` takes the emails; `Monitoring` a `MonitoringInput` (the rules, the evaluation and
+uptime periods, how the service runs), the channel ids and the service's name, location and URL.
+Outputs: `AlertChannels.ids`; `Monitoring.alert_policies`, `Monitoring.uptime_check`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cdktf import Fn
-from cdktf_cdktf_provider_google.cloud_run_v2_service_iam_member import CloudRunV2ServiceIamMember
 from cdktf_cdktf_provider_google.monitoring_alert_policy import (
     MonitoringAlertPolicy,
     MonitoringAlertPolicyConditions,
@@ -40,7 +43,8 @@ from constructs import Construct
 
 from app.contract import HEALTH_PATH
 from modules.alert_rules import AlertRule, alerting_rules, cloud_monitoring_text
-from modules.cloud_run_service import CloudRunService
+from modules.grants import run_service_role
+from modules.inputs import MonitoringInput
 
 GRAFANA_NOTIFIES = {"notified-by": "grafana"}  # a policy whose email Grafana's alert rule sends
 AUTO_CLOSE = "1800s"  # an incident with no data for this long closes by itself
@@ -89,33 +93,32 @@ class AlertChannels(Construct):
 
 
 class Monitoring(Construct):
-    """A PromQL policy per rule in `rules` notifying `channel_ids`, and an optional uptime check."""
+    """A PromQL policy per rule in `spec.rules` notifying `channel_ids`, and an optional uptime check of the
+    Cloud Run service `service_name`."""
 
     def __init__(
         self,
         scope: Construct,
         id_: str,
+        spec: MonitoringInput,
         *,
         project: str,
         project_number: str,
         env: str,
         channel_ids: Sequence[str],
-        rules: Sequence[AlertRule],
-        evaluation_interval_s: int,
-        service: CloudRunService,
-        service_is_public: bool,
-        uptime_check_period_s: int | None,
-        scales_to_zero: bool,
+        service_name: str,
+        service_location: str,
+        service_url: str,
         labels: Mapping[str, str],
-        notify_warnings: bool = True,
     ) -> None:
         super().__init__(scope, id_)
         channel_ids = list(channel_ids)
+        service_is_public, uptime_check_period_s = spec.service_is_public, spec.uptime_check_period_s
 
         self.alert_policies = []
-        for rule in alerting_rules(list(rules), scales_to_zero=scales_to_zero):
-            emailed = rule.severity == "critical" or notify_warnings
-            interval = rule.group_interval_seconds or evaluation_interval_s
+        for rule in alerting_rules(list(spec.rules), scales_to_zero=spec.scales_to_zero):
+            emailed = rule.severity == "critical" or spec.notify_warnings
+            interval = rule.group_interval_seconds or spec.evaluation_interval_s
             if interval % 30:
                 raise ValueError(
                     f"{rule.source}: group {rule.group}: Cloud Monitoring evaluates every multiple of 30 s, "
@@ -157,13 +160,12 @@ class Monitoring(Construct):
         self.uptime_check = None
         if uptime_check_period_s:
             if not service_is_public:
-                CloudRunV2ServiceIamMember(
+                run_service_role(
                     self,
                     "uptime-invoker",
                     project=project,
-                    location=service.service.location,
-                    name=service.service.name,
-                    role="roles/run.invoker",
+                    location=service_location,
+                    service=service_name,
                     member=f"serviceAccount:service-{project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com",
                 )
             self.uptime_check = MonitoringUptimeCheckConfig(
@@ -176,7 +178,7 @@ class Monitoring(Construct):
                 user_labels=dict(labels),
                 monitored_resource={
                     "type": "uptime_url",
-                    "labels": {"project_id": project, "host": Fn.replace(service.url, "https://", "")},
+                    "labels": {"project_id": project, "host": Fn.replace(service_url, "https://", "")},
                 },
                 http_check={
                     "path": HEALTH_PATH,

@@ -4,6 +4,9 @@ VMs reach Google APIs (Artifact Registry, Secret Manager, Monitoring) through Pr
 the internet (driver and Ops Agent packages) through Cloud NAT, which costs nothing while no VM runs.
 The only ingress rule admits Google's health checkers and load-balancer proxies to the app port of the
 GPU service account's VMs; everything else is denied by the VPC's implied rule.
+
+Input: the project, region and env names. Outputs: `subnetwork_id` (for the VMs), `allow_health_checks`
+(the firewall rule, given the VMs' service account email once it exists).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from cdktf_cdktf_provider_google.compute_router_nat import ComputeRouterNat
 from cdktf_cdktf_provider_google.compute_subnetwork import ComputeSubnetwork
 from constructs import Construct
 
+from app.contract import APP_PORT
+
 # Where Google health checks and global external Application Load Balancer proxies connect from.
 HEALTH_CHECK_RANGES = ["130.211.0.0/22", "35.191.0.0/16"]
 
 
 class GpuNetwork(Construct):
-    """VPC `nanochat-ENV` with one subnet in `region`; `allow_health_checks` opens `port` to `target_sa`."""
+    """VPC `nanochat-ENV` with one subnet in `region`; `allow_health_checks` opens the app port to the VMs of
+    one service account."""
 
     def __init__(
         self, scope: Construct, id_: str, *, project: str, region: str, env: str, cidr: str = "10.20.0.0/24"
@@ -50,6 +56,7 @@ class GpuNetwork(Construct):
                 "metadata": "INCLUDE_ALL_METADATA",
             },
         )
+        self.subnetwork_id = self.subnetwork.id
         router = ComputeRouter(
             self, "router", project=project, region=region, name=f"nanochat-{env}", network=self.network.id
         )
@@ -65,7 +72,9 @@ class GpuNetwork(Construct):
             log_config={"enable": True, "filter": "ERRORS_ONLY"},
         )
 
-    def allow_health_checks(self, *, port: int, target_service_account: str) -> ComputeFirewall:
+    def allow_health_checks(self, *, target_service_account: str) -> ComputeFirewall:
+        """Health checkers and load-balancer proxies may reach APP_PORT on the VMs running as
+        `target_service_account` (an email)."""
         return ComputeFirewall(
             self,
             "allow-health-checks",
@@ -75,6 +84,6 @@ class GpuNetwork(Construct):
             direction="INGRESS",
             source_ranges=HEALTH_CHECK_RANGES,
             target_service_accounts=[target_service_account],
-            allow=[ComputeFirewallAllow(protocol="tcp", ports=[str(port)])],
+            allow=[ComputeFirewallAllow(protocol="tcp", ports=[str(APP_PORT)])],
             log_config={"metadata": "INCLUDE_ALL_METADATA"},
         )

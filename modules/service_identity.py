@@ -36,6 +36,7 @@ class ServiceIdentity(Construct):
             self, "account", project=project, account_id=account_id, display_name=display_name
         )
         self.email = self.account.email
+        self.name = self.account.name  # projects/P/serviceAccounts/EMAIL, what act-as grants name
         self.member = f"serviceAccount:{self.account.email}"
         for role in project_roles:
             ProjectIamMember(

@@ -18,19 +18,22 @@ def budgets() -> dict[str, dict]:
     from cdktf import Testing as T
 
     from modules.budget import Budget
+    from modules.inputs import BudgetInput
 
     stack = TerraformStack(T.app(), "unit")
+    spec = BudgetInput(
+        billing_account="01A2B3-C4D5E6-F7A8B9",
+        amount=50,
+        currency="EUR",
+        actual_thresholds=[0.5, 1.0],
+        forecast_thresholds=[1.0],
+    )
     common = {
-        "billing_account": "01A2B3-C4D5E6-F7A8B9",
         "project_number": "123456789",
-        "amount": 50,
-        "currency": "EUR",
-        "actual_thresholds": [0.5, 1.0],
-        "forecast_thresholds": [1.0],
         "notification_channel_ids": ["projects/nanochat-test/notificationChannels/1"],
     }
-    Budget(stack, "plain", env="plain", **common)
-    Budget(stack, "kill", env="kill", pubsub_topic=TOPIC, **common)
+    Budget(stack, "plain", spec, env="plain", **common)
+    Budget(stack, "kill", spec, env="kill", pubsub_topic=TOPIC, **common)
     synth = json.loads(T.synth(stack))
     found = synth["resource"]["google_billing_budget"].values()
     return {b["display_name"]: b for b in found}

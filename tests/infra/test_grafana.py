@@ -11,10 +11,11 @@ import yaml
 
 from infra.config import ROOT
 from modules.alert_rules import GRAFANA_CONTACT_POINT, load_alert_rules
+from modules.inputs import GrafanaInput, GrafanaSmtp
 
 RULES = load_alert_rules(ROOT / "alerts")
 EMAILS = ["oncall@example.com"]
-SMTP = SimpleNamespace(
+SMTP = GrafanaSmtp(
     host="smtp.example.com:587",
     user="apikey",
     from_address="grafana@example.com",
@@ -32,18 +33,20 @@ def synthesized() -> dict:
     result = {}
     for name, smtp in (("mail", SMTP), ("nomail", None)):
         scope = TerraformStack(T.app(), name)
+        spec = GrafanaInput(
+            smtp=smtp, dashboards={"nanochat.json": "{}"}, rules=tuple(RULES), deletion_protection=False
+        )
         grafana = Grafana(
             scope,
             "grafana",
+            spec,
             project="p",
             region="europe-west4",
             env="dev",
-            dashboards={"nanochat.json": "{}"},
-            rules=RULES,
+            name="grafana",
+            account_id="nanochat-grafana-dev",
+            bucket="p-nanochat-grafana",
             alert_emails=EMAILS,
-            smtp=smtp,
-            viewers=[],
-            deletion_protection=False,
             labels={},
         )
         warnings = [entry.data for entry in grafana.node.metadata if "warn" in entry.type]

@@ -22,21 +22,14 @@ def synthesized() -> dict:
     from cdktf import Testing as T  # not `Testing`: pytest would try to collect it
 
     from modules.cloud_run_service import CloudRunService
+    from modules.inputs import CloudRunServiceInput, MonitoringInput
     from modules.monitoring import AlertChannels, Monitoring
 
     def stack(name: str, with_monitoring: bool) -> dict:
         scope = TerraformStack(T.app(), name)
         channels = AlertChannels(scope, "channels", project="p", env="dev", alert_emails=EMAILS, labels={})
         if with_monitoring:
-            service = CloudRunService(
-                scope,
-                "service",
-                project="p",
-                region="europe-west4",
-                name="nanochat",
-                account_id="nanochat-run-dev",
-                collector_secret_id="collector",
-                gate_audience="nanochat-dev-release-gate",
+            service_spec = CloudRunServiceInput(
                 initial_image="us-docker.pkg.dev/cloudrun/container/hello",
                 cpu="1",
                 memory="2Gi",
@@ -48,8 +41,17 @@ def synthesized() -> dict:
                 public=False,
                 invokers=[],
                 deletion_protection=False,
-                env_vars={},
-                secret_env={},
+            )
+            service = CloudRunService(
+                scope,
+                "service",
+                service_spec,
+                project="p",
+                region="europe-west4",
+                name="nanochat",
+                account_id="nanochat-run-dev",
+                collector_secret_id="collector",
+                gate_audience="nanochat-dev-release-gate",
                 secret_refs={},
                 mount_secret_env=False,
                 labels={},
@@ -59,15 +61,18 @@ def synthesized() -> dict:
                 project_number="123",
                 env="dev",
                 channel_ids=channels.ids,
-                rules=RULES,
-                evaluation_interval_s=60,
-                service=service,
-                service_is_public=False,
+                service_name=service.name,
+                service_location=service.location,
+                service_url=service.url,
                 labels={},
             )
-            Monitoring(scope, "idle", scales_to_zero=True, uptime_check_period_s=300, **common)
-            busy = dict(scales_to_zero=False, uptime_check_period_s=None, notify_warnings=False)
-            Monitoring(scope, "busy", **busy, **common)
+            rules = dict(rules=tuple(RULES), evaluation_interval_s=60, service_is_public=False)
+            idle = MonitoringInput(scales_to_zero=True, uptime_check_period_s=300, **rules)
+            Monitoring(scope, "idle", idle, **common)
+            busy = MonitoringInput(
+                scales_to_zero=False, uptime_check_period_s=None, notify_warnings=False, **rules
+            )
+            Monitoring(scope, "busy", busy, **common)
         return json.loads(T.synth(scope))
 
     return {"foundation": stack("foundation", False), "monitored": stack("monitored", True)}
