@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_FIXTURES = REPO_ROOT / "tests" / "data" / "nanochat-ref"
 
-# The real-server fixtures (start_server, api_server, base_url, slow_checkpoint, ...) for tests/app and tests/bench
+# The real-server fixtures (start_server, api_server, base_url, slow_checkpoint...) of tests/app, tests/bench
 pytest_plugins = ["tests.servers"]
 
 

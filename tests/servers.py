@@ -1,5 +1,5 @@
-"""Real servers for the tests of the service and its benchmarks (a pytest plugin, loaded by tests/conftest.py):
-`python -m app` in a subprocess on a free 127.0.0.1 port.
+"""Real servers for the tests of the service and its benchmarks (a pytest plugin that tests/conftest.py
+loads): `python -m app` in a subprocess on a free 127.0.0.1 port.
 
 - `base_url`: one session-wide server on the bundled demo model (context 256 tokens), ready.
 - `start_server(env, wait="ready")`: more servers with their own settings (a tiny queue, API keys, an

@@ -7,8 +7,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bench import observability as bench_observability
 from app.observability import tracing
+from bench import observability as bench_observability
 
 
 def test_collector_stand_in_accepts_otlp_exports() -> None:
