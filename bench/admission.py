@@ -1,4 +1,4 @@
-"""Whether a flood of `POST /v1/classify` starves the rest of the service (issue 13, item 2). Run
+"""Whether a flood of `POST /v1/classify` starves the rest of the service. Run
 
     python -m bench.admission --checkpoint models/demo --flooders 160 --seconds 15 --json
 

@@ -1,4 +1,4 @@
-"""Bounded admission of the CPU-heavy side routes (app/admission.py, issue 13 item 2): the pool, of threads
+"""Bounded admission of the CPU-heavy side routes (app/admission.py): the pool, of threads
 or of processes, never runs more than its workers at once, turns away what does not fit with 429 +
 Retry-After in the service's error shape, frees the slot of a caller that went away; a process pool gives
 the in-process classifier's results, leaves no process behind, and turns a worker that died into a 503

@@ -1,4 +1,4 @@
-"""What the service shows to whom (issue 13, item 8), on real servers: `/metrics` on a port of its own
+"""What the service shows to whom on real servers: `/metrics` on a port of its own
 (NANOCHAT_METRICS_PORT; 404 on the app's port), served by `python -m app` itself and, under gunicorn, by the
 master with every worker's values merged; `/stats` behind the API key; `/docs`, `/redoc` and `/openapi.json`
 behind NANOCHAT_DOCS; and an empty user turn refused with a 400 as OpenAI does."""

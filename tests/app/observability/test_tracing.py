@@ -154,7 +154,7 @@ def test_unsupported_settings_are_clear_errors(env: dict[str, str], message: str
         tracing.provider_from_env(env)
 
 
-# ---- a dead collector (issue 13, item 7) -------------------------------------------------------------
+# ---- a dead collector ------------------------------------------------------------------------------------
 def closed_port() -> int:
     """A port on 127.0.0.1 nothing listens on: connections to it are refused."""
     with socket.socket() as s:
