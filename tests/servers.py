@@ -129,6 +129,84 @@ def launch(tmp_dir: Path, env: dict[str, str] | None = None) -> Server:
     return Server(f"http://127.0.0.1:{port}", process, log_path)
 
 
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+@dataclass
+class Gunicorn(Server):
+    """`gunicorn -c app/gunicorn.conf.py` in a process group of its own (as under systemd or a terminal)."""
+
+    def workers(self) -> set[int]:
+        """The master's live child processes (its workers), from /proc."""
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == self.process.pid and fields[0] != "Z":
+                children.add(int(stat.parent.name))
+        return children
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group (a drain), then SIGKILL if it has not ended within STOP_TIMEOUT_S."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def launch_gunicorn(
+    tmp_dir: Path, env: dict[str, str] | None = None, app: str | None = None, path: Path | None = None
+) -> Gunicorn:
+    """Start gunicorn with the production config on a free port (not waiting); `env` as for `launch`; `app`
+    replaces the config's wsgi_app (a "module:factory" found on `path`)."""
+    port = free_port()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    environment = server_env({"PORT": str(port), **(env or {})})
+    if path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join([environment["PYTHONPATH"], str(path)])
+    command = [str(GUNICORN), "-c", str(REPO_ROOT / "app" / "gunicorn.conf.py"), *([app] if app else [])]
+    log_path = tmp_dir / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_dir,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Gunicorn(f"http://127.0.0.1:{port}", process, log_path)
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    """gunicorn(env=None, app=None, path=None) -> a started gunicorn, not yet ready (see `launch_gunicorn`);
+    killed at the end of the test if still running."""
+    if not GUNICORN.exists():
+        pytest.skip("gunicorn is not installed in this environment")
+    started: list[Gunicorn] = []
+
+    def start(
+        env: dict[str, str] | None = None, app: str | None = None, path: Path | None = None
+    ) -> Gunicorn:
+        server = launch_gunicorn(tmp_path / f"gunicorn-{len(started)}", env, app, path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
     """start_server(env=None, wait="ready" | "health" | None) -> Server; stopped at the session's end."""

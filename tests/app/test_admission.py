@@ -13,8 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +32,7 @@ from app.api.classify import Classifier
 from app.errors import APIError
 from nanochat.classify.dataset import DatasetError, load_fortunes, stratified_split
 from nanochat.data.corpora import CorpusError
+from tests.servers import Gunicorn
 
 WAIT_S = admission_jobs.WAIT_S
 CHAT = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}
@@ -331,48 +330,29 @@ def test_a_server_killed_with_sigkill_leaves_no_worker_process(start_server) -> 
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not GUNICORN.exists(), reason="no gunicorn")
 def test_each_gunicorn_worker_owns_its_pool_and_a_group_sigterm_leaves_no_process(
-    tmp_path: Path, clean_env
+    gunicorn: Callable[..., Gunicorn],
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = clean_env({"PORT": str(port), "NANOCHAT_WORKERS": "2"})
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        master = subprocess.Popen(
-            [str(GUNICORN), "-c", str(REPO_ROOT / "app" / "gunicorn.conf.py")],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, signalled as a whole below
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    server = gunicorn({"NANOCHAT_WORKERS": "2"})  # its own process group, signalled as a whole below
+    master, url = server.process, server.url  # killed by the fixture if a check fails
 
-        def ready() -> bool:
-            assert master.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{url}/ready", timeout=WAIT_S).status_code == 200
-            return False
+    def ready() -> bool:
+        assert master.poll() is None, server.log()
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"{url}/ready", timeout=WAIT_S).status_code == 200
+        return False
 
-        wait_until(ready, "ready")
-        workers = children(master.pid)
-        assert len(workers) == 2
+    wait_until(ready, "ready")
+    workers = children(master.pid)
+    assert len(workers) == 2
 
-        def both_have_a_pool() -> bool:  # new connections, until the kernel has given each worker some
-            assert classify_once(url).status_code == 200
-            return all(pool_workers(worker) for worker in workers)
+    def both_have_a_pool() -> bool:  # new connections, until the kernel has given each worker some
+        assert classify_once(url).status_code == 200
+        return all(pool_workers(worker) for worker in workers)
 
-        wait_until(both_have_a_pool, "a classify pool in each gunicorn worker")
-        assert not pool_workers(master.pid)  # the master has none: each worker made its own
-        left = descendants(master.pid)
-        os.killpg(master.pid, signal.SIGTERM)  # systemd's default: every process, classify's workers too
-        assert master.wait(timeout=WAIT_S) == 0, log_path.read_text()[-3000:]
-        wait_until(lambda: not any(running(pid) for pid in left), "every process of gunicorn ended")
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait()
+    wait_until(both_have_a_pool, "a classify pool in each gunicorn worker")
+    assert not pool_workers(master.pid)  # the master has none: each worker made its own
+    left = descendants(master.pid)
+    os.killpg(master.pid, signal.SIGTERM)  # systemd's default: every process, classify's workers too
+    assert master.wait(timeout=WAIT_S) == 0, server.log()[-3000:]
+    wait_until(lambda: not any(running(pid) for pid in left), "every process of gunicorn ended")

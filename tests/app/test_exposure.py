@@ -5,12 +5,9 @@ behind NANOCHAT_DOCS; and an empty user turn refused with a 400 as OpenAI does."
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.contract import METRICS_PATH
+from tests.servers import Gunicorn, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +25,6 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 KEY = "exposure-test-key"
 HELLO = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 2}
 DEADLINE_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def samples(text: str) -> dict[str, float]:
@@ -143,49 +135,28 @@ def test_the_openai_client_gets_bad_request_for_a_null_user_turn(base_url: str) 
 
 
 # ---- gunicorn: the master serves the merged metrics ---------------------------------------------------
-@pytest.mark.skipif(not GUNICORN.exists(), reason="no gunicorn")
-def test_under_gunicorn_the_master_serves_every_workers_metrics(tmp_path: Path, clean_env) -> None:
-    port, metrics_port = free_port(), free_port()
-    env = clean_env(
-        {
-            "PORT": str(port),
-            "NANOCHAT_WORKERS": "2",
-            "NANOCHAT_METRICS_PORT": str(metrics_port),
-            "NANOCHAT_CLASSIFIER": "",
-        }
+def test_under_gunicorn_the_master_serves_every_workers_metrics(gunicorn: Callable[..., Gunicorn]) -> None:
+    metrics_port = free_port()
+    server = gunicorn(
+        {"NANOCHAT_WORKERS": "2", "NANOCHAT_METRICS_PORT": str(metrics_port), "NANOCHAT_CLASSIFIER": ""}
     )
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", str(REPO_ROOT / "app" / "gunicorn.conf.py")],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     metrics_url = f"http://127.0.0.1:{metrics_port}{METRICS_PATH}"
     try:
         deadline = time.monotonic() + DEADLINE_S
         while True:  # both workers ready: their batch slots (16 each) add up in the merged gauge
-            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert server.process.poll() is None, server.log()[-3000:]
             try:
                 if samples(httpx.get(metrics_url, timeout=5).text).get("nanochat_batch_slots") == 32:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"2 workers not ready:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"2 workers not ready:\n{server.log()[-3000:]}"
             time.sleep(0.2)
-        assert error_of(httpx.get(f"http://127.0.0.1:{port}{METRICS_PATH}"), 404)["code"] == "not_found"
+        assert error_of(httpx.get(f"{server.url}{METRICS_PATH}"), 404)["code"] == "not_found"
         for _ in range(4):
-            assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=HELLO, timeout=60)
+            assert httpx.post(f"{server.url}/v1/chat/completions", json=HELLO, timeout=60)
         values = samples(httpx.get(metrics_url, timeout=5).text)
         assert values["nanochat_ready"] == 1  # livemin over both workers
         assert values["nanochat_finished_requests_total"] == 4  # whichever workers served them
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        server.stop()

@@ -5,9 +5,10 @@
 - A worker killed and started again listens only once its model is ready: while it loads, the other
   worker answers everything and no client ever sees 503 "loading".
 
-Each gunicorn runs in its own session (its own process group), on a free 127.0.0.1 port, logging to a file
-shown when something fails. The respawn test serves `slow_loading_app()` below: the service, with a model
-load made slower on purpose and a header naming the worker that answered.
+Each gunicorn (the `gunicorn` fixture of tests/servers.py) runs in its own session (its own process group),
+on a free 127.0.0.1 port, logging to a file shown when something fails. The respawn test serves
+`slow_loading_app()` below: the service, with a model load made slower on purpose and a header naming the
+worker that answered.
 """
 
 from __future__ import annotations
@@ -16,26 +17,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-GUNICORN = Path(sys.executable).parent / "gunicorn"
+from tests.servers import Gunicorn, wait_for
+
 LOAD_DELAY_ENV = "TEST_LOAD_DELAY_S"  # read by slow_loading_app() in the workers
 WORKER_HEADER = "x-test-worker-pid"
 DEADLINE_S = 120  # generous: two cores shared with other tests; nothing here measures time
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not GUNICORN.exists(), reason="no gunicorn"),
-]
+pytestmark = pytest.mark.integration
 
 
 def slow_loading_app():
@@ -60,78 +56,6 @@ def slow_loading_app():
     return app
 
 
-@dataclass
-class Gunicorn:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def workers(self) -> set[int]:
-        """The master's live child processes (its workers), from /proc."""
-        children = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            if int(fields[1]) == self.process.pid and fields[0] != "Z":
-                children.add(int(stat.parent.name))
-        return children
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            assert self.process.poll() is None, self.log()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after {DEADLINE_S} s:\n{self.log()[-3000:]}"
-            time.sleep(0.1)
-
-
-@pytest.fixture
-def gunicorn(tmp_path: Path, clean_env: Callable[..., dict[str, str]]) -> Iterator[Callable[..., Gunicorn]]:
-    """gunicorn(env, app=None) -> a started gunicorn (app/gunicorn.conf.py; `app` replaces its wsgi_app),
-    not yet ready; killed at the end of the test if still running."""
-    started: list[Gunicorn] = []
-
-    def start(env: dict[str, str], app: str | None = None) -> Gunicorn:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        environment = clean_env({"PORT": str(port), **env})
-        environment["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)])
-        command = [str(GUNICORN), "-c", str(REPO_ROOT / "app" / "gunicorn.conf.py")]
-        if app:
-            command.append(app)
-        log_path = tmp_path / f"gunicorn-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=tmp_path,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, as under systemd or a terminal
-            )
-        server = Gunicorn(f"http://127.0.0.1:{port}", process, log_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
-
-
 def sse_events(lines: Iterator[str]) -> Iterator[dict | str]:
     for line in lines:
         if line.startswith("data: "):
@@ -154,7 +78,7 @@ def test_sigterm_to_the_process_group_drains_every_stream(
             "NANOCHAT_CLASSIFIER": "",  # not needed here: a faster start
         }
     )
-    server.wait_ready()
+    wait_for(server, "ready", DEADLINE_S)
     body = {
         "messages": [{"role": "user", "content": "Hello!"}],
         "max_tokens": max_tokens,
@@ -214,8 +138,9 @@ def test_a_respawned_worker_takes_no_traffic_while_its_model_loads(
     server = gunicorn(
         {"NANOCHAT_WORKERS": "2", "NANOCHAT_CLASSIFIER": "", LOAD_DELAY_ENV: "4"},
         app="test_gunicorn_drain:slow_loading_app()",
+        path=Path(__file__).parent,
     )
-    server.wait_ready()
+    wait_for(server, "ready", DEADLINE_S)
     deadline = time.monotonic() + DEADLINE_S
     while len(before := server.workers()) != 2:
         assert time.monotonic() < deadline, server.log()[-3000:]

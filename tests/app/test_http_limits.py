@@ -7,18 +7,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +22,8 @@ import httpx
 import openai
 import pytest
 import requests
+
+from tests.servers import GUNICORN, Gunicorn, launch_gunicorn, wait_for
 
 if TYPE_CHECKING:
     from tests.servers import Server
@@ -193,16 +191,6 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-@dataclass
-class Gunicorn:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 def connect(server: Server | Gunicorn) -> socket.socket:
     host, port = server.url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=DEADLINE_S)
@@ -345,39 +333,17 @@ def test_idle_connections_make_room_for_new_ones(capped_server: Server) -> None:
 
 # ---- the same under gunicorn --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gunicorn_server(tmp_path_factory: pytest.TempPathFactory, clean_env) -> Iterator[Gunicorn]:
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    if not gunicorn.exists():
-        pytest.skip("no gunicorn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = tmp_path_factory.mktemp("gunicorn")
-    env = clean_env({"PORT": str(port), "NANOCHAT_WORKERS": "1", "NANOCHAT_HEADER_TIMEOUT_S": "1",
-                     "NANOCHAT_BODY_TIMEOUT_S": "2", "NANOCHAT_MAX_HEADER_BYTES": "8192"})  # fmt: skip
-    log_path = folder / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(gunicorn), "-c", str(REPO_ROOT / "app" / "gunicorn.conf.py")],
-            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    server = Gunicorn(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, server.log()[-3000:]
-        time.sleep(0.1)
-    yield server
-    os.killpg(process.pid, signal.SIGTERM)
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    if not GUNICORN.exists():
+        pytest.skip("gunicorn is not installed in this environment")
+    env = {"NANOCHAT_WORKERS": "1", "NANOCHAT_HEADER_TIMEOUT_S": "1", "NANOCHAT_BODY_TIMEOUT_S": "2",
+           "NANOCHAT_MAX_HEADER_BYTES": "8192"}  # fmt: skip
+    server = launch_gunicorn(tmp_path_factory.mktemp("gunicorn"), env)
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        wait_for(server, "health", DEADLINE_S)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.mark.integration
