@@ -8,6 +8,6 @@
   `nanochat.gpt.CausalSelfAttention`;
 - `daily_log`: `nanochat log draft`, the day's learning-log entry from run reports and git history.
 
-Each module is short enough to read in one sitting; the tests in tests/nanochat/learn/ are the exercises'
+Each module is short enough to read in one sitting; the tests in tests/tracks/pytorch/ are the exercises'
 answers key.
 """
