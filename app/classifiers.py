@@ -78,7 +78,7 @@ def _skops_io() -> Any:
         import skops.io as sio
     except ModuleNotFoundError as e:
         raise RegistryError(
-            f"loading a scikit-learn model needs {e.name}, which is not installed: "
+            f"loading a scikit-learn model needs scikit-learn and skops ({e.name} is not installed): "
             f"pip install 'nanochat-service[{EXTRA}]'"
         ) from None
     return sio

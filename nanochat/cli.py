@@ -38,6 +38,8 @@ from nanochat.train import commands as train_commands
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 COMMANDS_GROUP = "nanochat.commands"  # entry points: name = the subcommand, value = its `register`
+# a ValueError raised by these packages' code is a user error (one line); any other is a bug (traceback)
+PROJECT_PACKAGES = ("nanochat.", "tracks.", "app.")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
@@ -300,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as e:
-        if not type(e).__module__.startswith("nanochat."):
+        if not type(e).__module__.startswith(PROJECT_PACKAGES):
             raise  # a library's ValueError is a bug here, not a user error: keep the traceback
         print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_ERROR
