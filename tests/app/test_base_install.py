@@ -32,15 +32,28 @@ NOT_BASE = (
     "tracks",  # the learning tracks: the service never imports them
 )
 EXTRA_HINT = "pip install 'nanochat-service[guardrail]'"
-# `python -m app` behind an import hook that reports the NOT_BASE modules as not installed
+# `python -m app` with the import system's finders behind one that finds none of the NOT_BASE modules,
+# exactly as if they were not installed (an import raises ModuleNotFoundError, find_spec answers None)
 LAUNCHER = """
 import runpy, sys
 BLOCKED = set(sys.argv.pop(1).split(","))
-class NotInstalled:
+class BaseInstallOnly:
+    def __init__(self, finders):
+        self.finders = finders
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (not in the base install)", name=name)
-sys.meta_path.insert(0, NotInstalled())
+            return None
+        for finder in self.finders:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                return spec
+        return None
+    def invalidate_caches(self):
+        for finder in self.finders:
+            if hasattr(finder, "invalidate_caches"):
+                finder.invalidate_caches()
+sys.meta_path[:] = [BaseInstallOnly(list(sys.meta_path))]
+assert all(name not in sys.modules for name in BLOCKED)
 runpy.run_module("app", run_name="__main__", alter_sys=True)
 """
 
