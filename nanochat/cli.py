@@ -113,7 +113,7 @@ def register_plugins(sub: argparse._SubParsersAction) -> None:
 
 def _register_unavailable(sub: argparse._SubParsersAction, name: str, error: ModuleNotFoundError) -> None:
     extra = OPTIONAL_MODULES[_top_module(error)]
-    command = sub.add_parser(name, help=f"(needs the {extra} extra: pip install 'nanochat-service[{extra}]')")
+    command = sub.add_parser(name, help=f"(not installed: needs the {extra!r} extra)")
     command.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     def unavailable(args: argparse.Namespace) -> int:
