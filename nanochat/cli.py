@@ -93,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (train_commands, data_commands, eval_commands, hf_export):
         module.register(sub)
-    register_plugins(sub)
+    register_entry_point_commands(sub)
     return parser
 
 
-def register_plugins(sub: argparse._SubParsersAction) -> None:
+def register_entry_point_commands(sub: argparse._SubParsersAction) -> None:
     """Add the subcommands of the `nanochat.commands` entry points (the learning tracks). One that cannot
     be imported for want of an optional extra is listed anyway; running it reports the missing module."""
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
