@@ -30,7 +30,8 @@ RUN python3 -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY nanochat ./nanochat
 COPY app ./app
-RUN /opt/venv/bin/pip install . \
+# the base (what the service serves) + the guardrail extra (scikit-learn, skops); tracks/ is not copied
+RUN /opt/venv/bin/pip install ".[guardrail]" \
     && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} +
 
 # ---- the CPU image ------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY nanochat ./nanochat
 COPY app ./app
-RUN /opt/venv/bin/pip install . && rm -rf pyproject.toml README.md nanochat
+RUN /opt/venv/bin/pip install ".[guardrail]" && rm -rf pyproject.toml README.md nanochat
 COPY models/demo ./models/demo
 COPY models/guardrail ./models/guardrail
 COPY models/fortunes ./models/fortunes

@@ -64,10 +64,10 @@ from app.api.serving import GUARDRAIL_HEADER
 from app.config import Settings, model_folder
 from app.contract import METRICS_PATH
 from app.errors import APIError, install_error_handlers
+from app.guardrail import Guardrail
 from app.observability import metrics, tracing
 from app.scheduler import Scheduler
 from nanochat.checkpoint import load_checkpoint
-from nanochat.classify.guardrail import Guardrail
 from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
 from nanochat.engine import Engine
 

@@ -66,7 +66,7 @@ def _watch_parent(parent: int) -> None:
 def load_classifier(path: str) -> Any:
     """The classifier of a registry folder (a model's latest version, or a version), loaded once."""
     global _classifier
-    from nanochat.classify import registry
+    from app import classifiers as registry
 
     directory = str(registry.resolve(path).resolve())
     if _classifier is None or _classifier[0] != directory:

@@ -1,5 +1,10 @@
 """The `nanochat` command (also `python -m nanochat`): sample, chat and bench on a checkpoint.
 
+The engine's own commands (sample, chat, bench, train, data, eval, export) are registered here; the
+learning tracks' commands (`classify`, `hf`, `log`: tracks/) are entry points of the group
+`nanochat.commands` (pyproject.toml), found with importlib.metadata, so the engine never imports them.
+A command whose extra is not installed is still listed, and says what to install when it is run.
+
 Errors a user can cause (bad arguments, a missing or broken checkpoint, an impossible request) print one
 line on stderr and exit non-zero; they never print a traceback.
 """
@@ -10,12 +15,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 import torch
 
-from nanochat import hf_export, hf_finetune
+from nanochat import hf_export
 from nanochat.checkpoint import load_checkpoint
-from nanochat.classify import commands as classify_commands
 from nanochat.cliargs import (
     DTYPES,
     OneLineParser,
@@ -28,11 +33,13 @@ from nanochat.cliargs import (
 from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
-from nanochat.learn import daily_log
 from nanochat.train import commands as train_commands
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
+COMMANDS_GROUP = "nanochat.commands"  # entry points: name = the subcommand, value = its `register`
+# a ValueError raised by these packages' code is a user error (one line); any other is a bug (traceback)
+PROJECT_PACKAGES = ("nanochat.", "tracks.", "app.")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
@@ -84,17 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
-    for module in (
-        train_commands,
-        data_commands,
-        eval_commands,
-        classify_commands,
-        hf_export,
-        hf_finetune,
-        daily_log,
-    ):
+    for module in (train_commands, data_commands, eval_commands, hf_export):
         module.register(sub)
+    register_entry_point_commands(sub)
     return parser
+
+
+def register_entry_point_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommands of the `nanochat.commands` entry points (the learning tracks). One that cannot
+    be imported for want of an optional extra is listed anyway; running it reports the missing module."""
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as e:
+            if _top_module(e) not in OPTIONAL_MODULES:
+                raise
+            _register_unavailable(sub, entry.name, e)
+            continue
+        register(sub)
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, name: str, error: ModuleNotFoundError) -> None:
+    extra = OPTIONAL_MODULES[_top_module(error)]
+    command = sub.add_parser(name, help=f"(not installed: needs the {extra!r} extra)")
+    command.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise error
+
+    command.set_defaults(handler=unavailable)
+
+
+def _top_module(error: ModuleNotFoundError) -> str:
+    return (error.name or "").partition(".")[0]
 
 
 def _params(args: argparse.Namespace, **extra) -> SamplingParams:
@@ -255,8 +284,11 @@ OPTIONAL_MODULES = {
     "matplotlib": "train",
     "wandb": "wandb",
     "transformers": "hf",
-    "peft": "learn",
-    "accelerate": "learn",
+    "sklearn": "guardrail",
+    "skops": "guardrail",
+    "peft": "tracks",
+    "accelerate": "tracks",
+    "tracks": "tracks",  # the learning tracks' package, left out of the serving image
 }
 
 
@@ -270,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as e:
-        if not type(e).__module__.startswith("nanochat."):
+        if not type(e).__module__.startswith(PROJECT_PACKAGES):
             raise  # a library's ValueError is a bug here, not a user error: keep the traceback
         print(f"nanochat: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -280,10 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nanochat: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return EXIT_ERROR
     except ModuleNotFoundError as e:  # an optional extra that is not installed (e.g. in the serving image)
-        if e.name not in OPTIONAL_MODULES:
+        name = _top_module(e)
+        if name not in OPTIONAL_MODULES:
             raise
-        extra = OPTIONAL_MODULES[e.name]
-        print(f"nanochat: error: this command needs {e.name}: pip install 'nanochat-service[{extra}]'",
+        extra = OPTIONAL_MODULES[name]
+        print(f"nanochat: error: this command needs {name}: pip install 'nanochat-service[{extra}]'",
               file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
     except KeyboardInterrupt:

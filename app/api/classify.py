@@ -77,7 +77,7 @@ class Classifier:
 
     def load(self) -> None:
         """Load from the registry (on a loader thread); the outcome is recorded, never raised."""
-        from nanochat.classify import registry
+        from app import classifiers as registry
 
         started = time.monotonic()
         try:

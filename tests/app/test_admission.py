@@ -30,9 +30,9 @@ from app import pool_worker
 from app.admission import NICE, Admission
 from app.api.classify import Classifier
 from app.errors import APIError
-from nanochat.classify.dataset import DatasetError, load_fortunes, stratified_split
 from nanochat.data.corpora import CorpusError
 from tests.servers import Gunicorn
+from tracks.classify.dataset import DatasetError, load_fortunes, stratified_split
 
 WAIT_S = admission_jobs.WAIT_S
 CHAT = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nanochat.classify.dataset import DatasetError, load_fortunes, stratified_split
 from nanochat.data.corpora import CorpusError
+from tracks.classify.dataset import DatasetError, load_fortunes, stratified_split
 
 pytestmark = pytest.mark.integration
 

@@ -348,3 +348,55 @@ def test_cli_without_the_training_extras(tmp_path: Path) -> None:
     assert train.returncode == 1
     assert train.stderr.strip().endswith("pip install 'nanochat-service[train]'"), train.stderr
     assert train.stderr.count("\n") == 1
+
+
+# --- the learning tracks' commands (entry points of `nanochat.commands`) -------------------------------
+
+
+def cli_without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
+    """`nanochat ARGS` in a process where `modules` are not installed (the serving image, a base install)."""
+    script = (
+        "import sys\n"
+        f"for name in {modules!r}:\n"
+        "    sys.modules[name] = None\n"
+        "import nanochat.cli\n"
+        "assert sys.modules.get('tracks') is None, 'the engine CLI imported tracks'\n"
+        "sys.exit(nanochat.cli.main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+
+
+def test_the_tracks_commands_are_entry_points_the_engine_does_not_import() -> None:
+    from importlib.metadata import entry_points
+
+    from nanochat.cli import COMMANDS_GROUP, build_parser
+
+    found = {e.name: e.value for e in entry_points(group=COMMANDS_GROUP)}
+    assert found == {
+        "classify": "tracks.classify.commands:register",
+        "hf": "tracks.hf_finetune:register",
+        "log": "tracks.daily_log:register",
+    }
+    help_text = build_parser().format_help()
+    for name in found:
+        assert name in help_text
+    listed = cli_without((), "--help")
+    assert listed.returncode == 0 and "classify" in listed.stdout, listed.stderr
+
+
+def test_without_the_tracks_package_its_commands_say_which_extra_to_install() -> None:
+    listed = cli_without(("tracks",), "--help")
+    assert listed.returncode == 0, listed.stderr
+    assert "classify" in listed.stdout and "needs the 'tracks' extra" in " ".join(listed.stdout.split())
+    result = cli_without(("tracks",), "classify", "train", "--dataset", "guardrail")
+    assert result.returncode == EXIT_ERROR
+    assert_one_line_error(
+        result.stderr, "this command needs tracks", "pip install 'nanochat-service[tracks]'"
+    )
+
+
+def test_without_scikit_learn_a_classifier_says_which_extra_to_install() -> None:
+    result = cli_without(("sklearn", "skops"), "classify", "predict", "--model", "models/fortunes", "a text")
+    assert result.returncode == EXIT_ERROR
+    assert_one_line_error(result.stderr, "nanochat: error:", "pip install 'nanochat-service[guardrail]'")

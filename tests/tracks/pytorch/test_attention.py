@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.learn.attention import MinimalAttention
+from tracks.pytorch.attention import MinimalAttention
 
 
 @pytest.mark.parametrize(("n_head", "n_kv_head"), [(4, 4), (4, 2), (4, 1)])

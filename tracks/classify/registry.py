@@ -7,9 +7,10 @@ Each version folder holds
   description, the metrics, and the versions of Python, scikit-learn, skops and numpy that wrote it;
 - whatever the trainer adds beside them (report.md, report.json, confusion.png).
 
-Versions are `v1`, `v2`, ...; a version, once written, is never overwritten. `load` refuses a model file
-whose SHA-256 differs from the one recorded, and a file that holds types outside scikit-learn, numpy and
-scipy. It deliberately does not sync to remote storage: the folder can be copied or baked into an image.
+Versions are `v1`, `v2`, ...; a version, once written, is never overwritten. This module is the write
+side; reading (`load`, `resolve`, `versions`: the SHA-256 and type checks) is the service's
+(app/classifiers.py) and is re-exported here, so a trainer uses one module for both. It deliberately
+does not sync to remote storage: the folder can be copied or baked into an image.
 """
 
 from __future__ import annotations
@@ -21,35 +22,38 @@ import re
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.classifiers import (
+    METADATA_FILE,
+    MODEL_FILE,
+    VERSION,
+    LoadedModel,
+    RegistryError,
+    load,
+    resolve,
+    versions,
+)
 from nanochat.files import sha256_file, write_text_atomically
 
-MODEL_FILE = "model.skops"
-METADATA_FILE = "metadata.json"
+__all__ = [
+    "DEFAULT_ROOT",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "LoadedModel",
+    "RegistryError",
+    "check_name",
+    "library_versions",
+    "load",
+    "next_version",
+    "resolve",
+    "save",
+    "versions",
+]
 DEFAULT_ROOT = Path("models")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-VERSION = re.compile(r"^v([1-9][0-9]*)$")
-# Types a model file may contain: everything else makes `load` refuse the file.
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "builtins.", "collections.OrderedDict")
-
-
-class RegistryError(ValueError):
-    """A model folder that cannot be written or trusted; the message says what is wrong."""
-
-
-@dataclass
-class LoadedModel:
-    model: Any
-    metadata: dict[str, Any]
-    directory: Path
-
-    @property
-    def version(self) -> str:
-        return self.metadata["version"]
 
 
 def library_versions() -> dict[str, str]:
@@ -63,17 +67,6 @@ def library_versions() -> dict[str, str]:
         "skops": skops.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def versions(root: str | os.PathLike[str], name: str) -> list[str]:
-    """The versions of `name` under `root`, oldest first (v2 before v10)."""
-    folder = Path(root) / name
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p.name) for p in folder.iterdir() if p.is_dir() and (m := VERSION.match(p.name))
-    ]
-    return [name for _, name in sorted(found)]
 
 
 def next_version(root: str | os.PathLike[str], name: str) -> str:
@@ -133,49 +126,3 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """A version folder from `ROOT/name/version` or `ROOT/name` (its latest version)."""
-    folder = Path(path)
-    if (folder / METADATA_FILE).is_file():
-        return folder
-    if folder.is_dir():
-        found = versions(folder.parent, folder.name)
-        if found:
-            return folder / found[-1]
-    raise RegistryError(
-        f"{folder} is not a model version folder (no {METADATA_FILE}) nor a model with versions v1, v2, ..."
-    )
-
-
-def load(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load a model version (or a model's latest version), after checking its hash and its types."""
-    import skops.io as sio
-
-    folder = resolve(path)
-    try:
-        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{folder / METADATA_FILE} is not readable JSON ({exc})") from None
-    model_file = folder / metadata.get("model_file", MODEL_FILE)
-    if not model_file.is_file():
-        raise RegistryError(f"{model_file} is missing")
-    expected = metadata.get("model_sha256")
-    actual = sha256_file(model_file)
-    if actual != expected:
-        raise RegistryError(
-            f"{model_file} has SHA-256 {actual}, but {METADATA_FILE} records {expected}: the file was "
-            "changed or damaged; refusing to load it"
-        )
-    try:
-        untrusted = sio.get_untrusted_types(file=model_file)
-    except Exception as exc:  # a damaged or foreign file: skops raises many kinds
-        raise RegistryError(
-            f"{model_file} is not a readable skops file ({type(exc).__name__}: {exc})"
-        ) from None
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if foreign:
-        raise RegistryError(f"{model_file} holds types outside scikit-learn/numpy/scipy: {foreign}; refusing")
-    model = sio.load(model_file, trusted=untrusted)
-    return LoadedModel(model, metadata, folder)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nanochat.classify.dataset import DatasetError, LabeledTexts
-from nanochat.classify.pipelines import CANDIDATES, build_pipeline, confidence, cross_validate
-from nanochat.classify.report import markdown, plot_confusion, run_experiment, top_terms
+from tracks.classify.dataset import DatasetError, LabeledTexts
+from tracks.classify.pipelines import CANDIDATES, build_pipeline, confidence, cross_validate
+from tracks.classify.report import markdown, plot_confusion, run_experiment, top_terms
 
 
 @pytest.mark.parametrize("name", CANDIDATES)

@@ -6,7 +6,7 @@ step is explicit, in the same order:
 2. rotate queries and keys by position (rotary embeddings), then RMS-normalize them (QK-norm);
 3. scores = q·k / sqrt(head_dim); positions after the query get -inf (the causal mask);
 4. softmax over keys, weighted sum of values, heads concatenated, output projection.
-`tests/nanochat/learn/test_attention.py` loads the weights of a `CausalSelfAttention` and checks the outputs
+`tests/tracks/pytorch/test_attention.py` loads the weights of a `CausalSelfAttention` and checks the outputs
 are the same.
 """
 

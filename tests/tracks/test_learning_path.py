@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 PATH = REPO / "docs" / "learning-path.md"
 DOCS = [PATH, REPO / "docs" / "learn" / "README.md", REPO / "docs" / "classify.md", REPO / "docs" / "hf.md"]
 
@@ -41,7 +41,7 @@ def test_the_template_has_the_four_sections_the_draft_fills():
 
 
 def test_the_guardrail_set_is_described_with_its_real_size():
-    from nanochat.classify.dataset import load_guardrail_data
+    from tracks.classify.dataset import load_guardrail_data
 
     counts = load_guardrail_data().counts()
     total = sum(counts.values())

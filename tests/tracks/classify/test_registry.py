@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from nanochat.classify import registry
-from nanochat.classify.pipelines import build_pipeline, compact
-from nanochat.classify.registry import METADATA_FILE, MODEL_FILE, RegistryError
+from tracks.classify import registry
+from tracks.classify.pipelines import build_pipeline, compact
+from tracks.classify.registry import METADATA_FILE, MODEL_FILE, RegistryError
 
 
 @pytest.fixture(scope="module")

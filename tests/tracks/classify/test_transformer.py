@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from nanochat.classify import registry
-from nanochat.classify.dataset import DatasetError
-from nanochat.classify.guardrail import DEFAULT_MODEL
-from nanochat.classify.transformer import comparison_markdown, train_transformer_classifier
+from app.guardrail import DEFAULT_MODEL
 from tests.nanochat.test_hf_export import demo_export
+from tracks.classify import registry
+from tracks.classify.dataset import DatasetError
+from tracks.classify.transformer import comparison_markdown, train_transformer_classifier
 
 pytestmark = pytest.mark.slow  # trains a transformer (and exports the demo model when no other test did)
 

@@ -8,14 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanochat.classify import registry
-from nanochat.classify.guardrail import (
+from app import classifiers
+from app.guardrail import (
     DEFAULT_MODEL,
     RULES,
     Decision,
     Guardrail,
     GuardrailError,
-    evaluate_screen,
     match_rule,
 )
 
@@ -126,7 +125,7 @@ def test_empty_text_is_allowed_without_running_the_model(guardrail):
 
 
 def test_a_model_that_cannot_say_injection_is_refused():
-    from nanochat.classify.pipelines import build_pipeline
+    from tracks.classify.pipelines import build_pipeline
 
     topics = build_pipeline("logreg").fit(
         ["apple pie", "car road", "apple tart", "car lane"], ["x", "y", "x", "y"]
@@ -138,10 +137,10 @@ def test_a_model_that_cannot_say_injection_is_refused():
 def test_a_tampered_shipped_model_is_refused(tmp_path):
     copy = tmp_path / "guardrail"
     shutil.copytree(DEFAULT_MODEL, copy)
-    version = registry.versions(copy.parent, copy.name)[-1]
-    model_file = copy / version / registry.MODEL_FILE
+    version = classifiers.versions(copy.parent, copy.name)[-1]
+    model_file = copy / version / classifiers.MODEL_FILE
     model_file.write_bytes(model_file.read_bytes() + b"\0")
-    with pytest.raises(registry.RegistryError, match="refusing to load it"):
+    with pytest.raises(classifiers.RegistryError, match="refusing to load it"):
         Guardrail.load(copy)
 
 
@@ -161,14 +160,3 @@ def test_every_rule_fires_on_an_attack_and_not_on_its_near_miss(name, alternativ
     attack, near_miss = examples[name]
     assert match_rule(attack) == name
     assert match_rule(near_miss) is None
-
-
-def test_screen_evaluation_counts_rules_model_and_both(guardrail):
-    texts = [t for t, _ in ATTACKS] + BENIGN
-    labels = ["injection"] * len(ATTACKS) + ["benign"] * len(BENIGN)
-    result = evaluate_screen(guardrail, texts, labels)
-    assert result["rules"]["caught"] == sum(r is not None for _, r in ATTACKS)
-    assert result["combined"]["recall"] == 1.0 and result["combined"]["false_positive_rate"] == 0.0
-    assert [row["threshold"] for row in result["model_threshold_sweep"]] == sorted(
-        row["threshold"] for row in result["model_threshold_sweep"]
-    )

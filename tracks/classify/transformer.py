@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nanochat.classify.dataset import DatasetError, LabeledTexts, stratified_split
+from tracks.classify.dataset import DatasetError, LabeledTexts, stratified_split
 
 
 def sequence_classifier(backbone: str | os.PathLike[str], labels: list[str]):

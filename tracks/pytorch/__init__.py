@@ -5,9 +5,8 @@
 - `mlp`: a training loop with a validation split, early stopping and best-weights restore (scikit-learn's
   handwritten digits);
 - `attention`: causal self-attention spelled out (rotary, QK-norm, mask, softmax), checked against
-  `nanochat.gpt.CausalSelfAttention`;
-- `daily_log`: `nanochat log draft`, the day's learning-log entry from run reports and git history.
+  `nanochat.gpt.CausalSelfAttention`.
 
-Each module is short enough to read in one sitting; the tests in tests/nanochat/learn/ are the exercises'
+Each module is short enough to read in one sitting; the tests in tests/tracks/pytorch/ are the exercises'
 answers key.
 """

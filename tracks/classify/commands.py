@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nanochat.classify import registry
-from nanochat.classify.dataset import DEFAULT_CACHE, DatasetError, load_dataset, stratified_split
-from nanochat.classify.pipelines import CANDIDATES, FEATURES, compact
 from nanochat.cliargs import int_at_least, non_negative_int, positive_int
+from tracks.classify import registry
+from tracks.classify.dataset import DEFAULT_CACHE, DatasetError, load_dataset, stratified_split
+from tracks.classify.pipelines import CANDIDATES, FEATURES, compact
 
 MIN_FOLDS = 2
 
@@ -101,14 +101,15 @@ def train_and_save(
     cache: str | Path = DEFAULT_CACHE,
 ) -> tuple[Path, dict[str, Any]]:
     """The `train` command as a function: returns the version folder and the report."""
-    from nanochat.classify.report import markdown, plot_confusion, run_experiment
+    from tracks.classify.report import markdown, plot_confusion, run_experiment
 
     data = load_dataset(dataset, cache)
     registry.check_name(name or data.name, version)  # before minutes of training, not after
     features = features or ("words+chars" if data.name == "guardrail" else "words")
     pipeline, report = run_experiment(data, model, features, folds, seed)
     if data.name == "guardrail":
-        from nanochat.classify.guardrail import Guardrail, evaluate_screen
+        from app.guardrail import Guardrail
+        from tracks.classify.guardrail import evaluate_screen
 
         _, test = stratified_split(data, report["split"]["test_fraction"], seed)
         report["guardrail"] = evaluate_screen(Guardrail(pipeline), test.texts, test.labels)
@@ -181,7 +182,7 @@ def evaluate_saved(
     model_dir: str | Path, dataset: str | None = None, cache: str | Path = DEFAULT_CACHE
 ) -> dict:
     """The `eval` command as a function."""
-    from nanochat.classify.report import evaluate
+    from tracks.classify.report import evaluate
 
     loaded = registry.load(model_dir)
     recorded = loaded.metadata["dataset"]
@@ -215,7 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from nanochat.classify.pipelines import confidence
+    from tracks.classify.pipelines import confidence
 
     loaded = registry.load(args.model)
     texts = _texts(args)
@@ -226,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
-    from nanochat.classify.guardrail import DEFAULT_MODEL, DEFAULT_THRESHOLD, Guardrail
+    from app.guardrail import DEFAULT_MODEL, DEFAULT_THRESHOLD, Guardrail
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     guardrail = Guardrail.load(args.model or DEFAULT_MODEL, args.mode, threshold)
@@ -236,7 +237,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
 
 
 def cmd_transformer(args: argparse.Namespace) -> int:
-    from nanochat.classify.transformer import comparison_markdown, train_transformer_classifier
+    from tracks.classify.transformer import comparison_markdown, train_transformer_classifier
 
     data = load_dataset(args.dataset, args.cache)
     metrics = train_transformer_classifier(

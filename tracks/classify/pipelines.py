@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nanochat.classify.dataset import DatasetError, LabeledTexts
+from tracks.classify.dataset import DatasetError, LabeledTexts
 
 if TYPE_CHECKING:  # scikit-learn takes ~1.5 s to import: only the functions that need it do
     from sklearn.pipeline import Pipeline

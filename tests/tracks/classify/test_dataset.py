@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from nanochat.classify.dataset import (
+from tracks.classify.dataset import (
     FORTUNE_CATEGORIES,
     DatasetError,
     LabeledTexts,

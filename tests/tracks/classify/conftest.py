@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanochat.classify.dataset import FORTUNE_CATEGORIES, LabeledTexts, load_guardrail_data
+from tracks.classify.dataset import FORTUNE_CATEGORIES, LabeledTexts, load_guardrail_data
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nanochat.learn.autograd import (
+from tracks.pytorch.autograd import (
     autograd_gradients,
     forward_backward,
     init_params,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanochat.learn.mlp import MLPConfig, digits_splits, evaluate, train
+from tracks.pytorch.mlp import MLPConfig, digits_splits, evaluate, train
 
 
 @pytest.fixture(scope="module")

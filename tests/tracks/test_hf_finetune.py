@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from nanochat.cli import main
-from nanochat.hf_finetune import (
+from nanochat.train.sft import IGNORE, sft_example
+from tests.nanochat.test_hf_export import DEMO, demo_export
+from tracks.hf_finetune import (
     IGNORE_INDEX,
     FinetuneConfig,
     FinetuneError,
@@ -18,8 +20,6 @@ from nanochat.hf_finetune import (
     finetune,
     merge_lora,
 )
-from nanochat.train.sft import IGNORE, sft_example
-from tests.nanochat.test_hf_export import DEMO, demo_export
 
 HELDOUT = str(DEMO / "heldout.jsonl")
 # peft 0.21 asks transformers 5.24 a deprecated question; not ours to fix

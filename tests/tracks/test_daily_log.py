@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from nanochat.cli import main
-from nanochat.learn.daily_log import draft_entry, headline, latest_reports
+from tracks.daily_log import draft_entry, headline, latest_reports
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None, reason="git is not installed (apt-get install -y git)"

@@ -4,7 +4,7 @@
   (computers, science, politics, ...), fetched with `apt-get download` and read with `dpkg-deb` through the
   demo-corpus helpers in `nanochat.data.corpora`. Attribution lines ("-- Kirk, stardate 3468.1") are cut
   off: they name the source, not the topic, and would make some classes trivially easy.
-- `guardrail`: the prompt-injection set kept in this repository (`nanochat/classify/data/guardrail.jsonl`,
+- `guardrail`: the prompt-injection set kept in this repository (`tracks/classify/data/guardrail.jsonl`,
   written by hand for it; see docs/classify.md).
 - any JSONL file with one `{"text": str, "label": str}` object per line.
 

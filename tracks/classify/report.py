@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from sklearn.pipeline import Pipeline
 
-from nanochat.classify.dataset import LabeledTexts, stratified_split
-from nanochat.classify.pipelines import CANDIDATES, build_pipeline, confidence, cross_validate
+from tracks.classify.dataset import LabeledTexts, stratified_split
+from tracks.classify.pipelines import CANDIDATES, build_pipeline, confidence, cross_validate
 
 WORST = 10  # mistakes listed in the report
 LATENCY_SAMPLES = 200  # single-text predictions timed for the latency percentiles

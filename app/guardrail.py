@@ -9,14 +9,15 @@
   (flag mode never blocks: the request goes through and the caller logs and counts it).
 
 The rules are regular expressions for the classic patterns (override the instructions, reveal the system
-prompt, "developer mode"/DAN personas, chat-template tokens typed as text); the classifier is the TF-IDF +
-logistic regression pipeline of `nanochat.classify`, trained on the hand-written set in
-`nanochat/classify/data/guardrail.jsonl` and shipped in `models/guardrail/<version>/`.
+prompt, "developer mode"/DAN personas, chat-template tokens typed as text); the classifier is a TF-IDF +
+logistic regression pipeline trained by the learning track (`nanochat classify train --dataset guardrail`,
+tracks/classify/) on the hand-written set in `tracks/classify/data/guardrail.jsonl`, shipped in
+`models/guardrail/<version>/` and loaded through the registry's read side (app/classifiers.py).
 
 It is a screen, not a proof: a few hundred examples cannot cover the attacks people invent, and a
 paraphrase can pass. Use it to catch the common cases and to measure how often they come.
-It deliberately knows nothing about HTTP, metrics or logging: the service decides what to do with a
-Decision.
+It deliberately knows nothing about HTTP, metrics or logging (the service decides what to do with a
+Decision), nor about training: its evaluation on labeled texts is `tracks.classify.guardrail`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nanochat.classify import registry
+from app import classifiers
 from nanochat.tokenizer import SPECIAL_TOKENS
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "guardrail"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "guardrail"
 MODES = ("block", "flag")
 DEFAULT_THRESHOLD = 0.6  # on the held-out split: ~9 in 10 injections caught, ~1 in 20 benign texts stopped
-SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 INJECTION, BENIGN = "injection", "benign"
 MAX_CHARS = 100_000  # longer texts are screened by rules in full, by the classifier on the first part
 
@@ -144,7 +144,7 @@ class Guardrail:
         threshold: float = DEFAULT_THRESHOLD,
     ) -> Guardrail:
         """The guardrail from a registry folder (`models/guardrail` = its latest version)."""
-        loaded = registry.load(path)
+        loaded = classifiers.load(path)
         return cls(loaded.model, mode, threshold, version=f"{loaded.metadata['name']}/{loaded.version}")
 
     def score(self, texts: list[str]) -> list[float]:
@@ -176,41 +176,3 @@ class Guardrail:
         if rule is None and score < self.threshold:
             return Decision(BENIGN, round(score, 4), None, "allow")
         return Decision(INJECTION, round(score, 4), rule, "block" if self.mode == "block" else "flag")
-
-
-def evaluate_screen(guardrail: Guardrail, texts: list[str], labels: list[str]) -> dict[str, Any]:
-    """How the rules alone, the classifier alone and both together do on labeled texts: the share of
-    injections caught (recall) and of benign texts stopped (false-positive rate)."""
-    scores = guardrail.score(texts)
-    rules = [match_rule(t) is not None for t in texts]
-    model = [s >= guardrail.threshold for s in scores]
-    verdicts = {
-        "rules": rules,
-        "model": model,
-        "combined": [r or m for r, m in zip(rules, model, strict=True)],
-    }
-    injections = [i for i, label in enumerate(labels) if label == INJECTION]
-    benign = [i for i, label in enumerate(labels) if label != INJECTION]
-    result: dict[str, Any] = {
-        "threshold": guardrail.threshold,
-        "injections": len(injections),
-        "benign": len(benign),
-    }
-    for name, flagged in verdicts.items():
-        caught = sum(flagged[i] for i in injections)
-        false_alarms = sum(flagged[i] for i in benign)
-        result[name] = {
-            "recall": round(caught / len(injections), 4) if injections else None,
-            "false_positive_rate": round(false_alarms / len(benign), 4) if benign else None,
-            "caught": caught,
-            "false_alarms": false_alarms,
-        }
-    result["model_threshold_sweep"] = [
-        {
-            "threshold": t,
-            "recall": round(sum(scores[i] >= t for i in injections) / max(len(injections), 1), 4),
-            "false_positive_rate": round(sum(scores[i] >= t for i in benign) / max(len(benign), 1), 4),
-        }
-        for t in SWEEP
-    ]
-    return result
