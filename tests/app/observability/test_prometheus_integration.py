@@ -3,8 +3,8 @@ second instance that turns every generation into a 504, a real Prometheus (Debia
 second with the repository's alert rules, locust traffic with errors (400, 504), and a burst the service
 must partly turn away (429). Then:
 
-- every metric of docs/observability.md has series in Prometheus (GPU and memory-limit ones only where the
-  machine has them), so a metric renamed in code fails here;
+- every metric of the catalog (app/observability/catalog.py) has series in Prometheus (GPU and memory-limit
+  ones only where the machine has them), so a metric renamed in code fails here;
 - a counter of the gunicorn instance is the sum over its workers, whichever worker answers the scrape;
 - every dashboard panel query and every alert expression is valid PromQL for Prometheus' HTTP API, panels
   return data, and the series each alert reads exist;
@@ -32,7 +32,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.app.observability.catalog import metric_catalog
+from app.observability import catalog as metric_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -276,7 +276,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(stack: dict, clean_env)
     assert api.value(f"changes(({counter})[3s:500ms])") == 0  # the same in every scrape
     assert api.value(counter) == MODELS_REQUESTS
 
-    catalog = metric_catalog()
+    catalog = metric_catalog.by_name()
     optional = {series for metric in catalog.values() if metric.optional for series in metric.series}
     for metric in catalog.values():
         if metric.optional:
