@@ -32,6 +32,7 @@ import httpx
 import pytest
 import yaml
 
+from app.contract import METRICS_JOB
 from app.observability import catalog as metric_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -46,8 +47,7 @@ MODELS_REQUESTS = 30
 BURST = 12
 START_TIMEOUT_S = 180  # only bounds a hang: two shared cores
 ALERT_TIMEOUT_S = 20
-JOB = "nanochat"
-GENERATION_ROUTES = "/v1/chat/completions"
+JOB = METRICS_JOB
 
 pytestmark = [
     pytest.mark.integration,
@@ -288,7 +288,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(stack: dict, clean_env)
     assert api.value(f'sum(nanochat_rejected_requests_total{{job="{JOB}",reason="validation"}})') > 0
     assert api.value(f'sum(nanochat_rejected_requests_total{{job="{JOB}",reason="queue_full"}})') > 0
 
-    from tests.observability.promql import alert_rules, dashboard_queries
+    from tests.promql_support import alert_rules, dashboard_queries
 
     queries = [
         (f"{path.name}: {title}", query)
