@@ -218,7 +218,7 @@ INSTANCE_PRICE = Metric(
     unit="dollars_per_hour",
     mode="livemax",
 )
-# NVML shows every worker every GPU of the machine: the same figure in each, so the max, not a sum
+# every worker sees every GPU (NVML ignores CUDA_VISIBLE_DEVICES): the same figure, so the max, not a sum
 GPU_UTILIZATION = Metric(
     "nanochat_gpu_utilization_ratio",
     "gauge",
