@@ -1,8 +1,11 @@
-"""The service's contract with everything that runs it: one port, the probe paths, the metrics job.
+"""The service's contract with everything that runs it: one port, the probe paths, the metrics job, the
+generation routes.
 
-The app, the Dockerfile (checked by a test), Cloud Run, the GPU VMs, their health checks and load balancer,
-the Prometheus scrape configs, the alert rules and the dashboards all read these values from here; none
-restates them. Plain constants, no imports: `modules/` and `scripts/` import this file without the app.
+The app, Cloud Run, the GPU VMs, their health checks and load balancer, the Prometheus scrape configs, the
+alert rules, the dashboards, the load test and the scripts all read these values from here; none restates
+them. What cannot import Python (the Dockerfile, docker-compose.yml, observe/prometheus.yml) is held to them
+by tests/test_repository.py. Plain constants, no imports: `modules/` and `scripts/` use this file without the
+app (`python3 app/contract.py` prints them as shell assignments).
 """
 
 APP_PORT = 8000  # the app's default PORT; the image's, Cloud Run's container port, the GPU VMs'
@@ -14,3 +17,18 @@ METRICS_JOB = "nanochat"  # the scrape job name every scrape config uses and eve
 # and never behind the public load balancer: the image sets NANOCHAT_METRICS_PORT to it (0, the local
 # default, keeps /metrics on APP_PORT). 9464 is the port OpenTelemetry's Prometheus exporters use.
 METRICS_PORT = 9464
+
+# The generation routes (OpenAI chat and completions, and the nanochat web chat's): the SLOs, the alert rules
+# and the dashboard's latency and error panels judge these alone, not probes or /metrics.
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+WEB_CHAT_PATH = "/chat/completions"
+GENERATION_PATHS = (CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, WEB_CHAT_PATH)
+
+
+if __name__ == "__main__":  # for shell scripts: eval "$(python3 app/contract.py)"
+    import shlex
+
+    for _name, _value in list(globals().items()):
+        if _name.isupper() and isinstance(_value, (int, str)):
+            print(f"{_name}={shlex.quote(str(_value))}")

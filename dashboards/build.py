@@ -1,14 +1,14 @@
 """Generate the Grafana dashboard `dashboards/nanochat.json` with grafana-foundation-sdk.
 
-    python dashboards/build.py           # write the dashboard
-    python dashboards/build.py --check   # exit 1 when the committed dashboard is not what it would write
+    python -m dashboards.build           # write the dashboard
+    python -m dashboards.build --check   # exit 1 when the committed dashboard is not what it would write
 
-One dashboard over the metrics of docs/observability.md: traffic and errors, latency (whole request, time to
-first token, time per output token, queue wait), throughput and batching, resources (CPU, memory, GPU) and
-the cost per million output tokens, and the guardrail's decisions on chat requests. SLO lines come from
-loadtest/slo.yaml (read through alerts/build.py, which also owns the list of generation routes). Every query
-selects `job="$job"`; the `datasource` and `job` variables make it importable into any Grafana with a
-Prometheus data source.
+One dashboard over the metrics of the catalog (app/observability/catalog.py), one function per row: an
+overview, traffic and errors, latency (whole request, time to first token, time per output token, queue
+wait), throughput and batching, resources (CPU, memory, GPU) and the cost per million output tokens, and the
+guardrail's decisions on chat requests. SLO lines come from loadtest/slo.yaml (read through alerts/build.py,
+which also builds the generation routes' matcher from app/contract.py). Every query selects `job="$job"`;
+the `datasource` and `job` variables make it importable into any Grafana with a Prometheus data source.
 
 What this does not do: upload anything. docker-compose.yml provisions the file into a local Grafana;
 infra/ owns the hosted one.
@@ -28,14 +28,14 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: make alerts/build.py importable
-from alerts.build import GENERATION_ROUTES, SloError, load_slos, write_or_check  # noqa: E402
+from alerts.build import GENERATION, SloError, load_slos, write_or_check
+from app.contract import METRICS_JOB
+from app.observability import catalog
 
+ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "dashboards" / "nanochat.json"
 UID = "nanochat-service"
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
-GENERATION = 'route=~"' + "|".join(GENERATION_ROUTES) + '"'
 RATE = "[$__rate_interval]"
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -51,8 +51,8 @@ class Query:
     legend: str
 
 
-def quantiles(histogram: str, *matchers: str) -> list[Query]:
-    buckets = sel(f"{histogram}_bucket", *matchers)
+def quantiles(histogram: catalog.Metric, *matchers: str) -> list[Query]:
+    buckets = sel(f"{histogram.name}_bucket", *matchers)
     return [
         Query(f"histogram_quantile({q}, sum by (le) (rate({buckets}{RATE})))", f"p{round(q * 100)}")
         for q in QUANTILES
@@ -110,300 +110,293 @@ def big_number(title: str, unit: str, description: str, query: Query, slo: float
     return targets(panel, [query])
 
 
-def rows(slo: dict[str, float]) -> list[tuple[str, list]]:
-    """(row title, panels) in display order."""
-    requests = sel("nanochat_requests_total", GENERATION)
-    request_rate = f"sum(rate({requests}{RATE}))"
-    errors = sel("nanochat_requests_total", GENERATION, 'status_class="5xx"')
-    # `or vector(0)`: no 5xx (or 429) series yet reads as 0%, not as "no data"
-    error_share = f"(sum(rate({errors}{RATE})) or vector(0)) / {request_rate}"
-    rejected = sel("nanochat_rejected_requests_total", 'reason="queue_full"')
-    queue_full = f"(sum(rate({rejected}{RATE})) or vector(0)) / {request_rate}"
-    output_tokens = f"sum(rate({sel('nanochat_generation_tokens_total')}{RATE}))"
-    cost = (
-        f"sum({sel('nanochat_instance_price_dollars_per_hour')})\n  / ({output_tokens} * 3600 > 0)\n  * 1e6"
+# ---- the expressions more than one row shows -------------------------------------------------------
+GENERATION_REQUESTS = sel(catalog.REQUESTS.name, GENERATION)
+REQUEST_RATE = f"sum(rate({GENERATION_REQUESTS}{RATE}))"
+# `or vector(0)`: no 5xx (or 429) series yet reads as 0%, not as "no data"
+GENERATION_ERRORS = sel(catalog.REQUESTS.name, GENERATION, 'status_class="5xx"')
+ERROR_SHARE = f"(sum(rate({GENERATION_ERRORS}{RATE})) or vector(0)) / {REQUEST_RATE}"
+OUTPUT_TOKENS = f"sum(rate({sel(catalog.GENERATION_TOKENS.name)}{RATE}))"
+COST = f"sum({sel(catalog.INSTANCE_PRICE.name)})\n  / ({OUTPUT_TOKENS} * 3600 > 0)\n  * 1e6"
+
+
+def by(labels: str, metric: catalog.Metric, aggregation: str = "sum") -> str:
+    """`<aggregation> by (<labels>) (rate(metric[$__rate_interval]))` for a counter, else of the gauge."""
+    series = sel(metric.name)
+    inner = f"rate({series}{RATE})" if metric.type == "counter" else series
+    return f"{aggregation} by ({labels}) ({inner})"
+
+
+# ---- the rows, in display order: (row title, panels) ---------------------------------------------------
+def overview_row(slo: dict[str, float]) -> tuple[str, list]:
+    return (
+        "Overview",
+        [
+            big_number(
+                "Ready instances",
+                "none",
+                "Workers whose /ready answers 200 (nanochat_ready).",
+                Query(f"sum({sel(catalog.READY.name)})", "ready"),
+            ),
+            big_number(
+                "Generation requests",
+                "reqps",
+                "Requests per second to the generation routes (all status classes).",
+                Query(REQUEST_RATE, "requests/s"),
+            ),
+            big_number(
+                "5xx share",
+                "percentunit",
+                "Share of generation requests answered 5xx; red past the SLO (error_rate_max).",
+                Query(ERROR_SHARE, "5xx"),
+                slo=slo["error_rate_max"],
+            ),
+            big_number(
+                "p95 request latency",
+                "s",
+                "95th percentile of whole generation requests; red past the SLO (latency_p95_s).",
+                quantiles(catalog.REQUEST_DURATION, GENERATION)[1],
+                slo=slo["latency_p95_s"],
+            ),
+            big_number(
+                "Output tokens/s",
+                "short",
+                "Tokens generated per second, all workers together.",
+                Query(OUTPUT_TOKENS, "tokens/s"),
+            ),
+            big_number(
+                "Cost per 1M output tokens",
+                "currencyUSD",
+                "Instance price per hour (NANOCHAT_INSTANCE_PRICE_PER_HOUR, summed over instances) "
+                "divided by the tokens generated per hour, times a million. Empty without traffic.",
+                Query(COST, "$/1M tokens"),
+            ),
+        ],
     )
-    p95_latency = quantiles("nanochat_request_duration_seconds", GENERATION)[1]
-    decisions = f"rate({sel('nanochat_guardrail_decisions_total')}{RATE})"
-    not_allowed = sel("nanochat_guardrail_decisions_total", 'action!="allow"')
+
+
+def traffic_row(slo: dict[str, float]) -> tuple[str, list]:
+    rejected = sel(catalog.REJECTED.name, 'reason="queue_full"')
+    queue_full = f"(sum(rate({rejected}{RATE})) or vector(0)) / {REQUEST_RATE}"
+    return (
+        "Traffic and errors",
+        [
+            graph(
+                "Request rate by route",
+                "reqps",
+                "HTTP requests answered per second, by route template.",
+                [Query(by("route", catalog.REQUESTS), "{{route}}")],
+            ),
+            graph(
+                "Responses by status class",
+                "reqps",
+                "Generation requests answered per second, by status class (429s are 4xx).",
+                [Query(f"sum by (status_class) (rate({GENERATION_REQUESTS}{RATE}))", "{{status_class}}")],
+            ),
+            graph(
+                "Error rate (5xx share)",
+                "percentunit",
+                "Share of generation requests answered 5xx; the dashed line is the SLO (error_rate_max).",
+                [Query(ERROR_SHARE, "5xx share")],
+                slo=slo["error_rate_max"],
+            ),
+            graph(
+                "429 share (queue full)",
+                "percentunit",
+                "Share of generation requests turned away because the queue was full; the dashed line is "
+                "the SLO (rejection_rate_max).",
+                [Query(queue_full, "429 share")],
+                slo=slo["rejection_rate_max"],
+            ),
+            graph(
+                "Rejections by reason",
+                "reqps",
+                "Requests turned away per second: queue_full (429), not_ready (503), body_too_large "
+                "(413), validation (400/422), unauthorized (401), deadline (504).",
+                [Query(by("reason", catalog.REJECTED), "{{reason}}")],
+            ),
+            graph(
+                "Finished generations by reason",
+                "reqps",
+                "Generation requests ended per second: stop, length, cancelled, deadline, error.",
+                [Query(by("finish_reason", catalog.FINISHED), "{{finish_reason}}")],
+            ),
+        ],
+    )
+
+
+def latency_row(slo: dict[str, float]) -> tuple[str, list]:
+    return (
+        "Latency",
+        [
+            graph(
+                "Request latency",
+                "s",
+                "Whole generation requests (a streamed reply to its last byte), p50/p95/p99; the dashed "
+                "line is the p95 SLO (latency_p95_s).",
+                quantiles(catalog.REQUEST_DURATION, GENERATION),
+                slo=slo["latency_p95_s"],
+            ),
+            graph(
+                "Time to first token",
+                "s",
+                "Queued to first token generated, p50/p95/p99; the dashed line is the p95 SLO (ttft_p95_s).",
+                quantiles(catalog.TTFT),
+                slo=slo["ttft_p95_s"],
+            ),
+            graph(
+                "Time per output token",
+                "s",
+                "Per request, generation time after the first token divided by the tokens after it, "
+                "p50/p95/p99; the dashed line is the p95 SLO (tpot_p95_s).",
+                quantiles(catalog.TPOT),
+                slo=slo["tpot_p95_s"],
+            ),
+            graph(
+                "Queue wait",
+                "s",
+                "Queued to admitted into the decode batch, p50/p95/p99.",
+                quantiles(catalog.QUEUE_WAIT),
+            ),
+        ],
+    )
+
+
+def throughput_row(slo: dict[str, float]) -> tuple[str, list]:
+    batch = catalog.BATCH_SIZE.name
+    return (
+        "Throughput and batching",
+        [
+            graph(
+                "Tokens per second",
+                "short",
+                "Output tokens generated and prompt tokens of finished requests, per second.",
+                [
+                    Query(OUTPUT_TOKENS, "output"),
+                    Query(f"sum(rate({sel(catalog.PROMPT_TOKENS.name)}{RATE}))", "prompt"),
+                ],
+            ),
+            graph(
+                "Queue depth",
+                "short",
+                "Requests waiting for a batch slot, and how many may wait before a 429 (NANOCHAT_MAX_QUEUE).",
+                [
+                    Query(f"sum({sel(catalog.QUEUE_DEPTH.name)})", "waiting"),
+                    Query(f"sum({sel(catalog.QUEUE_CAPACITY.name)})", "capacity"),
+                ],
+            ),
+            graph(
+                "Active sequences",
+                "short",
+                "Sequences in the decode batch, and the batch slots (NANOCHAT_MAX_BATCH).",
+                [
+                    Query(f"sum({sel(catalog.ACTIVE_SEQUENCES.name)})", "active"),
+                    Query(f"sum({sel(catalog.BATCH_SLOTS.name)})", "slots"),
+                ],
+            ),
+            graph(
+                "Batch size",
+                "short",
+                "Sequences in each decode step: mean and p95.",
+                [
+                    Query(
+                        f"sum(rate({sel(f'{batch}_sum')}{RATE})) / sum(rate({sel(f'{batch}_count')}{RATE}))",
+                        "mean",
+                    ),
+                    quantiles(catalog.BATCH_SIZE)[1],
+                ],
+            ),
+        ],
+    )
+
+
+def resources_row(slo: dict[str, float]) -> tuple[str, list]:
+    return (
+        "Resources and cost",
+        [
+            graph(
+                "CPU",
+                "short",
+                "CPU cores busy with the worker processes (CPU seconds per second).",
+                [Query(by("instance", catalog.PROCESS_CPU), "{{instance}}")],
+            ),
+            graph(
+                "Memory",
+                "bytes",
+                "Resident memory of the worker processes and the container's memory limit (when it has one).",
+                [
+                    Query(by("instance", catalog.PROCESS_MEMORY), "resident {{instance}}"),
+                    Query(by("instance", catalog.MEMORY_LIMIT, "max"), "limit {{instance}}"),
+                ],
+            ),
+            graph(
+                "GPU utilization",
+                "percentunit",
+                "Busy share of each GPU (NVML); empty without a GPU.",
+                [Query(by("instance, gpu", catalog.GPU_UTILIZATION, "max"), "{{instance}} gpu {{gpu}}")],
+            ),
+            graph(
+                "GPU memory",
+                "bytes",
+                "GPU memory used and total per GPU (NVML); empty without a GPU.",
+                [
+                    Query(
+                        by("instance, gpu", catalog.GPU_MEMORY_USED, "max"), "used {{instance}} gpu {{gpu}}"
+                    ),
+                    Query(
+                        by("instance, gpu", catalog.GPU_MEMORY_TOTAL, "max"), "total {{instance}} gpu {{gpu}}"
+                    ),
+                ],
+            ),
+            graph(
+                "Cost per million output tokens",
+                "currencyUSD",
+                "Instance price per hour (NANOCHAT_INSTANCE_PRICE_PER_HOUR, summed over instances) "
+                "divided by the tokens generated per hour, times a million: what a million output tokens "
+                "cost at the current rate. Empty without traffic.",
+                [Query(COST, "$/1M output tokens")],
+            ),
+            graph(
+                "Model load time",
+                "s",
+                "Time each worker took to load and warm its model.",
+                [Query(by("instance", catalog.MODEL_LOAD, "max"), "{{instance}}")],
+            ),
+        ],
+    )
+
+
+def guardrail_row(slo: dict[str, float]) -> tuple[str, list]:
+    decisions = f"rate({sel(catalog.GUARDRAIL_DECISIONS.name)}{RATE})"
+    not_allowed = sel(catalog.GUARDRAIL_DECISIONS.name, 'action!="allow"')
     caught = f"rate({not_allowed}{RATE})"
-    return [
-        (
-            "Overview",
-            [
-                big_number(
-                    "Ready instances",
-                    "none",
-                    "Workers whose /ready answers 200 (nanochat_ready).",
-                    Query(f"sum({sel('nanochat_ready')})", "ready"),
-                ),
-                big_number(
-                    "Generation requests",
-                    "reqps",
-                    "Requests per second to the generation routes (all status classes).",
-                    Query(request_rate, "requests/s"),
-                ),
-                big_number(
-                    "5xx share",
-                    "percentunit",
-                    "Share of generation requests answered 5xx; red past the SLO (error_rate_max).",
-                    Query(error_share, "5xx"),
-                    slo=slo["error_rate_max"],
-                ),
-                big_number(
-                    "p95 request latency",
-                    "s",
-                    "95th percentile of whole generation requests; red past the SLO (latency_p95_s).",
-                    p95_latency,
-                    slo=slo["latency_p95_s"],
-                ),
-                big_number(
-                    "Output tokens/s",
-                    "short",
-                    "Tokens generated per second, all workers together.",
-                    Query(output_tokens, "tokens/s"),
-                ),
-                big_number(
-                    "Cost per 1M output tokens",
-                    "currencyUSD",
-                    "Instance price per hour (NANOCHAT_INSTANCE_PRICE_PER_HOUR, summed over instances) "
-                    "divided by the tokens generated per hour, times a million. Empty without traffic.",
-                    Query(cost, "$/1M tokens"),
-                ),
-            ],
-        ),
-        (
-            "Traffic and errors",
-            [
-                graph(
-                    "Request rate by route",
-                    "reqps",
-                    "HTTP requests answered per second, by route template.",
-                    [Query(f"sum by (route) (rate({sel('nanochat_requests_total')}{RATE}))", "{{route}}")],
-                ),
-                graph(
-                    "Responses by status class",
-                    "reqps",
-                    "Generation requests answered per second, by status class (429s are 4xx).",
-                    [Query(f"sum by (status_class) (rate({requests}{RATE}))", "{{status_class}}")],
-                ),
-                graph(
-                    "Error rate (5xx share)",
-                    "percentunit",
-                    "Share of generation requests answered 5xx; the dashed line is the SLO (error_rate_max).",
-                    [Query(error_share, "5xx share")],
-                    slo=slo["error_rate_max"],
-                ),
-                graph(
-                    "429 share (queue full)",
-                    "percentunit",
-                    "Share of generation requests turned away because the queue was full; the dashed line is "
-                    "the SLO (rejection_rate_max).",
-                    [Query(queue_full, "429 share")],
-                    slo=slo["rejection_rate_max"],
-                ),
-                graph(
-                    "Rejections by reason",
-                    "reqps",
-                    "Requests turned away per second: queue_full (429), not_ready (503), body_too_large "
-                    "(413), validation (400/422), unauthorized (401), deadline (504).",
-                    [
-                        Query(
-                            f"sum by (reason) (rate({sel('nanochat_rejected_requests_total')}{RATE}))",
-                            "{{reason}}",
-                        )
-                    ],
-                ),
-                graph(
-                    "Finished generations by reason",
-                    "reqps",
-                    "Generation requests ended per second: stop, length, cancelled, deadline, error.",
-                    [
-                        Query(
-                            f"sum by (finish_reason) (rate({sel('nanochat_finished_requests_total')}{RATE}))",
-                            "{{finish_reason}}",
-                        )
-                    ],
-                ),
-            ],
-        ),
-        (
-            "Latency",
-            [
-                graph(
-                    "Request latency",
-                    "s",
-                    "Whole generation requests (a streamed reply to its last byte), p50/p95/p99; the dashed "
-                    "line is the p95 SLO (latency_p95_s).",
-                    quantiles("nanochat_request_duration_seconds", GENERATION),
-                    slo=slo["latency_p95_s"],
-                ),
-                graph(
-                    "Time to first token",
-                    "s",
-                    "Queued to first token generated, p50/p95/p99; the dashed line is the p95 SLO "
-                    "(ttft_p95_s).",
-                    quantiles("nanochat_time_to_first_token_seconds"),
-                    slo=slo["ttft_p95_s"],
-                ),
-                graph(
-                    "Time per output token",
-                    "s",
-                    "Per request, generation time after the first token divided by the tokens after it, "
-                    "p50/p95/p99; the dashed line is the p95 SLO (tpot_p95_s).",
-                    quantiles("nanochat_time_per_output_token_seconds"),
-                    slo=slo["tpot_p95_s"],
-                ),
-                graph(
-                    "Queue wait",
-                    "s",
-                    "Queued to admitted into the decode batch, p50/p95/p99.",
-                    quantiles("nanochat_queue_wait_seconds"),
-                ),
-            ],
-        ),
-        (
-            "Throughput and batching",
-            [
-                graph(
-                    "Tokens per second",
-                    "short",
-                    "Output tokens generated and prompt tokens of finished requests, per second.",
-                    [
-                        Query(output_tokens, "output"),
-                        Query(f"sum(rate({sel('nanochat_prompt_tokens_total')}{RATE}))", "prompt"),
-                    ],
-                ),
-                graph(
-                    "Queue depth",
-                    "short",
-                    "Requests waiting for a batch slot, and how many may wait before a 429 "
-                    "(NANOCHAT_MAX_QUEUE).",
-                    [
-                        Query(f"sum({sel('nanochat_queue_depth')})", "waiting"),
-                        Query(f"sum({sel('nanochat_queue_capacity')})", "capacity"),
-                    ],
-                ),
-                graph(
-                    "Active sequences",
-                    "short",
-                    "Sequences in the decode batch, and the batch slots (NANOCHAT_MAX_BATCH).",
-                    [
-                        Query(f"sum({sel('nanochat_active_sequences')})", "active"),
-                        Query(f"sum({sel('nanochat_batch_slots')})", "slots"),
-                    ],
-                ),
-                graph(
-                    "Batch size",
-                    "short",
-                    "Sequences in each decode step: mean and p95.",
-                    [
-                        Query(
-                            f"sum(rate({sel('nanochat_batch_size_sum')}{RATE}))"
-                            f" / sum(rate({sel('nanochat_batch_size_count')}{RATE}))",
-                            "mean",
-                        ),
-                        quantiles("nanochat_batch_size")[1],
-                    ],
-                ),
-            ],
-        ),
-        (
-            "Resources and cost",
-            [
-                graph(
-                    "CPU",
-                    "short",
-                    "CPU cores busy with the worker processes (CPU seconds per second).",
-                    [
-                        Query(
-                            f"sum by (instance) (rate({sel('nanochat_process_cpu_seconds_total')}{RATE}))",
-                            "{{instance}}",
-                        )
-                    ],
-                ),
-                graph(
-                    "Memory",
-                    "bytes",
-                    "Resident memory of the worker processes and the container's memory limit (when it has "
-                    "one).",
-                    [
-                        Query(
-                            f"sum by (instance) ({sel('nanochat_process_resident_memory_bytes')})",
-                            "resident {{instance}}",
-                        ),
-                        Query(
-                            f"max by (instance) ({sel('nanochat_memory_limit_bytes')})", "limit {{instance}}"
-                        ),
-                    ],
-                ),
-                graph(
-                    "GPU utilization",
-                    "percentunit",
-                    "Busy share of each GPU (NVML); empty without a GPU.",
-                    [
-                        Query(
-                            f"max by (instance, gpu) ({sel('nanochat_gpu_utilization_ratio')})",
-                            "{{instance}} gpu {{gpu}}",
-                        )
-                    ],
-                ),
-                graph(
-                    "GPU memory",
-                    "bytes",
-                    "GPU memory used and total per GPU (NVML); empty without a GPU.",
-                    [
-                        Query(
-                            f"max by (instance, gpu) ({sel('nanochat_gpu_memory_used_bytes')})",
-                            "used {{instance}} gpu {{gpu}}",
-                        ),
-                        Query(
-                            f"max by (instance, gpu) ({sel('nanochat_gpu_memory_total_bytes')})",
-                            "total {{instance}} gpu {{gpu}}",
-                        ),
-                    ],
-                ),
-                graph(
-                    "Cost per million output tokens",
-                    "currencyUSD",
-                    "Instance price per hour (NANOCHAT_INSTANCE_PRICE_PER_HOUR, summed over instances) "
-                    "divided by the tokens generated per hour, times a million: what a million output tokens "
-                    "cost at the current rate. Empty without traffic.",
-                    [Query(cost, "$/1M output tokens")],
-                ),
-                graph(
-                    "Model load time",
-                    "s",
-                    "Time each worker took to load and warm its model.",
-                    [Query(f"max by (instance) ({sel('nanochat_model_load_seconds')})", "{{instance}}")],
-                ),
-            ],
-        ),
-        (
-            "Guardrail",
-            [
-                graph(
-                    "Guardrail decisions",
-                    "reqps",
-                    "Generation requests screened per second by the prompt-injection guardrail, by action: "
-                    "allow, flag (served, X-Guardrail: flagged), block (400 content_blocked). Empty while "
-                    "NANOCHAT_GUARDRAIL is off.",
-                    [Query(f"sum by (action) ({decisions})", "{{action}}")],
-                ),
-                graph(
-                    "Guardrail flagged or blocked share",
-                    "percentunit",
-                    "Share of screened requests the guardrail flagged or blocked. A jump is an attack, or a "
-                    "model or threshold (NANOCHAT_GUARDRAIL_THRESHOLD) that stops benign texts.",
-                    [Query(f"(sum({caught}) or vector(0)) / sum({decisions})", "flagged or blocked")],
-                ),
-            ],
-        ),
-    ]
+    return (
+        "Guardrail",
+        [
+            graph(
+                "Guardrail decisions",
+                "reqps",
+                "Generation requests screened per second by the prompt-injection guardrail, by action: "
+                "allow, flag (served, X-Guardrail: flagged), block (400 content_blocked). Empty while "
+                "NANOCHAT_GUARDRAIL is off.",
+                [Query(f"sum by (action) ({decisions})", "{{action}}")],
+            ),
+            graph(
+                "Guardrail flagged or blocked share",
+                "percentunit",
+                "Share of screened requests the guardrail flagged or blocked. A jump is an attack, or a "
+                "model or threshold (NANOCHAT_GUARDRAIL_THRESHOLD) that stops benign texts.",
+                [Query(f"(sum({caught}) or vector(0)) / sum({decisions})", "flagged or blocked")],
+            ),
+        ],
+    )
+
+
+ROWS = (overview_row, traffic_row, latency_row, throughput_row, resources_row, guardrail_row)
 
 
 def build(slo: dict[str, float]) -> dashboard.Dashboard:
-    job = models.VariableOption(text="nanochat", value="nanochat", selected=True)
+    job = models.VariableOption(text=METRICS_JOB, value=METRICS_JOB, selected=True)
     board = (
         dashboard.Dashboard("nanochat service")
         .uid(UID)
@@ -419,13 +412,14 @@ def build(slo: dict[str, float]) -> dashboard.Dashboard:
             dashboard.QueryVariable("job")
             .label("Job")
             .datasource(DATASOURCE)
-            .query("label_values(nanochat_build_info, job)")
+            .query(f"label_values({catalog.BUILD_INFO.name}, job)")
             .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .current(job)
         )
     )
     panel_id = 0
-    for title, panels in rows(slo):
+    for row in ROWS:
+        title, panels = row(slo)
         panel_id += 1
         board.with_row(dashboard.Row(title).id(panel_id))
         for panel in panels:
@@ -440,15 +434,15 @@ def render(slo: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dashboards/build.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the dashboard is not up to date")
     args = parser.parse_args(argv)
     try:
         text = render(load_slos())
     except SloError as e:
-        print(f"dashboards/build.py: {e}", file=sys.stderr)
+        print(f"dashboards.build: {e}", file=sys.stderr)
         return 2
-    return write_or_check(OUTPUT, text, args.check, "dashboards/build.py")
+    return write_or_check(OUTPUT, text, args.check, "dashboards.build")
 
 
 if __name__ == "__main__":

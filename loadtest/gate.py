@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.contract import READY_PATH
 from loadtest._auth import auth_headers
 from loadtest.slo import SLO_FILE, SloError, load_slos
 
@@ -140,16 +141,17 @@ def evaluate(
 def wait_ready(host: str, timeout_s: float, headers: dict[str, str]) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
+    url = f"{host}{READY_PATH}"
     while True:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{host}/ready", headers=headers), timeout=5):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5):
                 return
         except urllib.error.HTTPError as e:
             last = f"HTTP {e.code}"
         except (urllib.error.URLError, OSError) as e:
             last = str(getattr(e, "reason", e))
         if time.monotonic() >= deadline:
-            raise GateError(f"{host}/ready did not answer 200 within {timeout_s:g} s (last: {last})")
+            raise GateError(f"{url} did not answer 200 within {timeout_s:g} s (last: {last})")
         time.sleep(0.5)
 
 

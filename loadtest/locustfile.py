@@ -35,9 +35,11 @@ from pathlib import Path
 from _auth import auth_headers  # locust puts this folder on sys.path
 from locust import HttpUser, between, constant, task
 
+from app.contract import CHAT_COMPLETIONS_PATH, HEALTH_PATH, READY_PATH
+
 HERE = Path(__file__).resolve().parent
 LLM = "LLM"  # request_type of the entries the chat users report themselves
-CHAT_PATH = "/v1/chat/completions"
+CHAT_PATH = CHAT_COMPLETIONS_PATH
 
 
 def load_prompts(path: str | os.PathLike | None = None) -> list[str]:
@@ -173,5 +175,5 @@ class ProbeUser(HttpUser):
 
     @task
     def probes(self) -> None:
-        self.client.get("/health")
-        self.client.get("/ready")
+        self.client.get(HEALTH_PATH)
+        self.client.get(READY_PATH)

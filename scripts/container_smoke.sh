@@ -11,6 +11,7 @@
 # catatonit and debootstrap (Debian: apt-get install -y podman buildah runc catatonit debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+eval "$(python3 app/contract.py)"  # READY_PATH, METRICS_PATH, CHAT_COMPLETIONS_PATH
 
 IMAGE=localhost/nanochat:cpu
 BASE=localhost/python-base:bookworm
@@ -91,22 +92,22 @@ podman run -d --init --name "$name" --network host -e PORT="$port" -e NANOCHAT_M
   -e NANOCHAT_WORKERS=1 "$IMAGE" >/dev/null
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 240); do
-  if curl -fsS "$url/ready" >/dev/null 2>&1; then break; fi
-  [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ] || { podman logs "$name" >&2; die "the container exited before /ready"; }
+  if curl -fsS "$url$READY_PATH" >/dev/null 2>&1; then break; fi
+  [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ] || { podman logs "$name" >&2; die "the container exited before $READY_PATH answered"; }
   sleep 0.5
 done
-curl -fsS "$url/ready" >/dev/null || { podman logs "$name" | tail -20 >&2; die "/ready did not answer 200 within 120 s"; }
+curl -fsS "$url$READY_PATH" >/dev/null || { podman logs "$name" | tail -20 >&2; die "$READY_PATH did not answer 200 within 120 s"; }
 ready_s=$(python3 -c "import time; print(round(time.time() - $start, 1))")
 
-reply=$(curl -fsS -N "$url/v1/chat/completions" -H 'Content-Type: application/json' \
+reply=$(curl -fsS -N "$url$CHAT_COMPLETIONS_PATH" -H 'Content-Type: application/json' \
   -d '{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":true}')
 grep -q '"delta":{"content"' <<<"$reply" || die "no content chunk in the streamed reply: $reply"
 tail -c 200 <<<"$reply" | grep -q 'data: \[DONE\]' || die "the stream did not end with data: [DONE]"
 # metrics on their own port (the image's NANOCHAT_METRICS_PORT), never on the public one
-metrics=$(curl -fsS "http://127.0.0.1:$mport/metrics")
+metrics=$(curl -fsS "http://127.0.0.1:$mport$METRICS_PATH")
 grep -q '^nanochat_requests_total' <<<"$metrics" || die "/metrics has no nanochat_requests_total"
-public=$(curl -s -o /dev/null -w '%{http_code}' "$url/metrics")
-[ "$public" = 404 ] || die "/metrics on the public port answered $public (expected 404)"
+public=$(curl -s -o /dev/null -w '%{http_code}' "$url$METRICS_PATH")
+[ "$public" = 404 ] || die "$METRICS_PATH on the public port answered $public (expected 404)"
 user=$(podman exec "$name" id -u)
 [ "$user" != 0 ] || die "the server runs as root"
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The service and a local Prometheus scraping it with the repository's alert rules loaded (`make observe`).
 #
-# Starts `python -m app` on 127.0.0.1:8000 unless something already answers /health there, writes a Prometheus
-# config to build/observe/ (scrape job "nanochat", alerts/*.rules.yaml), starts Debian's `prometheus` on
-# 127.0.0.1:9090 with its storage in that folder, prints the URLs and stops what it started on Ctrl-C.
+# Starts `python -m app` on 127.0.0.1:APP_PORT unless something already answers HEALTH_PATH there, writes a
+# Prometheus config to build/observe/ (scrape job METRICS_JOB, alerts/*.rules.yaml; those three come from
+# app/contract.py), starts Debian's `prometheus` on 127.0.0.1:9090 with its storage in that folder, prints
+# the URLs and stops what it started on Ctrl-C.
 # With Docker, `docker compose up --build` adds Grafana and trace collection (docker-compose.yml).
 #
-# Environment: OBSERVE_APP_PORT (8000), OBSERVE_PROMETHEUS_PORT (9090), OBSERVE_DIR (build/observe),
+# Environment: OBSERVE_APP_PORT (APP_PORT), OBSERVE_PROMETHEUS_PORT (9090), OBSERVE_DIR (build/observe),
 # PYTHON (.venv/bin/python), PROMETHEUS (prometheus); the app reads NANOCHAT_* as usual.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-APP_PORT="${OBSERVE_APP_PORT:-8000}"
+eval "$(python3 "$ROOT/app/contract.py")"  # APP_PORT, HEALTH_PATH, METRICS_PATH, METRICS_JOB
+APP_PORT="${OBSERVE_APP_PORT:-$APP_PORT}"
 PROMETHEUS_PORT="${OBSERVE_PROMETHEUS_PORT:-9090}"
 OUT="${OBSERVE_DIR:-$ROOT/build/observe}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -56,13 +58,13 @@ wait_for() {
 
 mkdir -p "$OUT"
 
-if curl -fsS -o /dev/null "$APP_URL/health" 2>/dev/null; then
+if curl -fsS -o /dev/null "$APP_URL$HEALTH_PATH" 2>/dev/null; then
     echo "observe: using the app already running at $APP_URL"
 else
     echo "observe: starting the app on $APP_URL (log: $OUT/app.log)"
     (cd "$ROOT" && exec "$PYTHON" -m app --host 127.0.0.1 --port "$APP_PORT") >"$OUT/app.log" 2>&1 &
     pids+=("$!")
-    wait_for "$APP_URL/health" "$!" "$OUT/app.log"
+    wait_for "$APP_URL$HEALTH_PATH" "$!" "$OUT/app.log"
 fi
 
 if curl -fsS -o /dev/null "$PROMETHEUS_URL/-/ready" 2>/dev/null; then
@@ -76,7 +78,7 @@ global:
 rule_files:
   - "$ROOT/alerts/*.rules.yaml"
 scrape_configs:
-  - job_name: nanochat
+  - job_name: $METRICS_JOB
     static_configs:
       - targets: ["127.0.0.1:$APP_PORT"]
 EOF
@@ -91,7 +93,7 @@ ui=""
 if curl -fsS -o /dev/null "$PROMETHEUS_URL/classic/graph" 2>/dev/null; then ui=/classic; fi
 cat <<EOF
 
-  app          $APP_URL  (metrics: $APP_URL/metrics, figures: $APP_URL/stats)
+  app          $APP_URL  (metrics: $APP_URL$METRICS_PATH, figures: $APP_URL/stats)
   prometheus   $PROMETHEUS_URL$ui/graph
   alerts       $PROMETHEUS_URL$ui/alerts  (API: $PROMETHEUS_URL/api/v1/alerts)
   targets      $PROMETHEUS_URL$ui/targets

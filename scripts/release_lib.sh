@@ -7,6 +7,8 @@ DRY_RUN=${DRY_RUN:-0}
 PYTHON=${PYTHON:-python3}
 ENVS_DIR=${ENVS_DIR:-envs}  # tests point it at a folder of their own env files
 exec 3>&1                   # dry-run lines go to the real stdout, also from inside $(...)
+# the service's contract (APP_PORT, READY_PATH, CHAT_COMPLETIONS_PATH, METRICS_JOB, ...) from app/contract.py
+eval "$("$PYTHON" app/contract.py)"
 
 usage() { sed -n '2,/^set -euo/p' "$1" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -252,5 +254,5 @@ promql_series() {
 
 # metrics_probe: the PromQL query that finds the service's metrics (a catalog gauge every instance writes)
 metrics_probe() {
-  "$PYTHON" -c 'from app.observability.metrics import BUILD_INFO; print(BUILD_INFO.describe()[0].name)'
+  "$PYTHON" -c 'from app.observability.catalog import BUILD_INFO; print(BUILD_INFO.name)'
 }

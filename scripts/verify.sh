@@ -45,12 +45,12 @@ headers=(-H "Content-Type: application/json" -H "X-Serverless-Authorization: Bea
 if [ -z "$url" ]; then
   report FAIL "chat: $SERVICE has no URL" "make bootstrap ENV=$ENV_NAME"
 else
-  http "$url/v1/chat/completions" -X POST "${headers[@]}" \
+  http "$url$CHAT_COMPLETIONS_PATH" -X POST "${headers[@]}" \
     -d '{"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}'
   if [ "$HTTP_STATUS" = 200 ] && grep -q '"choices"' <<<"$HTTP_BODY"; then
-    report ok "chat: $url/v1/chat/completions answered"
+    report ok "chat: $url$CHAT_COMPLETIONS_PATH answered"
   else
-    report FAIL "chat: $url/v1/chat/completions answered HTTP $HTTP_STATUS" "gcloud run services logs read $SERVICE ${WHERE[*]}; a 401/403 is the caller's run.invoker or the API key"
+    report FAIL "chat: $url$CHAT_COMPLETIONS_PATH answered HTTP $HTTP_STATUS" "gcloud run services logs read $SERVICE ${WHERE[*]}; a 401/403 is the caller's run.invoker or the API key"
   fi
 fi
 

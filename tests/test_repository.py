@@ -186,3 +186,88 @@ def test_the_soak_answers_every_request_once_and_reports_the_workers(tmp_path):
     pids = [w["pid"] for w in report["processes"]["end"]["workers"]]
     pids.append(report["processes"]["end"]["master"]["pid"])
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "gunicorn outlived the soak"
+
+
+# ---- one home per fact: what cannot import app/contract.py is held to it here ---------------------------
+CONTRACT_READERS = ("observe.sh", "container_smoke.sh", "release_lib.sh")  # the scripts that call the service
+
+
+def contract() -> dict[str, int | str]:
+    import app.contract
+
+    return {name: value for name, value in vars(app.contract).items() if name.isupper()}
+
+
+def test_contract_prints_itself_for_shell_scripts():
+    printed = subprocess.run(
+        [sys.executable, "app/contract.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    script = printed + "".join(
+        f'echo "{name}=${name}"\n' for name in contract() if name != "GENERATION_PATHS"
+    )
+    evaluated = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    expected = {name: str(value) for name, value in contract().items() if name != "GENERATION_PATHS"}
+    assert dict(line.split("=", 1) for line in evaluated.splitlines()) == expected
+
+
+@pytest.mark.parametrize("name", CONTRACT_READERS)
+def test_scripts_read_the_contract_instead_of_restating_it(name):
+    text = (ROOT / "scripts" / name).read_text()
+    assert re.search(r'^eval "\$\(.*app/contract\.py"?\)"', text, flags=re.MULTILINE), name
+
+
+def test_no_script_restates_a_port_a_probe_path_or_the_job():
+    facts = contract()
+    paths = [
+        facts[name] for name in ("HEALTH_PATH", "READY_PATH", "METRICS_PATH", *("CHAT_COMPLETIONS_PATH",))
+    ]
+    for script in sorted((ROOT / "scripts").glob("*.sh")):
+        text = script.read_text()
+        for port in (facts["APP_PORT"], facts["METRICS_PORT"]):
+            assert not re.search(rf"\b{port}\b", text), f"{script.name} restates port {port}"
+        for path in paths:  # a URL variable followed by the path, e.g. "$url/ready"
+            restated = re.search(rf"\$\{{?\w*(?:url|URL|port)\w*\}}?{re.escape(path)}\b", text)
+            assert not restated, f"{script.name} restates {path}: {restated[0]}"
+        assert f"job_name: {facts['METRICS_JOB']}" not in text, f"{script.name} restates the job name"
+
+
+def test_the_restating_check_can_fail(tmp_path, monkeypatch):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "bad.sh").write_text('curl "$APP_URL/health"\n')
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match="restates /health"):
+        test_no_script_restates_a_port_a_probe_path_or_the_job()
+
+
+def test_compose_and_its_prometheus_use_the_contract():
+    import yaml
+
+    facts = contract()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    app = compose["services"]["app"]
+    assert int(app["environment"]["PORT"]) == facts["APP_PORT"]
+    assert int(app["environment"]["NANOCHAT_METRICS_PORT"]) == facts["METRICS_PORT"]
+    assert [port.rsplit(":", 1)[1] for port in app["ports"]] == [
+        str(facts["APP_PORT"])
+    ]  # metrics unpublished
+    prometheus = yaml.safe_load((ROOT / "observe" / "prometheus.yml").read_text())
+    [scrape] = prometheus["scrape_configs"]
+    assert scrape["job_name"] == facts["METRICS_JOB"]
+    assert scrape.get("metrics_path", "/metrics") == facts["METRICS_PATH"]
+    assert [target.rsplit(":", 1)[1] for target in scrape["static_configs"][0]["targets"]] == [
+        str(facts["METRICS_PORT"])
+    ]
+
+
+def test_the_app_serves_the_contracts_routes():
+    from app.config import Settings
+    from app.main import create_app
+
+    facts = contract()
+    service = create_app(Settings(_env_file=None, checkpoint=str(ROOT / "models" / "demo")))
+    paths = service.openapi()["paths"]  # the app's routes (the model is not loaded: no lifespan here)
+    for name in ("HEALTH_PATH", "READY_PATH", "METRICS_PATH"):
+        assert "get" in paths.get(facts[name], {}), f"the app has no GET {facts[name]}"
+    for path in facts["GENERATION_PATHS"]:
+        assert "post" in paths.get(path, {}), f"the app has no POST {path}"
+    assert Settings.model_fields["port"].default == facts["APP_PORT"]

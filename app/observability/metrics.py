@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the service, defined once (the catalog: docs/observability.md), and the hooks
+"""The service's Prometheus metrics, created from the catalog (app/observability/catalog.py), and the hooks
 that record them.
 
 Who calls what:
@@ -43,6 +43,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from app.observability import catalog
+
 if TYPE_CHECKING:
     from app.scheduler import GenerationStream
 
@@ -55,123 +57,67 @@ SAMPLE_INTERVAL_S = 5.0
 PACKAGE = "nanochat-service"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNLIMITED_BYTES = 2**60  # cgroup v1 reports "no limit" as a number near 2**63
-FINISH_REASONS = ("stop", "length", "cancelled", "deadline", "error")
-GUARDRAIL_ACTIONS = ("allow", "flag", "block")
-ADMISSION_OUTCOMES = ("admitted", "rejected")
-# status of a rejected request -> reason (docs/observability.md)
-REJECTION_REASONS = {
-    400: "validation",
-    401: "unauthorized",
-    413: "body_too_large",
-    422: "validation",
-    429: "queue_full",
-    503: "not_ready",
-    504: "deadline",
-}
-
-# Buckets of the OpenTelemetry GenAI semantic conventions (gen_ai.server.*), in seconds.
-REQUEST_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-                   163.84)  # fmt: skip
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-# the conventions' buckets start at 10 ms; a CPU decode step of the demo model takes about 1 ms
-TPOT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-                1.0, 2.5)  # fmt: skip
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 disable_created_metrics()  # no `_created` series beside every counter and histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 
-def _gauge(name: str, documentation: str, labels: tuple[str, ...] = (), mode: str = "livesum") -> Gauge:
-    return Gauge(name, documentation, labels, registry=REGISTRY, multiprocess_mode=mode)  # type: ignore[arg-type]
+def _expect(metric: catalog.Metric, kind: str) -> None:
+    if metric.type != kind:
+        raise ValueError(f"{metric.name} is a {metric.type}, not a {kind}")
 
 
-# ---- the catalog (names, types, labels and gauge modes exactly as docs/observability.md) ------------------
-REQUESTS = Counter(
-    "nanochat_requests", "HTTP requests answered", ("route", "method", "status_class"), registry=REGISTRY
-)
-REQUEST_DURATION = Histogram(
-    "nanochat_request_duration_seconds",
-    "Request received to last byte of the response (a whole stream)",
-    ("route",),
-    buckets=REQUEST_BUCKETS,
-    registry=REGISTRY,
-)
-TTFT = Histogram(
-    "nanochat_time_to_first_token_seconds",
-    "Generation request queued to first token generated",
-    buckets=TTFT_BUCKETS,
-    registry=REGISTRY,
-)
-TPOT = Histogram(
-    "nanochat_time_per_output_token_seconds",
-    "Per request: (generation time - TTFT) / (tokens - 1)",
-    buckets=TPOT_BUCKETS,
-    registry=REGISTRY,
-)
-QUEUE_WAIT = Histogram(
-    "nanochat_queue_wait_seconds", "Queued to admitted to the batch", buckets=TTFT_BUCKETS, registry=REGISTRY
-)
-PROMPT_TOKENS = Counter(
-    "nanochat_prompt_tokens", "Prompt tokens of finished generation requests", registry=REGISTRY
-)
-GENERATION_TOKENS = Counter("nanochat_generation_tokens", "Tokens generated", registry=REGISTRY)
-ACTIVE_SEQUENCES = _gauge("nanochat_active_sequences", "Sequences in the decode batch")
-QUEUE_DEPTH = _gauge("nanochat_queue_depth", "Requests waiting for admission")
-QUEUE_CAPACITY = _gauge("nanochat_queue_capacity", "Requests that may wait before 429 (NANOCHAT_MAX_QUEUE)")
-BATCH_SLOTS = _gauge("nanochat_batch_slots", "Decode batch size (NANOCHAT_MAX_BATCH)")
-BATCH_SIZE = Histogram(
-    "nanochat_batch_size", "Sequences in each decode step", buckets=BATCH_BUCKETS, registry=REGISTRY
-)
-REJECTED = Counter(
-    "nanochat_rejected_requests", "Requests turned away, by reason", ("reason",), registry=REGISTRY
-)
-FINISHED = Counter(
-    "nanochat_finished_requests",
-    "Generation requests ended, by finish reason",
-    ("finish_reason",),
-    registry=REGISTRY,
-)
-GUARDRAIL_DECISIONS = Counter(
-    "nanochat_guardrail_decisions",
-    "Guardrail decisions on generation requests, by action",
-    ("action",),
-    registry=REGISTRY,
-)
-ADMISSION_REQUESTS = Counter(
-    "nanochat_admission_requests",
-    "Jobs offered to a side route's pool (classify, guardrail), by outcome",
-    ("pool", "outcome"),
-    registry=REGISTRY,
-)
-ADMISSION_IN_FLIGHT = _gauge(
-    "nanochat_admission_in_flight", "Jobs admitted to a side route's pool and not finished", ("pool",)
-)
-MODEL_LOAD = _gauge(
-    "nanochat_model_load_seconds",
-    "Time to load (and warm) the model, with the guardrail and the classifier",
-    mode="livemax",
-)
-READY = _gauge("nanochat_ready", "1 when the worker is ready, 0 while loading or draining", mode="livemin")
-BUILD_INFO = _gauge("nanochat_build_info", "Always 1", ("version", "git_sha", "model"), mode="livemax")
-PROCESS_CPU = Counter("nanochat_process_cpu_seconds", "CPU time of the worker processes", registry=REGISTRY)
-PROCESS_MEMORY = _gauge(
-    "nanochat_process_resident_memory_bytes", "Resident memory of the live worker processes"
-)
-INSTANCE_PRICE = _gauge(
-    "nanochat_instance_price_dollars_per_hour", "NANOCHAT_INSTANCE_PRICE_PER_HOUR", mode="livemax"
-)
-# every worker sees every GPU (NVML ignores CUDA_VISIBLE_DEVICES): the same figure, not a sum
-GPU_UTILIZATION = _gauge("nanochat_gpu_utilization_ratio", "GPU utilisation, 0-1", ("gpu",), mode="livemax")
-GPU_MEMORY_USED = _gauge("nanochat_gpu_memory_used_bytes", "GPU memory used", ("gpu",), mode="livemax")
-GPU_MEMORY_TOTAL = _gauge("nanochat_gpu_memory_total_bytes", "GPU memory in all", ("gpu",), mode="livemax")
+def counter(metric: catalog.Metric) -> Counter:
+    _expect(metric, "counter")
+    return Counter(metric.client_name, metric.help, metric.labels, registry=REGISTRY)
+
+
+def gauge(metric: catalog.Metric) -> Gauge:
+    _expect(metric, "gauge")
+    labels, mode = metric.labels, metric.mode
+    return Gauge(metric.client_name, metric.help, labels, registry=REGISTRY, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+
+def histogram(metric: catalog.Metric) -> Histogram:
+    _expect(metric, "histogram")
+    labels, buckets = metric.labels, metric.buckets
+    return Histogram(metric.client_name, metric.help, labels, buckets=buckets, registry=REGISTRY)
+
+
+# ---- the catalog's metrics (app/observability/catalog.py defines them) ---------------------------------
+REQUESTS = counter(catalog.REQUESTS)
+REQUEST_DURATION = histogram(catalog.REQUEST_DURATION)
+TTFT = histogram(catalog.TTFT)
+TPOT = histogram(catalog.TPOT)
+QUEUE_WAIT = histogram(catalog.QUEUE_WAIT)
+PROMPT_TOKENS = counter(catalog.PROMPT_TOKENS)
+GENERATION_TOKENS = counter(catalog.GENERATION_TOKENS)
+ACTIVE_SEQUENCES = gauge(catalog.ACTIVE_SEQUENCES)
+QUEUE_DEPTH = gauge(catalog.QUEUE_DEPTH)
+QUEUE_CAPACITY = gauge(catalog.QUEUE_CAPACITY)
+BATCH_SLOTS = gauge(catalog.BATCH_SLOTS)
+BATCH_SIZE = histogram(catalog.BATCH_SIZE)
+REJECTED = counter(catalog.REJECTED)
+FINISHED = counter(catalog.FINISHED)
+GUARDRAIL_DECISIONS = counter(catalog.GUARDRAIL_DECISIONS)
+ADMISSION_REQUESTS = counter(catalog.ADMISSION_REQUESTS)
+ADMISSION_IN_FLIGHT = gauge(catalog.ADMISSION_IN_FLIGHT)
+MODEL_LOAD = gauge(catalog.MODEL_LOAD)
+READY = gauge(catalog.READY)
+BUILD_INFO = gauge(catalog.BUILD_INFO)
+PROCESS_CPU = counter(catalog.PROCESS_CPU)
+PROCESS_MEMORY = gauge(catalog.PROCESS_MEMORY)
+INSTANCE_PRICE = gauge(catalog.INSTANCE_PRICE)
+GPU_UTILIZATION = gauge(catalog.GPU_UTILIZATION)
+GPU_MEMORY_USED = gauge(catalog.GPU_MEMORY_USED)
+GPU_MEMORY_TOTAL = gauge(catalog.GPU_MEMORY_TOTAL)
 
 
 @functools.cache
 def memory_limit_gauge() -> Gauge:
     """Made on first use, when there is a limit: without one there is no series (a 0 would read as "no
     memory at all" in resident / limit)."""
-    return _gauge("nanochat_memory_limit_bytes", "The container's memory limit (cgroup)", mode="livemax")
+    return gauge(catalog.MEMORY_LIMIT)
 
 
 # ---- requests (the middleware, once per request) -------------------------------------------------------
@@ -181,7 +127,7 @@ def observe_request(route: str, method: str, status: int, duration_s: float) -> 
 
 
 def rejection_reason(status: int) -> str | None:
-    return REJECTION_REASONS.get(status)
+    return catalog.REJECTION_REASONS.get(status)
 
 
 def observe_rejection(reason: str) -> None:
@@ -219,7 +165,7 @@ def observe_generation(stream: GenerationStream, finish: str) -> None:
 
 def enable_guardrail() -> None:
     """Every action's series from 0, so that rates and shares exist before the first flag or block."""
-    for action in GUARDRAIL_ACTIONS:
+    for action in catalog.GUARDRAIL_ACTIONS:
         GUARDRAIL_DECISIONS.labels(action)
 
 
@@ -229,7 +175,7 @@ def observe_guardrail(action: str) -> None:
 
 def enable_admission(pool: str) -> None:
     """The pool's series from 0, before its first job."""
-    for outcome in ADMISSION_OUTCOMES:
+    for outcome in catalog.ADMISSION_OUTCOMES:
         ADMISSION_REQUESTS.labels(pool, outcome)
     ADMISSION_IN_FLIGHT.labels(pool)
 

@@ -1,5 +1,6 @@
-"""app/observability/metrics.py against the catalog of docs/observability.md: the definitions (names, types,
-labels, multiprocess modes) and what /metrics exposes after real requests to the in-process service."""
+"""app/observability/metrics.py against the catalog (app/observability/catalog.py): the definitions (names,
+types, labels, help, buckets, multiprocess modes) and what /metrics exposes after real requests to the
+in-process service; the Metrics table of docs/observability.md is the one generated from the catalog."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.observability import catalog as metric_catalog
 from app.observability import metrics
-from tests.app.observability.catalog import metric_catalog
 
 HELLO = {"messages": [{"role": "user", "content": "Hello! Who are you?"}], "max_tokens": 6}
 CHAT = "/v1/chat/completions"
@@ -43,24 +44,66 @@ def value(families: dict, sample: str, **labels: str) -> float:
 
 
 def test_definitions_match_the_catalog() -> None:
-    catalog = metric_catalog()
+    catalog = metric_catalog.by_name()
     defined = defined_metrics()
     assert sorted(defined) == sorted(catalog)
+    assert len(catalog) == len(metric_catalog.CATALOG), "a name is in the catalog twice"
     for name, documented in catalog.items():
         metric = defined[name]
         assert metric._type == documented.type, name
         assert tuple(metric._labelnames) == documented.labels, name
+        assert metric._documentation == documented.help, name
         if documented.type == "gauge":
             assert metric._multiprocess_mode == documented.mode, name
+        if documented.type == "histogram":
+            assert tuple(metric._upper_bounds[:-1]) == documented.buckets, name  # +Inf is added
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    for metric in metric_catalog.CATALOG:
+        assert metric.name.startswith("nanochat_"), metric.name
+        if metric.unit:
+            assert metric.client_name.endswith(f"_{metric.unit}"), f"{metric.name} does not end in its unit"
+
+
+def test_the_catalog_refuses_inconsistent_definitions() -> None:
+    with pytest.raises(ValueError, match="ends in _total"):
+        metric_catalog.Metric("nanochat_x", "counter", "X")
+    with pytest.raises(ValueError, match="multiprocess mode"):
+        metric_catalog.Metric("nanochat_x", "gauge", "X")
+    with pytest.raises(ValueError, match="buckets"):
+        metric_catalog.Metric("nanochat_x", "histogram", "X")
+    with pytest.raises(ValueError, match="labels it does not have"):
+        metric_catalog.Metric("nanochat_x_total", "counter", "X", values={"reason": ("a",)})
+
+
+def test_docs_table_is_the_generated_one(capsys) -> None:
+    assert metric_catalog.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_check_fails_on_an_edited_docs_table(tmp_path, capsys) -> None:
+    doc = tmp_path / "observability.md"
+    text = metric_catalog.DOC.read_text()
+    doc.write_text(text.replace("| `nanochat_ready` | gauge |", "| `nanochat_ready` | counter |"))
+    assert doc.read_text() != text
+    assert metric_catalog.main(["--check", "--doc", str(doc)]) == 1
+    assert "the metrics table is stale" in capsys.readouterr().err
+    assert metric_catalog.main(["--doc", str(doc)]) == 0  # rewrites it
+    assert doc.read_text() == text
 
 
 def test_histogram_buckets_follow_the_genai_conventions() -> None:
     # gen_ai.server.time_to_first_token and gen_ai.server.request.duration (OpenTelemetry semconv)
-    assert metrics.TTFT_BUCKETS[:3] == (0.001, 0.005, 0.01) and metrics.TTFT_BUCKETS[-1] == 10.0
-    assert metrics.REQUEST_BUCKETS[:2] == (0.01, 0.02) and 81.92 in metrics.REQUEST_BUCKETS
+    ttft, request, tpot = (
+        metric_catalog.TTFT_BUCKETS,
+        metric_catalog.REQUEST_BUCKETS,
+        metric_catalog.TPOT_BUCKETS,
+    )
+    assert ttft[:3] == (0.001, 0.005, 0.01) and ttft[-1] == 10.0
+    assert request[:2] == (0.01, 0.02) and 81.92 in request
     # finer than the conventions' 10 ms at the low end: a CPU decode step is about 1 ms
-    assert metrics.TPOT_BUCKETS[0] < 0.001 and {0.01, 0.025, 0.05, 0.1} <= set(metrics.TPOT_BUCKETS)
-    for buckets in (metrics.TTFT_BUCKETS, metrics.REQUEST_BUCKETS, metrics.TPOT_BUCKETS):
+    assert tpot[0] < 0.001 and {0.01, 0.025, 0.05, 0.1} <= set(tpot)
+    for buckets in (ttft, request, tpot):
         assert list(buckets) == sorted(set(buckets))
 
 
@@ -82,7 +125,7 @@ def test_exposition_after_real_requests(traced) -> None:
     assert too_big.status_code == 413
     after = scrape(client)
 
-    catalog = metric_catalog()
+    catalog = metric_catalog.by_name()
     for name, documented in catalog.items():
         if documented.optional:
             continue
@@ -106,7 +149,9 @@ def test_exposition_after_real_requests(traced) -> None:
     assert delta(requests, route="/v1/models/{model_id:path}", method="GET", status_class="2xx") == 1
     assert delta("nanochat_rejected_requests_total", reason="validation") == 1
     assert delta("nanochat_rejected_requests_total", reason="body_too_large") == 1
-    finished = sum(delta("nanochat_finished_requests_total", finish_reason=r) for r in metrics.FINISH_REASONS)
+    finished = sum(
+        delta("nanochat_finished_requests_total", finish_reason=r) for r in metric_catalog.FINISH_REASONS
+    )
     assert finished == 3
     assert delta("nanochat_time_to_first_token_seconds_count") == 3
     assert delta("nanochat_queue_wait_seconds_count") == 3

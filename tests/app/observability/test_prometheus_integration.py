@@ -3,8 +3,8 @@ second instance that turns every generation into a 504, a real Prometheus (Debia
 second with the repository's alert rules, locust traffic with errors (400, 504), and a burst the service
 must partly turn away (429). Then:
 
-- every metric of docs/observability.md has series in Prometheus (GPU and memory-limit ones only where the
-  machine has them), so a metric renamed in code fails here;
+- every metric of the catalog (app/observability/catalog.py) has series in Prometheus (GPU and memory-limit
+  ones only where the machine has them), so a metric renamed in code fails here;
 - a counter of the gunicorn instance is the sum over its workers, whichever worker answers the scrape;
 - every dashboard panel query and every alert expression is valid PromQL for Prometheus' HTTP API, panels
   return data, and the series each alert reads exist;
@@ -32,7 +32,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.app.observability.catalog import metric_catalog
+from app.contract import METRICS_JOB
+from app.observability import catalog as metric_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -46,8 +47,7 @@ MODELS_REQUESTS = 30
 BURST = 12
 START_TIMEOUT_S = 180  # only bounds a hang: two shared cores
 ALERT_TIMEOUT_S = 20
-JOB = "nanochat"
-GENERATION_ROUTES = "/v1/chat/completions"
+JOB = METRICS_JOB
 
 pytestmark = [
     pytest.mark.integration,
@@ -276,7 +276,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(stack: dict, clean_env)
     assert api.value(f"changes(({counter})[3s:500ms])") == 0  # the same in every scrape
     assert api.value(counter) == MODELS_REQUESTS
 
-    catalog = metric_catalog()
+    catalog = metric_catalog.by_name()
     optional = {series for metric in catalog.values() if metric.optional for series in metric.series}
     for metric in catalog.values():
         if metric.optional:
@@ -288,7 +288,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(stack: dict, clean_env)
     assert api.value(f'sum(nanochat_rejected_requests_total{{job="{JOB}",reason="validation"}})') > 0
     assert api.value(f'sum(nanochat_rejected_requests_total{{job="{JOB}",reason="queue_full"}})') > 0
 
-    from tests.observability.promql import alert_rules, dashboard_queries
+    from tests.promql_support import alert_rules, dashboard_queries
 
     queries = [
         (f"{path.name}: {title}", query)

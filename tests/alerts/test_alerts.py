@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from alerts import build
-from tests.observability.promql import (
+from app.contract import METRICS_JOB
+from tests.promql_support import (
     ROOT,
     alert_rules,
     documented_metrics,
@@ -62,7 +63,7 @@ def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_rule_file_is_up_to_date():
     result = subprocess.run(
-        [sys.executable, "alerts/build.py", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "alerts.build", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
 
@@ -204,4 +205,4 @@ def test_alerts_read_only_documented_metrics_of_the_nanochat_job(rules):
     for name, rule in rules.items():
         for metric, matchers in selectors(rule["expr"]):
             assert metric in known, f"{name} reads {metric}, which docs/observability.md does not list"
-            assert matchers.get("job") == f'="{build.JOB}"', f"{name}: {metric} without job={build.JOB!r}"
+            assert matchers.get("job") == f'="{METRICS_JOB}"', f"{name}: {metric} without job={METRICS_JOB!r}"

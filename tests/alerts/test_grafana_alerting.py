@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,9 +22,9 @@ from modules.alert_rules import (
     load_alert_rules,
     parse_duration,
 )
-from tests.observability.promql import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
+from tests.promql_support import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
 
-SCHEMA = json.loads((ROOT / "tests" / "observability" / "grafana_alerting.schema.json").read_text())
+SCHEMA = json.loads(Path(__file__).with_name("grafana_alerting.schema.json").read_text())
 LOCAL_DATASOURCES = ROOT / "observe" / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dashboards import build
-from tests.observability.promql import (
+from tests.promql_support import (
     DASHBOARDS_DIR,
     ROOT,
     dashboard_queries,
@@ -63,7 +63,7 @@ def promtool() -> str:
 
 def test_dashboard_is_up_to_date():
     result = subprocess.run(
-        [sys.executable, "dashboards/build.py", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "dashboards.build", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
 

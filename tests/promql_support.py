@@ -4,9 +4,9 @@
 `$__interval`, `$__range`, ...) replaced by concrete values, so Prometheus' HTTP API accepts the query as
 is. `alert_rules()` lists the rules of `alerts/*.rules.yaml`, `grafana_rule_queries(path)` the Prometheus
 queries of the Grafana-managed alert rules in an alerting provisioning file. `selectors(query)` lists the
-series a query reads (parsed with promql-parser) and `documented_metrics()` the catalog of
-docs/observability.md, so tests can check that every metric used is one the service exports. Tests import
-these; nothing here runs a query.
+series a query reads (parsed with promql-parser) and `documented_metrics()` the metric catalog
+(app/observability/catalog.py, which docs/observability.md's table is generated from), so tests can check
+that every metric used is one the service exports. Tests import these; nothing here runs a query.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 import promql_parser
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from app.observability import catalog
+
+ROOT = Path(__file__).resolve().parents[1]
 ALERTS_DIR = ROOT / "alerts"
 GRAFANA_ALERTING = ROOT / "observe" / "grafana" / "provisioning" / "alerting" / "nanochat.yaml"
 DASHBOARDS_DIR = ROOT / "dashboards"
-METRICS_DOC = ROOT / "docs" / "observability.md"
 _MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")  # $x, ${x}, ${x:format}, [[x]]
 
@@ -130,17 +131,12 @@ def selectors(query: str) -> list[tuple[str, dict[str, str]]]:
     return found
 
 
-def documented_metrics(path: Path = METRICS_DOC) -> dict[str, str]:
-    """metric name -> type (counter, gauge, histogram), from the Metrics table of docs/observability.md."""
-    rows = re.findall(r"^\| `(nanochat_\w+)` \| (\w+) \|", path.read_text(), flags=re.MULTILINE)
-    if not rows:
-        raise ValueError(f"{path}: no metrics table rows found")
-    return dict(rows)
+def documented_metrics() -> dict[str, str]:
+    """metric name -> type (counter, gauge, histogram), for every metric of the catalog."""
+    return {metric.name: metric.type for metric in catalog.CATALOG}
 
 
 def exposed_series_names(metrics: dict[str, str]) -> set[str]:
-    """The series names the documented metrics expose: histograms as _bucket, _sum and _count."""
-    names = set()
-    for name, kind in metrics.items():
-        names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
-    return names
+    """The series names the given metrics expose: histograms as _bucket, _sum and _count."""
+    known = catalog.by_name()
+    return {series for name in metrics for series in known[name].series}

@@ -19,9 +19,9 @@ from urllib.parse import urlencode, urlparse
 import pytest
 import yaml
 
-from alerts.build import JOB
+from app.contract import METRICS_JOB as JOB
 from app.contract import METRICS_PORT
-from tests.observability.promql import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
+from tests.promql_support import GRAFANA_ALERTING, ROOT, alert_rules, grafana_rule_queries
 
 COMPOSE = ROOT / "docker-compose.yml"
 OBSERVE = ROOT / "scripts" / "observe.sh"

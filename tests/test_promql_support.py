@@ -1,4 +1,5 @@
-"""The query helpers the observability tests (and the lead's live-Prometheus test) build on."""
+"""The query helpers (tests/promql_support.py) the alert, dashboard and observe tests and the live-Prometheus
+test build on."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 
 import pytest
 
-from tests.observability.promql import (
+from tests.promql_support import (
     UnknownVariable,
     alert_rules,
     dashboard_queries,
     documented_metrics,
+    exposed_series_names,
     grafana_values,
     substitute,
 )
@@ -62,8 +64,15 @@ def test_alert_rules_reads_only_alerting_rules(tmp_path):
     assert alert_rules(tmp_path) == [{"alert": "A", "expr": "up == 0"}]
 
 
-def test_metric_catalog_is_read_from_the_docs():
+def test_metric_catalog_is_read_from_the_catalog():
     metrics = documented_metrics()
     assert metrics["nanochat_requests_total"] == "counter"
     assert metrics["nanochat_time_to_first_token_seconds"] == "histogram"
     assert metrics["nanochat_queue_depth"] == "gauge"
+
+
+def test_exposed_series_names_expand_histograms():
+    names = exposed_series_names(documented_metrics())
+    assert {"nanochat_requests_total", "nanochat_queue_depth"} <= names
+    assert {f"nanochat_batch_size_{part}" for part in ("bucket", "sum", "count")} <= names
+    assert "nanochat_batch_size" not in names
