@@ -35,7 +35,14 @@ from app.lifecycle import Runtime
 from app.observability import metrics
 from app.observability.context import note_generation
 from app.scheduler import Delta, GenerationStream
-from app.schemas import ChatMessage, CompletionRequest, GenerationRequest, SamplingDefaults
+from app.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    GenerationRequest,
+    SamplingDefaults,
+    WebChatRequest,
+)
 from nanochat.engine import EngineError, SamplingParams
 from nanochat.hf_engine import HFTokenizer
 from nanochat.tokenizer import TokenizerError
@@ -60,7 +67,9 @@ class Generation:
     headers: dict[str, str]
 
 
-async def prepare_generation(body: GenerationRequest, runtime: Runtime, request_id: str) -> Generation:
+async def prepare_generation(
+    body: ChatCompletionRequest | CompletionRequest | WebChatRequest, runtime: Runtime, request_id: str
+) -> Generation:
     """Validate, render, fit to the context, screen, build the parameters, submit. Every refusal is
     raised before the request reaches the scheduler (the scheduler's own errors surface from `submit`)."""
     settings = runtime.settings
