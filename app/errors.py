@@ -12,8 +12,10 @@ The status rule (tested in tests/app/test_api.py):
   classifier that failed to load, 504 deadline exceeded.
 - 500 only for a bug: the client sees `internal_error` and the request id, never a traceback; the log has it.
 
-Routes raise `APIError` (or let the scheduler's `SchedulerError` through); `install_error_handlers` turns
-those, Starlette's HTTP errors and FastAPI's validation errors into the shape above.
+Routes and app/validation.py raise `APIError`; the scheduler raises its domain errors (`SchedulerError`),
+which know nothing of HTTP: `SCHEDULER_STATUS` here alone gives each its status and code. So do `not_ready`
+(the service's state) and `classifier_unavailable` (the classifier's). `install_error_handlers` turns all of
+them, Starlette's HTTP errors and FastAPI's validation errors into the shape above.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.scheduler import SchedulerError
+from app.scheduler import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidRequest,
+    NotReady,
+    QueueFull,
+    SchedulerError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,16 @@ ERROR_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+# the scheduler's domain errors -> (HTTP status, code); a subclass not named here is a 500
+SCHEDULER_STATUS: dict[type[SchedulerError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request"),
+    QueueFull: (429, "queue_full"),
+    InternalError: (500, "internal_error"),
+    NotReady: (503, "not_ready"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+}
+# the service's state when it cannot serve -> Retry-After seconds (a failed load: the default)
+RETRY_AFTER_S = {"loading": 5, "draining": 1, "stopped": 1}
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 # pydantic error types -> our `code`
 VALIDATION_CODES = {
@@ -104,6 +123,32 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_value")
     return APIError(400, message, code, param)
 
 
+def not_ready(state: str, reason: str) -> APIError:
+    """The 503 for a service that cannot serve in `state` (loading, failed, draining, stopped)."""
+    state = str(state) if state != "ready" else "draining"  # ready, but its scheduler is not: stopping
+    code = {"failed": "load_failed"}.get(state, state)
+    return APIError(503, reason, code, retry_after=RETRY_AFTER_S.get(state, 5))
+
+
+def classifier_unavailable(state: str, reason: str) -> APIError | None:
+    """Why `/v1/classify` cannot answer in the classifier's `state` (None: it can)."""
+    if state == "off":
+        return APIError(404, reason, "classifier_disabled")
+    if state == "loading":
+        return APIError(503, reason, "loading", retry_after=5)
+    if state == "failed":
+        return APIError(503, reason, "load_failed")
+    return None
+
+
+def scheduler_status(exc: SchedulerError) -> tuple[int, str]:
+    """The HTTP status and code of one of the scheduler's errors."""
+    for kind in type(exc).__mro__:
+        if kind in SCHEDULER_STATUS:
+            return SCHEDULER_STATUS[kind]
+    return 500, "internal_error"
+
+
 def error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict[str, Any]:
     error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -127,7 +172,8 @@ def from_exception(exc: APIError | SchedulerError) -> dict[str, Any]:
     """The error body for an APIError or SchedulerError (also sent as an SSE event mid-stream)."""
     if isinstance(exc, APIError):
         return error_body(exc.status, exc.message, exc.code, exc.param)
-    return error_body(exc.status, str(exc), exc.code)
+    status, code = scheduler_status(exc)
+    return error_body(status, str(exc), code)
 
 
 def request_id_of(request: Request) -> str:
@@ -140,7 +186,8 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 
 
 async def _scheduler_error(request: Request, exc: SchedulerError) -> JSONResponse:
-    return error_response(exc.status, str(exc), exc.code, retry_after=exc.retry_after)
+    status, code = scheduler_status(exc)
+    return error_response(status, str(exc), code, retry_after=exc.retry_after)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

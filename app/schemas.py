@@ -4,15 +4,17 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 `/chat/completions`. Text classification: `/v1/classify`. Static limits (temperature in [0, 2], top_p in
 (0, 1], ...) live here, so they show in the OpenAPI document; limits that come from Settings
 (max_tokens_limit, max_n, message counts and sizes) and the model's context are checked in
-`app/api/serving.py` (the classifier's in `app/api/classify.py`).
+`app/validation.py`, with the classifier's.
 
 Requests are strict (`"3"` is not an integer) and ignore unknown fields. OpenAI fields this server cannot
 honour are accepted only at their no-op values (`logprobs: false`, `presence_penalty: 0`, `tools: []`);
-`unsupported_parameter` names the first one that is not. Responses are sent without null fields.
+`unsupported_parameter` names the first one that is not. The generation requests turn themselves into the
+engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,9 +27,10 @@ from pydantic import (
     field_validator,
 )
 
-from nanochat.engine import MAX_TOP_K
+from app.validation import stop_strings
+from nanochat.engine import MAX_TOP_K, SamplingParams
 
-MAX_STOP_STRINGS = 4  # as OpenAI
+WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
 # OpenAI sampling fields this server accepts only at these values (anything else changes the result)
 NOOP_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0),
@@ -62,20 +65,49 @@ def _content(value: Any) -> Any:
     return value
 
 
-def _stop(value: Any) -> Any:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
-        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(value)}")
-    return value
+class RequestBody(BaseModel):
+    """The base of every request body: strict types, unknown fields ignored, no NaN or infinity."""
 
-
-class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a generation request gets for the sampling fields it leaves unset."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+
+
+class GenerationRequest(RequestBody):
+    """What `prepare_generation` asks of the chat, completion and nanochat request bodies."""
+
+    def unsupported_parameter(self) -> str | None:
+        """The first field set to something this server cannot do (it would change the result)."""
+        return None
+
+    def requested_max_tokens(self) -> tuple[str, int | None]:
+        """The field that sets max_tokens (named in errors) and its value (None: the default)."""
+        raise NotImplementedError
+
+    @property
+    def choices(self) -> int:
+        """How many completions of the prompt to generate (n)."""
+        return 1
+
+    def screened(self) -> tuple[list[str], str]:
+        """The texts the guardrail screens, and the field they come from."""
+        raise NotImplementedError
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        """The engine's parameters for this request (its limits are app/validation.py's business)."""
+        raise NotImplementedError
+
+
 # ---- shared pieces ----------------------------------------------------------------------------------
-class TextPart(Request):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: Text
 
@@ -83,7 +115,7 @@ class TextPart(Request):
 Content = Annotated[Text | list[TextPart] | None, BeforeValidator(_content)]
 
 
-class ChatMessage(Request):
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant"]  # "developer" is OpenAI's newer "system"
     content: Content = Field(None, validate_default=True)  # checked when absent too: a user turn needs it
     name: str | None = None  # accepted, ignored
@@ -101,6 +133,10 @@ class ChatMessage(Request):
         return _joined(self.content)
 
 
+def user_texts(messages: list[ChatMessage]) -> list[str]:
+    return [message.text for message in messages if message.role == "user"]
+
+
 def _joined(content: str | list[TextPart] | None) -> str:
     if content is None:
         return ""
@@ -109,11 +145,11 @@ def _joined(content: str | list[TextPart] | None) -> str:
     return "".join(part.text for part in content)
 
 
-class StreamOptions(Request):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
-class SamplingFields(Request):
+class SamplingFields(GenerationRequest):
     """What the OpenAI routes share: sampling, streaming, and the no-op-only OpenAI fields."""
 
     model: str | None = Field(None, description="accepted and ignored: this server serves one model")
@@ -124,7 +160,7 @@ class SamplingFields(Request):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="extension: sample from the k likeliest")
     seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: Annotated[list[Text] | None, BeforeValidator(_stop)] = Field(
+    stop: Annotated[list[Text] | None, BeforeValidator(stop_strings)] = Field(
         None, description="a string or up to 4 strings; the text ends before the first one"
     )
     n: int = Field(1, ge=1, description="choices to generate, at most NANOCHAT_MAX_N")
@@ -139,13 +175,32 @@ class SamplingFields(Request):
     best_of: int | None = None
 
     def unsupported_parameter(self) -> str | None:
-        """The first field set to something this server cannot do (it would change the result)."""
         for name, noop_values in NOOP_VALUES.items():
             if getattr(self, name) not in noop_values:
                 return name
         if self.best_of is not None and self.best_of != self.n:
             return "best_of"
         return None
+
+    @property
+    def choices(self) -> int:
+        return self.n
+
+    def requested_max_tokens(self) -> tuple[str, int | None]:
+        return "max_tokens", self.max_tokens
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        _, max_tokens = self.requested_max_tokens()
+        return SamplingParams(
+            max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_k=defaults.top_k if self.top_k is None else self.top_k,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            seed=self.seed,
+            n=self.n,
+            stop=tuple(self.stop or ()),
+            ignore_eos=self.ignore_eos,
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -171,6 +226,14 @@ class ChatCompletionRequest(SamplingFields):
         if self.response_format not in (None, {"type": "text"}):
             return "response_format"
         return super().unsupported_parameter()
+
+    def screened(self) -> tuple[list[str], str]:
+        return user_texts(self.messages), "messages"
+
+    def requested_max_tokens(self) -> tuple[str, int | None]:
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
 
 
 class Usage(BaseModel):
@@ -242,6 +305,9 @@ class CompletionRequest(SamplingFields):
             return "suffix"
         return super().unsupported_parameter()
 
+    def screened(self) -> tuple[list[str], str]:
+        return ([self.prompt] if isinstance(self.prompt, str) else list(self.prompt)), "prompt"
+
 
 class CompletionChoice(BaseModel):
     index: int
@@ -277,7 +343,7 @@ class ModelList(BaseModel):
 
 
 # ---- POST /chat/completions (nanochat web protocol) -------------------------------------------------
-class WebChatRequest(Request):
+class WebChatRequest(GenerationRequest):
     """nanochat's web UI request; the reply is SSE `data: {"token": ..., "gpu": 0}` ... `{"done": true}`."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -285,9 +351,24 @@ class WebChatRequest(Request):
     max_tokens: int | None = Field(None, ge=1)
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
 
+    def requested_max_tokens(self) -> tuple[str, int | None]:
+        return "max_tokens", self.max_tokens
+
+    def screened(self) -> tuple[list[str], str]:
+        return user_texts(self.messages), "messages"
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        """As nanochat's chat_web: temperature 0.8 and top_k 50 unless the request says otherwise."""
+        return SamplingParams(
+            max_tokens=defaults.max_tokens if self.max_tokens is None else self.max_tokens,
+            temperature=WEB_TEMPERATURE if self.temperature is None else self.temperature,
+            top_k=WEB_TOP_K if self.top_k is None else self.top_k,
+            top_p=defaults.top_p,
+        )
+
 
 # ---- POST /v1/classify ------------------------------------------------------------------------------
-class ClassifyRequest(Request):
+class ClassifyRequest(RequestBody):
     input: Text | list[Text] = Field(
         description="one text, or a list of texts (at most NANOCHAT_CLASSIFY_MAX_INPUTS, each at most "
         "NANOCHAT_CLASSIFY_MAX_CHARS characters)"

@@ -97,9 +97,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def _drain_then_stop(self) -> None:
-        from app.main import drain  # here: gunicorn's master imports this module and needs no torch
-
-        await drain(self.runtime)
+        await self.runtime.drain()
         self.should_exit = True
 
 

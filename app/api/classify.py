@@ -20,6 +20,7 @@ NANOCHAT_CLASSIFY_MAX_CHARS characters each, no empty text) are 400s in the serv
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from app import pool_worker
 from app.admission import CLASSIFY
 from app.api.deps import RuntimeDep
 from app.config import Settings, model_folder
-from app.errors import CLASSIFY_ERRORS, APIError, ErrorResponse, invalid
+from app.errors import CLASSIFY_ERRORS, APIError, ErrorResponse, classifier_unavailable
 from app.schemas import Classification, ClassifyRequest, ClassifyResponse, ClassifyUsage
+from app.validation import classify_texts
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["classify"])
@@ -55,12 +57,19 @@ BUSY = {
 }
 
 
+class ClassifierState(enum.StrEnum):
+    OFF = "off"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass
 class Classifier:
-    """The served classifier and where its loading stands: off | loading | ready | failed."""
+    """The served classifier and where its loading stands."""
 
     path: str
-    state: str = "loading"
+    state: ClassifierState = ClassifierState.LOADING
     reason: str = "the classifier is loading"
     model: Any = None
     name: str = ""  # name/version, e.g. fortunes/v1
@@ -70,9 +79,8 @@ class Classifier:
     @classmethod
     def from_settings(cls, settings: Settings) -> Classifier:
         if not settings.classifier.strip():
-            return cls(
-                "", "off", "classification is turned off on this server (NANOCHAT_CLASSIFIER is empty)"
-            )
+            reason = "classification is turned off on this server (NANOCHAT_CLASSIFIER is empty)"
+            return cls("", ClassifierState.OFF, reason)
         return cls(settings.classifier)
 
     def load(self) -> None:
@@ -88,7 +96,8 @@ class Classifier:
                     "with --model logreg or random_forest"
                 )
         except Exception as e:
-            self.state, self.reason = "failed", f"the classifier failed to load from {self.path}: {e}"
+            self.state = ClassifierState.FAILED
+            self.reason = f"the classifier failed to load from {self.path}: {e}"
             logger.error(
                 "%s; POST /v1/classify answers 503 (chat is not affected)",
                 self.reason,
@@ -99,7 +108,7 @@ class Classifier:
         self.name = f"{loaded.metadata['name']}/{loaded.version}"
         self.directory = str(Path(loaded.directory).resolve())
         self.classes = [str(c) for c in loaded.model.classes_]
-        self.state, self.reason = "ready", ""
+        self.state, self.reason = ClassifierState.READY, ""
         logger.info(
             "classifier %s ready in %.1f s: %d classes",
             self.name,
@@ -107,13 +116,14 @@ class Classifier:
             len(self.classes),
         )
 
+    @property
+    def loading(self) -> bool:
+        return self.state == ClassifierState.LOADING
+
     def check_ready(self) -> None:
-        if self.state == "off":
-            raise APIError(404, self.reason, "classifier_disabled")
-        if self.state == "loading":
-            raise APIError(503, self.reason, "loading", retry_after=5)
-        if self.state == "failed":
-            raise APIError(503, self.reason, "load_failed")
+        error = classifier_unavailable(self.state, self.reason)
+        if error is not None:
+            raise error
 
     def check_model(self, model: str | None) -> None:
         """`model` must name the classifier served: its name, or name/version."""
@@ -137,31 +147,12 @@ class Classifier:
 
 async def classifier(request: Request) -> Classifier:
     """FastAPI dependency: the app's Classifier."""
-    return request.app.state.classifier
+    served = request.app.state.runtime.classifier
+    assert served is not None  # create_app gives every Runtime one
+    return served
 
 
 ClassifierDep = Annotated[Classifier, Depends(classifier)]
-
-
-def check_texts(texts: str | list[str], settings: Settings) -> list[str]:
-    """The texts as a list, within the limits; a 400 naming the first one that is not."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if not texts:
-        raise invalid("input is an empty list; send at least one text", "input")
-    if len(texts) > settings.classify_max_inputs:
-        raise invalid(
-            f"input holds {len(texts)} texts; at most {settings.classify_max_inputs} are allowed", "input"
-        )
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise invalid(f"text {i} is empty", f"input.{i}")
-        if len(text) > settings.classify_max_chars:
-            raise invalid(
-                f"text {i} has {len(text)} characters; at most {settings.classify_max_chars} are allowed",
-                f"input.{i}",
-            )
-    return texts
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses={**CLASSIFY_ERRORS, **BUSY})
@@ -172,12 +163,12 @@ async def classify(
     served: ClassifierDep,
 ) -> ClassifyResponse:
     """Label each text with the most probable class, and every class's probability."""
-    if rt.state in ("draining", "stopped"):
+    if rt.stopping:
         raise rt.not_ready_error()
     served.check_ready()
     served.check_model(body.model)
-    texts = check_texts(body.input, rt.settings)
-    rows = await request.app.state.admission[CLASSIFY].run(pool_worker.classify, served.directory, texts)
+    texts = classify_texts(body.input, rt.settings)
+    rows = await rt.admission[CLASSIFY].run(pool_worker.classify, served.directory, texts)
     data = served.results(rows)
     usage = ClassifyUsage(inputs=len(texts), characters=sum(len(t) for t in texts))
     return ClassifyResponse(model=served.name, data=data, usage=usage)

@@ -26,7 +26,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.contract import HEALTH_PATH, METRICS_PATH, READY_PATH
-from app.errors import error_response
+from app.errors import error_response, scheduler_status
 from app.http_limits import REFUSAL_KEY, Refusal, limit_log
 from app.observability import context, metrics, tracing
 from app.observability.logging import log_access
@@ -39,7 +39,7 @@ except ImportError:  # older: app.routes holds them all
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-    from app.api.deps import Runtime
+    from app.lifecycle import Runtime
     from app.scheduler import GenerationStream
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class RequestContext:
             refusal = scope.get(REFUSAL_KEY)
             reason = refusal.code if refusal is not None else metrics.rejection_reason(status)
             if status < 400 and stream is not None and stream.error is not None:  # an error mid-stream
-                reason = metrics.rejection_reason(stream.error.status)
+                reason = metrics.rejection_reason(scheduler_status(stream.error)[0])
             if reason is not None and route not in PROBES:
                 metrics.observe_rejection(reason)
             if stream is not None and finish is not None:

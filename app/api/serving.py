@@ -1,15 +1,15 @@
-"""What the OpenAI and the nanochat routes share: requests -> prompt ids and SamplingParams within the
-limits, and the scheduler's stream -> text, cancelled when the client goes away.
+"""One generation pipeline for every route that generates: `/v1/chat/completions`, `/v1/completions` and
+nanochat's `/chat/completions` each call `prepare_generation`, then shape the stream into their protocol.
 
-Every limit is checked here, before any model work: message count and sizes, prompt tokens against the
-model's context (`context_overflow`: reject, or drop the oldest turns), max_tokens against
-`max_tokens_limit`, n against `max_n`. A prompt that fits but leaves less room than max_tokens is not an
-error: generation stops at the context with finish_reason "length".
+The six steps, in order: validate the request (app/validation.py: every limit, before any model work),
+render the prompt, fit it to the context (`context_overflow`: reject, or drop the oldest turns), screen the
+user's texts with the guardrail, build the SamplingParams (`to_sampling_params`), submit to the scheduler.
 
 Chat prompts are nanochat's conversation rendering, or, for a transformers tokenizer (NANOCHAT_BACKEND=hf),
-the model's own chat template with its generation prompt. `screen` runs the guardrail over the user's
-texts (NANOCHAT_GUARDRAIL) after the limits and before the request reaches the scheduler, on the
-guardrail's own threads (NANOCHAT_GUARDRAIL_WORKERS; past NANOCHAT_GUARDRAIL_QUEUE waiting: 429).
+the model's own chat template with its generation prompt; a completion prompt is BOS + the text. The
+guardrail (NANOCHAT_GUARDRAIL) runs on its own threads (NANOCHAT_GUARDRAIL_WORKERS; past
+NANOCHAT_GUARDRAIL_QUEUE waiting: 429). The rest of this module turns the scheduler's stream into text,
+cancelled when the client goes away.
 """
 
 from __future__ import annotations
@@ -27,13 +27,22 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from app import validation
 from app.admission import GUARDRAIL
-from app.api.deps import Runtime
+from app.config import Settings
 from app.errors import invalid
+from app.lifecycle import Runtime
 from app.observability import metrics
 from app.observability.context import note_generation
 from app.scheduler import Delta, GenerationStream
-from app.schemas import ChatMessage, SamplingFields
+from app.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    GenerationRequest,
+    SamplingDefaults,
+    WebChatRequest,
+)
 from nanochat.engine import EngineError, SamplingParams
 from nanochat.hf_engine import HFTokenizer
 from nanochat.tokenizer import TokenizerError
@@ -49,29 +58,36 @@ class Prompt:
     truncated_messages: int = 0  # oldest messages dropped to fit the context
 
 
+@dataclass(frozen=True)
+class Generation:
+    """A submitted request: its stream, the prompt it was given, and the response headers it earned."""
+
+    stream: GenerationStream
+    prompt: Prompt
+    headers: dict[str, str]
+
+
+async def prepare_generation(
+    body: ChatCompletionRequest | CompletionRequest | WebChatRequest, runtime: Runtime, request_id: str
+) -> Generation:
+    """Validate, render, fit to the context, screen, build the parameters, submit. Every refusal is
+    raised before the request reaches the scheduler (the scheduler's own errors surface from `submit`)."""
+    settings = runtime.settings
+    validation.check_sampling(body, settings)
+    runtime.scheduler_or_503()  # the prompt needs the model's tokenizer
+    if isinstance(body, CompletionRequest):
+        prompt = await completion_prompt(runtime, body.prompt)
+    else:
+        prompt = await chat_prompt(runtime, body.messages)
+    texts, param = body.screened()
+    headers = {**truncation_headers(prompt), **await screen(runtime, texts, param)}
+    params = sampling_params(body, settings)
+    validation.check_batch(params.n, runtime.max_batch)
+    stream = await submit(runtime, prompt, params, request_id)
+    return Generation(stream, prompt, headers)
+
+
 # ---- prompts ----------------------------------------------------------------------------------------
-def check_message_limits(runtime: Runtime, messages: Sequence[ChatMessage]) -> int:
-    """Raise a 400 for too many messages or characters; return the characters in all."""
-    limits = runtime.settings
-    if len(messages) > limits.max_messages:
-        raise invalid(f"{len(messages)} messages; at most {limits.max_messages} are allowed", "messages")
-    total = 0
-    for i, message in enumerate(messages):
-        chars = len(message.text)
-        total += chars
-        if chars > limits.max_message_chars:
-            raise invalid(
-                f"message {i} has {chars} characters; at most {limits.max_message_chars} are allowed",
-                f"messages.{i}.content",
-            )
-    if total > limits.max_total_chars:
-        raise invalid(
-            f"the messages have {total} characters in all; at most {limits.max_total_chars} are allowed",
-            "messages",
-        )
-    return total
-
-
 def _conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     """Our messages as the tokenizer's conversation: "developer" is a system message, roles are checked."""
     turns = []
@@ -105,76 +121,50 @@ def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
     turns = _conversation(messages)
     ids = _render(runtime, turns)
     context = runtime.context
-    if len(ids) <= context:
+    if validation.fits(len(ids), context):
         return Prompt(ids)
     if runtime.settings.context_overflow == "reject":
-        raise invalid(
-            f"the prompt is {len(ids)} tokens; this model's context is {context} tokens "
-            "(shorten the conversation, or run the server with NANOCHAT_CONTEXT_OVERFLOW=truncate)",
-            "messages",
-            "context_length_exceeded",
-        )
+        validation.check_context(len(ids), context, "messages", hint=validation.CONTEXT_HINT)
     # truncate: drop the oldest user/assistant pair after the system message until the prompt fits
     head = turns[:1] if turns[0]["role"] == "system" else []
     rest = turns[len(head) :]
     dropped = 0
-    while len(ids) > context and len(rest) > 1:
+    while not validation.fits(len(ids), context) and len(rest) > 1:
         rest = rest[2:]
         dropped += 2
         ids = _render(runtime, head + rest)
-    if len(ids) > context:
-        raise invalid(
-            f"even with only the system message and the last user message the prompt is {len(ids)} tokens; "
-            f"this model's context is {context} tokens",
-            "messages",
-            "context_length_exceeded",
-        )
+    validation.check_context(len(ids), context, "messages", truncated=True)
     return Prompt(ids, dropped)
 
 
 async def chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
     """Prompt ids for the assistant's next turn, within the limits. Long conversations are tokenized off
     the event loop; short ones on it, where that takes less time than the hop to a worker thread."""
-    if check_message_limits(runtime, messages) <= INLINE_TOKENIZE_CHARS:
+    if validation.check_messages(messages, runtime.settings) <= INLINE_TOKENIZE_CHARS:
         return _chat_prompt(runtime, messages)
     return await to_thread.run_sync(_chat_prompt, runtime, messages)
 
 
 async def completion_prompt(runtime: Runtime, prompt: str | list[str]) -> Prompt:
     """BOS + the prompt as plain text (a base model's document continuation)."""
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise invalid(f"got {len(prompt)} prompts; send one prompt per request", "prompt")
-        prompt = prompt[0]
-    limit = runtime.settings.max_total_chars
-    if len(prompt) > limit:
-        raise invalid(f"the prompt has {len(prompt)} characters; at most {limit} are allowed", "prompt")
+    text = validation.completion_text(prompt, runtime.settings)
     tokenizer = runtime.tokenizer
-    ids = await to_thread.run_sync(lambda: tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id()))
-    if len(ids) > runtime.context:
-        raise invalid(
-            f"the prompt is {len(ids)} tokens; this model's context is {runtime.context} tokens",
-            "prompt",
-            "context_length_exceeded",
-        )
+    ids = await to_thread.run_sync(lambda: tokenizer.encode(text, prepend=tokenizer.get_bos_token_id()))
+    validation.check_context(len(ids), runtime.context, "prompt")
     return Prompt(ids)
 
 
 # ---- the guardrail ----------------------------------------------------------------------------------
-def user_texts(messages: Sequence[ChatMessage]) -> list[str]:
-    return [message.text for message in messages if message.role == "user"]
-
-
-async def screen(request: Request, runtime: Runtime, texts: list[str], param: str) -> dict[str, str]:
+async def screen(runtime: Runtime, texts: list[str], param: str) -> dict[str, str]:
     """The guardrail's decision on the user's texts (none when it is off): `block` raises a 400
     `content_blocked` whose message names the rule and the score, never the text; `flag` lets the request
     go on and returns the response header `X-Guardrail: flagged`. Every decision is counted; each flag or
     block is logged once (the texts only with NANOCHAT_LOG_CONTENT)."""
-    guardrail = request.app.state.guardrail
+    guardrail = runtime.guardrail
     if guardrail is None:
         return {}
     # ~4 ms a text, holding the GIL: on the guardrail's bounded pool, off the event loop
-    decision = await request.app.state.admission[GUARDRAIL].run(guardrail.check_messages, texts)
+    decision = await runtime.admission[GUARDRAIL].run(guardrail.check_messages, texts)
     settings = runtime.settings
     if settings.metrics:
         metrics.observe_guardrail(decision.action)
@@ -194,60 +184,13 @@ async def screen(request: Request, runtime: Runtime, texts: list[str], param: st
 
 
 # ---- sampling ---------------------------------------------------------------------------------------
-def sampling_params(
-    runtime: Runtime,
-    max_tokens: int | None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    n: int = 1,
-    stop: Sequence[str] | None = None,
-    ignore_eos: bool = False,
-    param: str = "max_tokens",
-) -> SamplingParams:
-    limits = runtime.settings
-    if max_tokens is None:
-        max_tokens = min(limits.default_max_tokens, limits.max_tokens_limit)
-    elif max_tokens > limits.max_tokens_limit:
-        raise invalid(f"{param} is {max_tokens}; at most {limits.max_tokens_limit} is allowed", param)
-    if n > limits.max_n:
-        raise invalid(f"n is {n}; at most {limits.max_n} is allowed", "n")
+def sampling_params(body: GenerationRequest, settings: Settings) -> SamplingParams:
+    """The request's SamplingParams, unset fields taking the server's defaults."""
+    defaults = SamplingDefaults(max_tokens=validation.default_max_tokens(settings))
     try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if temperature is None else temperature,
-            top_k=top_k,
-            top_p=1.0 if top_p is None else top_p,
-            seed=seed,
-            n=n,
-            stop=tuple(stop or ()),
-            ignore_eos=ignore_eos,
-        )
+        return body.to_sampling_params(defaults)
     except EngineError as e:  # the schema's bounds already hold; this is a second line of defence
         raise invalid(str(e)) from None
-
-
-def openai_sampling_params(
-    runtime: Runtime, body: SamplingFields, max_tokens: int | None = None
-) -> SamplingParams:
-    """SamplingParams for an OpenAI request, after refusing the parameters it cannot honour."""
-    unsupported = body.unsupported_parameter()
-    if unsupported:
-        message = f"{unsupported} is not supported by this server (leave it unset)"
-        raise invalid(message, unsupported, "unsupported_parameter")
-    return sampling_params(
-        runtime,
-        body.max_tokens if max_tokens is None else max_tokens,
-        body.temperature,
-        body.top_p,
-        body.top_k,
-        body.seed,
-        body.n,
-        body.stop,
-        body.ignore_eos,
-        "max_completion_tokens" if max_tokens is not None else "max_tokens",
-    )
 
 
 # ---- running ----------------------------------------------------------------------------------------

@@ -3,36 +3,24 @@
 Request `{"messages": [...], "temperature"?, "max_tokens"?, "top_k"?}`; the reply is Server-Sent Events,
 `data: {"token": "<text>", "gpu": 0}` per piece of text, then `data: {"done": true}`. Limits and errors are
 those of the OpenAI routes (an error before the stream is a JSON error response; one after it started is a
-`data: {"error": {...}}` event). Defaults follow nanochat's chat_web: temperature 0.8, top_k 50. The
-guardrail screens the user's messages as on the OpenAI routes.
+`data: {"error": {...}}` event). Defaults follow nanochat's chat_web: temperature 0.8, top_k 50
+(`WebChatRequest.to_sampling_params`). The guardrail screens the user's messages as on the OpenAI routes.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.deps import RequestId, RuntimeDep
-from app.api.serving import (
-    chat_prompt,
-    delta_groups,
-    event_stream,
-    sampling_params,
-    screen,
-    sse,
-    submit,
-    truncation_headers,
-    user_texts,
-)
+from app.api.serving import delta_groups, event_stream, prepare_generation, sse
 from app.errors import GENERATION_ERRORS, from_exception
 from app.scheduler import GenerationStream, SchedulerError
 from app.schemas import WebChatRequest
 
 router = APIRouter(tags=["nanochat"])
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_K = 50
 GPU = 0  # nanochat's field for the worker that answered; one model per process here
 
 
@@ -41,16 +29,9 @@ GPU = 0  # nanochat's field for the worker that answered; one model per process 
     response_class=Response,
     responses={**GENERATION_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
 )
-async def chat(body: WebChatRequest, request: Request, rt: RuntimeDep, rid: RequestId) -> Response:
-    temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
-    top_k = DEFAULT_TOP_K if body.top_k is None else body.top_k
-    params = sampling_params(rt, body.max_tokens, temperature, top_k=top_k)
-    rt.scheduler_or_503()
-    prompt = await chat_prompt(rt, body.messages)
-    screened = await screen(request, rt, user_texts(body.messages), "messages")
-    headers = {**truncation_headers(prompt), **screened}
-    stream = await submit(rt, prompt, params, rid)
-    return event_stream(_events(stream), stream, headers)
+async def chat(body: WebChatRequest, rt: RuntimeDep, rid: RequestId) -> Response:
+    generation = await prepare_generation(body, rt, rid)
+    return event_stream(_events(generation.stream), generation.stream, generation.headers)
 
 
 async def _events(stream: GenerationStream) -> AsyncIterator[str]:

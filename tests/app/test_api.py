@@ -308,6 +308,26 @@ def wait_idle(url: str, timeout: float = 120.0) -> dict:
         time.sleep(0.05)
 
 
+def test_more_choices_than_the_batch_is_a_400_before_any_work(slow_server: Server) -> None:
+    """n is within NANOCHAT_MAX_N (4) but past the engine's batch (1): refused with the same body whichever
+    route asks, and nothing reaches the scheduler."""
+    before = wait_idle(slow_server.url)["totals"]["requests"]
+    for path, body in [
+        ("/v1/chat/completions", {"messages": HELLO, "n": 2, "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "Once upon", "n": 2, "max_tokens": 2}),
+    ]:
+        response = httpx.post(f"{slow_server.url}{path}", json=body, timeout=30)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error == {
+            "message": "n=2 is more than this server's batch of 1",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_request",
+        }
+    assert wait_idle(slow_server.url)["totals"]["requests"] == before
+
+
 def test_disconnect_frees_the_slot(slow_server: Server) -> None:
     before = wait_idle(slow_server.url)["totals"]["cancelled"]
     http = httpx.Client(base_url=slow_server.url, timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.api.openai import content_chunk_writer
+from app.api.completions import content_chunk_writer
 from app.api.serving import sse
 from app.schemas import ChatChunkChoice, ChatCompletionChunk, ChunkDelta
 

@@ -22,22 +22,10 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.deps import RequestId, Runtime, RuntimeDep
-from app.api.serving import (
-    Prompt,
-    chat_prompt,
-    collect,
-    completion_prompt,
-    delta_groups,
-    event_stream,
-    openai_sampling_params,
-    screen,
-    sse,
-    submit,
-    truncation_headers,
-    user_texts,
-)
+from app.api.deps import RequestId, RuntimeDep
+from app.api.serving import Prompt, collect, delta_groups, event_stream, prepare_generation, sse
 from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
+from app.lifecycle import Runtime
 from app.observability.context import note_response_id
 from app.scheduler import GenerationStream, SchedulerError
 from app.schemas import (
@@ -87,12 +75,8 @@ async def chat_completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
-    params = openai_sampling_params(rt, body, body.max_completion_tokens)
-    rt.scheduler_or_503()  # the prompt needs the model's tokenizer
-    prompt = await chat_prompt(rt, body.messages)
-    screened = await screen(request, rt, user_texts(body.messages), "messages")
-    headers = {**truncation_headers(prompt), **screened}
-    stream = await submit(rt, prompt, params, rid)
+    generation = await prepare_generation(body, rt, rid)
+    stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
     note_response_id(completion_id)
     if body.stream:
@@ -179,12 +163,8 @@ async def completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
-    params = openai_sampling_params(rt, body)
-    rt.scheduler_or_503()
-    prompt = await completion_prompt(rt, body.prompt)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    headers = await screen(request, rt, texts, "prompt")
-    stream = await submit(rt, prompt, params, rid)
+    generation = await prepare_generation(body, rt, rid)
+    stream, headers = generation.stream, generation.headers
     completion_id, created = f"cmpl-{rid}", int(time.time())
     note_response_id(completion_id)
     if body.stream:
