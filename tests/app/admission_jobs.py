@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import sys
 
-WAIT_S = 60  # generous: the machine may be busy; nothing depends on it being fast
+WAIT_S = 180  # generous: the machine may be busy; nothing depends on it being fast
 _gate: Gate | None = None  # this process's, from `install`
 
 

@@ -39,7 +39,7 @@ def client(base_url: str) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture(scope="module")
 def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=30) as c:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
 
 
@@ -316,7 +316,7 @@ def test_more_choices_than_the_batch_is_a_400_before_any_work(slow_server: Serve
         ("/v1/chat/completions", {"messages": HELLO, "n": 2, "max_tokens": 2}),
         ("/v1/completions", {"prompt": "Once upon", "n": 2, "max_tokens": 2}),
     ]:
-        response = httpx.post(f"{slow_server.url}{path}", json=body, timeout=30)
+        response = httpx.post(f"{slow_server.url}{path}", json=body, timeout=120)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error == {
@@ -330,7 +330,7 @@ def test_more_choices_than_the_batch_is_a_400_before_any_work(slow_server: Serve
 
 def test_disconnect_frees_the_slot(slow_server: Server) -> None:
     before = wait_idle(slow_server.url)["totals"]["cancelled"]
-    http = httpx.Client(base_url=slow_server.url, timeout=30)
+    http = httpx.Client(base_url=slow_server.url, timeout=120)
     with http, http.stream("POST", "/v1/chat/completions", json=LONG) as response:
         lines = response.iter_lines()
         while '"delta":{"content"' not in next(lines):  # the first generated text
@@ -463,7 +463,9 @@ def test_context_overflow_rejected_by_default(http: httpx.Client) -> None:
 def test_context_overflow_truncated_when_configured(guarded_server: Server) -> None:
     headers = {"Authorization": f"Bearer {KEYS[0]}"}
     body = {"messages": long_conversation(6), "max_tokens": 4}
-    response = httpx.post(f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    response = httpx.post(
+        f"{guarded_server.url}/v1/chat/completions", json=body, headers=headers, timeout=120
+    )
     assert response.status_code == 200, response.text
     dropped = int(response.headers["x-prompt-truncated"])
     assert dropped >= 2 and dropped % 2 == 0

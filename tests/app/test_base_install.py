@@ -115,10 +115,12 @@ def test_the_base_install_serves_chat_and_names_the_classifier_extra(tmp_path: P
     try:
         wait_ready(url, process, log_path)
         body = {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
-        chat = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        chat = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT_S)
         assert chat.status_code == 200, chat.text
         assert chat.json()["usage"]["completion_tokens"] > 0
-        classify = httpx.post(f"{url}/v1/classify", json={"input": "The compiler crashed again."}, timeout=60)
+        classify = httpx.post(
+            f"{url}/v1/classify", json={"input": "The compiler crashed again."}, timeout=TIMEOUT_S
+        )
         assert classify.status_code == 503, classify.text
         assert EXTRA_HINT in classify.json()["error"]["message"]
     finally:

@@ -65,15 +65,15 @@ def test_metrics_leave_the_app_port_for_their_own(locked) -> None:
     key = {"Authorization": f"Bearer {KEY}"}
     chat = httpx.post(f"{locked.url}/v1/chat/completions", json=HELLO, headers=key, timeout=60)
     assert chat.status_code == 200, chat.text
-    scrape = httpx.get(f"{locked.metrics_url}{METRICS_PATH}", timeout=30)
+    scrape = httpx.get(f"{locked.metrics_url}{METRICS_PATH}", timeout=120)
     assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
     values = samples(scrape.text)
     assert values["nanochat_ready"] == 1 and values["nanochat_requests_total"] >= 1
     openmetrics = httpx.get(
-        f"{locked.metrics_url}{METRICS_PATH}", headers={"Accept": "application/openmetrics-text"}, timeout=30
+        f"{locked.metrics_url}{METRICS_PATH}", headers={"Accept": "application/openmetrics-text"}, timeout=120
     )
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
-    assert httpx.get(f"{locked.metrics_url}/v1/models", timeout=30).status_code == 404  # nothing else there
+    assert httpx.get(f"{locked.metrics_url}/v1/models", timeout=120).status_code == 404  # nothing else there
 
 
 def test_stats_wants_the_api_key(locked) -> None:
@@ -114,7 +114,7 @@ EMPTY_CONTENTS = {
 def test_an_empty_user_turn_is_a_400(base_url: str, route: str, content) -> None:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     messages.append({"role": "user", "content": content})
-    response = httpx.post(f"{base_url}{route}", json={"messages": messages, "max_tokens": 2}, timeout=30)
+    response = httpx.post(f"{base_url}{route}", json={"messages": messages, "max_tokens": 2}, timeout=120)
     error = error_of(response, 400)
     assert error["param"] == "messages.2.content" and "a user message needs text" in error["message"]
 

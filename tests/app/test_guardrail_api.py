@@ -129,10 +129,10 @@ def test_block_completions_prompts(block_client: openai.OpenAI) -> None:
 
 
 def test_block_the_web_protocol(block_url: str) -> None:
-    blocked = httpx.post(f"{block_url}/chat/completions", json={"messages": user(INJECTION)}, timeout=30)
+    blocked = httpx.post(f"{block_url}/chat/completions", json={"messages": user(INJECTION)}, timeout=120)
     assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_blocked"
     body = {"messages": user(BENIGN), "max_tokens": 3}
-    served = httpx.post(f"{block_url}/chat/completions", json=body, timeout=30)
+    served = httpx.post(f"{block_url}/chat/completions", json=body, timeout=120)
     assert served.status_code == 200 and served.text.rstrip().endswith('data: {"done": true}')
 
 
@@ -145,11 +145,11 @@ def test_block_is_counted_and_logged_once_without_the_text(block_server) -> None
         f"{block_url}/v1/chat/completions",
         json={"messages": user(INJECTION)},
         headers={"X-Request-ID": request_id},
-        timeout=30,
+        timeout=120,
     )
     assert response.status_code == 400
     benign = {"messages": user(BENIGN), "max_tokens": 2}
-    assert httpx.post(f"{block_url}/v1/chat/completions", json=benign, timeout=30).status_code == 200
+    assert httpx.post(f"{block_url}/v1/chat/completions", json=benign, timeout=120).status_code == 200
     after = decisions(block_url)
     assert {a: after[a] - before[a] for a in after} == {"allow": 1, "flag": 0, "block": 1}
     (line,) = [line for line in guardrail_lines(block_server.log()) if line.get("request_id") == request_id]
@@ -192,7 +192,7 @@ def test_flag_serves_with_a_header_counts_and_logs(flag_server) -> None:
         )
         assert "x-guardrail" not in benign.headers
     web = httpx.post(
-        f"{url}/chat/completions", json={"messages": user(INJECTION), "max_tokens": 2}, timeout=30
+        f"{url}/chat/completions", json={"messages": user(INJECTION), "max_tokens": 2}, timeout=120
     )
     assert web.status_code == 200 and web.headers["x-guardrail"] == "flagged"
     after = decisions(url)

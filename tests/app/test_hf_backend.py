@@ -208,7 +208,7 @@ def test_a_folder_that_is_not_a_hf_model_is_a_clear_error(start_server) -> None:
         assert time.monotonic() < deadline, unready.log()
         time.sleep(0.05)
     assert error.get("code") == "load_failed" and "not a Hugging Face model folder" in error["message"], error
-    chat = httpx.post(f"{unready.url}/v1/chat/completions", json={"messages": user("Hi")}, timeout=10)
+    chat = httpx.post(f"{unready.url}/v1/chat/completions", json={"messages": user("Hi")}, timeout=120)
     assert chat.status_code == 503 and chat.json()["error"]["code"] == "load_failed"
 
     exits = start_server(env, wait=None)

@@ -34,7 +34,7 @@ DEADLINE_S = 120  # only bounds a hang: two cores shared with other tests; nothi
 
 
 def post_chat(server: Server, body: dict = HELLO) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
 
 
 def error_code(response: httpx.Response) -> str:
@@ -44,7 +44,7 @@ def error_code(response: httpx.Response) -> str:
 def until_draining(server: Server) -> httpx.Response:
     """/ready once it stops being 200: a signal is handled on the server's event loop, not at once."""
     deadline = time.monotonic() + DEADLINE_S
-    while (ready := httpx.get(f"{server.url}/ready", timeout=30)).status_code == 200:
+    while (ready := httpx.get(f"{server.url}/ready", timeout=120)).status_code == 200:
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.02)
     assert ready.status_code == 503
@@ -303,18 +303,18 @@ def test_gunicorn_config_serves_and_drains_like_python_m_app(
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        assert httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=30).status_code == 200
+        assert httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=120).status_code == 200
         with long_stream(SimpleNamespace(url=url), max_tokens=150) as stream:
             assert next(stream) and next(stream)["choices"][0]["delta"]["content"]
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)  # the master forwards the signal; the worker handles it on its event loop
             ready = httpx.get(f"{url}/ready")
             assert ready.status_code == 503 and error_code(ready) == "draining", log_path.read_text()
-            refused = httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=30)
+            refused = httpx.post(f"{url}/v1/chat/completions", json=HELLO, timeout=120)
             assert refused.status_code == 503 and error_code(refused) == "draining"
             rest = list(stream)
         assert rest[-1] == "[DONE]" and rest[-2]["usage"]["completion_tokens"] == 150
-        assert process.wait(timeout=30) == 0, log_path.read_text()
+        assert process.wait(timeout=120) == 0, log_path.read_text()
     finally:
         if process.poll() is None:
             process.kill()
