@@ -66,9 +66,11 @@ from app.contract import METRICS_PATH
 from app.errors import APIError, install_error_handlers
 from app.observability import metrics, tracing
 from app.scheduler import Scheduler
+from nanochat.backend import GenerationBackend
 from nanochat.checkpoint import load_checkpoint
 from nanochat.classify.guardrail import Guardrail
-from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
+from nanochat.cliargs import UsageError
+from nanochat.device import resolve_device, resolve_dtype
 from nanochat.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 EXIT_LOAD_FAILED = 3  # gunicorn reads 3 from a worker as "failed to boot" and stops
 WARMUP_TEXT = "Hello"
-EngineFactory = Callable[[Settings], Engine]
+EngineFactory = Callable[[Settings], GenerationBackend]
 T = TypeVar("T")
 
 
@@ -191,7 +193,7 @@ def _folder_name(checkpoint: str) -> str:
 
 
 # ---- the model's life -------------------------------------------------------------------------------
-def load_engine(settings: Settings) -> Engine:
+def load_engine(settings: Settings) -> GenerationBackend:
     """The default engine factory: the checkpoint Settings name, on its device, in its dtype; with
     `backend="hf"` a transformers causal LM folder served by HFEngine."""
     device = resolve_device(settings.device)
@@ -205,7 +207,7 @@ def load_engine(settings: Settings) -> Engine:
         from nanochat.hf_engine import HFEngine
 
         transformers_logging.disable_progress_bar()  # its bars on stderr are not log lines
-        return HFEngine.from_pretrained(  # type: ignore[return-value]  (the same interface, duck-typed)
+        return HFEngine.from_pretrained(
             settings.checkpoint,
             device,
             dtype,
@@ -221,7 +223,7 @@ def load_engine(settings: Settings) -> Engine:
     )
 
 
-def _build_engine(settings: Settings, engine_factory: EngineFactory | None) -> Engine:
+def _build_engine(settings: Settings, engine_factory: EngineFactory | None) -> GenerationBackend:
     """Runs on the loader thread: load, then warm up with one tiny greedy generation."""
     engine = (engine_factory or load_engine)(settings)
     if settings.warmup:
@@ -254,7 +256,7 @@ def load_guardrail(settings: Settings) -> Guardrail | None:
 
 def _load_all(
     settings: Settings, engine_factory: EngineFactory | None, classifier: Classifier
-) -> tuple[Engine, Guardrail | None]:
+) -> tuple[GenerationBackend, Guardrail | None]:
     """Runs on the loader thread: the classifier on a thread of its own meanwhile, the guardrail, the
     engine; returns once all three are done (a classifier failure is the classifier's own business)."""
     side = None

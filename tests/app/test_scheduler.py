@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.scheduler import DeadlineExceeded, InternalError, NotReady, QueueFull, Scheduler
+from nanochat.backend import SamplingParams
 from nanochat.checkpoint import load_checkpoint
-from nanochat.engine import Engine, SamplingParams
+from nanochat.engine import Engine
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
