@@ -64,6 +64,6 @@ def load_from_args(args: argparse.Namespace, checkpoint: str | None = None) -> L
     try:
         device = resolve_device(args.device)
     except DeviceError as e:
-        raise UsageError(f"--device {e.name}: {e.reason}") from None
+        raise UsageError(f"--device {e.detail}") from None
     dtype = resolve_dtype(args.dtype, device)
     return load_checkpoint(checkpoint or args.checkpoint, step=args.step, device=device, dtype=dtype)

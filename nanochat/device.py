@@ -14,12 +14,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class DeviceError(ValueError):
-    """A device name this machine cannot run on; `name` is what was asked for, `reason` why not."""
+    """A device this machine cannot run on. `detail` completes a sentence about the device's name:
+    str(e) is "device " + detail; the CLI says "--device " + detail."""
 
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"device {name!r}: {reason}")
-        self.name = name
-        self.reason = reason
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"device {detail}")
+        self.detail = detail
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,17 +27,17 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(name, "not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        raise DeviceError(f"{name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(name, "no CUDA GPU is available")
+            raise DeviceError(f"{name} was asked for but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(name, f"this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise DeviceError(f"{name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise DeviceError(name, "Apple MPS is not available")
+            raise DeviceError(f"{name} was asked for but Apple MPS is not available")
     elif device.type != "cpu":
-        raise DeviceError(name, "not supported; use cpu, cuda[:N] or mps")
+        raise DeviceError(f"{name!r} is not supported; use cpu, cuda[:N] or mps")
     return device
 
 
