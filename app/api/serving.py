@@ -34,7 +34,7 @@ from app.observability import metrics
 from app.observability.context import note_generation
 from app.scheduler import Delta, GenerationStream
 from app.schemas import ChatMessage, SamplingFields
-from nanochat.engine import EngineError, SamplingParams
+from nanochat.backend import EngineError, SamplingParams
 from nanochat.tokenizer import TokenizerError
 
 logger = logging.getLogger(__name__)
