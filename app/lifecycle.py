@@ -44,20 +44,21 @@ from app.errors import APIError, not_ready
 from app.guardrail import Guardrail
 from app.observability import metrics
 from app.scheduler import Scheduler
+from nanochat.backend import ChatTokenizer, GenerationBackend
 from nanochat.checkpoint import load_checkpoint
-from nanochat.cliargs import UsageError, resolve_device, resolve_dtype
+from nanochat.cliargs import UsageError
+from nanochat.device import resolve_device, resolve_dtype
 from nanochat.engine import Engine
 
 if TYPE_CHECKING:
     from app.api.classify import Classifier
-    from nanochat.tokenizer import Tokenizer
 
 # the lines of the service's life keep the logger name operators (and the tests) read them by
 logger = logging.getLogger("app.main")
 
 EXIT_LOAD_FAILED = 3  # gunicorn reads 3 from a worker as "failed to boot" and stops
 WARMUP_TEXT = "Hello"
-EngineFactory = Callable[[Settings], Engine]
+EngineFactory = Callable[[Settings], GenerationBackend]
 T = TypeVar("T")
 
 
@@ -78,7 +79,7 @@ class Runtime:
     engine_factory: EngineFactory | None = None  # default: load_engine
     state: State = State.LOADING
     reason: str = "the model is loading"  # why the service is not ready (shown by /ready and 503s)
-    engine: Engine | None = None
+    engine: GenerationBackend | None = None
     scheduler: Scheduler | None = None
     guardrail: Guardrail | None = None  # set before the service turns ready when NANOCHAT_GUARDRAIL is on
     classifier: Classifier | None = None
@@ -103,7 +104,7 @@ class Runtime:
         return self.state == State.READY and self.scheduler is not None and self.scheduler.ready
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> ChatTokenizer:
         assert self.engine is not None
         return self.engine.tokenizer
 
@@ -191,7 +192,7 @@ class Runtime:
             settings.max_queue,
         )
 
-    def _load_all(self) -> tuple[Engine, Guardrail | None]:
+    def _load_all(self) -> tuple[GenerationBackend, Guardrail | None]:
         """Runs on the loader thread: the classifier on a thread of its own meanwhile, the guardrail, the
         engine; returns once all three are done (a classifier failure is the classifier's own business)."""
         side = None
@@ -268,7 +269,7 @@ def _folder_name(checkpoint: str) -> str:
 
 
 # ---- loading ----------------------------------------------------------------------------------------
-def load_engine(settings: Settings) -> Engine:
+def load_engine(settings: Settings) -> GenerationBackend:
     """The default engine factory: the checkpoint Settings name, on its device, in its dtype; with
     `backend="hf"` a transformers causal LM folder served by HFEngine."""
     device = resolve_device(settings.device)
@@ -282,7 +283,7 @@ def load_engine(settings: Settings) -> Engine:
         from nanochat.hf_engine import HFEngine
 
         transformers_logging.disable_progress_bar()  # its bars on stderr are not log lines
-        return HFEngine.from_pretrained(  # type: ignore[return-value]  (the same interface, duck-typed)
+        return HFEngine.from_pretrained(
             settings.checkpoint,
             device,
             dtype,
@@ -298,7 +299,7 @@ def load_engine(settings: Settings) -> Engine:
     )
 
 
-def _build_engine(settings: Settings, engine_factory: EngineFactory) -> Engine:
+def _build_engine(settings: Settings, engine_factory: EngineFactory) -> GenerationBackend:
     """Runs on the loader thread: load, then warm up with one tiny greedy generation."""
     engine = engine_factory(settings)
     if settings.warmup:

@@ -58,8 +58,8 @@ def create_app(
     engine_factory: EngineFactory | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """The service. `engine_factory(settings) -> Engine` replaces checkpoint loading (other backends);
-    `tracer_provider` replaces the one the OTEL_* variables configure (tests export to memory)."""
+    """The service. `engine_factory(settings) -> GenerationBackend` replaces checkpoint loading (other
+    backends); `tracer_provider` replaces the one the OTEL_* variables configure (tests export to memory)."""
     settings = settings or Settings()
     classifier = Classifier.from_settings(settings)
     runtime = Runtime.from_settings(settings, classifier, engine_factory or load_engine)

@@ -23,17 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.observability import metrics
-from nanochat.engine import Engine, EngineError, Request, SamplingParams, TokenEvent
+from nanochat.backend import EngineError, Generation, GenerationBackend, SamplingParams, TokenEvent
 
 logger = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.02  # streamed deltas reach the event loop at least this often (see _flush)
 
 
 class SchedulerError(Exception):
-    """A request the scheduler cannot serve; `status` is the HTTP status the API answers with."""
-
-    status = 500
-    code = "internal_error"
+    """A request the scheduler cannot serve (app/errors.py alone decides what HTTP answers each one)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -41,23 +38,23 @@ class SchedulerError(Exception):
 
 
 class QueueFull(SchedulerError):
-    status, code = 429, "queue_full"
+    """The queue is full: come back later (`retry_after`)."""
 
 
 class NotReady(SchedulerError):
-    status, code = 503, "not_ready"
+    """Not accepting work: starting, draining or stopped; or stopped before this request finished."""
 
 
 class DeadlineExceeded(SchedulerError):
-    status, code = 504, "deadline_exceeded"
+    """The request ran past its deadline, queued or running."""
 
 
 class InvalidRequest(SchedulerError):
-    status, code = 400, "invalid_request"
+    """The request cannot run on this engine (a prompt past the context, n past the batch)."""
 
 
 class InternalError(SchedulerError):
-    status, code = 500, "internal_error"
+    """The engine failed on this request."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class _Job:
     prefill_done_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
-    request: Request | None = None
+    generation: Generation | None = None  # set once the engine has begun it
     completion_tokens: int = 0
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
@@ -150,8 +147,8 @@ class GenerationStream:
 
     def token_ids(self) -> tuple[list[int], list[list[int]]]:
         """The prompt's token ids and each choice's generated ones (for logging the content)."""
-        request = self._job.request
-        outputs = [list(c.tokens) for c in request.continuations] if request is not None else []
+        generation = self._job.generation
+        outputs = [list(c.tokens) for c in generation.continuations] if generation is not None else []
         return list(self._job.prompt_ids), outputs
 
     def __aiter__(self) -> GenerationStream:
@@ -185,7 +182,7 @@ class GenerationStream:
 class Scheduler:
     def __init__(
         self,
-        engine: Engine,
+        engine: GenerationBackend,
         max_queue: int = 64,
         request_timeout_s: float = 120.0,
         prefill_chunk: int = 256,
@@ -199,7 +196,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self._cond = threading.Condition()
         self._waiting: deque[_Job] = deque()
-        self._active: dict[int, _Job] = {}  # id(engine Request) -> job
+        self._active: dict[int, _Job] = {}  # id(job.generation) -> job
         self._prefilling: _Job | None = None
         self._cancelled: list[_Job] = []
         self._free_rows = engine.max_batch  # updated by the loop; read by submit for admission control
@@ -338,21 +335,21 @@ class Scheduler:
                 self._admit()
                 if self._prefilling is not None:
                     job = self._prefilling
-                    self._dispatch(self.engine.prefill(job.request, self.prefill_chunk))
-                    if not job.request.prefill_remaining:
+                    self._dispatch(self.engine.prefill(job.generation, self.prefill_chunk))
+                    if not job.generation.prefill_remaining:
                         job.prefill_done_at = time.monotonic()
                         with self._cond:
                             self._prefilling = None
-                            if not job.request.done:
-                                self._active[id(job.request)] = job
-                        if job.request.done:
+                            if not job.generation.done:
+                                self._active[id(job.generation)] = job
+                        if job.generation.done:
                             self._finish(job)
                     self._flush()  # a first token goes out now, not after the next decode step
                 if self.engine.num_decoding:
                     if self.record_metrics:
                         metrics.observe_decode_step(self.engine.num_decoding)
                     self._dispatch(self.engine.decode_step())
-                    for job in [j for j in self._active.values() if j.request.done]:
+                    for job in [j for j in self._active.values() if j.generation.done]:
                         self._finish(job)
                 with self._cond:
                     self._free_rows = self.engine.free_rows()
@@ -391,7 +388,7 @@ class Scheduler:
                 # reserve its rows now: until the turn ends, `submit` must not count them as free
                 self._free_rows -= job.params.n
             try:
-                job.request = self.engine.begin(job.prompt_ids, job.params)
+                job.generation = self.engine.begin(job.prompt_ids, job.params)
             except EngineError as e:
                 self._drop(job, InvalidRequest(str(e)), None)
                 continue
@@ -417,8 +414,12 @@ class Scheduler:
     def _dispatch(self, events: list[TokenEvent]) -> None:
         now = time.monotonic()
         for event in events:
-            job = self._active.get(id(event.request))
-            if job is None and self._prefilling is not None and self._prefilling.request is event.request:
+            job = self._active.get(id(event.generation))
+            if (
+                job is None
+                and self._prefilling is not None
+                and self._prefilling.generation is event.generation
+            ):
                 job = self._prefilling
             if job is None:
                 continue
@@ -432,7 +433,7 @@ class Scheduler:
 
     def _finish(self, job: _Job) -> None:
         with self._cond:
-            self._active.pop(id(job.request), None)
+            self._active.pop(id(job.generation), None)
             job.finished_at = time.monotonic()
             self.totals["completed"] += 1
             self.totals["prompt_tokens"] += len(job.prompt_ids)
@@ -450,13 +451,13 @@ class Scheduler:
             job.finished_at = time.monotonic()
             if job in self._waiting:
                 self._waiting.remove(job)
-            self._active.pop(id(job.request), None)
+            self._active.pop(id(job.generation), None)
             if self._prefilling is job:
                 self._prefilling = None
             if counter:
                 self.totals[counter] += 1
-        if cancel_in_engine and job.request is not None and not job.request.done:
-            self.engine.cancel(job.request)
+        if cancel_in_engine and job.generation is not None and not job.generation.done:
+            self.engine.cancel(job.generation)
         self._outbox.append((job, _End(error)))
         self._urgent = True
 

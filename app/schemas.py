@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from app.validation import stop_strings
-from nanochat.engine import MAX_TOP_K, SamplingParams
+from nanochat.backend import MAX_TOP_K, SamplingParams
 
 WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
 # OpenAI sampling fields this server accepts only at these values (anything else changes the result)

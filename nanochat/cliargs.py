@@ -8,8 +8,7 @@ import argparse
 import torch
 
 from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from nanochat.device import DTYPES, DeviceError, resolve_device, resolve_dtype
 
 
 class UsageError(Exception):
@@ -58,36 +57,13 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
 
 
-def resolve_device(name: str) -> torch.device:
-    """A device this machine really has, or a usage error saying why not."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name} was asked for but no CUDA GPU is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name} was asked for but Apple MPS is not available")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name!r} is not supported; use cpu, cuda[:N] or mps")
-    return device
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """The dtype asked for, else the default: bf16 on CUDA (as nanochat trains), fp32 elsewhere."""
-    if name:
-        return DTYPES[name]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def load_from_args(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedCheckpoint:
     """Load the checkpoint the `add_checkpoint_args` options name (fp32 on CPU, bf16 on CUDA by default)."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        raise UsageError(f"--device {e.detail}") from None
     dtype = resolve_dtype(args.dtype, device)
     return load_checkpoint(checkpoint or args.checkpoint, step=args.step, device=device, dtype=dtype)

@@ -1,10 +1,11 @@
-"""An engine over any local Hugging Face causal LM folder, with the interface of `nanochat.engine.Engine`.
+"""An engine over any local Hugging Face causal LM folder: a `nanochat.backend.GenerationBackend`.
 
-`app.scheduler.Scheduler` drives it unchanged: `begin`, chunked `prefill`, one batched `decode_step` over
-every decoding sequence whatever its length, `cancel`, `reset`, `can_begin`, `free_rows`, `num_decoding`,
-`max_batch`, `max_seq_len`, and `TokenEvent`s with the same finish semantics ("stop" on an end-of-sequence
-token, a stop token id or a stop string; "length" at max_tokens or the context). Sampling is nanochat's
-`sample_next_token` (temperature, top-k, top-p, seed; the first token is shared by the n continuations).
+`app.scheduler.Scheduler` drives it as it drives nanochat's `Engine`: both are
+`nanochat.batching.BatchedEngine`s, so the lifecycle (begin, chunked prefill, one batched decode step over
+every decoding sequence whatever its length, cancel, reset), the sampling (nanochat's `sample_next_token`:
+temperature, top-k, top-p, seed; the first token is shared by the n continuations) and the finish rules
+("stop" on an end-of-sequence token, a stop token id or a stop string; "length" at max_tokens or the
+context) are the same code. This module holds only the model's forwards and where the keys/values live.
 
 How a decode step batches sequences of different lengths: each sequence keeps its own key/value tensors;
 for a step they are left-padded to the longest, stacked into a `DynamicCache`, masked with an attention
@@ -12,11 +13,12 @@ mask, and each row gets its own position id. That is correct for any full-attent
 and simple, but it copies the cache every step: fine for small models and moderate batches, not a
 replacement for vLLM. Sliding-window and recurrent models are not supported.
 
-`HFTokenizer` gives the transformers tokenizer the methods the service uses from nanochat's `Tokenizer`:
-plain-text `encode` (text that looks like a special token stays text), `decode`, special tokens, and
-`render_conversation` / `render_for_completion` through the tokenizer's own chat template. Streamed text
-comes from incremental decoding that holds back an incomplete UTF-8 character, so a stream never splits
-one. The calculator tool of nanochat's engine is not run here.
+`HFTokenizer` is a `nanochat.backend.ChatTokenizer` over the transformers tokenizer, with the methods of
+nanochat's `Tokenizer`: plain-text `encode` (text that looks like a special token stays text), `decode`,
+special tokens, and `chat_prompt` / `render_conversation` / `render_for_completion` through the
+tokenizer's own chat template. Streamed text comes from incremental decoding that holds back an
+incomplete UTF-8 character, so a stream never splits one. The calculator tool of nanochat's engine is not
+run here.
 """
 
 from __future__ import annotations
@@ -30,18 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nanochat.backend import Continuation, EngineError, Generation, SamplingParams
+from nanochat.batching import BatchedEngine
 from nanochat.detokenize import TextStream
-from nanochat.engine import (
-    FINISH_LENGTH,
-    FINISH_STOP,
-    Continuation,
-    Engine,
-    EngineError,
-    Request,
-    RowPool,
-    SamplingParams,
-    TokenEvent,
-)
+from nanochat.device import resolve_dtype
 from nanochat.tokenizer import TokenizerError
 
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")  # private-use characters around a content index
@@ -246,10 +240,10 @@ class IncrementalText(TextStream):
 
 
 # ---- engine ---------------------------------------------------------------------------------------
-class HFEngine(RowPool):
+class HFEngine(BatchedEngine):
     """Continuous-batching generation over a transformers causal LM; see the module docstring."""
 
-    generate = Engine.generate  # nanochat's simple interface works unchanged over begin/prefill/decode_step
+    tokenizer: HFTokenizer
 
     def __init__(
         self,
@@ -259,23 +253,23 @@ class HFEngine(RowPool):
         max_seq_len: int | None = None,
         prefill_chunk: int = 512,
     ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_batch = max_batch
         context = getattr(model.config, "max_position_embeddings", None) or tokenizer.hf.model_max_length
-        self.max_seq_len = min(max_seq_len or context, context)
-        self.prefill_chunk = prefill_chunk
-        self.device = next(model.parameters()).device
-        self.vocab_size = model.config.get_text_config().vocab_size
-        self.decoding: list[Continuation] = []
-        self.prefilling: Request | None = None
-        self._prefill_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._kv: dict[Continuation, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.hf.eos_token_id is not None:
             eos.append(tokenizer.hf.eos_token_id)
-        self._stop_ids = frozenset(eos)
+        super().__init__(
+            max_batch=max_batch,
+            max_seq_len=min(max_seq_len or context, context),
+            prefill_chunk=prefill_chunk,
+            device=next(model.parameters()).device,
+            vocab_size=model.config.get_text_config().vocab_size,
+            eos_token_ids=frozenset(eos),
+        )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._prefill_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._kv: dict[Continuation, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._special_ids = frozenset(tokenizer.get_special_tokens().values())
 
     @classmethod
@@ -293,69 +287,51 @@ class HFEngine(RowPool):
         if not (folder / "config.json").is_file():
             raise HFEngineError(f"{folder} is not a Hugging Face model folder (no config.json)")
         device = torch.device(device)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or resolve_dtype(None, device)
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
         return cls(model, tokenizer, **kwargs)
 
-    # ---- request lifecycle ------------------------------------------------------------------------
-    def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
-        request = self._new_request(prompt_ids, params, self.vocab_size)
-        self.prefilling, self._prefill_kv = request, None
-        return request
-
+    # ---- the model, each row with its own keys/values (BatchedEngine's hooks) --------------------------
     def _text_stream(self, params: SamplingParams) -> IncrementalText:
         return IncrementalText(self._decode_text, self._special_ids, params.stop)
 
-    @torch.inference_mode()
-    def prefill(self, request: Request, max_tokens: int | None = None) -> list[TokenEvent]:
-        if request is not self.prefilling:
-            raise EngineError("this request is not the one being prefilled")
-        chunk = min(max_tokens or self.prefill_chunk, request.prefill_remaining)
-        start = request.prefilled
-        ids = torch.tensor([request.prompt_ids[start : start + chunk]], device=self.device)
-        positions = torch.arange(start, start + chunk, device=self.device)[None]
-        logits, caches = self._forward(ids, positions, [self._prefill_kv] if self._prefill_kv else None)
-        self._prefill_kv = caches[0]
-        request.prefilled += chunk
-        if request.prefill_remaining:
-            return []
-        first = int(self._sample(request, logits[:, -1, :])[0])
-        self.prefilling = None
-        for cont in request.continuations:
-            cont.row = len(self.decoding)
-            self._kv[cont] = self._prefill_kv  # shared: tensors are never written in place
-            self.decoding.append(cont)
+    def _reset_prefill(self) -> None:
         self._prefill_kv = None
-        events = [self._accept(cont, first) for cont in request.continuations]
-        self._finish_step(request)
-        return events
 
-    @torch.inference_mode()
-    def decode_step(self) -> list[TokenEvent]:
-        if not self.decoding:
-            return []
-        rows = list(self.decoding)
+    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
+        idx = torch.tensor([ids], device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        logits, caches = self._forward(idx, positions, [self._prefill_kv] if self._prefill_kv else None)
+        self._prefill_kv = caches[0]
+        return logits[:, -1, :]
+
+    def _take_prefill(self, generation: Generation) -> None:
+        for cont in generation.continuations:
+            self._kv[cont] = self._prefill_kv  # shared: tensors are never written in place
+        self._prefill_kv = None
+
+    def _forward_decode(self, rows: list[Continuation]) -> torch.Tensor:
         ids = torch.tensor([[c.last_token] for c in rows], device=self.device)
-        positions = torch.tensor([[self._length(c)] for c in rows], device=self.device)
+        positions = torch.tensor([[self._row_length(c)] for c in rows], device=self.device)
         logits, caches = self._forward(ids, positions, [self._kv[c] for c in rows])
         for cont, kv in zip(rows, caches, strict=True):
             self._kv[cont] = kv
-        return self._step_rows(rows, logits[:, -1, :])
+        return logits[:, -1, :]
 
-    def reset(self) -> None:
-        for cont in self.decoding:
-            cont.request.done = True
-        if self.prefilling is not None:
-            self.prefilling.done = True
-        self.decoding, self.prefilling, self._prefill_kv, self._kv = [], None, None, {}
+    def _row_length(self, cont: Continuation) -> int:
+        return self._kv[cont][0][0].shape[2]
 
-    def cancel(self, request: Request) -> None:
-        if request is self.prefilling:
-            self.prefilling, self._prefill_kv = None, None
-        elif not request.done:
-            self._release(request)
-        request.done = True
+    def _release(self, generation: Generation) -> None:
+        for cont in generation.continuations:
+            self._kv.pop(cont, None)
+            cont.row = -1
+        self.decoding = [c for c in self.decoding if c.generation is not generation]
+        for row, cont in enumerate(self.decoding):
+            cont.row = row
+
+    def _forget_rows(self) -> None:
+        self._prefill_kv, self._kv = None, {}
 
     # ---- internals --------------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, caches: list | None):
@@ -391,37 +367,5 @@ class HFEngine(RowPool):
             rows.append([(k[i : i + 1, :, keep], v[i : i + 1, :, keep]) for k, v in new])
         return out.logits.float(), rows
 
-    def _length(self, cont: Continuation) -> int:
-        return self._kv[cont][0][0].shape[2]
-
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.hf.decode(ids, skip_special_tokens=True)
-
-    def _accept(self, cont: Continuation, token: int) -> TokenEvent | None:
-        was_finished = cont.finished
-        cont.tokens.append(token)
-        cont.masks.append(1)
-        cont.last_token = token
-        if was_finished:
-            return None
-        params = cont.request.params
-        text = cont.text.feed(token)
-        if (
-            (token in self._stop_ids and not params.ignore_eos)
-            or token in params.stop_token_ids
-            or cont.text.stopped
-        ):
-            cont.finish_reason = FINISH_STOP
-        elif cont.request.num_generated + 1 >= params.max_tokens or self._length(cont) >= self.max_seq_len:
-            cont.finish_reason = FINISH_LENGTH
-        if cont.finish_reason:
-            text += cont.text.finish()
-        return TokenEvent(cont.request, cont.index, token, False, text, cont.finish_reason)
-
-    def _release(self, request: Request) -> None:
-        for cont in request.continuations:
-            self._kv.pop(cont, None)
-            cont.row = -1
-        self.decoding = [c for c in self.decoding if c.request is not request]
-        for row, cont in enumerate(self.decoding):
-            cont.row = row

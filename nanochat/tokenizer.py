@@ -280,6 +280,12 @@ class Tokenizer:
         ids, _ = self.render_conversation({**conversation, "messages": messages[:-1]})
         return [*ids, self._special_ids["<|assistant_start|>"]]
 
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt ids for the assistant's answer to `messages` (ending with the user's turn): the whole
+        conversation, not cut at 2048 tokens (the caller checks the context), then <|assistant_start|>."""
+        ids, _ = self.render_conversation({"messages": messages}, max_tokens=2**62)
+        return [*ids, self._special_ids["<|assistant_start|>"]]
+
     def _token_id(self, token: int | str) -> int:
         """A prepend/append argument (an id or a special-token name) -> id."""
         if isinstance(token, str):

@@ -43,8 +43,7 @@ from app.schemas import (
     SamplingDefaults,
     WebChatRequest,
 )
-from nanochat.engine import EngineError, SamplingParams
-from nanochat.hf_engine import HFTokenizer
+from nanochat.backend import EngineError, SamplingParams
 from nanochat.tokenizer import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -106,15 +105,10 @@ def _conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 
 
 def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
-    tokenizer = runtime.tokenizer
-    try:
-        if isinstance(tokenizer, HFTokenizer):  # another model's template: its generation prompt is its own
-            return tokenizer.chat_prompt(turns)
-        # not render_for_completion: it cuts at 2048 tokens, and the context check must see the whole prompt
-        ids, _ = tokenizer.render_conversation({"messages": turns}, max_tokens=2**62)
+    try:  # the backend's own rendering: nanochat's conversation format, or the model's chat template
+        return runtime.tokenizer.chat_prompt(turns)
     except TokenizerError as e:
         raise invalid(str(e), "messages") from None
-    return [*ids, tokenizer.encode_special("<|assistant_start|>")]
 
 
 def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:

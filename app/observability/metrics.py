@@ -137,9 +137,13 @@ def observe_rejection(reason: str) -> None:
 def finish_reason(stream: GenerationStream) -> str:
     """How a generation ended: `stop` / `length` (`length` if any choice ran out), `deadline`, `error`, or
     `cancelled` (the client went away, or the server stopped first)."""
+    from app.scheduler import DeadlineExceeded, NotReady  # not at the top: the scheduler imports this module
+
     error = stream.error
     if error is not None:
-        return {504: "deadline", 503: "cancelled"}.get(error.status, "error")
+        if isinstance(error, DeadlineExceeded):
+            return "deadline"
+        return "cancelled" if isinstance(error, NotReady) else "error"
     reasons = stream.finish_reasons
     if len(reasons) < stream.n:
         return "cancelled"

@@ -9,7 +9,9 @@ from collections import deque
 import pytest
 import torch
 
-from nanochat.engine import CapacityError, Engine, EngineError, SamplingParams, sample_next_token
+from nanochat.backend import CapacityError, EngineError, SamplingParams
+from nanochat.batching import sample_next_token
+from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
 
 
@@ -53,7 +55,7 @@ def run_together(engine, jobs, chunk=8, cancel_at=None):
                     live[i] = request
         by_request = {id(r): i for i, r in live.items()}
         for event in engine.decode_step():
-            events[by_request[id(event.request)]].append(event)
+            events[by_request[id(event.generation)]].append(event)
         step += 1
         if cancel_at and cancel_at[1] == step and cancel_at[0] in live:
             engine.cancel(live[cancel_at[0]])

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from app.scheduler import Scheduler
+from nanochat.backend import EngineError, SamplingParams
 from nanochat.checkpoint import load_checkpoint
-from nanochat.engine import EngineError, SamplingParams
 from nanochat.hf_engine import HFEngine, HFEngineError, HFTokenizer, IncrementalText
 from tests.nanochat.test_hf_export import DEMO, HELDOUT, demo_export
 
@@ -65,7 +65,7 @@ def test_scheduler_greedy_output_equals_transformers_generate(engine):
     for prompt, (tokens, texts, finish) in zip(prompts, results, strict=True):
         assert tokens[0] == hf_greedy(engine.model, prompt, 24)
         assert texts[0] == engine.tokenizer.decode(tokens[0], skip_special_tokens=True)
-        assert finish[0] == ("stop" if tokens[0][-1] in engine._stop_ids else "length")
+        assert finish[0] == ("stop" if tokens[0][-1] in engine.eos_token_ids else "length")
 
 
 def test_any_causal_lm_folder_works_here_a_random_llama_with_another_template(tmp_path):

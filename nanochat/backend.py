@@ -1,0 +1,231 @@
+"""The contract between a generation backend and what drives it (the service's scheduler, the CLI).
+
+`GenerationBackend` is what a scheduler calls: `begin` reserves rows for a prompt and its `n`
+continuations, `prefill` runs the prompt a chunk at a time, `decode_step` advances every decoding row by one
+token in one batched forward, `cancel` and `reset` free rows. `ChatTokenizer` is what the service asks of
+the backend's tokenizer: render a chat to prompt ids, encode, decode, special tokens, vocabulary size.
+nanochat's `Engine` and the Hugging Face `HFEngine` both implement it, through the one row lifecycle in
+`nanochat.batching`; callers import only this module and never look inside an engine.
+
+Also here, because they cross the contract: `SamplingParams` (how to sample one request), `Generation`
+(one prompt and its continuations, as `begin` returns it), `TokenEvent` (one new token of one
+continuation) and the errors. This module runs no model code.
+
+A generation's states, in order (a scheduler's queue is where it waits before `begin`):
+
+    begin ──> PREFILLING ──(last prompt chunk)──> DECODING ──(every continuation finished)──> DONE
+                  └──────────────── cancel / reset (from any state) ──────────────────────────┘
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from nanochat.detokenize import TextStream
+
+FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
+FINISH_LENGTH = "length"  # max_tokens, or the context is full
+MAX_TOP_K = 1_000_000
+
+
+class EngineError(ValueError):
+    """A request the engine cannot run as asked (bad parameters, prompt too long, no free rows)."""
+
+
+class CapacityError(EngineError):
+    """No room for this request right now (rows taken, or a prefill already in progress)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one request. temperature 0 is greedy; seed None draws a fresh random seed."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    tools: bool = True  # run the calculator tool on <|python_start|> ... <|python_end|> (nanochat's engine)
+    ignore_eos: bool = False  # keep going past the end-of-sequence tokens (benchmarks)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise EngineError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not 0.0 <= float(self.temperature) <= 100.0:
+            raise EngineError(f"temperature must be between 0 and 100, got {self.temperature!r}")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= MAX_TOP_K):
+            raise EngineError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise EngineError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise EngineError(f"n must be an integer >= 1, got {self.n!r}")
+        if any(not isinstance(s, str) for s in self.stop):
+            raise EngineError("stop must be a list of strings")
+
+
+class GenerationState(enum.Enum):
+    PREFILLING = "prefilling"
+    DECODING = "decoding"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Continuation:
+    """One of a generation's `n` continuations, decoding in one row of the engine's batch."""
+
+    generation: Generation
+    index: int
+    text: TextStream
+    row: int = -1
+    last_token: int = -1
+    finish_reason: str | None = None
+    tokens: list[int] = field(default_factory=list)  # every token, also after finishing (nanochat parity)
+    masks: list[int] = field(default_factory=list)  # 1 sampled, 0 forced by the tool
+    forced: deque[int] = field(default_factory=deque)
+    in_python: bool = False
+    python_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(eq=False)
+class Generation:
+    """A prompt and its continuations, as the engine runs them. Created by `begin`; read-only for callers."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    continuations: list[Continuation] = field(default_factory=list)
+    prefilled: int = 0  # prompt tokens already in the cache
+    num_generated: int = 0  # decode steps taken (each yields one token per continuation)
+    state: GenerationState = GenerationState.PREFILLING
+
+    @property
+    def prefill_remaining(self) -> int:
+        return len(self.prompt_ids) - self.prefilled
+
+    @property
+    def done(self) -> bool:
+        return self.state is GenerationState.DONE
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One new token of one continuation. `text` is the newly final text (may be '')."""
+
+    generation: Generation
+    index: int
+    token: int
+    forced: bool
+    text: str
+    finish_reason: str | None
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """The tokenizer side of a backend: what the service calls. User text never becomes special tokens."""
+
+    def get_vocab_size(self) -> int: ...
+
+    def get_special_tokens(self) -> dict[str, int]:
+        """Special-token text -> id."""
+        ...
+
+    def get_bos_token_id(self) -> int | None:
+        """None when the model has no beginning-of-sequence token."""
+        ...
+
+    def encode_special(self, name: str) -> int: ...
+
+    def encode(
+        self, text: str | list[str], prepend: int | str | None = None, append: int | str | None = None
+    ) -> list[int] | list[list[int]]:
+        """Plain text -> ids (a list of texts -> one list each); prepend/append: an id or a special token."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt ids for the assistant's answer to `messages` (ending with the user's turn), uncut."""
+        ...
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """A batched generation engine with `max_batch` rows; see the module docstring. One thread drives it."""
+
+    @property
+    def tokenizer(self) -> ChatTokenizer: ...
+
+    @property
+    def max_batch(self) -> int:
+        """Rows: the most continuations decoding (and being prefilled) at once."""
+        ...
+
+    @property
+    def max_seq_len(self) -> int:
+        """The context: prompt plus generated tokens of one continuation."""
+        ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokens that end a continuation unless `SamplingParams.ignore_eos`."""
+        ...
+
+    @property
+    def num_decoding(self) -> int:
+        """Rows decoding now."""
+        ...
+
+    def free_rows(self) -> int: ...
+
+    def can_begin(self, n: int = 1) -> bool:
+        """Whether `begin` would find `n` free rows now (and no other prefill in progress)."""
+        ...
+
+    def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+        """Reserve rows and start the prefill; EngineError (CapacityError when only busy)."""
+        ...
+
+    def prefill(self, generation: Generation, max_tokens: int | None = None) -> list[TokenEvent]:
+        """Prefill up to `max_tokens` more prompt tokens; [] until the prompt is done, then the first
+        token's events (the generation is DECODING, or DONE already)."""
+        ...
+
+    def decode_step(self) -> list[TokenEvent]:
+        """One batched forward over every decoding row: the new token of each live continuation."""
+        ...
+
+    def cancel(self, generation: Generation) -> None:
+        """Drop a generation in any state and free its rows."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every generation (after an error left the batch in an unknown state)."""
+        ...
+
+    def generate(
+        self,
+        tokens: Sequence[int],
+        num_samples: int = 1,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 42,
+        **kwargs: Any,
+    ) -> Iterator[tuple[list[int], list[int]]]:
+        """nanochat's simple interface on an idle engine: (token column, mask column) per step."""
+        ...

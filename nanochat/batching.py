@@ -1,0 +1,329 @@
+"""The row lifecycle every engine shares: `BatchedEngine` implements `nanochat.backend.GenerationBackend`
+once, and an engine supplies only its model's forwards and where its keys and values live.
+
+Written here, and nowhere else: the checks that start a generation, its states (PREFILLING -> DECODING ->
+DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
+prefills), sampling (each generation with its own seeded generator, so its tokens do not depend on the
+batch), the stop rules (an end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a
+full context: "length") and nanochat's simple `generate` interface.
+
+An engine (nanochat.engine.Engine, nanochat.hf_engine.HFEngine) implements the hooks below `# ---- hooks`:
+a prefill chunk's and a decode step's forward, giving prefilled keys/values to the continuations' rows,
+freeing a generation's rows, and each continuation's text stream.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from nanochat.backend import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    CapacityError,
+    Continuation,
+    EngineError,
+    Generation,
+    GenerationState,
+    SamplingParams,
+    TokenEvent,
+)
+from nanochat.detokenize import TextStream
+
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (logits/T would overflow to inf, then NaN)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Sample one token per row of (batch, vocab) logits; returns (batch,) ids.
+
+    Matches nanochat: greedy at temperature 0 (and below MIN_TEMPERATURE); with top_k, softmax over the k
+    largest logits only.
+    top_p (nucleus) then keeps the smallest set of tokens whose probability reaches p.
+    """
+    if temperature < MIN_TEMPERATURE:  # 0 is greedy; so is anything small enough to overflow logits/T
+        return torch.argmax(logits, dim=-1)
+    logits = logits.float()
+    indices = None
+    if top_k is not None and top_k < logits.size(-1):
+        logits, indices = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
+    logits = logits / temperature
+    if top_p < 1.0:
+        if indices is None:
+            logits, indices = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
+        drop = before >= top_p
+        drop[:, 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in fp32)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    choice = torch.multinomial(probs, num_samples=1, generator=generator)
+    if indices is not None:
+        choice = indices.gather(1, choice)
+    return choice[:, 0]
+
+
+class BatchedEngine(abc.ABC):
+    """`max_batch` rows, taken by the continuations in `decoding` plus the `n` of the generation being
+    prefilled (one at a time); see the module docstring."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_seq_len: int,
+        prefill_chunk: int,
+        device: torch.device,
+        vocab_size: int,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self.max_batch = max_batch
+        self.max_seq_len = max_seq_len
+        self.prefill_chunk = prefill_chunk
+        self.device = device
+        self.vocab_size = vocab_size
+        self.eos_token_ids = eos_token_ids
+        self.decoding: list[Continuation] = []  # decoding[i].row == i
+        self.prefilling: Generation | None = None
+
+    # ---- rows -----------------------------------------------------------------------------------------
+    @property
+    def num_decoding(self) -> int:
+        return len(self.decoding)
+
+    def free_rows(self) -> int:
+        reserved = self.prefilling.params.n if self.prefilling else 0
+        return self.max_batch - len(self.decoding) - reserved
+
+    def can_begin(self, n: int = 1) -> bool:
+        return self.prefilling is None and self.free_rows() >= n
+
+    # ---- the lifecycle --------------------------------------------------------------------------------
+    def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+        """Reserve rows for a generation and start its prefill. Raises EngineError / CapacityError."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) > self.max_seq_len:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context is {self.max_seq_len}")
+        bad = next((t for t in prompt if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise EngineError(f"token id {bad} is outside the vocabulary (size {self.vocab_size})")
+        if params.n > self.max_batch:
+            raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
+        if not self.can_begin(params.n):
+            raise CapacityError("no free rows for this request now")
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        generation = Generation(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
+        for i in range(params.n):
+            generation.continuations.append(Continuation(generation, i, self._text_stream(params)))
+        self.prefilling = generation
+        self._reset_prefill()
+        return generation
+
+    @torch.inference_mode()
+    def prefill(self, generation: Generation, max_tokens: int | None = None) -> list[TokenEvent]:
+        """Prefill up to `max_tokens` (default: the engine's chunk) more prompt tokens.
+
+        Returns [] until the prompt is complete; then samples the first token (shared by all n
+        continuations, as nanochat does), moves the generation into decoding rows and returns its events.
+        """
+        if generation is not self.prefilling:
+            raise EngineError("this request is not the one being prefilled")
+        chunk = min(max_tokens or self.prefill_chunk, generation.prefill_remaining)
+        start = generation.prefilled
+        logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start)
+        generation.prefilled += chunk
+        if generation.prefill_remaining:
+            return []
+        first = int(self._sample(generation, logits)[0])
+        self.prefilling = None
+        generation.state = GenerationState.DECODING
+        for cont in generation.continuations:
+            cont.row = len(self.decoding)
+            self.decoding.append(cont)
+        self._take_prefill(generation)
+        events = [self._accept(cont, first) for cont in generation.continuations]
+        self._finish_step(generation)
+        return events
+
+    @torch.inference_mode()
+    def decode_step(self) -> list[TokenEvent]:
+        """One batched forward over all decoding rows; returns the new token of every live continuation."""
+        if not self.decoding:
+            return []
+        rows = list(self.decoding)
+        return self._step_rows(rows, self._forward_decode(rows))
+
+    def cancel(self, generation: Generation) -> None:
+        """Drop a generation in any state and free its rows (e.g. the client went away)."""
+        if generation is self.prefilling:
+            self.prefilling = None
+            self._reset_prefill()
+        elif not generation.done:
+            self._release(generation)
+        generation.state = GenerationState.DONE
+
+    def reset(self) -> None:
+        """Forget every generation (after an unexpected error left the batch in an unknown state)."""
+        for cont in self.decoding:
+            cont.generation.state = GenerationState.DONE
+        if self.prefilling is not None:
+            self.prefilling.state = GenerationState.DONE
+        self.decoding, self.prefilling = [], None
+        self._forget_rows()
+
+    # ---- one step's sampling and stop rules -----------------------------------------------------------
+    def _step_rows(self, rows: list[Continuation], logits: torch.Tensor) -> list[TokenEvent]:
+        """One decode step's bookkeeping, given `logits[i]` for `rows[i]`: greedy rows in one argmax, the
+        others with their generation's sampler and generator; then each continuation takes its token, and
+        generations whose continuations have all finished leave. Returns the events of live continuations."""
+        sampled: dict[int, int] = {}
+        greedy = [i for i, c in enumerate(rows) if c.generation.params.temperature == 0.0]
+        if greedy:
+            sampled.update(zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist(), strict=True))
+        generations = list(dict.fromkeys(c.generation for c in rows))
+        sampling = [g for g in generations if g.params.temperature != 0.0]
+        index = {c: i for i, c in enumerate(rows)} if sampling else {}
+        for generation in sampling:
+            group = [index[c] for c in generation.continuations]
+            sampled.update(zip(group, self._sample(generation, logits[group]).tolist(), strict=True))
+        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
+        for generation in generations:
+            self._finish_step(generation)
+        return [e for e in events if e is not None]
+
+    def _sample(self, generation: Generation, logits: torch.Tensor) -> torch.Tensor:
+        p = generation.params
+        return sample_next_token(logits, generation.generator, p.temperature, p.top_k, p.top_p)
+
+    def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
+        """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules."""
+        forced = bool(cont.forced)
+        token = cont.forced.popleft() if forced else sampled
+        was_finished = cont.finished
+        cont.tokens.append(token)
+        cont.masks.append(0 if forced else 1)
+        cont.last_token = token
+        self._on_token(cont, token)
+        if was_finished:
+            return None
+        params = cont.generation.params
+        text = cont.text.feed(token)
+        eos = token in self.eos_token_ids and not params.ignore_eos
+        if eos or token in params.stop_token_ids or cont.text.stopped:
+            cont.finish_reason = FINISH_STOP
+        elif (
+            cont.generation.num_generated + 1 >= params.max_tokens
+            or self._row_length(cont) >= self.max_seq_len
+        ):
+            cont.finish_reason = FINISH_LENGTH
+        if cont.finish_reason:
+            text += cont.text.finish()
+        return TokenEvent(cont.generation, cont.index, token, forced, text, cont.finish_reason)
+
+    def _finish_step(self, generation: Generation) -> None:
+        """Count the step; free the generation's rows once every continuation has finished."""
+        generation.num_generated += 1
+        if all(c.finished for c in generation.continuations):
+            self._release(generation)
+            generation.state = GenerationState.DONE
+
+    # ---- nanochat's simple interface ------------------------------------------------------------------
+    def generate(
+        self,
+        tokens: Sequence[int],
+        num_samples: int = 1,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 42,
+        **kwargs,
+    ) -> Iterator[tuple[list[int], list[int]]]:
+        """Yield (token_column, mask_column) per step, one entry per sample, like nanochat's Engine."""
+        params = SamplingParams(
+            max_tokens=max_tokens or max(self.max_seq_len - len(tokens) + 1, 1),
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            n=num_samples,
+            **kwargs,
+        )
+        if self.decoding or self.prefilling:
+            raise CapacityError("generate() needs an idle engine")
+        generation = self.begin(tokens, params)
+        while generation.prefill_remaining:
+            self.prefill(generation)
+        produced = generation.continuations[0].tokens
+        step = 0
+        while True:
+            while len(produced) <= step and not generation.done:
+                self.decode_step()
+            if len(produced) <= step:
+                return
+            yield (
+                [c.tokens[step] for c in generation.continuations],
+                [c.masks[step] for c in generation.continuations],
+            )
+            step += 1
+
+    def generate_batch(self, tokens: Sequence[int], num_samples: int = 1, **kwargs):
+        """Non-streaming generate: (prompt + tokens up to the first stop token, masks) per sample."""
+        results = [list(tokens) for _ in range(num_samples)]
+        masks = [[0] * len(tokens) for _ in range(num_samples)]
+        done = [False] * num_samples
+        for column, mask_column in self.generate(tokens, num_samples, **kwargs):
+            for i, (token, mask) in enumerate(zip(column, mask_column, strict=True)):
+                if done[i]:
+                    continue
+                if token in self.eos_token_ids:
+                    done[i] = True
+                else:
+                    results[i].append(token)
+                    masks[i].append(mask)
+        return results, masks
+
+    # ---- hooks: what each engine supplies -------------------------------------------------------------
+    @abc.abstractmethod
+    def _text_stream(self, params: SamplingParams) -> TextStream:
+        """A new continuation's token -> text stream (holding back stop strings)."""
+
+    @abc.abstractmethod
+    def _reset_prefill(self) -> None:
+        """Empty the prefill's keys/values (a generation begins, or the one prefilling was cancelled)."""
+
+    @abc.abstractmethod
+    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
+        """Run the prompt tokens `ids` (at positions start...) of the generation being prefilled; return
+        the (1, vocab) logits after the last one."""
+
+    @abc.abstractmethod
+    def _take_prefill(self, generation: Generation) -> None:
+        """Give the prefilled keys/values to the generation's continuations, now in rows `cont.row`."""
+
+    @abc.abstractmethod
+    def _forward_decode(self, rows: list[Continuation]) -> torch.Tensor:
+        """One forward of each row's last token; return (len(rows), vocab) logits, row i for rows[i]."""
+
+    @abc.abstractmethod
+    def _row_length(self, cont: Continuation) -> int:
+        """Tokens in a continuation's cache row."""
+
+    @abc.abstractmethod
+    def _release(self, generation: Generation) -> None:
+        """Free a decoding generation's rows, keeping `decoding[i].row == i`."""
+
+    @abc.abstractmethod
+    def _forget_rows(self) -> None:
+        """Empty every row's keys/values (`reset`)."""
+
+    def _on_token(self, cont: Continuation, token: int) -> None:
+        """Called for every token a continuation takes (nanochat's engine runs its calculator tool here)."""
+        return None

@@ -1,0 +1,48 @@
+"""Which torch device and dtype to run a model on: the rules the CLI, the service and the engines share.
+
+A device is checked against what this machine really has, so a typo or a missing GPU fails at once with a
+reason, not later inside a forward. The default dtype is bf16 on CUDA (as nanochat trains) and fp32
+elsewhere. This module knows nothing about command lines or settings: callers say which flag or variable
+the name came from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class DeviceError(ValueError):
+    """A device this machine cannot run on. `detail` completes a sentence about the device's name:
+    str(e) is "device " + detail; the CLI says "--device " + detail."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"device {detail}")
+        self.detail = detail
+
+
+def resolve_device(name: str) -> torch.device:
+    """A device this machine really has (cpu, cuda[:N], mps), or a DeviceError saying why not."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"{name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{name} was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"{name} was asked for but Apple MPS is not available")
+    elif device.type != "cpu":
+        raise DeviceError(f"{name!r} is not supported; use cpu, cuda[:N] or mps")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The dtype named (a key of DTYPES), else the default: bf16 on CUDA, fp32 elsewhere."""
+    if name:
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
