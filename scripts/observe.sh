@@ -20,7 +20,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 PROMETHEUS="${PROMETHEUS:-prometheus}"
 APP_URL="http://127.0.0.1:$APP_PORT"
 PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
-STARTUP_TIMEOUT_S=120
+STARTUP_TIMEOUT_S=${OBSERVE_STARTUP_TIMEOUT_S:-120}
 
 die() {
     echo "observe: $*" >&2
