@@ -4,6 +4,7 @@ Prometheus config through promtool in a copy of the container's file layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -212,8 +213,9 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
         "PYTHON": sys.executable,
     }
     script = subprocess.Popen(
-        ["bash", str(OBSERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        ["bash", str(OBSERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # a group of its own: nothing it started outlives the test, however it ends
+    )  # fmt: skip
     prometheus = f"http://127.0.0.1:{prometheus_port}"
     try:
         deadline = time.monotonic() + STARTUP_BOUND_S
@@ -243,7 +245,11 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
             assert answer["status"] == "success" and answer["data"]["resultType"] == "vector", title
     finally:
         script.send_signal(signal.SIGINT)
-        output, _ = script.communicate(timeout=STARTUP_BOUND_S)
+        try:
+            output, _ = script.communicate(timeout=STARTUP_BOUND_S)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone once the script cleaned up
+                os.killpg(script.pid, signal.SIGKILL)
     assert script.returncode == 130, output
     assert f"prometheus   http://127.0.0.1:{prometheus_port}" in output
     assert "stopping" in output
