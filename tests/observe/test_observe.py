@@ -4,7 +4,6 @@ Prometheus config through promtool in a copy of the container's file layout."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -214,7 +213,7 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
     }
     script = subprocess.Popen(
         ["bash", str(OBSERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,  # a group of its own: nothing it started outlives the test, however it ends
+        start_new_session=True,  # a group of its own, killed whole if it hangs
     )  # fmt: skip
     prometheus = f"http://127.0.0.1:{prometheus_port}"
     try:
@@ -247,9 +246,9 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
         script.send_signal(signal.SIGINT)
         try:
             output, _ = script.communicate(timeout=STARTUP_BOUND_S)
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # the group is gone once the script cleaned up
-                os.killpg(script.pid, signal.SIGKILL)
+        except subprocess.TimeoutExpired:  # a hang: nothing it started may outlive the test
+            os.killpg(script.pid, signal.SIGKILL)
+            raise
     assert script.returncode == 130, output
     assert f"prometheus   http://127.0.0.1:{prometheus_port}" in output
     assert "stopping" in output
