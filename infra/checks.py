@@ -39,6 +39,7 @@ from pathlib import Path
 
 import yaml
 
+from app.contract import HEALTH_PATH, READY_PATH
 from infra.config import ENVS_DIR, ROOT, EnvConfig, load_env
 from infra.main import configure_jsii
 
@@ -221,10 +222,10 @@ def _app_service_problems(body: dict) -> list[str]:
     app = next((c for c in containers if c.get("ports")), None)
     if app is None:
         return ["no container serves a port"]
-    if app.get("startup_probe", {}).get("http_get", {}).get("path") != "/ready":
-        problems.append("startup probe is not GET /ready")
-    if app.get("liveness_probe", {}).get("http_get", {}).get("path") != "/health":
-        problems.append("liveness probe is not GET /health")
+    if app.get("startup_probe", {}).get("http_get", {}).get("path") != READY_PATH:
+        problems.append(f"startup probe is not GET {READY_PATH}")
+    if app.get("liveness_probe", {}).get("http_get", {}).get("path") != HEALTH_PATH:
+        problems.append(f"liveness probe is not GET {HEALTH_PATH}")
     if app.get("resources", {}).get("cpu_idle") is not False:
         problems.append("CPU is throttled between requests (cpu_idle), so metric scrapes stall")
     sidecars = [c for c in containers if c is not app]

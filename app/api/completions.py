@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
 from app.api.serving import Prompt, collect, delta_groups, event_stream, prepare_generation, sse
+from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
 from app.lifecycle import Runtime
 from app.observability.context import note_response_id
@@ -45,7 +46,7 @@ from app.schemas import (
     Usage,
 )
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(tags=["openai"])
 OWNED_BY = "nanochat"
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON; SSE if stream=true"}}
 
@@ -64,7 +65,7 @@ def _json(model: ChatCompletion | Completion, headers: dict[str, str]) -> Respon
 
 # ---- chat -------------------------------------------------------------------------------------------
 @router.post(
-    "/chat/completions",
+    CHAT_COMPLETIONS_PATH,
     response_model=ChatCompletion,
     response_model_exclude_none=True,
     responses={**GENERATION_ERRORS, **STREAM_RESPONSE},
@@ -152,7 +153,7 @@ async def _chat_events(
 
 # ---- completions ------------------------------------------------------------------------------------
 @router.post(
-    "/completions",
+    COMPLETIONS_PATH,
     response_model=Completion,
     response_model_exclude_none=True,
     responses={**GENERATION_ERRORS, **STREAM_RESPONSE},
@@ -214,14 +215,14 @@ def _card(rt: Runtime) -> ModelCard:
     )
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList)
 async def list_models(rt: RuntimeDep) -> ModelList:
     """The one model this server serves (listed while it loads, too)."""
     return ModelList(data=[_card(rt)])
 
 
 @router.get(
-    "/models/{model_id:path}",
+    "/v1/models/{model_id:path}",
     response_model=ModelCard,
     responses={404: {"model": ErrorResponse, "description": "not the model this server serves"}},
 )

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from app.api.deps import RequestId, RuntimeDep
 from app.api.serving import delta_groups, event_stream, prepare_generation, sse
+from app.contract import WEB_CHAT_PATH
 from app.errors import GENERATION_ERRORS, from_exception
 from app.scheduler import GenerationStream, SchedulerError
 from app.schemas import WebChatRequest
@@ -25,7 +26,7 @@ GPU = 0  # nanochat's field for the worker that answered; one model per process 
 
 
 @router.post(
-    "/chat/completions",
+    WEB_CHAT_PATH,
     response_class=Response,
     responses={**GENERATION_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
 )
