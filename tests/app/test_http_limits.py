@@ -340,7 +340,7 @@ def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunico
            "NANOCHAT_MAX_HEADER_BYTES": "8192"}  # fmt: skip
     server = launch_gunicorn(tmp_path_factory.mktemp("gunicorn"), env)
     try:
-        wait_for(server, "health", DEADLINE_S)
+        wait_for(server, "health")  # READY_TIMEOUT_S: a start-up on busy cores
         yield server
     finally:
         server.stop()
