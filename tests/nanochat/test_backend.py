@@ -10,7 +10,6 @@ import typing
 from pathlib import Path
 
 import pytest
-import torch
 
 from nanochat.backend import (
     ChatTokenizer,
@@ -27,13 +26,7 @@ from tests.nanochat.test_hf_export import DEMO, HELDOUT, demo_export
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: see test_hf_export.one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

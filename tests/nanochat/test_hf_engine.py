@@ -16,13 +16,7 @@ from nanochat.checkpoint import load_checkpoint
 from nanochat.hf_engine import HFEngine, HFEngineError, HFTokenizer, IncrementalText
 from tests.nanochat.test_hf_export import DEMO, HELDOUT, demo_export
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: see test_hf_export.one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "models" / "demo"
 HELDOUT = [json.loads(line) for line in (DEMO / "heldout.jsonl").read_text().splitlines() if line.strip()]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def demo_export() -> Path:
     """The demo model exported once per test process. The other HF test modules import this function
@@ -41,16 +43,6 @@ def demo_export() -> Path:
         (root / "complete").touch()
         atexit.register(shutil.rmtree, root, True)
     return root / "demo"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 2M-parameter model decodes faster on one thread, and far faster when other processes share the
-    cores (threads of one matmul then wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
