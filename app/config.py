@@ -1,7 +1,7 @@
 """Every knob of the service, as one pydantic-settings class read from the environment (and `.env`).
 
 Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_CHECKPOINT`, `NANOCHAT_MAX_BATCH`), except `HOST` and
-`PORT`, which keep the names Cloud Run and most platforms set (and `MODEL_BACKEND`, the issue's name for
+`PORT`, which keep the names Cloud Run and most platforms set (and `MODEL_BACKEND`, an alias of
 `NANOCHAT_BACKEND`). `.env.example` lists them all.
 
 Tracing is configured by the standard `OTEL_*` variables instead (see app/observability/tracing.py), and

@@ -1,4 +1,4 @@
-"""Smaller edge cases of issue 13 (item 8), each against a real `python -m app` on 127.0.0.1: HEAD probes,
+"""Smaller edge cases, each against a real `python -m app` on 127.0.0.1: HEAD probes,
 two Authorization headers, the openai JS SDK's CORS preflight, secrets and huge URLs in the access log,
 and a non-streamed request whose client went away (499)."""
 

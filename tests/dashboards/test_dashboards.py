@@ -22,7 +22,7 @@ from tests.promql_support import (
 )
 
 DASHBOARD = DASHBOARDS_DIR / "nanochat.json"
-# What issue #5 asks the dashboard to show -> the panel that shows it.
+# What the dashboard must show -> the panel that shows it.
 REQUIRED_PANELS = {
     "request rate": "Request rate by route",
     "error rate": "Error rate (5xx share)",
