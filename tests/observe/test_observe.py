@@ -26,6 +26,14 @@ from tests.promql_support import GRAFANA_ALERTING, ROOT, alert_rules, grafana_ru
 COMPOSE = ROOT / "docker-compose.yml"
 OBSERVE = ROOT / "scripts" / "observe.sh"
 SERVICES = {"app", "prometheus", "grafana", "otel-collector", "jaeger"}
+
+
+def default_sigint() -> None:
+    """In the script's process: SIGINT back to its default. A shell cannot trap a signal it was started
+    with ignored, and a suite launched in the background (`make test &`) ignores SIGINT in every process."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 STARTUP_BOUND_S = 600  # only bounds a hang: the app loads slowly on two busy cores
 
 
@@ -214,6 +222,7 @@ def test_observe_runs_the_app_and_prometheus_with_the_rules_then_stops_both(tmp_
     script = subprocess.Popen(
         ["bash", str(OBSERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # a group of its own, killed whole if it hangs
+        preexec_fn=default_sigint,
     )  # fmt: skip
     prometheus = f"http://127.0.0.1:{prometheus_port}"
     try:
