@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -93,7 +92,7 @@ class Runtime:
     ) -> Runtime:
         return cls(
             settings,
-            model_name=settings.model_name or _folder_name(settings.checkpoint),
+            model_name=settings.model_name,
             engine_factory=engine_factory or load_engine,
             classifier=classifier,
             admission=admission.side_routes(settings),  # classify's and the guardrail's bounded pools
@@ -264,10 +263,6 @@ class Runtime:
         admission.shutdown_all(self.admission)
 
 
-def _folder_name(checkpoint: str) -> str:
-    return Path(checkpoint.rstrip("/")).name or checkpoint
-
-
 # ---- loading ----------------------------------------------------------------------------------------
 def load_engine(settings: Settings) -> GenerationBackend:
     """The default engine factory: the checkpoint Settings name, on its device, in its dtype; with
@@ -288,6 +283,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
             device,
             dtype,
             max_batch=settings.max_batch,
+            max_seq_len=settings.max_model_len,
             prefill_chunk=settings.prefill_chunk,
         )
     checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
@@ -295,6 +291,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
         checkpoint.model,
         checkpoint.tokenizer,
         max_batch=settings.max_batch,
+        max_seq_len=settings.max_model_len,
         prefill_chunk=settings.prefill_chunk,
     )
 
