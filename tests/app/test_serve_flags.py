@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -282,3 +283,20 @@ def test_any_model_name_when_configured(start_server) -> None:
         hello = [{"role": "user", "content": "Hello!"}]
         done = client.chat.completions.create(model="gpt-4o", messages=hello, max_tokens=2, temperature=0)
         assert done.model == "old-name"
+
+
+# ---- one port ----------------------------------------------------------------------------------------
+def test_the_documented_container_run_publishes_the_one_app_port() -> None:
+    """`podman run -p 8000:8000` (or docker's) as documented reaches the image's port, app/contract.py's."""
+    from app.contract import APP_PORT
+
+    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    published = [
+        (path.name, int(container))
+        for path in documents
+        for container in re.findall(
+            r"(?:podman|docker) run [^\n`]*?-p (?:[\d.]+:)?\d+:(\d+)", path.read_text()
+        )
+    ]
+    assert published, "no document shows how to run the image"
+    assert all(port == APP_PORT for _, port in published), published
