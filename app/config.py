@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
 
     # the model
-    backend: Literal["nanochat", "hf"] = Field(  # hf: NANOCHAT_CHECKPOINT is a transformers causal LM folder
+    backend: Literal["nanochat", "hf"] = Field(  # hf: --model is a transformers causal LM folder
         "nanochat", validation_alias=AliasChoices("NANOCHAT_BACKEND", "MODEL_BACKEND")
     )
     checkpoint: str = Field(
