@@ -29,9 +29,8 @@ def run_app(tmp_path: Path, env: dict[str, str], terminal: bool) -> list[str]:
     """The lines `python -m app` writes (stdout and stderr) when its output is a terminal or a pipe."""
     command = [sys.executable, "-m", "app", "--port", "1"]  # never listens: the load fails first
     if not terminal:
-        done = subprocess.run(
-            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
-        )
+        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+        done = subprocess.run(command, cwd=tmp_path, env=env, timeout=TIMEOUT_S, **pipe)
         assert done.returncode == EXIT_LOAD_FAILED, done.stdout.decode(errors="replace")
         return done.stdout.decode().splitlines()
     controller, terminal_end = pty.openpty()
