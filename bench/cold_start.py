@@ -52,6 +52,11 @@ def _get(url: str) -> httpx.Response | None:
         return None
 
 
+def answers_200(url: str) -> bool:
+    response = _get(url)
+    return response is not None and response.status_code == 200
+
+
 def classifier_state(url: str) -> str | None:
     """The classifier's state in /stats, or None where the server does not report one."""
     stats = _get(f"{url}/stats")
@@ -64,9 +69,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
     """Launch one server, time its way to /health, /ready and (classifier on) the classifier's readiness."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_") and k not in ("HOST", "PORT")}
-    env.update(
-        {"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    )
+    env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
     if not classifier:
         env["NANOCHAT_CLASSIFIER"] = ""
     url = f"http://127.0.0.1:{port}"
@@ -80,11 +83,10 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
         while time.monotonic() - started < READY_TIMEOUT_S:
             if process.poll() is not None:
                 raise BenchError(f"the server exited ({process.returncode}); see {log_path}")
-            if marks["health_s"] is None and (r := _get(f"{url}/health")) is not None and r.status_code == 200:
+            if marks["health_s"] is None and answers_200(f"{url}/health"):
                 marks["health_s"] = time.monotonic() - started
-            if marks["health_s"] is not None and marks["ready_s"] is None:
-                if (r := _get(f"{url}/ready")) is not None and r.status_code == 200:
-                    marks["ready_s"] = time.monotonic() - started
+            if marks["health_s"] is not None and marks["ready_s"] is None and answers_200(f"{url}/ready"):
+                marks["ready_s"] = time.monotonic() - started
             if marks["ready_s"] is not None:
                 if not classifier:
                     break
