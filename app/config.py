@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     log_level: str = "info"  # debug | info | warning | error | critical
 
     # observability (docs/observability.md); traces: the standard OTEL_* variables
-    log_format: Literal["json", "text"] = "json"  # JSON lines for Cloud Logging, or plain text for humans
+    log_format: Literal["auto", "json", "text"] = "auto"  # text on a terminal, else JSON (Cloud Logging)
     log_content: bool = False  # put prompts and completions in the access log lines (personal data!)
     access_log: bool = True  # one log line per request
     metrics: bool = True  # record the Prometheus metrics (/metrics answers either way)
