@@ -15,8 +15,9 @@ the server close and the process exit 0. SIGTERM again is ignored (a process gro
 during a drain (a second Ctrl-C) or SIGQUIT stops at once. A model that fails to load
 with `on_load_failure=exit` ends it with status 3.
 
-Logs are JSON lines (or text, NANOCHAT_LOG_FORMAT=text) from the app and uvicorn alike; uvicorn's own access
-log is off, the app writes one access line per request (app/observability/logging.py).
+Logs are text on a terminal, JSON lines otherwise (NANOCHAT_LOG_FORMAT forces either), from the app and
+uvicorn alike; uvicorn's own access log is off, the app writes one access line per request
+(app/observability/logging.py).
 
 The HTTP edge's limits (request head size and time, open connections, keep-alive) are put on uvicorn's
 config by app/http_limits.py, as in gunicorn's workers.
