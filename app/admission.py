@@ -16,7 +16,9 @@ lists (app/pool_worker.py). The guardrail stays on a thread: it screens every ch
 millisecond, where a round trip to a process would cost more than it saves.
 
 A process pool is created at its first job, in the process that serves (each gunicorn worker has its own),
-and shut down with the app (`shutdown_all`). A worker process that dies (killed, out of memory) breaks a
+and shut down with the app (`shutdown_all`). `warm` starts its workers before any request: the classifier's
+is warmed at start-up, as it loads (spawning a worker takes a second on an idle machine, tens of seconds
+on a loaded one: no request should wait for it). A worker process that dies (killed, out of memory) breaks a
 Python process pool for good: the job it ran gets a 503 `worker_crashed` saying so, and the next job gets
 a fresh pool; a pool found broken before a job was handed over is replaced without failing that job.
 
@@ -132,6 +134,17 @@ class Admission:
                 "worker_crashed",
                 retry_after=RETRY_AFTER_S,
             ) from e
+
+    async def warm(self, fn: Callable[..., T], *args: Any) -> T:
+        """Start every worker now, each running `fn(*args)` once after its initializer, and return the
+        first one's result: outside admission (neither counted nor refused), for start-up."""
+        pool = self._executor()
+        jobs = [pool.submit(fn, *args) for _ in range(self.workers)]  # a process pool spawns one per job
+        try:
+            return await asyncio.wrap_future(jobs[0])
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise
 
     def _submit(self, fn: Callable[..., T], args: tuple) -> tuple[Executor, Future[T]]:
         pool = self._executor()

@@ -1,8 +1,12 @@
 """Every knob of the service, as one pydantic-settings class read from the environment (and `.env`).
 
-Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_CHECKPOINT`, `NANOCHAT_MAX_BATCH`), except `HOST` and
+Variables are prefixed `NANOCHAT_` (e.g. `NANOCHAT_MODEL`, `NANOCHAT_MAX_NUM_SEQS`), except `HOST` and
 `PORT`, which keep the names Cloud Run and most platforms set (and `MODEL_BACKEND`, an alias of
-`NANOCHAT_BACKEND`). `.env.example` lists them all.
+`NANOCHAT_BACKEND`). `.env.example` lists them all. The settings a server is usually started with are also
+command-line flags named as vLLM names them (`SERVE_FLAGS`: `--model`, `--max-num-seqs`, ...; `python -m
+app --help`); a flag sets the same field as its variable and wins over it. Their variables follow the flags'
+names; the older names (`NANOCHAT_CHECKPOINT`, `NANOCHAT_MODEL_NAME`, `NANOCHAT_MAX_BATCH`,
+`NANOCHAT_API_KEYS`) still work, the new one winning where both are set.
 
 Tracing is configured by the standard `OTEL_*` variables instead (see app/observability/tracing.py), and
 gunicorn's metrics directory by `PROMETHEUS_MULTIPROC_DIR` (see app/gunicorn.conf.py).
@@ -29,21 +33,47 @@ def _split(value):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NANOCHAT_", env_file=".env", extra="ignore")
+    # populate_by_name: Settings(checkpoint=...) sets a field whose variables have other names (the flags do)
+    model_config = SettingsConfigDict(
+        env_prefix="NANOCHAT_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     # the model
-    backend: Literal["nanochat", "hf"] = Field(  # hf: NANOCHAT_CHECKPOINT is a transformers causal LM folder
+    backend: Literal["nanochat", "hf"] = Field(  # hf: --model is a transformers causal LM folder
         "nanochat", validation_alias=AliasChoices("NANOCHAT_BACKEND", "MODEL_BACKEND")
     )
-    checkpoint: str = "models/demo"  # folder or Hugging Face repo id
+    checkpoint: str = Field(
+        "models/demo",
+        validation_alias=AliasChoices("NANOCHAT_MODEL", "NANOCHAT_CHECKPOINT"),
+        description="the model: a checkpoint folder or a Hugging Face repo id",
+    )
     step: int | None = None
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    dtype: Literal["float32", "bfloat16"] | None = None  # default: float32 on CPU, bfloat16 on CUDA
-    model_name: str = ""  # the id /v1/models reports (default: the checkpoint folder's name)
+    device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N")
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="weights dtype: float32 | bfloat16 (unset: float32 on CPU, bfloat16 on CUDA)"
+    )
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        [],
+        validation_alias=AliasChoices("NANOCHAT_SERVED_MODEL_NAME", "NANOCHAT_MODEL_NAME"),
+        description="the names requests may give as `model` (comma-separated in the variable); the first is "
+        "the one responses carry (unset: the model folder's name)",
+    )
+    accept_any_model: bool = Field(
+        False, description="answer a request whatever `model` it names (for clients that send a fixed one)"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="context in tokens, prompt and reply (unset: the model's); sizes the KV cache"
+    )
     threads: int | None = None  # torch CPU threads (default: CPU cores minus one, left to the event loop)
 
     # the scheduler
-    max_batch: int = Field(16, ge=1, le=1024)  # sequences decoded together
+    max_batch: int = Field(  # each choice of n counts
+        16,
+        ge=1,
+        le=1024,
+        validation_alias=AliasChoices("NANOCHAT_MAX_NUM_SEQS", "NANOCHAT_MAX_BATCH"),
+        description="sequences decoded together (the KV cache holds this many)",
+    )
     max_queue: int = Field(64, ge=0)  # requests waiting beyond the batch; more -> 429
     prefill_chunk: int = Field(256, ge=1)  # prompt tokens per prefill step (long prompts don't stall decode)
     request_timeout_s: float = Field(120.0, gt=0)  # per-request deadline -> 504
@@ -72,19 +102,34 @@ class Settings(BaseSettings):
     guardrail_threshold: float = Field(0.6, gt=0, lt=1)  # injection probability from which a text is caught
 
     # access
-    api_keys: Annotated[list[str], NoDecode] = []  # bearer keys; empty = no auth
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        [],
+        validation_alias=AliasChoices("NANOCHAT_API_KEY", "NANOCHAT_API_KEYS"),
+        description="bearer keys for /v1/* and /chat/completions (comma-separated in the variable; unset: "
+        "no authentication)",
+    )
     cors_origins: Annotated[list[str], NoDecode] = []  # allowed browser origins; empty = no CORS
 
     # the server
-    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "NANOCHAT_HOST"))
-    port: int = Field(APP_PORT, ge=1, le=65535, validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"))
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("HOST", "NANOCHAT_HOST"),
+        description="address to listen on (0.0.0.0: every interface)",
+    )
+    port: int = Field(
+        APP_PORT,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("PORT", "NANOCHAT_PORT"),
+        description="port to listen on",
+    )
     workers: int = Field(  # gunicorn workers (one per GPU on GPU machines)
         1, ge=1, validation_alias=AliasChoices("NANOCHAT_WORKERS", "WEB_CONCURRENCY")
     )
     log_level: str = "info"  # debug | info | warning | error | critical
 
     # observability (docs/observability.md); traces: the standard OTEL_* variables
-    log_format: Literal["json", "text"] = "json"  # JSON lines for Cloud Logging, or plain text for humans
+    log_format: Literal["auto", "json", "text"] = "auto"  # text on a terminal, else JSON (Cloud Logging)
     log_content: bool = False  # put prompts and completions in the access log lines (personal data!)
     access_log: bool = True  # one log line per request
     metrics: bool = True  # record the Prometheus metrics (/metrics answers either way)
@@ -119,7 +164,18 @@ class Settings(BaseSettings):
     # hears the 413 (closing with unread bytes resets the connection); larger ones are cut at once
     discard_body_bytes: int = Field(33_554_432, ge=0)
 
-    _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split)
+    _split_lists = field_validator("api_keys", "cors_origins", "served_model_name", mode="before")(_split)
+
+    @property
+    def served_names(self) -> list[str]:
+        """The names a request's `model` may give: NANOCHAT_SERVED_MODEL_NAME, else the model folder's name
+        (`models/demo` and the repo id `karpathy/nanochat-d32` serve `demo` and `nanochat-d32`)."""
+        return self.served_model_name or [Path(self.checkpoint.rstrip("/")).name or self.checkpoint]
+
+    @property
+    def model_name(self) -> str:
+        """The name responses carry and /v1/models lists first."""
+        return self.served_names[0]
 
     @model_validator(mode="after")
     def _step_is_for_nanochat(self) -> Settings:
@@ -133,6 +189,30 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in LOG_LEVELS:
             return value.strip().lower()
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+# vLLM's `serve` flags -> the Settings field each sets (app/__main__.py builds the parser from this table and
+# the fields' descriptions and defaults). A flag given wins over the field's variables.
+SERVE_FLAGS = {
+    "--model": "checkpoint",
+    "--served-model-name": "served_model_name",
+    "--host": "host",
+    "--port": "port",
+    "--device": "device",
+    "--dtype": "dtype",
+    "--max-num-seqs": "max_batch",
+    "--max-model-len": "max_model_len",
+    "--api-key": "api_keys",
+    "--accept-any-model": "accept_any_model",
+}
+
+
+def env_names(name: str) -> list[str]:
+    """The environment variables that set the field `name`, the one that wins first."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"{Settings.model_config['env_prefix']}{name.upper()}"]
 
 
 def model_folder(path: str) -> Path:

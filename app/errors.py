@@ -7,7 +7,8 @@ The status rule (tested in tests/app/test_api.py):
   (`invalid_json`, `invalid_type`, `missing_field`, `invalid_value`, `context_length_exceeded`,
   `unsupported_parameter`, `content_blocked` (the guardrail), ...) and `param` names the field. The service
   never answers 422.
-- 401 bad or missing API key, 404 unknown route or model (or classification turned off), 405 wrong method,
+- 401 bad or missing API key, 404 unknown route or model (`model_not_found`, with OpenAI's type
+  `invalid_request_error`; or classification turned off), 405 wrong method,
   413 body too large, 429 queue full (with Retry-After), 503 not ready / draining (with Retry-After) or a
   classifier that failed to load, 504 deadline exceeded.
 - 500 only for a bug: the client sees `internal_error` and the request id, never a traceback; the log has it.
@@ -53,6 +54,8 @@ ERROR_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+# codes whose `type` is not their status's: OpenAI answers an unknown model 404 with invalid_request_error
+CODE_TYPES = {"model_not_found": "invalid_request_error"}
 # the scheduler's domain errors -> (HTTP status, code); a subclass not named here is a 500
 SCHEDULER_STATUS: dict[type[SchedulerError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request"),
@@ -130,6 +133,16 @@ def not_ready(state: str, reason: str) -> APIError:
     return APIError(503, reason, code, retry_after=RETRY_AFTER_S.get(state, 5))
 
 
+def model_not_found(requested: str, served: list[str]) -> APIError:
+    """The 404 for a `model` this server does not serve (OpenAI's code and type)."""
+    names = ", ".join(repr(name) for name in served)
+    message = (
+        f"The model {requested!r} does not exist: this server serves {names} "
+        "(or start it with --accept-any-model / NANOCHAT_ACCEPT_ANY_MODEL=true to take any name)"
+    )
+    return APIError(404, message, "model_not_found", "model")
+
+
 def classifier_unavailable(state: str, reason: str) -> APIError | None:
     """Why `/v1/classify` cannot answer in the classifier's `state` (None: it can)."""
     if state == "off":
@@ -150,7 +163,9 @@ def scheduler_status(exc: SchedulerError) -> tuple[int, str]:
 
 
 def error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    error_type = CODE_TYPES.get(code or "") or ERROR_TYPES.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -255,6 +270,7 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
             "content_blocked by the guardrail",
         ),
         (401, "missing or wrong API key (when keys are configured)"),
+        (404, "model_not_found: `model` names none of the served names (GET /v1/models lists them)"),
         (413, "request body too large"),
         (429, "queue full; retry after Retry-After seconds"),
         (503, "not ready (loading, failed to load, draining); retry after Retry-After seconds"),

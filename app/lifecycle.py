@@ -2,19 +2,26 @@
 and the side routes' admission pools, and moves its `state` along:
 
     loading ──> ready ──> draining ──> stopped
-        └─────> failed   (on_load_failure=unready keeps serving /health, with /ready 503 and the reason)
+       └─────────┴──> failed   (on_load_failure=unready keeps serving /health; /ready 503 with the reason)
 
 Start-up (`Runtime.load`): the checkpoint loads (device, dtype and threads from Settings) on a background
 thread, so the process answers `/health` at once and `/ready` says 503 "loading" meanwhile; the engine warms
 up with one tiny generation; then the scheduler starts and `/ready` turns 200. A load failure is logged in
 one line; with `on_load_failure=exit` the process then exits with status 3 (never hangs), with `unready` it
 keeps serving `/health`, and `/ready` (like every model route) answers 503 with the reason.
-
-Beside the model, on the same background thread: the guardrail (`NANOCHAT_GUARDRAIL=flag|block`; failing to
-load it is a load failure like the model's: the service does not run unscreened) and, on a thread of its
-own, the classifier of `POST /v1/classify` (failing to load it only turns that route to 503). `/ready` waits
-for both. `NANOCHAT_BACKEND=hf` serves a transformers causal LM folder with `HFEngine` instead of a nanochat
+`NANOCHAT_BACKEND=hf` serves a transformers causal LM folder with `HFEngine` instead of a nanochat
 checkpoint, behind the same scheduler.
+
+`/ready` waits for the model only. The optional parts start loading beside it, each reporting its own
+`PartState` in `/stats` (`parts`):
+- the classifier of `POST /v1/classify` loads in the route's worker process (app/api/classify.py), which
+  this starts at once, so that the first request does not pay for spawning it; until it is ready the
+  route answers 503 `loading` with Retry-After, and a failure only turns that route to 503 `load_failed`.
+- the guardrail (`NANOCHAT_GUARDRAIL=flag|block`) loads on a thread of its own. A chat or completion
+  request that comes before it is loaded waits for it (`screening_guardrail`, at most the request's
+  deadline, then 503 `loading`): it is never served unscreened. Failing to load it is a load failure like
+  the model's, whenever it comes (before or after `/ready` turned 200): the service does not run
+  unscreened.
 
 Shut-down (`drain`): `/ready` turns 503, new requests get 503, the requests already accepted (running or
 queued: their clients have their 200) get `drain_timeout_s` to finish, then are cut.
@@ -31,14 +38,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from app import admission
+from app.admission import CLASSIFY
 from app.config import Settings, model_folder
 from app.errors import APIError, not_ready
 from app.guardrail import Guardrail
@@ -62,6 +69,15 @@ EngineFactory = Callable[[Settings], GenerationBackend]
 T = TypeVar("T")
 
 
+class PartState(enum.StrEnum):
+    """Where an optional part (the classifier, the guardrail) stands; what `/stats` reports in `parts`."""
+
+    OFF = "off"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
 class State(enum.StrEnum):
     """Where the service stands; the value is what `/stats` reports and 503 codes are made of."""
 
@@ -81,20 +97,27 @@ class Runtime:
     reason: str = "the model is loading"  # why the service is not ready (shown by /ready and 503s)
     engine: GenerationBackend | None = None
     scheduler: Scheduler | None = None
-    guardrail: Guardrail | None = None  # set before the service turns ready when NANOCHAT_GUARDRAIL is on
+    guardrail: Guardrail | None = None  # set once loaded, when NANOCHAT_GUARDRAIL is on
+    guardrail_state: PartState = PartState.OFF
+    guardrail_reason: str = ""  # why the guardrail is not ready (loading, or the failure)
     classifier: Classifier | None = None
     admission: dict[str, admission.Admission] = field(default_factory=dict)  # the side routes' pools
     started_at: float = field(default_factory=time.time)
-    loader: threading.Thread | None = None  # the thread loading the model
+    loaders: list[threading.Thread] = field(default_factory=list)  # the threads loading model and guardrail
+    _guardrail_settled: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # loaded or failed
+    _parts: set[asyncio.Task] = field(default_factory=set, init=False)  # optional parts loading
 
     @classmethod
     def from_settings(
         cls, settings: Settings, classifier: Classifier, engine_factory: EngineFactory | None = None
     ) -> Runtime:
+        guardrail_on = settings.guardrail != "off"
         return cls(
             settings,
-            model_name=settings.model_name or _folder_name(settings.checkpoint),
+            model_name=settings.model_name,
             engine_factory=engine_factory or load_engine,
+            guardrail_state=PartState.LOADING if guardrail_on else PartState.OFF,
+            guardrail_reason="the guardrail is loading" if guardrail_on else "NANOCHAT_GUARDRAIL is off",
             classifier=classifier,
             admission=admission.side_routes(settings),  # classify's and the guardrail's bounded pools
         )
@@ -102,6 +125,12 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self.state == State.READY and self.scheduler is not None and self.scheduler.ready
+
+    @property
+    def loader(self) -> threading.Thread | None:
+        """A thread still loading (the model or the guardrail), if any: such a load cannot be interrupted,
+        and finalizing the interpreter under it aborts the process (`python -m app` leaves without)."""
+        return next((thread for thread in self.loaders if thread.is_alive()), None)
 
     @property
     def tokenizer(self) -> ChatTokenizer:
@@ -134,37 +163,53 @@ class Runtime:
         assert self.scheduler is not None
         return self.scheduler
 
+    def parts(self) -> dict[str, dict[str, Any]]:
+        """The optional parts' states, as `/stats` reports them."""
+        guardrail = {
+            "state": self.guardrail_state,
+            "reason": self.guardrail_reason or None,
+            "model": self.guardrail.version if self.guardrail is not None else None,
+        }
+        classifier = self.classifier.status() if self.classifier is not None else None
+        return {"classifier": classifier, "guardrail": guardrail}
+
+    async def screening_guardrail(self) -> Guardrail | None:
+        """The guardrail that screens a request now, None when it is off. While it loads, the request waits
+        for it (at most its deadline, then a 503 `loading`); once it failed, the service's own 503."""
+        if self.guardrail_state == PartState.OFF:
+            return None
+        if self.guardrail is None:
+            try:
+                await asyncio.wait_for(self._guardrail_settled.wait(), self.settings.request_timeout_s)
+            except TimeoutError:
+                raise not_ready(State.LOADING, "the guardrail is still loading; retry shortly") from None
+        if self.guardrail is None:  # it failed to load, or the server is shutting down
+            raise self.not_ready_error()
+        return self.guardrail
+
     # ---- start-up ---------------------------------------------------------------------------------------
     async def load(self, exit_process: Callable[[int], None]) -> None:
-        """Load the model (and the guardrail and classifier) off the event loop and start the scheduler;
-        on failure, record why (and with on_load_failure=exit, call `exit_process`)."""
+        """Start the optional parts loading in the background, then load the model off the event loop and
+        start the scheduler; on a failure, record why (and with on_load_failure=exit, call `exit_process`)."""
         settings = self.settings
         started = time.monotonic()
-        logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
         # before any thread that runs the model is started: they inherit it. By default one core is left to
         # the event loop that streams the tokens (measured: torch on every core stalls single streams).
         torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 2) - 1))
+        if self.classifier is not None and self.classifier.loading:
+            self._in_background(self.classifier.load(self.admission[CLASSIFY]))
+        if self.guardrail_state == PartState.LOADING:
+            if settings.metrics:
+                metrics.enable_guardrail()  # its series exist from the start, as the service's
+            self._in_background(self._load_guardrail(exit_process))
+        logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
+        factory = self.engine_factory or load_engine
         try:
-            engine, guardrail = await self._on_daemon_thread(self._load_all)
+            engine = await self._on_daemon_thread(lambda: _build_engine(settings, factory), "model-loader")
         except Exception as e:
-            what, source, error = "the model", settings.checkpoint, e
-            if isinstance(e, GuardrailLoadError) and e.__cause__ is not None:
-                what, source, error = "the guardrail", settings.guardrail_model, e.__cause__
-            self.state, self.reason = State.FAILED, f"{what} failed to load: {error}"
-            # a bad checkpoint, files or device: its message says it all
-            expected = isinstance(error, ValueError | OSError | UsageError)
-            logger.error(
-                "%s failed to load from %s: %s (on_load_failure=%s)",
-                what,
-                source,
-                error,
-                settings.on_load_failure,
-                exc_info=not expected,
-            )
-            if settings.on_load_failure == "exit":
-                exit_process(EXIT_LOAD_FAILED)
+            self._fail("the model", settings.checkpoint, e, exit_process)
             return
-        if self.state != State.LOADING:  # shutting down already
+        if self.state != State.LOADING:  # shutting down already, or the guardrail failed
             return
         scheduler = Scheduler(
             engine,
@@ -174,14 +219,12 @@ class Runtime:
             record_metrics=settings.metrics,
         )
         scheduler.start()
-        self.guardrail, self.engine, self.scheduler = guardrail, engine, scheduler
+        self.engine, self.scheduler = engine, scheduler
         self.state, self.reason = State.READY, ""
         load_s = time.monotonic() - started
         if settings.metrics:
             metrics.set_model_load_seconds(load_s)
             metrics.set_capacity(settings.max_queue, engine.max_batch)
-            if guardrail is not None:
-                metrics.enable_guardrail()
             metrics.set_ready(True)
         logger.info(
             "model %s ready in %.1f s: context %d tokens, batch %d, queue %d",
@@ -192,21 +235,49 @@ class Runtime:
             settings.max_queue,
         )
 
-    def _load_all(self) -> tuple[GenerationBackend, Guardrail | None]:
-        """Runs on the loader thread: the classifier on a thread of its own meanwhile, the guardrail, the
-        engine; returns once all three are done (a classifier failure is the classifier's own business)."""
-        side = None
-        if self.classifier is not None and self.classifier.loading:
-            side = threading.Thread(target=self.classifier.load, name="classifier-loader", daemon=True)
-            side.start()
-        guardrail = load_guardrail(self.settings)
-        engine = _build_engine(self.settings, self.engine_factory or load_engine)
-        if side is not None:
-            side.join()
-        return engine, guardrail
+    async def _load_guardrail(self, exit_process: Callable[[int], None]) -> None:
+        """The guardrail, on a thread of its own; its failure is the service's (see the module docstring)."""
+        settings = self.settings
+        try:
+            guardrail = await self._on_daemon_thread(lambda: load_guardrail(settings), "guardrail-loader")
+        except Exception as e:
+            self.guardrail_state, self.guardrail_reason = PartState.FAILED, f"failed to load: {e}"
+            self._fail("the guardrail", settings.guardrail_model, e, exit_process)
+        else:
+            self.guardrail, self.guardrail_state, self.guardrail_reason = guardrail, PartState.READY, ""
+        finally:
+            self._guardrail_settled.set()
 
-    async def _on_daemon_thread(self, fn: Callable[[], T]) -> T:
-        """Await `fn()` run on a daemon thread (kept as `self.loader`): unlike the default executor, a load
+    def _fail(self, what: str, source: str, error: Exception, exit_process: Callable[[int], None]) -> None:
+        """`what` failed to load: the service fails (once), logs one line, and with on_load_failure=exit
+        exits."""
+        if self.state not in (State.LOADING, State.READY):  # failed already, or shutting down
+            return
+        settings = self.settings
+        self.state, self.reason = State.FAILED, f"{what} failed to load: {error}"
+        if settings.metrics:
+            metrics.set_ready(False)
+        # a bad checkpoint, files or device: its message says it all
+        expected = isinstance(error, ValueError | OSError | UsageError)
+        logger.error(
+            "%s failed to load from %s: %s (on_load_failure=%s)",
+            what,
+            source,
+            error,
+            settings.on_load_failure,
+            exc_info=not expected,
+        )
+        if settings.on_load_failure == "exit":
+            exit_process(EXIT_LOAD_FAILED)
+
+    def _in_background(self, loading: Coroutine[Any, Any, None]) -> None:
+        """Run an optional part's loading as a task of its own (cancelled at shut-down)."""
+        task = asyncio.create_task(loading)
+        self._parts.add(task)
+        task.add_done_callback(self._parts.discard)
+
+    async def _on_daemon_thread(self, fn: Callable[[], T], name: str) -> T:
+        """Await `fn()` run on a daemon thread (kept in `self.loaders`): unlike the default executor, a load
         still running at exit never holds the process up."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -227,8 +298,9 @@ class Runtime:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
                 loop.call_soon_threadsafe(settle, result, error)
 
-        self.loader = threading.Thread(target=run, name="model-loader", daemon=True)
-        self.loader.start()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self.loaders.append(thread)
+        thread.start()
         return await future
 
     # ---- shut-down --------------------------------------------------------------------------------------
@@ -239,6 +311,7 @@ class Runtime:
             return
         grace = self.settings.drain_timeout_s
         self.state, self.reason = State.DRAINING, "the server is shutting down; retry on another instance"
+        self._guardrail_settled.set()  # requests waiting for it get the 503 of a draining server
         if self.settings.metrics:
             metrics.set_ready(False)
         if self.scheduler is not None:
@@ -259,13 +332,12 @@ class Runtime:
         self.state, self.reason = State.STOPPED, "the server has stopped"
 
     async def shutdown(self) -> None:
-        """The end of the app's life: drain, then stop the side routes' pools and worker processes."""
+        """The end of the app's life: drain, then stop the optional parts' loading, the side routes' pools
+        and their worker processes."""
         await self.drain()
+        for task in list(self._parts):
+            task.cancel()
         admission.shutdown_all(self.admission)
-
-
-def _folder_name(checkpoint: str) -> str:
-    return Path(checkpoint.rstrip("/")).name or checkpoint
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -288,6 +360,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
             device,
             dtype,
             max_batch=settings.max_batch,
+            max_seq_len=settings.max_model_len,
             prefill_chunk=settings.prefill_chunk,
         )
     checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
@@ -295,6 +368,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
         checkpoint.model,
         checkpoint.tokenizer,
         max_batch=settings.max_batch,
+        max_seq_len=settings.max_model_len,
         prefill_chunk=settings.prefill_chunk,
     )
 
@@ -310,20 +384,11 @@ def _build_engine(settings: Settings, engine_factory: EngineFactory) -> Generati
     return engine
 
 
-class GuardrailLoadError(Exception):
-    """The guardrail, not the model, failed to load (the cause is the error)."""
-
-
-def load_guardrail(settings: Settings) -> Guardrail | None:
-    """The guardrail NANOCHAT_GUARDRAIL asks for (None when off)."""
-    if settings.guardrail == "off":
-        return None
-    try:
-        guardrail = Guardrail.load(
-            model_folder(settings.guardrail_model), settings.guardrail, settings.guardrail_threshold
-        )
-    except Exception as e:
-        raise GuardrailLoadError() from e
+def load_guardrail(settings: Settings) -> Guardrail:
+    """The guardrail NANOCHAT_GUARDRAIL asks for (on a loader thread; only when it is on)."""
+    guardrail = Guardrail.load(
+        model_folder(settings.guardrail_model), settings.guardrail, settings.guardrail_threshold
+    )
     logger.info(
         "guardrail %s on: mode %s, threshold %s", guardrail.version, guardrail.mode, guardrail.threshold
     )

@@ -7,6 +7,9 @@ FastAPI, not the app, not torch), so it starts in about a second and holds about
   SIGINT (sent to the whole process group, they are the server's to handle), starts a watchdog thread
   that ends the process once its parent has gone (a server killed with SIGKILL leaves no worker behind),
   then runs the route's own initializer: the classifier's loads it once (`preload_classifier`).
+- `describe_classifier(path)`, the server's first job at start-up (app/api/classify.py): loads the
+  classifier, checks that it gives probabilities, and returns what the server reports (name/version,
+  version folder, classes), so that the server itself never loads it.
 - `classify(directory, texts)`, the job: the probabilities of every class for each text, as plain lists.
   `directory` is the registry version folder the server loaded and reports (`fortunes/v1`): a worker
   that holds another version (a newer one published since) loads that one, so a worker never answers for
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 PARENT_POLL_S = 1.0  # how often the watchdog looks for the parent
-_classifier: tuple[str, Any] | None = None  # (version folder, model): this process's, loaded once
+_classifier: tuple[str, Any] | None = None  # (version folder, LoadedModel): this process's, loaded once
 
 
 class _NoTorch:
@@ -64,13 +67,14 @@ def _watch_parent(parent: int) -> None:
 
 
 def load_classifier(path: str) -> Any:
-    """The classifier of a registry folder (a model's latest version, or a version), loaded once."""
+    """The classifier of a registry folder (a model's latest version, or a version), loaded once: the
+    registry's LoadedModel (`.model`, `.metadata`, `.directory`)."""
     global _classifier
     from app import classifiers as registry
 
     directory = str(registry.resolve(path).resolve())
     if _classifier is None or _classifier[0] != directory:
-        _classifier = (directory, registry.load(directory).model)
+        _classifier = (directory, registry.load(directory))
     return _classifier[1]
 
 
@@ -82,6 +86,25 @@ def preload_classifier(path: str) -> None:
             load_classifier(path)
 
 
+def describe_classifier(path: str) -> dict[str, Any]:
+    """Load the classifier of `path` and say what it is: `name` (name/version), `directory` (the version
+    folder, absolute) and `classes` (in the order of `classify`'s rows). A model that gives no
+    probabilities is refused here, as one that cannot load."""
+    from app import classifiers as registry
+
+    loaded = load_classifier(path)
+    if not hasattr(loaded.model, "predict_proba"):
+        raise registry.RegistryError(
+            f"{loaded.directory} gives no probabilities (no predict_proba); serve a model trained with "
+            "--model logreg or random_forest"
+        )
+    return {
+        "name": f"{loaded.metadata['name']}/{loaded.version}",
+        "directory": str(loaded.directory.resolve()),
+        "classes": [str(c) for c in loaded.model.classes_],
+    }
+
+
 def classify(directory: str, texts: list[str]) -> list[list[float]]:
     """Every class's probability for each text (rows in the order of the model's `classes_`)."""
-    return load_classifier(directory).predict_proba(texts).tolist()
+    return load_classifier(directory).model.predict_proba(texts).tolist()

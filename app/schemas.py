@@ -152,7 +152,7 @@ class StreamOptions(RequestBody):
 class SamplingFields(GenerationRequest):
     """What the OpenAI routes share: sampling, streaming, and the no-op-only OpenAI fields."""
 
-    model: str | None = Field(None, description="accepted and ignored: this server serves one model")
+    model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, description="at most NANOCHAT_MAX_TOKENS_LIMIT")

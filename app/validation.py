@@ -1,6 +1,8 @@
 """Every request limit of the service, checked here and nowhere else, before any model work.
 
-The generation routes (`prepare_generation` in app/api/serving.py) call, in this order:
+The OpenAI routes first call `check_model` (the request's `model` against the served names: 404
+`model_not_found`, unless NANOCHAT_ACCEPT_ANY_MODEL). The generation routes (`prepare_generation` in
+app/api/serving.py) then call, in this order:
 `check_sampling` (parameters the server cannot honour, max_tokens against NANOCHAT_MAX_TOKENS_LIMIT, n
 against NANOCHAT_MAX_N), `check_messages` or `completion_text` (message count and sizes; one prompt and its
 size), `check_context` (prompt tokens against the model's context) and `check_batch` (n against the
@@ -8,8 +10,8 @@ engine's batch). `/v1/classify` calls `classify_texts`. The stop-string count is
 (`stop_strings`, run by pydantic) so that it shows in the OpenAPI document. A prompt that fits but leaves
 less room than max_tokens is not an error: generation stops at the context with finish_reason "length".
 
-Every failure is a 400 in the service's error shape (`app.errors.invalid`), its `param` naming the field.
-The body's size is limited on the way in (BodyLimit in app/api/middleware.py), before it is parsed.
+Every other failure is a 400 in the service's error shape (`app.errors.invalid`), its `param` naming the
+field. The body's size is limited on the way in (BodyLimit in app/api/middleware.py), before it is parsed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from app.errors import invalid
+from app.errors import invalid, model_not_found
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -35,6 +37,13 @@ def stop_strings(value: Any) -> Any:
     if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(value)}")
     return value
+
+
+def check_model(requested: str | None, settings: Settings) -> None:
+    """A request's `model` must be one of the served names (or absent), unless any name is accepted."""
+    if requested is None or settings.accept_any_model or requested in settings.served_names:
+        return
+    raise model_not_found(requested, settings.served_names)
 
 
 def check_sampling(body: GenerationRequest, settings: Settings) -> None:

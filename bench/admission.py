@@ -219,7 +219,10 @@ def start_server(checkpoint: str, env: dict[str, str], workdir: Path) -> tuple[s
             raise BenchError(f"the server exited ({process.returncode}); see {workdir / 'server.log'}")
         try:
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
+                # the classifier loads after /ready says 200: the measurement starts once it has
+                classifier = httpx.get(f"{url}/stats", timeout=2).json()["parts"]["classifier"]
+                if classifier["state"] != "loading":
+                    return process, url
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

@@ -1,8 +1,9 @@
-"""The `nanochat` command (also `python -m nanochat`): sample, chat and bench on a checkpoint.
+"""The `nanochat` command (also `python -m nanochat`): serve, sample, chat and bench on a checkpoint.
 
 The engine's own commands (sample, chat, bench, train, data, eval, export) are registered here; the
-learning tracks' commands (`classify`, `hf`, `log`: tracks/) are entry points of the group
-`nanochat.commands` (pyproject.toml), found with importlib.metadata, so the engine never imports them.
+service's `serve` (app/__main__.py, the same as `python -m app`) and the learning tracks' commands
+(`classify`, `hf`, `log`: tracks/) are entry points of the group `nanochat.commands` (pyproject.toml), found
+with importlib.metadata, so the engine never imports them.
 A command whose extra is not installed is still listed, and says what to install when it is run.
 
 Errors a user can cause (bad arguments, a missing or broken checkpoint, an impossible request) print one

@@ -4,6 +4,7 @@ loads): `python -m app` in a subprocess on a free 127.0.0.1 port.
 - `base_url`: one session-wide server on the bundled demo model (context 256 tokens), ready.
 - `start_server(env, wait="ready")`: more servers with their own settings (a tiny queue, API keys, an
   unloadable checkpoint, ...); all are stopped at the end of the session.
+- `wait_for_part(url, "classifier")`: the optional parts load after `/ready` says 200; this waits for one.
 - `slow_checkpoint`: a random-weight model (8 layers, width 512, context 1024) with the demo tokenizer:
   about 10 ms a token on one CPU thread, so a request can be kept in flight for seconds. Its output head is
   zero, so greedy decoding repeats token 0 and never stops early: a request runs to max_tokens.
@@ -106,6 +107,17 @@ def wait_for(server: Server, until: str, timeout: float = READY_TIMEOUT_S) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"the server was not {until} after {timeout} s:\n{server.log()[-3000:]}")
         time.sleep(0.02)
+
+
+def wait_for_part(url: str, part: str, timeout: float = READY_TIMEOUT_S) -> dict:
+    """Poll /stats until the optional `part` (`classifier`, `guardrail`), which loads after /ready may say
+    200, has left "loading"; its status (`state`, `reason`, `model`)."""
+    deadline = time.monotonic() + timeout
+    while (status := httpx.get(f"{url}/stats", timeout=10).json()["parts"][part])["state"] == "loading":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the {part} was still loading after {timeout} s")
+        time.sleep(0.05)
+    return status
 
 
 def server_env(env: dict[str, str] | None = None) -> dict[str, str]:

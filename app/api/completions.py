@@ -10,7 +10,12 @@ client's `X-Request-ID` or a fresh one (returned in that header either way).
 
 With the guardrail on (NANOCHAT_GUARDRAIL), the user's messages (or the completion prompt) are screened
 before the model sees them: a blocked request is a 400 `content_blocked`, a flagged one is answered with
-the header `X-Guardrail: flagged`. `/v1/models` names the engine (`backend`: nanochat or hf).
+the header `X-Guardrail: flagged`.
+
+`model` must be one of the served names (NANOCHAT_SERVED_MODEL_NAME / --served-model-name, default the
+model folder's name), else 404 `model_not_found` as OpenAI answers; NANOCHAT_ACCEPT_ANY_MODEL=true takes
+any name, for clients that send a fixed one. Responses carry the first served name. `/v1/models` lists
+every served name and the engine (`backend`: nanochat or hf).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import RequestId, RuntimeDep
 from app.api.serving import Prompt, collect, delta_groups, event_stream, prepare_generation, sse
 from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
-from app.errors import GENERATION_ERRORS, APIError, ErrorResponse, from_exception
+from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception
 from app.lifecycle import Runtime
 from app.observability.context import note_response_id
 from app.scheduler import GenerationStream, SchedulerError
@@ -45,6 +50,7 @@ from app.schemas import (
     NanochatInfo,
     Usage,
 )
+from app.validation import check_model
 
 router = APIRouter(tags=["openai"])
 OWNED_BY = "nanochat"
@@ -76,6 +82,7 @@ async def chat_completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
+    check_model(body.model, rt.settings)
     generation = await prepare_generation(body, rt, rid)
     stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
@@ -164,6 +171,7 @@ async def completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
+    check_model(body.model, rt.settings)
     generation = await prepare_generation(body, rt, rid)
     stream, headers = generation.stream, generation.headers
     completion_id, created = f"cmpl-{rid}", int(time.time())
@@ -209,25 +217,21 @@ async def _completion_events(
 
 
 # ---- models -----------------------------------------------------------------------------------------
-def _card(rt: Runtime) -> ModelCard:
-    return ModelCard(
-        id=rt.model_name, created=int(rt.started_at), owned_by=OWNED_BY, backend=rt.settings.backend
-    )
+def _card(rt: Runtime, name: str) -> ModelCard:
+    return ModelCard(id=name, created=int(rt.started_at), owned_by=OWNED_BY, backend=rt.settings.backend)
 
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(rt: RuntimeDep) -> ModelList:
-    """The one model this server serves (listed while it loads, too)."""
-    return ModelList(data=[_card(rt)])
+    """The served names of the one model this server serves (listed while it loads, too)."""
+    return ModelList(data=[_card(rt, name) for name in rt.settings.served_names])
 
 
 @router.get(
     "/v1/models/{model_id:path}",
     response_model=ModelCard,
-    responses={404: {"model": ErrorResponse, "description": "not the model this server serves"}},
+    responses={404: {"model": ErrorResponse, "description": "not a served name (model_not_found)"}},
 )
 async def retrieve_model(model_id: str, rt: RuntimeDep) -> ModelCard:
-    if model_id != rt.model_name:
-        message = f"model {model_id!r} not found; this server serves {rt.model_name!r}"
-        raise APIError(404, message, "model_not_found", "model")
-    return _card(rt)
+    check_model(model_id, rt.settings)
+    return _card(rt, model_id)

@@ -2,7 +2,8 @@
 
 `/health` is 200 whenever the process serves HTTP, loading or not: restarting a process that is loading
 its model would only start the load over. `/ready` is 200 only once the model is loaded and warmed, and 503
-(the JSON error, its `code` saying `loading`, `load_failed` or `draining`) otherwise.
+(the JSON error, its `code` saying `loading`, `load_failed` or `draining`) otherwise; it does not wait for
+the optional parts (the classifier, the guardrail), whose states `/stats` reports in `parts`.
 `/metrics` renders app/observability/metrics.py (text format, or OpenMetrics when the scraper asks).
 """
 
@@ -48,7 +49,8 @@ async def ready(rt: RuntimeDep) -> Ready:
 
 @router.get("/stats")
 async def stats(rt: RuntimeDep) -> dict[str, Any]:
-    """The model, its state and the scheduler's figures (queue, batch, totals)."""
+    """The model, its state, the optional parts' states and the scheduler's figures (queue, batch,
+    totals)."""
     return {
         "model": rt.model_name,
         "state": rt.state,
@@ -56,6 +58,7 @@ async def stats(rt: RuntimeDep) -> dict[str, Any]:
         "uptime_s": round(time.time() - rt.started_at, 1),
         "context_tokens": rt.engine.max_seq_len if rt.engine else None,
         "scheduler": rt.scheduler.stats() if rt.scheduler else None,
+        "parts": rt.parts(),
     }
 
 

@@ -154,7 +154,7 @@ async def screen(runtime: Runtime, texts: list[str], param: str) -> dict[str, st
     `content_blocked` whose message names the rule and the score, never the text; `flag` lets the request
     go on and returns the response header `X-Guardrail: flagged`. Every decision is counted; each flag or
     block is logged once (the texts only with NANOCHAT_LOG_CONTENT)."""
-    guardrail = runtime.guardrail
+    guardrail = await runtime.screening_guardrail()  # waits while it loads: never serve unscreened
     if guardrail is None:
         return {}
     # ~4 ms a text, holding the GIL: on the guardrail's bounded pool, off the event loop

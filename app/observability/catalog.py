@@ -183,7 +183,7 @@ ADMISSION_IN_FLIGHT = Metric(
 MODEL_LOAD = Metric(
     "nanochat_model_load_seconds",
     "gauge",
-    "Time to load (and warm) the model, with the guardrail and the classifier",
+    "Time to load (and warm) the model; the guardrail and the classifier load beside it",
     unit="seconds",
     mode="livemax",
 )

@@ -1,4 +1,9 @@
-"""Log lines: JSON for Cloud Logging (the default) or plain text for humans; the app, uvicorn and gunicorn.
+"""Log lines: plain text for a person at a terminal, JSON for Cloud Logging everywhere else; the app, uvicorn
+and gunicorn.
+
+Which one is NANOCHAT_LOG_FORMAT's choice: `auto` (the default) writes text when standard output is a
+terminal (`make run`, `python -m app` in a shell) and JSON when it is not (a container, CI, a pipe or a
+file), so that log collectors always get JSON; `json` or `text` forces either.
 
 A JSON line carries the fields Cloud Logging reads natively (so Cloud Run needs no agent or parser):
 `severity`, `message`, `time` (RFC 3339, UTC), `httpRequest` (on access lines), and, while a traced request
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -48,6 +54,7 @@ SECRET_PARAMS = frozenset({"key", "token", "auth", "authorization", "password", 
 SECRET_SUFFIXES = ("key", "token", "secret", "password", "signature", "credential", "credentials")
 REDACTED = "REDACTED"
 MAX_LOGGED_CHARS = 2048  # a URL or user agent is cut here in the access log (a URL may be 64 KiB)
+LOG_FORMATS = ("auto", "json", "text")
 
 
 def severity(levelno: int) -> str:
@@ -107,10 +114,21 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def logging_config(level: str = "info", log_format: str = "json") -> dict[str, Any]:
+def resolve_format(log_format: str) -> str:
+    """`json` or `text`: `auto` is text when standard output (where the lines go) is a terminal, else JSON."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be 'auto', 'json' or 'text', got {log_format!r}")
+    if log_format != "auto":
+        return log_format
+    try:
+        return "text" if sys.stdout.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or closed: nobody is reading it at a terminal
+        return "json"
+
+
+def logging_config(level: str = "info", log_format: str = "auto") -> dict[str, Any]:
     """The dictConfig for the service's processes (see the module docstring)."""
-    if log_format not in ("json", "text"):
-        raise ValueError(f"log format must be 'json' or 'text', got {log_format!r}")
+    log_format = resolve_format(log_format)
     level = level.upper()
     formatter = "JsonFormatter" if log_format == "json" else "TextFormatter"
     quiet = {"level": "WARNING", "handlers": [], "propagate": False}  # access logs replaced by ours
@@ -133,7 +151,7 @@ def logging_config(level: str = "info", log_format: str = "json") -> dict[str, A
     }
 
 
-def configure_logging(level: str = "info", log_format: str = "json") -> None:
+def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     """Apply `logging_config` to this process; Python's warnings become log lines too."""
     logging.config.dictConfig(logging_config(level, log_format))
     logging.captureWarnings(True)

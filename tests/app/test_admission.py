@@ -31,7 +31,7 @@ from app.admission import NICE, Admission
 from app.api.classify import Classifier
 from app.errors import APIError
 from nanochat.data.corpora import CorpusError
-from tests.servers import Gunicorn
+from tests.servers import Gunicorn, Server, wait_for_part
 from tracks.classify.dataset import DatasetError, load_fortunes, stratified_split
 
 WAIT_S = admission_jobs.WAIT_S
@@ -140,8 +140,6 @@ def test_the_process_pool_gives_the_in_process_classifiers_results() -> None:
     """On the held-out fortunes, the worker processes' labels and probabilities are the in-process
     classifier's, bit for bit; the workers run below the server's priority, without torch."""
     served = Classifier(str(FORTUNES))
-    served.load()
-    assert served.state == "ready", served.reason
     texts = fortunes_sample()
     pool = Admission(
         "classify",
@@ -149,11 +147,13 @@ def test_the_process_pool_gives_the_in_process_classifiers_results() -> None:
         8,
         kind="process",
         initializer=pool_worker.preload_classifier,
-        initargs=(served.directory,),
+        initargs=(str(FORTUNES),),
         record_metrics=False,
     )
 
     async def scenario() -> list[list[float]]:
+        await served.load(pool)  # as the service does at start-up: in the pool's processes
+        assert served.state == "ready", served.reason
         batches = [texts[i : i + 64] for i in range(0, len(texts), 64)]
         jobs = [pool.run(pool_worker.classify, served.directory, batch) for batch in batches[:8]]
         rows = [row for batch in await asyncio.gather(*jobs) for row in batch]
@@ -232,7 +232,8 @@ def admission_counts(url: str) -> dict[str, float]:
 
 @pytest.mark.integration
 def test_a_classify_flood_gets_429s_while_health_and_chat_are_answered(start_server) -> None:
-    server = start_server({"NANOCHAT_CLASSIFY_WORKERS": "1", "NANOCHAT_CLASSIFY_QUEUE": "1"})
+    env = {"NANOCHAT_CLASSIFY_WORKERS": "1", "NANOCHAT_CLASSIFY_QUEUE": "1"}
+    server = start_classifying(start_server, env)
     url, body, flooders = server.url, big_classify_body(), 24
     headers = {"content-type": "application/json"}
     start = threading.Barrier(flooders + 1)
@@ -296,11 +297,18 @@ def classify_once(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/classify", json={"input": "The compiler crashed again."}, timeout=WAIT_S)
 
 
+def start_classifying(start_server, env: dict[str, str] | None = None) -> Server:
+    """A server whose classifier has loaded (it loads after /ready says 200)."""
+    server = start_server(env)
+    assert wait_for_part(server.url, "classifier", WAIT_S)["state"] == "ready"
+    return server
+
+
 @pytest.mark.integration
 def test_classify_runs_in_a_lower_priority_process_that_ignores_group_signals_and_is_replaced_when_killed(
     start_server,
 ) -> None:
-    server = start_server()
+    server = start_classifying(start_server)
     first = classify_once(server.url)
     assert first.status_code == 200, first.text
     (worker,) = pool_workers(server.process.pid)  # NANOCHAT_CLASSIFY_WORKERS=1
@@ -320,7 +328,7 @@ def test_classify_runs_in_a_lower_priority_process_that_ignores_group_signals_an
 
 @pytest.mark.integration
 def test_a_server_killed_with_sigkill_leaves_no_worker_process(start_server) -> None:
-    server = start_server()
+    server = start_classifying(start_server)
     assert classify_once(server.url).status_code == 200
     left = descendants(server.process.pid)  # the worker and multiprocessing's resource tracker
     assert pool_workers(server.process.pid) and len(left) >= 2
@@ -346,8 +354,7 @@ def test_each_gunicorn_worker_owns_its_pool_and_a_group_sigterm_leaves_no_proces
     workers = children(master.pid)
     assert len(workers) == 2
 
-    def both_have_a_pool() -> bool:  # new connections, until the kernel has given each worker some
-        assert classify_once(url).status_code == 200
+    def both_have_a_pool() -> bool:  # each starts its own at start-up, as its classifier loads
         return all(pool_workers(worker) for worker in workers)
 
     wait_until(both_have_a_pool, "a classify pool in each gunicorn worker")

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import wait_for_part
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +34,12 @@ NOT_BASE = (
     "tracks",  # the learning tracks: the service never imports them
 )
 EXTRA_HINT = "pip install 'nanochat-service[guardrail]'"
-# `python -m app` with the import system's finders behind one that finds none of the NOT_BASE modules,
-# exactly as if they were not installed (an import raises ModuleNotFoundError, find_spec answers None)
-LAUNCHER = """
-import runpy, sys
-BLOCKED = set(sys.argv.pop(1).split(","))
+# A `sitecustomize` module that puts the import system's finders behind one that finds none of the
+# BASE_INSTALL_BLOCKED modules, exactly as if they were not installed (an import raises ModuleNotFoundError,
+# find_spec answers None): in `python -m app` and in every process it starts (the classifier's workers)
+SITECUSTOMIZE = """
+import os, sys
+BLOCKED = set(os.environ["BASE_INSTALL_BLOCKED"].split(","))
 class BaseInstallOnly:
     def __init__(self, finders):
         self.finders = finders
@@ -54,7 +57,6 @@ class BaseInstallOnly:
                 finder.invalidate_caches()
 sys.meta_path[:] = [BaseInstallOnly(list(sys.meta_path))]
 assert all(name not in sys.modules for name in BLOCKED)
-runpy.run_module("app", run_name="__main__", alter_sys=True)
 """
 
 
@@ -69,6 +71,9 @@ def free_port() -> int:
 def start(tmp_path: Path, **env: str) -> tuple[str, subprocess.Popen, Path]:
     port = free_port()
     log_path = tmp_path / "server.log"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     environ = {
         k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_") and k not in ("HOST", "PORT")
     }
@@ -76,11 +81,12 @@ def start(tmp_path: Path, **env: str) -> tuple[str, subprocess.Popen, Path]:
         NANOCHAT_CHECKPOINT=str(DEMO_MODEL),
         NANOCHAT_THREADS="1",
         NANOCHAT_LOG_FORMAT="text",
-        PYTHONPATH=str(REPO_ROOT),
+        PYTHONPATH=os.pathsep.join([str(site), str(REPO_ROOT)]),
         PYTHONUNBUFFERED="1",
+        BASE_INSTALL_BLOCKED=",".join(NOT_BASE),
         **env,
     )
-    command = [sys.executable, "-c", LAUNCHER, ",".join(NOT_BASE), "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=tmp_path, env=environ, stdout=log, stderr=subprocess.STDOUT)
     return f"http://127.0.0.1:{port}", process, log_path
@@ -118,6 +124,7 @@ def test_the_base_install_serves_chat_and_names_the_classifier_extra(tmp_path: P
         chat = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT_S)
         assert chat.status_code == 200, chat.text
         assert chat.json()["usage"]["completion_tokens"] > 0
+        assert wait_for_part(url, "classifier", TIMEOUT_S)["state"] == "failed"  # it loads after /ready
         classify = httpx.post(
             f"{url}/v1/classify", json={"input": "The compiler crashed again."}, timeout=TIMEOUT_S
         )

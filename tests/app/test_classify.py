@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -26,8 +27,15 @@ BATCH = 64  # NANOCHAT_CLASSIFY_MAX_INPUTS' default
 
 
 def classify(url: str, body: object, **kwargs) -> httpx.Response:
-    # the first request starts the classify worker process: tens of seconds on a loaded machine
-    return httpx.post(f"{url}/v1/classify", json=body, timeout=300, **kwargs)
+    """The answer once the classifier has loaded: it loads after /ready says 200 (its worker process takes
+    tens of seconds to start on a loaded machine), answering 503 `loading` meanwhile, which clients retry."""
+    deadline = time.monotonic() + 300
+    while True:
+        response = httpx.post(f"{url}/v1/classify", json=body, timeout=300, **kwargs)
+        loading = response.status_code == 503 and response.json()["error"]["code"] == "loading"
+        if not loading or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
 
 
 def error_of(response: httpx.Response, status: int) -> dict:

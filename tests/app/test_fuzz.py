@@ -26,6 +26,7 @@ SERVER_ENV = {
     "NANOCHAT_MAX_TOKENS_LIMIT": "16",
     "NANOCHAT_DEFAULT_MAX_TOKENS": "8",
     "NANOCHAT_REQUEST_TIMEOUT_S": "30",
+    "NANOCHAT_ACCEPT_ANY_MODEL": "true",  # random `model` strings would stop at the 404 before the rest
 }
 
 

@@ -40,8 +40,13 @@ def client_for(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
 
+def served(client: openai.OpenAI) -> str:
+    """The name the server serves its model under (a request naming another is a 404)."""
+    return client.models.list().data[0].id
+
+
 def answer(client: openai.OpenAI, text: str, **kwargs) -> tuple[str, str, int, int]:
-    done = client.chat.completions.create(model="any", messages=user(text), **{**GREEDY, **kwargs})
+    done = client.chat.completions.create(model=served(client), messages=user(text), **{**GREEDY, **kwargs})
     choice = done.choices[0]
     return (
         choice.message.content,
@@ -105,7 +110,8 @@ def test_system_message_and_conversation_render_alike(hf: openai.OpenAI, ours: o
         {"role": "user", "content": PROMPTS[2]},
     ]
     results = [
-        client.chat.completions.create(model="any", messages=conversation, **GREEDY) for client in (hf, ours)
+        client.chat.completions.create(model=served(client), messages=conversation, **GREEDY)
+        for client in (hf, ours)
     ]
     assert results[0].choices[0].message.content == results[1].choices[0].message.content
     assert results[0].usage == results[1].usage
@@ -114,7 +120,11 @@ def test_system_message_and_conversation_render_alike(hf: openai.OpenAI, ours: o
 def test_streaming_gives_the_same_text(hf: openai.OpenAI) -> None:
     whole = answer(hf, PROMPTS[3])
     stream = hf.chat.completions.create(
-        model="any", messages=user(PROMPTS[3]), stream=True, stream_options={"include_usage": True}, **GREEDY
+        model="hf-demo",
+        messages=user(PROMPTS[3]),
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole[0]
@@ -126,7 +136,9 @@ def test_streaming_gives_the_same_text(hf: openai.OpenAI) -> None:
 
 def test_completions_equal_the_nanochat_backend(hf: openai.OpenAI, ours: openai.OpenAI) -> None:
     texts = [
-        client.completions.create(model="any", prompt="Once upon a time", temperature=0, max_tokens=20)
+        client.completions.create(
+            model=served(client), prompt="Once upon a time", temperature=0, max_tokens=20
+        )
         .choices[0]
         .text
         for client in (hf, ours)
@@ -143,10 +155,10 @@ def test_concurrent_requests_are_batched_and_equal_sequential(hf: openai.OpenAI)
 
 def test_the_same_limits_apply(hf: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        hf.chat.completions.create(model="any", messages=user("Hi"), max_tokens=5000)
+        hf.chat.completions.create(model="hf-demo", messages=user("Hi"), max_tokens=5000)
     assert caught.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError) as caught:
-        hf.chat.completions.create(model="any", messages=user("word " * 400), max_tokens=4)
+        hf.chat.completions.create(model="hf-demo", messages=user("word " * 400), max_tokens=4)
     assert caught.value.code == "context_length_exceeded" and "256 tokens" in caught.value.body["message"]
 
 

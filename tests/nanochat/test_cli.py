@@ -374,6 +374,7 @@ def test_the_tracks_commands_are_entry_points_the_engine_does_not_import() -> No
 
     found = {e.name: e.value for e in entry_points(group=COMMANDS_GROUP)}
     assert found == {
+        "serve": "app.__main__:register",  # the service's command: the engine's CLI never imports app
         "classify": "tracks.classify.commands:register",
         "hf": "tracks.hf_finetune:register",
         "log": "tracks.daily_log:register",
