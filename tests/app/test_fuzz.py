@@ -17,6 +17,8 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
+from tests.servers import wait_for_part  # noqa: E402
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_EXAMPLES = 100
@@ -32,8 +34,11 @@ SERVER_ENV = {
 
 @pytest.fixture(scope="module")
 def fuzz_server_url(start_server) -> str:
-    """The demo model with tiny token limits (conftest's `start_server`), ready."""
-    return start_server(SERVER_ENV).url
+    """The demo model with tiny token limits (`start_server`), ready, its classifier too (it loads after
+    /ready: a fuzzed /v1/classify before then gets the 503 `loading` that test_lazy_parts.py checks)."""
+    url = start_server(SERVER_ENV).url
+    assert wait_for_part(url, "classifier")["state"] == "ready"
+    return url
 
 
 def error_shape(ctx, response, case) -> None:
