@@ -150,8 +150,8 @@ def tail(log_path: Path, lines: int = 20) -> str:
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    """Until /ready is 200 on READY_IN_A_ROW fresh connections in a row (the kernel hands new connections
-    to either worker, so both serve)."""
+    """Until /ready is 200 and the classifier (which loads after /ready) has loaded, on READY_IN_A_ROW fresh
+    connections in a row (the kernel hands new connections to either worker, so both serve)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     in_a_row = 0
     while in_a_row < READY_IN_A_ROW:
@@ -161,6 +161,8 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
             raise SoakError(f"gunicorn was not ready after {READY_TIMEOUT_S} s:\n{tail(log_path)}")
         try:
             ready = httpx.get(f"{url}/ready", timeout=5).status_code == 200
+            classifier = httpx.get(f"{url}/stats", timeout=5).json()["parts"]["classifier"]["state"]
+            ready = ready and classifier != "loading"
         except httpx.TransportError:
             ready = False
         in_a_row = in_a_row + 1 if ready else 0

@@ -120,7 +120,9 @@ def test_a_run_without_skips_says_so_and_a_failing_run_still_ends_with_the_summa
 def outside_make() -> dict[str, str]:
     """This environment without what an enclosing make passes down (under `make test`, a nested make would
     print "Entering directory" lines and inherit its flags)."""
-    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")}
+    inherited = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")
+    own = ("STRESS_", "SOAK_")  # `make test-stress STRESS_RUNS=1` exports STRESS_RUNS to all it runs
+    return {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith(own)}
 
 
 STRESS_PROBE = """
@@ -150,7 +152,7 @@ def test_make_test_stress_runs_the_suite_twice_beside_cpu_hogs_fails_on_a_failur
     (tmp_path / "test_probe.py").write_text(STRESS_PROBE)
     pytest_command = f"{sys.executable} -m pytest -q -p no:cacheprovider {tmp_path}"
     command = ["make", "-s", "-o", "setup", "-o", ".venv-infra/bin/checkov", "test-stress"]
-    command += ["STRESS_HOGS=2", f"STRESS_PYTEST={pytest_command}"]
+    command += ["STRESS_RUNS=2", "STRESS_HOGS=2", f"STRESS_PYTEST={pytest_command}"]  # not the caller's
     result = subprocess.run(command, cwd=ROOT, env=outside_make(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "make test-stress: 1 of 2 runs failed" in result.stdout, result.stdout + result.stderr
