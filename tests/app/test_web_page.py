@@ -5,8 +5,9 @@ non-empty and must have grown in more than one step (a MutationObserver records 
 assistant bubble showed). Error paths: an oversized message shows the server's JSON error text, and a
 failed connection shows a message instead of failing silently.
 
-The server is conftest's session-wide `base_url` (the demo model). Needs Debian's `chromium` and
-`chromium-driver` (skips with the install command otherwise) and selenium.
+The server is conftest's session-wide `base_url` (the demo model), or one with short replies for the
+two-turn test. Needs Debian's `chromium` and `chromium-driver` (skips with the install command otherwise)
+and selenium.
 """
 
 from __future__ import annotations
@@ -93,26 +94,40 @@ def send_message(driver, text: str, *, type_it: bool = True) -> None:
     driver.find_element(By.ID, "send").click()
 
 
-def wait_idle(driver) -> None:
-    """Until the page leaves the streaming state (Send enabled again)."""
+def wait_idle(driver, turns: int = 1) -> None:
+    """Until the page shows `turns` user messages and has left the streaming state (Send enabled again)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".message.user"))
+    WebDriverWait(driver, 5).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".message.user")) >= turns)
     WebDriverWait(driver, REPLY_TIMEOUT_S, poll_frequency=0.1).until(
         lambda d: d.find_element(By.ID, "app").get_attribute("data-state") == "idle"
     )
 
 
-def test_chat_reply_streams_into_the_page(base_url: str, browser, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def short_reply_url(start_server) -> str:
+    """A demo-model server whose replies stop at 48 tokens: two turns then always fit the 256-token context.
+    (With the default of 256, a long first reply leaves no room for the second turn's prompt, and the page
+    rightly shows the server's 400 context_length_exceeded instead of a second reply.)"""
+    return start_server({"NANOCHAT_DEFAULT_MAX_TOKENS": "48"}).url
+
+
+def error_texts(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    open_page(browser, base_url)
+    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, ".message.error")]
+
+
+def test_chat_reply_streams_into_the_page(short_reply_url: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, short_reply_url)
     assert browser.title == "nanochat"
     send_message(browser, "can you write a queue in Python?")
     wait_idle(browser)
 
-    assert not browser.find_elements(By.CSS_SELECTOR, ".message.error")
+    assert not error_texts(browser)
     reply = browser.find_element(By.CSS_SELECTOR, ".message.assistant")
     assert reply.get_attribute("data-state") == "done"
     text = reply.find_element(By.CLASS_NAME, "content").text
@@ -126,7 +141,8 @@ def test_chat_reply_streams_into_the_page(base_url: str, browser, tmp_path: Path
 
     # a second turn goes out with the whole conversation, and New chat clears it
     send_message(browser, "and a stack?")
-    wait_idle(browser)
+    wait_idle(browser, turns=2)
+    assert not error_texts(browser)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".message.assistant[data-state=done]")) == 2
     screenshot = tmp_path / "chat.png"
     browser.save_screenshot(str(screenshot))
