@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` needs only the serving install (the base package); `make setup` is the developer set
+RUN_STAMP := $(VENV)/.installed-run
 CHECKPOINT ?= tests/data/nanochat-ref/modelA
-# extra pip arguments for torch, e.g. the CPU wheel index on machines without the local wheel
+# torch: scripts/install_torch.sh picks the CUDA build with an NVIDIA GPU, the CPU build without; extra pip
+# arguments here override its choice (e.g. --index-url https://download.pytorch.org/whl/cu128)
 TORCH_PIP_ARGS ?=
+INSTALL_TORCH = TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' scripts/install_torch.sh $(BIN)/python
 BENCH_URL ?= http://127.0.0.1:8000
 BENCH_SERVE_ARGS ?=
 BENCH_OBSERVABILITY_ARGS ?=
@@ -25,9 +29,18 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(INSTALL_TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The serving install: torch and the base package, no extras (a developer set, when fresh, already has it).
+$(RUN_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; exit 0; fi; \
+	set -e; test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install --quiet --upgrade pip; \
+	$(INSTALL_TORCH); \
+	$(BIN)/python -m pip install --quiet -e .; \
+	touch $@
 
 # pytest exits 5 when it collected no tests: that must fail too, with a message that says so.
 test: setup $(INFRA_VENV)/bin/checkov
@@ -73,11 +86,11 @@ bench: setup
 	fi
 
 # Serve the bundled demo model (models/demo) on 127.0.0.1:8000; settings from NANOCHAT_* env vars / .env.
-run: setup
+run: $(RUN_STAMP)
 	$(BIN)/python -m app
 
 # Production-style: gunicorn with uvicorn workers (app/gunicorn.conf.py).
-serve: setup
+serve: $(RUN_STAMP)
 	$(BIN)/gunicorn -c app/gunicorn.conf.py
 
 # A bounded soak, not in CI: gunicorn (app/gunicorn.conf.py, 2 workers) on 127.0.0.1 under mixed traffic at
