@@ -40,8 +40,7 @@ def api_root(url: str) -> str:
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"--url must be an http:// or https:// URL, got {url!r}")
-    path = parts.path.rstrip("/")
-    path = path.removesuffix("/v1")
+    path = parts.path.rstrip("/").removesuffix("/v1")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
@@ -77,7 +76,7 @@ class ChatClient:
                 return
             try:
                 for raw in response:
-                    line = raw.decode("utf-8").rstrip("\r\n")
+                    line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                     if not line.startswith("data:"):
                         continue  # blank separators, comments, `event:`/`id:` fields
                     data = line.removeprefix("data:").strip()
