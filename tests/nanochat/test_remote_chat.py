@@ -256,6 +256,17 @@ def test_ctrl_c_stops_the_reply_and_returns_to_the_prompt(fake: FakeServer) -> N
     assert fake.chat_bodies()[-1]["messages"] == [{"role": "user", "content": "again"}]
 
 
+def test_the_local_chat_takes_the_same_commands(capsys, monkeypatch) -> None:
+    stdin = "hello\n/reset\nhi\n/quit\nnever sent\n"
+    argv = ["--checkpoint", str(REPO_ROOT / "models" / "demo"), "--max-tokens", "2", "--temperature", "0"]
+    code, out, err = chat(capsys, monkeypatch, stdin, *argv)
+    assert code == 0, err
+    assert "Type /reset to start a new conversation, /quit or Ctrl-D to leave." in out
+    assert out.count("New conversation.") == 1
+    assert out.count("Assistant:") == 2
+    assert out.count("User:") == 4  # /quit ends it: the last line is never read
+
+
 # --- command-line errors --------------------------------------------------------------------------------
 
 
