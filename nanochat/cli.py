@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat",
-        help="interactive chat in the terminal: a checkpoint in this process, or a running server (--url)",
+        help="chat in the terminal: a checkpoint here (calculator tool) or a running server (--url)",
         description="Chat in the terminal with a checkpoint loaded here (--checkpoint) or with a running "
         "server through its OpenAI-compatible API (--url). /reset starts a new conversation, /quit or "
         "Ctrl-D leaves.",
