@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 import torch
 
 from nanochat import hf_export
+from nanochat.chat_loop import chat_loop
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cliargs import (
     DTYPES,
@@ -34,6 +35,7 @@ from nanochat.cliargs import (
 from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.train import commands as train_commands
 
 EXIT_USAGE = 2
@@ -66,8 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--ids", action="store_true", help="print JSON with prompt_ids, tokens and text")
     sample.set_defaults(handler=cmd_sample)
 
-    chat = sub.add_parser("chat", help="interactive chat in the terminal (chat template, calculator tool)")
-    add_checkpoint_args(chat)
+    chat = sub.add_parser(
+        "chat",
+        help="chat in the terminal: a checkpoint here (calculator tool) or a running server (--url)",
+        description="Chat in the terminal with a checkpoint loaded here (--checkpoint) or with a running "
+        "server through its OpenAI-compatible API (--url). /reset starts a new conversation, /quit or "
+        "Ctrl-D leaves.",
+    )
+    add_checkpoint_args(chat, required=False)
+    remote = chat.add_argument_group("a running server (instead of --checkpoint)")
+    remote.add_argument(
+        "--url", help="the server's address, e.g. http://127.0.0.1:8000 (with or without /v1)"
+    )
+    remote.add_argument(
+        "--api-key",
+        default=default_api_key(),
+        help="sent as 'Authorization: Bearer' (default: $NANOCHAT_API_KEY or $OPENAI_API_KEY)",
+    )
+    remote.add_argument("--model", help="the request's model (default: the first GET /v1/models lists)")
     _add_sampling_args(chat, temperature=0.6, top_k=50)
     chat.add_argument("--system", help="system message for the conversation")
     chat.set_defaults(handler=cmd_chat)
@@ -176,39 +194,55 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    if args.url:
+        return _remote_chat(args)
+    if not args.checkpoint:
+        raise UsageError("chat needs --checkpoint (a model loaded here) or --url (a running server)")
+    if args.model:
+        raise UsageError("--model names a server's model: give it with --url")
     loaded = load_from_args(args)
     tokenizer = loaded.tokenizer
     engine = Engine(loaded.model, tokenizer, max_batch=1)
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    special = set(tokenizer.get_special_tokens().values())
     print(f"nanochat {loaded.directory.name} step {loaded.step}.")
-    print("Type 'clear' to start over, 'quit' or Ctrl-D to leave.")
-    while True:
-        try:
-            line = input("\nUser: ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        text = line.strip()
-        if text in ("quit", "exit"):
-            return 0
-        if text == "clear":
-            messages = messages[:1] if args.system else []
-            continue
-        if not text:
-            continue
-        messages.append({"role": "user", "content": text})
+
+    def respond(messages: list[dict]) -> str | None:
         conversation = {"messages": [*messages, {"role": "assistant", "content": ""}]}
         prompt_ids = tokenizer.render_for_completion(conversation)
         try:
             reply_ids = _stream(engine, prompt_ids, _params(args), out=sys.stdout, prefix="Assistant: ")
         except EngineError as e:
-            messages.pop()
-            print(f"nanochat: {e}; type 'clear' to start a new conversation", file=sys.stderr)
-            continue
+            print(f"nanochat: {e}; type /reset to start a new conversation", file=sys.stderr)
+            return None
         sys.stdout.write("\n")
-        special = set(tokenizer.get_special_tokens().values())
-        reply = tokenizer.decode([t for t in reply_ids if t not in special])
-        messages.append({"role": "assistant", "content": reply})
+        return tokenizer.decode([t for t in reply_ids if t not in special])
+
+    return chat_loop(respond, args.system)
+
+
+def _remote_chat(args: argparse.Namespace) -> int:
+    checkpoint_options = {
+        "--checkpoint": args.checkpoint,
+        "--step": args.step,
+        "--dtype": args.dtype,
+        "--threads": args.threads,
+        "--device": None if args.device == "cpu" else args.device,
+    }
+    given = [option for option, value in checkpoint_options.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot go with --url (the server at --url has its own model)")
+    try:
+        root = api_root(args.url)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sampling = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    return remote_chat(root, args.api_key, args.model, args.system, sampling)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -41,10 +41,10 @@ positive_int = int_at_least(1, "a positive integer")
 non_negative_int = int_at_least(0, "an integer >= 0")
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--checkpoint",
-        required=True,
+        required=required,
         metavar="DIR",
         help="checkpoint folder (model_NNNNNN.pt + meta_NNNNNN.json) or a Hugging Face repo id; the "
         "tokenizer may sit inside it, in tokenizer/ beside it, or two levels up",

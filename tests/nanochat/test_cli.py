@@ -182,7 +182,7 @@ def test_chat_keeps_history_until_clear(tiny: str, small_tokenizer: Tokenizer, m
     code, out, err = run(capsys, "chat", "--checkpoint", tiny, "--max-tokens 4")
     assert code == 0
     assert out.count("User:") == 3 and out.count("Assistant:") == 1
-    assert_one_line_error(err, "the prompt has", "the context is 128", "type 'clear'")
+    assert_one_line_error(err, "the prompt has", "the context is 128", "type /reset")
 
 
 def test_chat_with_system_message_ends_on_eof(tiny: str, monkeypatch, capsys) -> None:
