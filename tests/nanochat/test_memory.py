@@ -141,3 +141,12 @@ def test_the_hf_engine_plans_its_weights_and_the_most_its_cache_takes() -> None:
         HFEngine.from_pretrained(demo_export(), max_batch=3, memory_limit=memory.weights_bytes)
     with pytest.raises(ContextLengthError, match="256"):
         HFEngine.from_pretrained(demo_export(), max_seq_len=257)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_devices_free_memory_bounds_the_plan_limit_or_not() -> None:
+    free, _ = torch.cuda.mem_get_info()
+    too_big = MemoryPlan(free, torch.bfloat16, free, rows=1, context=1)
+    with pytest.raises(MemoryLimitError, match="free"):
+        check_fits(too_big, None, torch.device("cuda"))
+    check_fits(MemoryPlan(1000, torch.bfloat16, 1000, rows=1, context=1), None, torch.device("cuda"))
