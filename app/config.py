@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.contract import APP_PORT
+from nanochat.memory import parse_bytes
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SERVICE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ (/srv in the image)
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     )
     max_model_len: int | None = Field(
         None, ge=1, description="context in tokens, prompt and reply (unset: the model's); sizes the KV cache"
+    )
+    memory_limit: int | None = Field(
+        None,
+        description="memory the weights and the KV cache may take, in bytes or with a unit (512MB, 2GiB); "
+        "a model that needs more fails at start-up (on CUDA the device's free memory bounds it too)",
     )
     threads: int | None = None  # torch CPU threads (default: CPU cores minus one, left to the event loop)
 
@@ -183,6 +189,11 @@ class Settings(BaseSettings):
             raise ValueError("NANOCHAT_STEP picks a nanochat checkpoint; leave it unset with the hf backend")
         return self
 
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value):
+        return None if value in (None, "") else parse_bytes(value)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value):
@@ -202,6 +213,7 @@ SERVE_FLAGS = {
     "--dtype": "dtype",
     "--max-num-seqs": "max_batch",
     "--max-model-len": "max_model_len",
+    "--memory-limit": "memory_limit",
     "--api-key": "api_keys",
     "--accept-any-model": "accept_any_model",
 }

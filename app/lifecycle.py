@@ -6,7 +6,11 @@ and the side routes' admission pools, and moves its `state` along:
 
 Start-up (`Runtime.load`): the checkpoint loads (device, dtype and threads from Settings) on a background
 thread, so the process answers `/health` at once and `/ready` says 503 "loading" meanwhile; the engine warms
-up with one tiny generation; then the scheduler starts and `/ready` turns 200. A load failure is logged in
+up with one tiny generation; then the scheduler starts, `/ready` turns 200, and a line says what the
+weights and the KV cache take. Before the weights are read, the model's config alone is checked: the
+context asked for (`max_model_len`) must be the model's at most, and the weights and the cache must fit
+`memory_limit` and a CUDA device's free memory (`nanochat.memory.check_fits`), so that a model too large
+fails in one line before anything of its size is allocated. A load failure is logged in
 one line; with `on_load_failure=exit` the process then exits with status 3 (never hangs), with `unready` it
 keeps serving `/health`, and `/ready` (like every model route) answers 503 with the reason.
 `NANOCHAT_BACKEND=hf` serves a transformers causal LM folder with `HFEngine` instead of a nanochat
@@ -55,7 +59,9 @@ from nanochat.backend import ChatTokenizer, GenerationBackend
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cliargs import UsageError
 from nanochat.device import resolve_device, resolve_dtype
-from nanochat.engine import Engine
+from nanochat.engine import Engine, memory_plan
+from nanochat.gpt import GPTConfig
+from nanochat.memory import check_fits
 
 if TYPE_CHECKING:
     from app.api.classify import Classifier
@@ -234,6 +240,7 @@ class Runtime:
             engine.max_batch,
             settings.max_queue,
         )
+        logger.info("memory: %s", engine.memory.describe())
 
     async def _load_guardrail(self, exit_process: Callable[[int], None]) -> None:
         """The guardrail, on a thread of its own; its failure is the service's (see the module docstring)."""
@@ -362,8 +369,16 @@ def load_engine(settings: Settings) -> GenerationBackend:
             max_batch=settings.max_batch,
             max_seq_len=settings.max_model_len,
             prefill_chunk=settings.prefill_chunk,
+            memory_limit=settings.memory_limit,
         )
-    checkpoint = load_checkpoint(settings.checkpoint, step=settings.step, device=device, dtype=dtype)
+
+    def fits(config: GPTConfig) -> None:  # before the weights are read: the context asked for, the memory
+        plan = memory_plan(config, dtype, settings.max_batch, settings.max_model_len)
+        check_fits(plan, settings.memory_limit, device)
+
+    checkpoint = load_checkpoint(
+        settings.checkpoint, step=settings.step, device=device, dtype=dtype, before_weights=fits
+    )
     return Engine(
         checkpoint.model,
         checkpoint.tokenizer,

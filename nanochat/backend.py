@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from nanochat.detokenize import TextStream
+from nanochat.memory import MemoryPlan
 
 FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
 FINISH_LENGTH = "length"  # max_tokens, or the context is full
@@ -178,6 +179,11 @@ class GenerationBackend(Protocol):
     @property
     def max_seq_len(self) -> int:
         """The context: prompt plus generated tokens of one continuation."""
+        ...
+
+    @property
+    def memory(self) -> MemoryPlan:
+        """What the weights and the KV cache take (the cache's most, where it is not preallocated)."""
         ...
 
     @property

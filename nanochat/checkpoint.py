@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +197,13 @@ def load_checkpoint(
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
     cache_dir: str | None = None,
+    before_weights: Callable[[GPTConfig], None] | None = None,
 ) -> LoadedCheckpoint:
-    """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default)."""
+    """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default).
+
+    `before_weights(config)` is called once the model's config is known (and matches the tokenizer), before
+    the weights are read: the caller's chance to refuse the model (e.g. one too large for its memory) by
+    raising, before anything of its size is allocated."""
     directory = resolve_source(source, revision, cache_dir)
     if step is None:
         step = find_last_step(directory)
@@ -215,6 +221,8 @@ def load_checkpoint(
             f"vocab mismatch: tokenizer has {tokenizer.get_vocab_size()} tokens, "
             f"model_config.vocab_size is {config.vocab_size}"
         )
+    if before_weights is not None:
+        before_weights(config)
     path = model_path(directory, step)
     state = read_state_dict(path)
     model = build_model(config, state, device, dtype, source=str(path))

@@ -15,6 +15,10 @@ Rows [0, num_decoding) of the cache hold decoding sequences, contiguously: when 
 last rows move into the holes. The generation being prefilled (one at a time) sits in the row just after
 them.
 
+The cache is allocated once, for `max_batch` + 1 rows of the context (`max_seq_len`, at most the model's
+`sequence_len`); `memory_plan` says what the weights and that cache take from the model's config alone,
+before either is allocated (`engine.memory` is the same figures from the real tensors).
+
 The engine runs on one thread and knows nothing about HTTP; `generate` is nanochat's simple interface.
 """
 
@@ -34,8 +38,9 @@ from nanochat.backend import (
 from nanochat.batching import BatchedEngine
 from nanochat.calculator import evaluate as calculator_evaluate
 from nanochat.detokenize import TextStream
-from nanochat.gpt import GPT
-from nanochat.kv_cache import KVCache
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.kv_cache import KVCache, cache_bytes
+from nanochat.memory import MemoryPlan, context_tokens, module_bytes
 from nanochat.tokenizer import Tokenizer
 
 # The contract's names, for the callers that drive this engine directly (the CLI, evaluation, benchmarks).
@@ -48,7 +53,24 @@ __all__ = [
     "Generation",
     "SamplingParams",
     "TokenEvent",
+    "memory_plan",
 ]
+
+
+def cache_layout(config: GPTConfig, max_batch: int, context: int) -> tuple[int, int, int, int, int]:
+    """The engine's `KVCache` arguments (n_layer, n_kv_head, head_dim, rows, max_len): one row per sequence
+    decoding, and one more for the generation being prefilled."""
+    return (config.n_layer, config.n_kv_head, config.head_dim, max_batch + 1, context)
+
+
+def memory_plan(config: GPTConfig, dtype: torch.dtype, max_batch: int, max_seq_len: int | None) -> MemoryPlan:
+    """What an `Engine` over a model of `config` in `dtype` will take, computed before anything is allocated
+    (the model is built on the meta device). ContextLengthError for a max_seq_len above the model's."""
+    context = context_tokens(max_seq_len, config.sequence_len)
+    with torch.device("meta"):
+        weights = module_bytes(GPT(config), dtype)
+    layout = cache_layout(config, max_batch, context)
+    return MemoryPlan(weights, dtype, cache_bytes(*layout, dtype), rows=layout[3], context=context)
 
 
 class Engine(BatchedEngine):
@@ -69,7 +91,7 @@ class Engine(BatchedEngine):
         special = tokenizer.get_special_tokens()
         super().__init__(
             max_batch=max_batch,
-            max_seq_len=min(max_seq_len or config.sequence_len, model.rotary_seq_len),
+            max_seq_len=context_tokens(max_seq_len, config.sequence_len),
             prefill_chunk=prefill_chunk,
             device=param.device,
             vocab_size=config.vocab_size,
@@ -77,15 +99,11 @@ class Engine(BatchedEngine):
         )
         self.model = model.eval()
         self.tokenizer = tokenizer
-        # one extra row holds the generation being prefilled
         self.cache = KVCache(
-            config.n_layer,
-            config.n_kv_head,
-            config.head_dim,
-            max_batch + 1,
-            self.max_seq_len,
-            dtype=param.dtype,
-            device=self.device,
+            *cache_layout(config, max_batch, self.max_seq_len), dtype=param.dtype, device=self.device
+        )
+        self.memory = MemoryPlan(
+            module_bytes(model), param.dtype, self.cache.nbytes, self.cache.capacity, self.max_seq_len
         )
         self._special_ids = frozenset(special.values())
         self._python_start = special["<|python_start|>"]

@@ -11,7 +11,9 @@ How a decode step batches sequences of different lengths: each sequence keeps it
 for a step they are left-padded to the longest, stacked into a `DynamicCache`, masked with an attention
 mask, and each row gets its own position id. That is correct for any full-attention model in transformers
 and simple, but it copies the cache every step: fine for small models and moderate batches, not a
-replacement for vLLM. Sliding-window and recurrent models are not supported.
+replacement for vLLM. Sliding-window and recurrent models are not supported. Nothing is reserved up front:
+`memory_plan` (and `engine.memory`) gives the weights' bytes and the most the keys/values can take (every
+row at the full context), and `from_pretrained` checks that against a memory limit before loading.
 
 `HFTokenizer` is a `nanochat.backend.ChatTokenizer` over the transformers tokenizer, with the methods of
 nanochat's `Tokenizer`: plain-text `encode` (text that looks like a special token stays text), `decode`,
@@ -36,6 +38,7 @@ from nanochat.backend import Continuation, EngineError, Generation, SamplingPara
 from nanochat.batching import BatchedEngine
 from nanochat.detokenize import TextStream
 from nanochat.device import resolve_dtype
+from nanochat.memory import MemoryPlan, check_fits, context_tokens, module_bytes
 from nanochat.tokenizer import TokenizerError
 
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")  # private-use characters around a content index
@@ -240,6 +243,25 @@ class IncrementalText(TextStream):
 
 
 # ---- engine ---------------------------------------------------------------------------------------
+def model_context(config: Any, tokenizer: HFTokenizer) -> int:
+    """The model's own context: its config's max_position_embeddings, else the tokenizer's limit."""
+    return getattr(config, "max_position_embeddings", None) or tokenizer.hf.model_max_length
+
+
+def memory_plan(
+    config: Any, dtype: torch.dtype, weights_bytes: int, max_batch: int, context: int
+) -> MemoryPlan:
+    """The weights and the most the keys/values take: `max_batch` rows (the prefill's are among them) at
+    `context` tokens, from the config's layers, key/value heads and head size."""
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+    cache = per_token * max_batch * context
+    return MemoryPlan(weights_bytes, dtype, cache, rows=max_batch, context=context, preallocated=False)
+
+
 class HFEngine(BatchedEngine):
     """Continuous-batching generation over a transformers causal LM; see the module docstring."""
 
@@ -253,14 +275,14 @@ class HFEngine(BatchedEngine):
         max_seq_len: int | None = None,
         prefill_chunk: int = 512,
     ) -> None:
-        context = getattr(model.config, "max_position_embeddings", None) or tokenizer.hf.model_max_length
+        context = context_tokens(max_seq_len, model_context(model.config, tokenizer))
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.hf.eos_token_id is not None:
             eos.append(tokenizer.hf.eos_token_id)
         super().__init__(
             max_batch=max_batch,
-            max_seq_len=min(max_seq_len or context, context),
+            max_seq_len=context,
             prefill_chunk=prefill_chunk,
             device=next(model.parameters()).device,
             vocab_size=model.config.get_text_config().vocab_size,
@@ -271,6 +293,8 @@ class HFEngine(BatchedEngine):
         self._prefill_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._kv: dict[Continuation, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._special_ids = frozenset(tokenizer.get_special_tokens().values())
+        param = next(model.parameters())
+        self.memory = memory_plan(model.config, param.dtype, module_bytes(model), max_batch, context)
 
     @classmethod
     def from_pretrained(
@@ -278,10 +302,16 @@ class HFEngine(BatchedEngine):
         path: str | os.PathLike[str],
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
-        **kwargs: Any,
+        max_batch: int = 16,
+        max_seq_len: int | None = None,
+        prefill_chunk: int = 512,
+        memory_limit: int | None = None,
     ) -> HFEngine:
-        """Load a local model folder (config.json, weights, tokenizer files)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load a local model folder (config.json, weights, tokenizer files). Before the weights are loaded,
+        the context asked for (`max_seq_len`) is checked against the model's, and the weights and the most
+        the cache can take against `memory_limit` (and a CUDA device's free memory): ContextLengthError,
+        MemoryLimitError."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
@@ -289,8 +319,13 @@ class HFEngine(BatchedEngine):
         device = torch.device(device)
         dtype = dtype or resolve_dtype(None, device)
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
+        config = AutoConfig.from_pretrained(folder)
+        context = context_tokens(max_seq_len, model_context(config, tokenizer))
+        with torch.device("meta"):
+            weights = module_bytes(AutoModelForCausalLM.from_config(config), dtype)
+        check_fits(memory_plan(config, dtype, weights, max_batch, context), memory_limit, device)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, max_batch, max_seq_len, prefill_chunk)
 
     # ---- the model, each row with its own keys/values (BatchedEngine's hooks) --------------------------
     def _text_stream(self, params: SamplingParams) -> IncrementalText:

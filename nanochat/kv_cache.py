@@ -10,6 +10,7 @@ forward, `write` once per layer and `advance` at the end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,18 @@ class AttentionPlan:
     position_index: torch.Tensor  # (batch,) long, on the cache device
 
 
+def cache_shape(n_layer: int, n_kv_head: int, head_dim: int, capacity: int, max_len: int) -> tuple[int, ...]:
+    """The shape of the keys (and of the values) of a `KVCache` built with these arguments."""
+    return (n_layer, capacity, n_kv_head, max_len, head_dim)
+
+
+def cache_bytes(
+    n_layer: int, n_kv_head: int, head_dim: int, capacity: int, max_len: int, dtype: torch.dtype
+) -> int:
+    """What a `KVCache` built with these arguments allocates (keys and values), before it is built."""
+    return 2 * math.prod(cache_shape(n_layer, n_kv_head, head_dim, capacity, max_len)) * dtype.itemsize
+
+
 class KVCache:
     """Preallocated keys and values: (n_layer, capacity, n_kv_head, max_len, head_dim) each."""
 
@@ -51,7 +64,7 @@ class KVCache:
     ) -> None:
         if capacity < 1 or max_len < 1:
             raise ValueError(f"KV cache needs capacity >= 1 and max_len >= 1, got {capacity} and {max_len}")
-        shape = (n_layer, capacity, n_kv_head, max_len, head_dim)
+        shape = cache_shape(n_layer, n_kv_head, head_dim, capacity, max_len)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
@@ -61,6 +74,11 @@ class KVCache:
     @property
     def device(self) -> torch.device:
         return self.k.device
+
+    @property
+    def nbytes(self) -> int:
+        """What the keys and values take."""
+        return self.k.nbytes + self.v.nbytes
 
     def plan(self, start_row: int, batch: int, num_tokens: int) -> AttentionPlan:
         """Describe a forward of `num_tokens` new tokens for each of `batch` rows starting at `start_row`."""

@@ -49,14 +49,15 @@ async def ready(rt: RuntimeDep) -> Ready:
 
 @router.get("/stats")
 async def stats(rt: RuntimeDep) -> dict[str, Any]:
-    """The model, its state, the optional parts' states and the scheduler's figures (queue, batch,
-    totals)."""
+    """The model, its state, what its weights and KV cache take, the optional parts' states and the
+    scheduler's figures (queue, batch, totals)."""
     return {
         "model": rt.model_name,
         "state": rt.state,
         "reason": None if rt.ready else rt.reason,
         "uptime_s": round(time.time() - rt.started_at, 1),
         "context_tokens": rt.engine.max_seq_len if rt.engine else None,
+        "memory": rt.engine.memory.as_dict() if rt.engine else None,  # weights and KV cache bytes
         "scheduler": rt.scheduler.stats() if rt.scheduler else None,
         "parts": rt.parts(),
     }

@@ -1,7 +1,9 @@
 """`nanochat serve` / `python -m app`: vLLM's flags, each also an environment variable (the old NANOCHAT_*
 names too), all feeding the one Settings object with the flag winning; the request's `model` checked against
 the served names (404 `model_not_found` in OpenAI's shape, or any name with NANOCHAT_ACCEPT_ANY_MODEL);
-`--max-model-len` capping the context.
+`--max-model-len` capping the context (and refused above the model's); `--memory-limit` refusing a model
+that does not fit, in one line before its weights are read; the start-up line and `/stats` saying what the
+weights and the KV cache take.
 
 `nanochat serve` is an entry point (pyproject.toml), read from installed metadata: the servers here run with
 a metadata folder written from this checkout's pyproject.toml first on the path, so that they test the
@@ -11,6 +13,7 @@ checkout's declaration whether or not the environment was installed from it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -25,6 +28,10 @@ import pytest
 
 from app.__main__ import add_serve_arguments, settings_from_args
 from app.config import Settings
+from app.lifecycle import EXIT_LOAD_FAILED
+from nanochat.checkpoint import load_checkpoint
+from nanochat.engine import Engine
+from nanochat.memory import format_bytes
 from tests.servers import REPO_ROOT, Server, free_port, server_env, wait_for
 
 DEMO = REPO_ROOT / "models" / "demo"
@@ -79,6 +86,7 @@ def test_help_lists_every_flag_with_its_variables_and_default(tmp_path: Path) ->
         "HOST, NANOCHAT_HOST; default: 127.0.0.1",
         "NANOCHAT_MAX_NUM_SEQS, NANOCHAT_MAX_BATCH; default: 16",
         "NANOCHAT_MAX_MODEL_LEN; default: unset",
+        "NANOCHAT_MEMORY_LIMIT; default: unset",
         "NANOCHAT_SERVED_MODEL_NAME, NANOCHAT_MODEL_NAME",
         "NANOCHAT_API_KEY, NANOCHAT_API_KEYS",
         "NANOCHAT_DEVICE; default: cpu",
@@ -122,6 +130,14 @@ def test_the_new_variable_wins_over_the_old_and_the_flag_over_both(clean: pytest
     assert parse("--no-accept-any-model").accept_any_model is False
 
 
+def test_the_memory_limit_takes_units(clean: pytest.MonkeyPatch) -> None:
+    assert parse().memory_limit is None
+    assert parse("--memory-limit", "512MB").memory_limit == 512_000_000
+    clean.setenv("NANOCHAT_MEMORY_LIMIT", "2GiB")
+    assert parse().memory_limit == 2 * 1024**3
+    assert parse("--memory-limit", "1000").memory_limit == 1000
+
+
 def test_served_names_default_to_the_model_folders_name(clean: pytest.MonkeyPatch) -> None:
     assert parse("--model", "models/demo/").served_names == ["demo"]
     assert parse("--model", "karpathy/nanochat-d32").served_names == ["nanochat-d32"]
@@ -133,6 +149,9 @@ def test_served_names_default_to_the_model_folders_name(clean: pytest.MonkeyPatc
         (["--max-num-seqs", "0"], {}, "--max-num-seqs / NANOCHAT_MAX_NUM_SEQS / NANOCHAT_MAX_BATCH"),
         (["--port", "70000"], {}, "--port / PORT / NANOCHAT_PORT"),
         ([], {"NANOCHAT_MAX_BATCH": "many"}, "--max-num-seqs / NANOCHAT_MAX_NUM_SEQS / NANOCHAT_MAX_BATCH"),
+        (["--max-model-len", "0"], {}, "--max-model-len / NANOCHAT_MAX_MODEL_LEN"),
+        (["--memory-limit", "lots"], {}, "--memory-limit / NANOCHAT_MEMORY_LIMIT"),
+        ([], {"NANOCHAT_MEMORY_LIMIT": "0MB"}, "--memory-limit / NANOCHAT_MEMORY_LIMIT"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag_and_its_variables(
@@ -223,6 +242,61 @@ def test_the_flags_configure_the_server(served: Server, client: openai.OpenAI) -
     stats = httpx.get(f"{served.url}/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
     assert stats["context_tokens"] == 64 and stats["scheduler"]["slots"] == 2
     assert httpx.get(f"{served.url}/v1/models", timeout=30).status_code == 401  # --api-key
+
+
+@pytest.mark.integration
+def test_the_start_up_line_and_stats_say_what_the_weights_and_the_cache_take(served: Server) -> None:
+    """--max-num-seqs 2 --max-model-len 64: a cache of 3 rows (one for the prefill) x 64 tokens, its bytes
+    those of the tensors an engine of these settings allocates."""
+    demo = load_checkpoint(DEMO)
+    engine = Engine(demo.model, demo.tokenizer, max_batch=2, max_seq_len=64)
+    stats = httpx.get(f"{served.url}/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    assert stats["memory"] == {
+        "weights_bytes": sum(t.nbytes for t in [*demo.model.parameters(), *demo.model.buffers()]),
+        "kv_cache_bytes": engine.cache.k.nbytes + engine.cache.v.nbytes,
+        "kv_cache_rows": 3,
+        "kv_cache_preallocated": True,
+        "dtype": "float32",
+    }
+    (line,) = [json.loads(line)["message"] for line in served.log().splitlines() if '"memory: ' in line]
+    weights, cache = format_bytes(stats["memory"]["weights_bytes"]), format_bytes(engine.cache.nbytes)
+    total = format_bytes(stats["memory"]["weights_bytes"] + engine.cache.nbytes)
+    assert (
+        line == f"memory: weights {weights} (float32), KV cache {cache} (3 rows x 64 tokens), total {total}"
+    )
+
+
+def failed_start(tmp_path: Path, *argv: str) -> tuple[int, list[str]]:
+    """Run `python -m app ARGV` on the demo model, expecting it to exit by itself: its status and its log
+    lines (JSON: not a terminal)."""
+    command = [sys.executable, "-m", "app", "--port", str(free_port()), *argv]
+    env = server_env(NO_CLASSIFIER)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    return done.returncode, (done.stdout + done.stderr).splitlines()
+
+
+@pytest.mark.integration
+def test_max_model_len_above_the_models_context_is_refused(tmp_path: Path) -> None:
+    status, lines = failed_start(tmp_path, "--max-model-len", "300")
+    assert status == EXIT_LOAD_FAILED, lines
+    (error,) = [json.loads(line) for line in lines if "failed to load" in line]
+    assert error["severity"] == "ERROR" and "stack_trace" not in error
+    assert "--max-model-len 300 is above the model's context of 256 tokens" in error["message"]
+    assert not any("Traceback" in line for line in lines)
+
+
+@pytest.mark.integration
+def test_a_model_over_the_memory_limit_is_one_line_before_its_weights_load(tmp_path: Path) -> None:
+    status, lines = failed_start(tmp_path, "--memory-limit", "1MB", "--max-num-seqs", "4")
+    assert status == EXIT_LOAD_FAILED, lines
+    (error,) = [json.loads(line) for line in lines if "failed to load" in line]
+    assert error["severity"] == "ERROR" and "stack_trace" not in error
+    message = error["message"]
+    assert "does not fit" in message and "the memory limit is 1.0 MB (--memory-limit)" in message, message
+    assert "KV cache" in message and "5 rows x 256 tokens" in message and "weights" in message
+    assert all(flag in message for flag in ("--max-model-len", "--max-num-seqs", "--dtype")), message
+    assert not any("Traceback" in line for line in lines)
+    assert not any(line.startswith('{"severity": "INFO", "message": "model ') for line in lines)  # not ready
 
 
 @pytest.mark.integration
