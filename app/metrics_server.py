@@ -13,19 +13,62 @@ served (text format, or OpenMetrics when the scraper asks); anything else is a 4
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 
 from app.contract import METRICS_PATH
 
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+# what reading a worker's file raises while the worker is still creating it (empty, or its first entry half
+# written): the file is left out of that one scrape
+UNREADABLE = (struct.error, RuntimeError, UnicodeDecodeError, ValueError, FileNotFoundError)
+
+
+class WorkerFilesCollector:
+    """prometheus_client's multiprocess merge of every worker's `*.db` file, except that a file a worker is
+    creating at that moment is left out of the scrape instead of failing it. (prometheus_client's own
+    collector raises on an empty file, so a scrape while a worker starts got a 500.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = glob.glob(os.path.join(self.path, "*.db"))
+        try:
+            return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        except UNREADABLE:
+            readable = [f for f in files if _readable(f)]
+            return multiprocess.MultiProcessCollector.merge(readable, accumulate=True)
+
+
+def _readable(path: str) -> bool:
+    try:
+        for _ in MmapedDict.read_all_values_from_file(path):
+            pass
+    except UNREADABLE as e:
+        logger.debug("left out of this scrape (a worker is still writing it): %s: %r", path, e)
+        return False
+    return True
+
+
+def worker_registry(path: str) -> CollectorRegistry:
+    """A registry of every worker's metrics, read from their files at each collect."""
+    registry = CollectorRegistry()
+    registry.register(WorkerFilesCollector(path))
+    return registry
 
 
 class _Registry:
@@ -41,9 +84,7 @@ class _Registry:
             from app.observability import metrics  # this process's own registry (python -m app)
 
             return metrics.REGISTRY.collect()
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path)
-        return registry.collect()
+        return worker_registry(path).collect()
 
 
 def metrics_app() -> Callable:

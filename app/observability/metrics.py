@@ -39,10 +39,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
 
+from app.metrics_server import worker_registry
 from app.observability import catalog
 
 if TYPE_CHECKING:
@@ -365,9 +365,7 @@ def exposition_registry() -> CollectorRegistry:
     path = multiprocess_dir()
     if path is None:
         return REGISTRY
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path)
-    return registry
+    return worker_registry(path)
 
 
 def render(accept: str | None = None) -> tuple[bytes, str]:

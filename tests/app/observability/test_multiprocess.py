@@ -98,3 +98,39 @@ def test_workers_are_merged_and_dead_ones_leave_the_live_gauges(run) -> None:
     assert values["nanochat_ready"] == 1  # the loading worker died: the live ones are ready
     assert values["nanochat_batch_slots"] == 32
     assert values[requests] == 3  # what the dead worker counted still counts
+
+
+# a scrape by the master's metrics server (app/metrics_server.py), as Prometheus makes it
+SCRAPE = """
+import urllib.request
+from app import metrics_server
+server = metrics_server.start("127.0.0.1", 0)
+with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=60) as response:
+    print(response.status)
+    print(response.read().decode())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_worker_still_creating_its_file_does_not_fail_the_scrape(run) -> None:
+    """A worker creates its file empty and then sizes it: a scrape in between read an empty file, and
+    prometheus_client's merge raised (the master's metrics port answered 500, the app port's /metrics
+    too). The file is left out of that scrape; the other workers' values are all there."""
+    run(WORKER, "ready")
+    run(WORKER, "ready")
+    (run.folder / "gauge_livemin_999999.db").write_bytes(b"")  # created, not yet sized
+    (run.folder / "counter_999998.db").write_bytes(b"\x00\x01")  # its first bytes only
+
+    values = merged(run)  # what `render` gives (the app port's /metrics under gunicorn)
+    assert values["nanochat_batch_slots"] == 32 and values["nanochat_ready"] == 1
+
+    status, _, text = run(SCRAPE).partition("\n")
+    assert status == "200", text
+    scraped = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert scraped["nanochat_batch_slots"] == 32 and scraped["nanochat_ready"] == 1
