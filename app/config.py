@@ -70,8 +70,8 @@ class Settings(BaseSettings):
         description="memory the weights and the KV cache may take, in bytes or with a unit (512MB, 2GiB); "
         "a model that needs more fails at start-up (on CUDA the device's free memory bounds it too)",
     )
-    enable_prefix_caching: bool = Field(
-        True,
+    enable_prefix_caching: bool = Field(  # off by default: a miss costs ~3% TTFT (docs/serving.md)
+        False,
         description="keep the keys and values of prompts and finished sequences and reuse them for later "
         "prompts that start with the same tokens (the nanochat backend)",
     )

@@ -4,6 +4,7 @@ server its counters in /metrics and its figures in /stats moving when requests s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,15 +36,15 @@ def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch
 
 def test_the_flags_and_variables(clean: pytest.MonkeyPatch) -> None:
     default = parse()
-    assert default.enable_prefix_caching is True and default.prefix_cache_bytes == 0.5
-    assert parse("--no-enable-prefix-caching").enable_prefix_caching is False
+    assert default.enable_prefix_caching is False and default.prefix_cache_bytes == 0.5
+    assert parse("--enable-prefix-caching").enable_prefix_caching is True
     assert parse("--prefix-cache-bytes", "256MB").prefix_cache_bytes == 256_000_000
     assert parse("--prefix-cache-bytes", "0.25").prefix_cache_bytes == 0.25
-    clean.setenv("NANOCHAT_ENABLE_PREFIX_CACHING", "false")
+    clean.setenv("NANOCHAT_ENABLE_PREFIX_CACHING", "true")
     clean.setenv("NANOCHAT_PREFIX_CACHE_BYTES", "1GiB")
     settings = parse()
-    assert settings.enable_prefix_caching is False and settings.prefix_cache_bytes == 1024**3
-    assert parse("--enable-prefix-caching").enable_prefix_caching is True
+    assert settings.enable_prefix_caching is True and settings.prefix_cache_bytes == 1024**3
+    assert parse("--no-enable-prefix-caching").enable_prefix_caching is False
     for bad in ("0.0", "lots", "-1"):
         with pytest.raises(ValueError, match="--prefix-cache-bytes / NANOCHAT_PREFIX_CACHE_BYTES"):
             parse("--prefix-cache-bytes", bad)
@@ -51,7 +52,7 @@ def test_the_flags_and_variables(clean: pytest.MonkeyPatch) -> None:
 
 def test_the_budget_is_a_fraction_or_a_size_within_the_memory_limit() -> None:
     plan = MemoryPlan(weights_bytes=1000, dtype=torch.float32, kv_cache_bytes=4000, rows=2, context=8)
-    settings = Settings(_env_file=None, prefix_cache_bytes=0.5)
+    settings = Settings(_env_file=None, enable_prefix_caching=True, prefix_cache_bytes=0.5)
     assert prefix_cache_budget(settings, plan) == 2000
     assert prefix_cache_budget(settings.model_copy(update={"prefix_cache_bytes": 300}), plan) == 300
     assert prefix_cache_budget(settings.model_copy(update={"memory_limit": 5500}), plan) == 500
@@ -60,12 +61,10 @@ def test_the_budget_is_a_fraction_or_a_size_within_the_memory_limit() -> None:
 
 
 def test_the_engine_the_service_loads_has_the_cache_asked_for() -> None:
-    on = load_engine(
-        Settings(_env_file=None, checkpoint=str(DEMO_MODEL), max_batch=2, prefix_cache_bytes="1MB")
-    )
+    settings = Settings(_env_file=None, checkpoint=str(DEMO_MODEL), max_batch=2, prefix_cache_bytes="1MB")
+    assert load_engine(settings).prefix_cache_stats() is None  # off by default
+    on = load_engine(settings.model_copy(update={"enable_prefix_caching": True}))
     assert on.prefix_cache_stats().max_bytes == 1_000_000
-    off = Settings(_env_file=None, checkpoint=str(DEMO_MODEL), max_batch=2, enable_prefix_caching=False)
-    assert load_engine(off).prefix_cache_stats() is None
 
 
 def prefix_figures(url: str) -> dict[str, float]:
@@ -79,8 +78,9 @@ def prefix_figures(url: str) -> dict[str, float]:
 
 
 @pytest.mark.integration
-def test_requests_sharing_a_system_prompt_hit_the_cache(api_server: Server) -> None:
-    before = prefix_figures(api_server.url)
+def test_requests_sharing_a_system_prompt_hit_the_cache(start_server: Callable[..., Server]) -> None:
+    server = start_server({"NANOCHAT_ENABLE_PREFIX_CACHING": "true", "NANOCHAT_CLASSIFIER": ""})
+    before = prefix_figures(server.url)
     assert set(before) >= {
         "nanochat_prefix_cache_hits_total",
         "nanochat_prefix_cache_misses_total",
@@ -95,8 +95,8 @@ def test_requests_sharing_a_system_prompt_hit_the_cache(api_server: Server) -> N
             "max_tokens": 4,
             "temperature": 0,
         }
-        assert httpx.post(f"{api_server.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
-    after = prefix_figures(api_server.url)
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    after = prefix_figures(server.url)
 
     def grew(name: str) -> float:
         return after[name] - before[name]
@@ -105,6 +105,6 @@ def test_requests_sharing_a_system_prompt_hit_the_cache(api_server: Server) -> N
     assert grew("nanochat_prefix_cache_reused_tokens_total") >= 2 * 16
     assert after["nanochat_prefix_cache_bytes"] > 0
     assert after["nanochat_prefix_cache_limit_bytes"] > after["nanochat_prefix_cache_bytes"]
-    stats = httpx.get(f"{api_server.url}/stats", timeout=30).json()["scheduler"]["prefix_cache"]
+    stats = httpx.get(f"{server.url}/stats", timeout=30).json()["scheduler"]["prefix_cache"]
     assert stats["hits"] >= grew("nanochat_prefix_cache_hits_total")
     assert stats["bytes"] == after["nanochat_prefix_cache_bytes"] and stats["block_size"] == 16
