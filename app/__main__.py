@@ -2,11 +2,12 @@
 draining on SIGTERM.
 
 The flags are vLLM's (`--model`, `--served-model-name`, `--host`, `--port`, `--device`, `--dtype`,
-`--max-num-seqs`, `--max-model-len`, `--api-key`), plus `--memory-limit` and `--accept-any-model`; `--help`
-lists them with their variables and defaults. Each sets a field of the one Settings object
-(`app.config.SERVE_FLAGS`), winning over its environment variable; every other setting comes from NANOCHAT_*
-variables or `.env`. `nanochat serve` is this parser registered as an entry point of `nanochat.commands`
-(pyproject.toml), so that the engine's CLI never imports the service.
+`--max-num-seqs`, `--max-model-len`, `--api-key`, `--enable-prefix-caching`), plus `--memory-limit`,
+`--prefix-cache-bytes` and `--accept-any-model`; `--help` lists them with their variables and defaults.
+Each sets a field of the one Settings object (`app.config.SERVE_FLAGS`), winning over its environment
+variable; every other setting comes from NANOCHAT_* variables or `.env`. `nanochat serve` is this parser
+registered as an entry point of `nanochat.commands` (pyproject.toml), so that the engine's CLI never imports
+the service.
 
 Plain uvicorn closes its listening socket the moment SIGTERM arrives and re-raises the signal at the end
 (exit status 143). This runner installs its own SIGTERM/SIGINT handler instead: `/ready` turns 503 and new

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         description="memory the weights and the KV cache may take, in bytes or with a unit (512MB, 2GiB); "
         "a model that needs more fails at start-up (on CUDA the device's free memory bounds it too)",
     )
+    enable_prefix_caching: bool = Field(  # off by default: a miss costs ~3% TTFT (docs/serving.md)
+        False,
+        description="keep the keys and values of prompts and finished sequences and reuse them for later "
+        "prompts that start with the same tokens (the nanochat backend)",
+    )
+    prefix_cache_bytes: int | float = Field(
+        0.5,
+        description="memory the prefix cache may take: a fraction of the KV cache's (0.5) or a size (256MB, "
+        "1GiB, bytes); within --memory-limit when one is set",
+    )
     threads: int | None = None  # torch CPU threads (default: CPU cores minus one, left to the event loop)
 
     # the scheduler
@@ -194,6 +204,11 @@ class Settings(BaseSettings):
     def _size(cls, value):
         return None if value in (None, "") else parse_bytes(value)
 
+    @field_validator("prefix_cache_bytes", mode="before")
+    @classmethod
+    def _size_or_fraction(cls, value):
+        return parse_size_or_fraction(value)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value):
@@ -214,9 +229,23 @@ SERVE_FLAGS = {
     "--max-num-seqs": "max_batch",
     "--max-model-len": "max_model_len",
     "--memory-limit": "memory_limit",
+    "--enable-prefix-caching": "enable_prefix_caching",
+    "--prefix-cache-bytes": "prefix_cache_bytes",
     "--api-key": "api_keys",
     "--accept-any-model": "accept_any_model",
 }
+
+
+def parse_size_or_fraction(value: str | int | float) -> int | float:
+    """A fraction in (0, 1] written with a decimal point (`0.5`, `1.0`) stays a float; anything else is a
+    size (`parse_bytes`: `256MB`, `1GiB`, `1000000`)."""
+    if isinstance(value, float) or (isinstance(value, str) and "." in value and value.strip()[-1:].isdigit()):
+        fraction = float(value)
+        if 0 < fraction <= 1:
+            return fraction
+        if fraction <= 0:
+            raise ValueError(f"expected a fraction in (0, 1] or a size, got {value!r}")
+    return parse_bytes(value if not isinstance(value, float) else int(value))
 
 
 def env_names(name: str) -> list[str]:

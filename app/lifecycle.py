@@ -61,7 +61,8 @@ from nanochat.cliargs import UsageError
 from nanochat.device import resolve_device, resolve_dtype
 from nanochat.engine import Engine, memory_plan
 from nanochat.gpt import GPTConfig
-from nanochat.memory import check_fits
+from nanochat.memory import MemoryPlan, check_fits, format_bytes
+from nanochat.prefix_cache import resolve_budget
 
 if TYPE_CHECKING:
     from app.api.classify import Classifier
@@ -241,6 +242,13 @@ class Runtime:
             settings.max_queue,
         )
         logger.info("memory: %s", engine.memory.describe())
+        prefix_cache = engine.prefix_cache_stats()
+        if prefix_cache is not None:
+            logger.info(
+                "prefix cache: up to %s, blocks of %d tokens",
+                format_bytes(prefix_cache.max_bytes),
+                prefix_cache.block_size,
+            )
 
     async def _load_guardrail(self, exit_process: Callable[[int], None]) -> None:
         """The guardrail, on a thread of its own; its failure is the service's (see the module docstring)."""
@@ -372,9 +380,12 @@ def load_engine(settings: Settings) -> GenerationBackend:
             memory_limit=settings.memory_limit,
         )
 
+    plans: list[MemoryPlan] = []
+
     def fits(config: GPTConfig) -> None:  # before the weights are read: the context asked for, the memory
         plan = memory_plan(config, dtype, settings.max_batch, settings.max_model_len)
         check_fits(plan, settings.memory_limit, device)
+        plans.append(plan)
 
     checkpoint = load_checkpoint(
         settings.checkpoint, step=settings.step, device=device, dtype=dtype, before_weights=fits
@@ -385,7 +396,19 @@ def load_engine(settings: Settings) -> GenerationBackend:
         max_batch=settings.max_batch,
         max_seq_len=settings.max_model_len,
         prefill_chunk=settings.prefill_chunk,
+        prefix_cache_bytes=prefix_cache_budget(settings, plans[-1]),
     )
+
+
+def prefix_cache_budget(settings: Settings, plan: MemoryPlan) -> int:
+    """The prefix cache's bytes: 0 when off; else its setting (a fraction of the KV cache's bytes, or a
+    size), at most what the weights and the KV cache leave of --memory-limit."""
+    if not settings.enable_prefix_caching:
+        return 0
+    budget = resolve_budget(settings.prefix_cache_bytes, plan.kv_cache_bytes)
+    if settings.memory_limit is not None:
+        budget = min(budget, max(settings.memory_limit - plan.total_bytes, 0))
+    return budget
 
 
 def _build_engine(settings: Settings, engine_factory: EngineFactory) -> GenerationBackend:

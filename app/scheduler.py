@@ -191,6 +191,7 @@ class Scheduler:
         self.engine = engine
         self.record_metrics = record_metrics  # batch sizes, queue depth and active sequences (metrics.py)
         self._load = (-1, -1)  # the queue depth and active sequences last recorded
+        self._prefix_cache = engine.prefix_cache_stats()  # the prefix cache's figures last recorded
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
         self.prefill_chunk = prefill_chunk
@@ -212,6 +213,8 @@ class Scheduler:
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.record_metrics and self._prefix_cache is not None:  # its series from 0
+            metrics.record_prefix_cache(self._prefix_cache, self._prefix_cache)
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         with self._cond:
             self._state = "ready"
@@ -301,6 +304,7 @@ class Scheduler:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             active = list(self._active.values())
+            prefix_cache = self.engine.prefix_cache_stats()
             return {
                 "state": self._state,
                 "queue_depth": len(self._waiting),
@@ -310,6 +314,7 @@ class Scheduler:
                 "free_slots": self._free_rows,
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "totals": dict(self.totals),
+                "prefix_cache": prefix_cache.as_dict() if prefix_cache else None,
             }
 
     # ---- the loop (scheduler thread) ------------------------------------------------------------------
@@ -357,6 +362,8 @@ class Scheduler:
                 if self.record_metrics and load != self._load:
                     self._load = load
                     metrics.set_load(*load)
+                if self.record_metrics and self._prefix_cache is not None:
+                    self._record_prefix_cache()
             except Exception:  # a bug must not kill the thread and leave every client waiting forever
                 logger.exception("the scheduler turn failed; failing the requests in flight")
                 self._fail_all(InternalError("generation failed inside the server; the error is logged"))
@@ -369,6 +376,12 @@ class Scheduler:
         ]:
             self._drop(job, NotReady("the server stopped before this request finished"), "cancelled")
         self._flush(force=True)
+
+    def _record_prefix_cache(self) -> None:
+        now = self.engine.prefix_cache_stats()
+        if now is not None and now != self._prefix_cache:
+            metrics.record_prefix_cache(self._prefix_cache, now)
+            self._prefix_cache = now
 
     def _fail_all(self, error: SchedulerError) -> None:
         """End every admitted request with `error` and empty the engine (after an unexpected failure in

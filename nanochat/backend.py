@@ -29,6 +29,7 @@ import torch
 
 from nanochat.detokenize import TextStream
 from nanochat.memory import MemoryPlan
+from nanochat.prefix_cache import PrefixCacheStats
 
 FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
 FINISH_LENGTH = "length"  # max_tokens, or the context is full
@@ -197,6 +198,10 @@ class GenerationBackend(Protocol):
         ...
 
     def free_rows(self) -> int: ...
+
+    def prefix_cache_stats(self) -> PrefixCacheStats | None:
+        """What the prefix cache holds and has done (`nanochat.prefix_cache`); None without one."""
+        ...
 
     def can_begin(self, n: int = 1) -> bool:
         """Whether `begin` would find `n` free rows now (and no other prefill in progress)."""

@@ -32,6 +32,7 @@ from nanochat.backend import (
     TokenEvent,
 )
 from nanochat.detokenize import TextStream
+from nanochat.prefix_cache import PrefixCacheStats
 
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (logits/T would overflow to inf, then NaN)
 
@@ -92,6 +93,7 @@ class BatchedEngine(abc.ABC):
         self.eos_token_ids = eos_token_ids
         self.decoding: list[Continuation] = []  # decoding[i].row == i
         self.prefilling: Generation | None = None
+        self.prefilled_tokens = 0  # prompt tokens run through the model (a prefix cache's hits skip some)
 
     # ---- rows -----------------------------------------------------------------------------------------
     @property
@@ -104,6 +106,10 @@ class BatchedEngine(abc.ABC):
 
     def can_begin(self, n: int = 1) -> bool:
         return self.prefilling is None and self.free_rows() >= n
+
+    def prefix_cache_stats(self) -> PrefixCacheStats | None:
+        """What the prefix cache holds and has done; None without one."""
+        return None
 
     # ---- the lifecycle --------------------------------------------------------------------------------
     def begin(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
@@ -126,6 +132,7 @@ class BatchedEngine(abc.ABC):
             generation.continuations.append(Continuation(generation, i, self._text_stream(params)))
         self.prefilling = generation
         self._reset_prefill()
+        generation.prefilled = self._reuse_prefix(generation)
         return generation
 
     @torch.inference_mode()
@@ -141,6 +148,7 @@ class BatchedEngine(abc.ABC):
         start = generation.prefilled
         logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start)
         generation.prefilled += chunk
+        self.prefilled_tokens += chunk
         if generation.prefill_remaining:
             return []
         first = int(self._sample(generation, logits)[0])
@@ -327,3 +335,8 @@ class BatchedEngine(abc.ABC):
     def _on_token(self, cont: Continuation, token: int) -> None:
         """Called for every token a continuation takes (nanochat's engine runs its calculator tool here)."""
         return None
+
+    def _reuse_prefix(self, generation: Generation) -> int:
+        """Put keys/values already known for the start of the prompt into the (empty) prefill row; return
+        how many prompt tokens that covers, fewer than the whole prompt (nanochat's prefix cache)."""
+        return 0

@@ -19,6 +19,10 @@ The cache is allocated once, for `max_batch` + 1 rows of the context (`max_seq_l
 `sequence_len`); `memory_plan` says what the weights and that cache take from the model's config alone,
 before either is allocated (`engine.memory` is the same figures from the real tensors).
 
+With `prefix_cache_bytes`, the keys and values of prompts (at the end of their prefill) and of whole
+sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size, and a
+new prompt that starts with blocks of it has them copied into its prefill row: only the rest is prefilled.
+
 The engine runs on one thread and knows nothing about HTTP; `generate` is nanochat's simple interface.
 """
 
@@ -41,6 +45,7 @@ from nanochat.detokenize import TextStream
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.kv_cache import KVCache, cache_bytes
 from nanochat.memory import MemoryPlan, context_tokens, module_bytes
+from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats
 from nanochat.tokenizer import Tokenizer
 
 # The contract's names, for the callers that drive this engine directly (the CLI, evaluation, benchmarks).
@@ -85,7 +90,11 @@ class Engine(BatchedEngine):
         max_batch: int = 16,
         max_seq_len: int | None = None,
         prefill_chunk: int = 512,
+        prefix_cache_bytes: int = 0,
+        prefix_block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
+        """`prefix_cache_bytes`: the most the prefix cache may take (0: no prefix caching);
+        `prefix_block_size`: the tokens of one of its blocks."""
         config = model.config
         param = next(model.parameters())
         special = tokenizer.get_special_tokens()
@@ -105,6 +114,7 @@ class Engine(BatchedEngine):
         self.memory = MemoryPlan(
             module_bytes(model), param.dtype, self.cache.nbytes, self.cache.capacity, self.max_seq_len
         )
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block_size) if prefix_cache_bytes else None
         self._special_ids = frozenset(special.values())
         self._python_start = special["<|python_start|>"]
         self._python_end = special["<|python_end|>"]
@@ -129,6 +139,7 @@ class Engine(BatchedEngine):
 
     def _take_prefill(self, generation: Generation) -> None:
         prefill_row = generation.continuations[0].row  # the prefill row is the first continuation's
+        self._keep_prefix(prefill_row, generation.prompt_ids)
         for cont in generation.continuations[1:]:
             self.cache.copy_row(prefill_row, cont.row)
 
@@ -142,6 +153,8 @@ class Engine(BatchedEngine):
     def _release(self, generation: Generation) -> None:
         """Free a decoding generation's rows, moving the last rows into the holes."""
         prefill_row = self._prefill_row if self.prefilling else None
+        for cont in generation.continuations:  # before any row moves
+            self._keep_prefix(cont.row, generation.prompt_ids + cont.tokens)
         for row in sorted((c.row for c in generation.continuations), reverse=True):
             last = len(self.decoding) - 1
             if row != last:
@@ -158,6 +171,30 @@ class Engine(BatchedEngine):
     def _forget_rows(self) -> None:
         for row in range(self.cache.capacity):
             self.cache.reset_row(row)
+
+    # ---- the prefix cache -----------------------------------------------------------------------------
+    def prefix_cache_stats(self) -> PrefixCacheStats | None:
+        return None if self.prefix_cache is None else self.prefix_cache.stats()
+
+    @torch.inference_mode()
+    def _reuse_prefix(self, generation: Generation) -> int:
+        if self.prefix_cache is None:
+            return 0
+        blocks = self.prefix_cache.match(generation.prompt_ids)
+        if not blocks:
+            return 0
+        row, size = self._prefill_row, self.prefix_cache.block_size
+        for i, block in enumerate(blocks):  # straight into the row: a concatenation first costs a copy more
+            self.cache.k[:, row, :, i * size : (i + 1) * size] = block.k
+            self.cache.v[:, row, :, i * size : (i + 1) * size] = block.v
+        self.cache.lengths[row] = len(blocks) * size
+        return self.cache.lengths[row]
+
+    def _keep_prefix(self, row: int, tokens: list[int]) -> None:
+        """Offer a row's keys/values to the prefix cache; `tokens` starts with those in the row."""
+        if self.prefix_cache is not None:
+            length = self.cache.lengths[row]
+            self.prefix_cache.store(tokens[:length], self.cache.k[:, row], self.cache.v[:, row])
 
     # ---- the calculator tool --------------------------------------------------------------------------
     def _on_token(self, cont: Continuation, token: int) -> None:

@@ -218,6 +218,47 @@ INSTANCE_PRICE = Metric(
     unit="dollars_per_hour",
     mode="livemax",
 )
+PREFIX_CACHE_ON = "prefix caching is on (`NANOCHAT_ENABLE_PREFIX_CACHING`, the nanochat backend)"
+PREFIX_CACHE_HITS = Metric(
+    "nanochat_prefix_cache_hits_total",
+    "counter",
+    "Prompts that started with blocks held in the prefix cache (their prefill skipped them)",
+    when=PREFIX_CACHE_ON,
+)
+PREFIX_CACHE_MISSES = Metric(
+    "nanochat_prefix_cache_misses_total",
+    "counter",
+    "Prompts that found no block of theirs in the prefix cache",
+    when=PREFIX_CACHE_ON,
+)
+PREFIX_CACHE_REUSED_TOKENS = Metric(
+    "nanochat_prefix_cache_reused_tokens_total",
+    "counter",
+    "Prompt tokens whose keys and values came from the prefix cache instead of a prefill",
+    when=PREFIX_CACHE_ON,
+)
+PREFIX_CACHE_EVICTED = Metric(
+    "nanochat_prefix_cache_evicted_blocks_total",
+    "counter",
+    "Prefix cache blocks dropped, least recently used first, to stay within its size",
+    when=PREFIX_CACHE_ON,
+)
+PREFIX_CACHE_BYTES = Metric(
+    "nanochat_prefix_cache_bytes",
+    "gauge",
+    "Memory the prefix cache's blocks take",
+    unit="bytes",
+    when=PREFIX_CACHE_ON,
+    mode="livesum",
+)
+PREFIX_CACHE_LIMIT = Metric(
+    "nanochat_prefix_cache_limit_bytes",
+    "gauge",
+    "The most the prefix cache may take (NANOCHAT_PREFIX_CACHE_BYTES)",
+    unit="bytes",
+    when=PREFIX_CACHE_ON,
+    mode="livesum",
+)
 # every worker sees every GPU (NVML ignores CUDA_VISIBLE_DEVICES): the same figure, so the max, not a sum
 GPU_UTILIZATION = Metric(
     "nanochat_gpu_utilization_ratio",
@@ -272,6 +313,12 @@ CATALOG: tuple[Metric, ...] = (
     PROCESS_MEMORY,
     MEMORY_LIMIT,
     INSTANCE_PRICE,
+    PREFIX_CACHE_HITS,
+    PREFIX_CACHE_MISSES,
+    PREFIX_CACHE_REUSED_TOKENS,
+    PREFIX_CACHE_EVICTED,
+    PREFIX_CACHE_BYTES,
+    PREFIX_CACHE_LIMIT,
     GPU_UTILIZATION,
     GPU_MEMORY_USED,
     GPU_MEMORY_TOTAL,

@@ -6,8 +6,9 @@ Who calls what:
 - the generation routes, when the guardrail is on: `observe_guardrail` (once per screened request);
 - the side routes' admission (app/admission.py): `enable_admission` (once per pool), `observe_admission`
   (once per job offered), `observe_admission_done` (once per job admitted, when it ends);
-- the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation) and
-  `set_load` (only when the queue depth or the number of active sequences changed);
+- the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation),
+  `set_load` (only when the queue depth or the number of active sequences changed) and
+  `record_prefix_cache` (at its start, and when a prefill ends or a generation leaves the batch);
 - the app's start-up and shut-down: `describe_service`, `set_capacity`, `set_model_load_seconds`,
   `set_ready`, `start_process_sampler`, `enable_guardrail`;
 - `GET /metrics`: `render` (on the app's port), or app/metrics_server.py (on a port of its own).
@@ -47,6 +48,7 @@ from app.observability import catalog
 
 if TYPE_CHECKING:
     from app.scheduler import GenerationStream
+    from nanochat.prefix_cache import PrefixCacheStats
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,12 @@ BUILD_INFO = gauge(catalog.BUILD_INFO)
 PROCESS_CPU = counter(catalog.PROCESS_CPU)
 PROCESS_MEMORY = gauge(catalog.PROCESS_MEMORY)
 INSTANCE_PRICE = gauge(catalog.INSTANCE_PRICE)
+PREFIX_CACHE_HITS = counter(catalog.PREFIX_CACHE_HITS)
+PREFIX_CACHE_MISSES = counter(catalog.PREFIX_CACHE_MISSES)
+PREFIX_CACHE_REUSED_TOKENS = counter(catalog.PREFIX_CACHE_REUSED_TOKENS)
+PREFIX_CACHE_EVICTED = counter(catalog.PREFIX_CACHE_EVICTED)
+PREFIX_CACHE_BYTES = gauge(catalog.PREFIX_CACHE_BYTES)
+PREFIX_CACHE_LIMIT = gauge(catalog.PREFIX_CACHE_LIMIT)
 GPU_UTILIZATION = gauge(catalog.GPU_UTILIZATION)
 GPU_MEMORY_USED = gauge(catalog.GPU_MEMORY_USED)
 GPU_MEMORY_TOTAL = gauge(catalog.GPU_MEMORY_TOTAL)
@@ -202,6 +210,16 @@ def observe_decode_step(batch_size: int) -> None:
 def set_load(queue_depth: int, active_sequences: int) -> None:
     QUEUE_DEPTH.set(queue_depth)
     ACTIVE_SEQUENCES.set(active_sequences)
+
+
+def record_prefix_cache(before: PrefixCacheStats | None, now: PrefixCacheStats) -> None:
+    """The prefix cache's counters grown by what it did since `before` (None: since it was made)."""
+    PREFIX_CACHE_HITS.inc(now.hits - (before.hits if before else 0))
+    PREFIX_CACHE_MISSES.inc(now.misses - (before.misses if before else 0))
+    PREFIX_CACHE_REUSED_TOKENS.inc(now.reused_tokens - (before.reused_tokens if before else 0))
+    PREFIX_CACHE_EVICTED.inc(now.evicted_blocks - (before.evicted_blocks if before else 0))
+    PREFIX_CACHE_BYTES.set(now.bytes)
+    PREFIX_CACHE_LIMIT.set(now.max_bytes)
 
 
 # ---- the service's state -------------------------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""Prefix caching: the same tokens with and without it, prefill work actually skipped, blocks found only
+after the same earlier tokens, and a byte budget kept by evicting the least recently used."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nanochat.backend import SamplingParams
+from nanochat.engine import Engine
+from nanochat.prefix_cache import PrefixCache, block_names, resolve_budget
+from tests.nanochat.test_engine import chain, chain_model, run_together
+
+BLOCK = 8
+PLENTY = 1 << 30
+
+
+def engines(model, tokenizer, max_batch=4, budget=PLENTY) -> tuple[Engine, Engine]:
+    """The same model without and with a prefix cache."""
+    plain = Engine(model, tokenizer, max_batch=max_batch)
+    cached = Engine(model, tokenizer, max_batch=max_batch, prefix_cache_bytes=budget, prefix_block_size=BLOCK)
+    return plain, cached
+
+
+def run(engine: Engine, prompt: list[int], params: SamplingParams) -> list[list[int]]:
+    """One generation alone; every continuation's tokens."""
+    generation = engine.begin(prompt, params)
+    while generation.prefill_remaining:
+        engine.prefill(generation)
+    while not generation.done:
+        engine.decode_step()
+    return [c.tokens for c in generation.continuations]
+
+
+def block_bytes(model) -> int:
+    c = model.config
+    return 2 * c.n_layer * c.n_kv_head * BLOCK * c.head_dim * 4
+
+
+def tokens(rng: random.Random, vocab: int, length: int) -> list[int]:
+    return [rng.randrange(vocab) for _ in range(length)]
+
+
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+
+
+def test_shared_prefixes_give_the_same_tokens_with_less_prefill(make_model, small_tokenizer):
+    """Many prompts over two system prompts, batched (chunked prefills interleaved with decoding), greedy
+    and seeded sampling, n up to 3: every token equal with and without the cache, and far fewer prefilled."""
+    model = make_model(sequence_len=160)
+    vocab = small_tokenizer.get_vocab_size()
+    rng = random.Random(3)
+    systems = [tokens(rng, vocab, 37), tokens(rng, vocab, 21)]
+    jobs = []
+    for i in range(12):
+        prompt = systems[i % 2] + tokens(rng, vocab, rng.randint(1, 20))
+        n = (1, 2, 3)[i % 3]
+        sampled = i % 4 == 3
+        params = SamplingParams(
+            max_tokens=rng.randint(3, 12),
+            temperature=0.8 if sampled else 0.0,
+            top_k=30 if sampled else None,
+            seed=i,
+            n=n,
+            ignore_eos=True,
+        )
+        jobs.append((prompt, params))
+    plain, cached = engines(model, small_tokenizer, max_batch=5)
+    expected = run_together(plain, jobs, chunk=8)
+    got = run_together(cached, jobs, chunk=8)
+    for i in range(len(jobs)):
+        for index in range(jobs[i][1].n):
+            assert [e.token for e in got[i] if e.index == index] == [
+                e.token for e in expected[i] if e.index == index
+            ], (i, index)
+    stats = cached.prefix_cache_stats()
+    assert stats is not None and plain.prefix_cache_stats() is None
+    assert stats.hits >= 10 and stats.reused_tokens >= 10 * 16
+    assert cached.prefilled_tokens == plain.prefilled_tokens - stats.reused_tokens
+
+
+def test_a_hit_skips_the_prefill_of_its_blocks_and_leaves_the_last_token(make_model, small_tokenizer):
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    prompt = tokens(random.Random(0), vocab, 4 * BLOCK)  # whole blocks: the last one cannot be reused
+    plain, cached = engines(model, small_tokenizer)
+    first = run(cached, prompt, GREEDY)
+    assert cached.prefilled_tokens == len(prompt)
+    assert cached.prefix_cache_stats().misses == 1 and cached.prefix_cache_stats().hits == 0
+    second = run(cached, prompt, GREEDY)
+    assert cached.prefilled_tokens == len(prompt) + BLOCK  # three blocks reused, the fourth prefilled
+    assert cached.prefix_cache_stats().reused_tokens == 3 * BLOCK
+    assert first == second == run(plain, prompt, GREEDY)
+    # a longer prompt over the same start reuses every block the earlier sequence filled
+    longer = prompt + first[0] + tokens(random.Random(1), vocab, 5)
+    before = cached.prefilled_tokens
+    assert run(cached, longer, GREEDY) == run(plain, longer, GREEDY)
+    in_row = len(prompt) + len(first[0]) - 1  # the last token sampled was never run through the model
+    reused = (in_row // BLOCK) * BLOCK
+    assert cached.prefilled_tokens - before == len(longer) - reused
+
+
+def test_a_multi_turn_conversation_reuses_the_earlier_turns(make_model, small_tokenizer):
+    """Each turn's prompt is the last one, its reply and a new message: the cache turns the prefill of turn
+    k into about the new message alone, and the replies are those of a plain engine."""
+    model = make_model(sequence_len=256)
+    vocab = small_tokenizer.get_vocab_size()
+    rng = random.Random(5)
+    plain, cached = engines(model, small_tokenizer)
+    history: list[int] = []
+    for turn in range(6):
+        message = tokens(rng, vocab, rng.randint(5, 15))
+        prompt = history + message
+        before = cached.prefilled_tokens
+        reply = run(cached, prompt, GREEDY)[0]
+        assert reply == run(plain, prompt, GREEDY)[0], turn
+        if turn:
+            assert cached.prefilled_tokens - before <= len(message) + BLOCK, turn
+        history = prompt + reply
+    assert cached.prefix_cache_stats().hits == 5
+
+
+def test_n_continuations_each_keep_their_own_sequence(make_model, small_tokenizer):
+    """n=3 sampled continuations: each sequence's blocks are kept; a follow-up on any one of them is a hit
+    and gives the plain engine's tokens."""
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    prompt = tokens(random.Random(2), vocab, 19)
+    params = SamplingParams(max_tokens=20, temperature=1.0, seed=7, n=3, ignore_eos=True)
+    plain, cached = engines(model, small_tokenizer)
+    outputs = run(cached, prompt, params)
+    assert outputs == run(plain, prompt, params)
+    assert len({tuple(o) for o in outputs}) > 1
+    for output in outputs:
+        follow_up = prompt + output + [5, 6, 7]
+        before = cached.prefix_cache_stats().reused_tokens
+        assert run(cached, follow_up, GREEDY) == run(plain, follow_up, GREEDY)
+        assert cached.prefix_cache_stats().reused_tokens - before >= 4 * BLOCK
+
+
+def test_blocks_are_found_only_after_the_same_earlier_tokens(make_model, small_tokenizer):
+    """A prompt that differs from a cached one only in its first token shares every later block's tokens,
+    yet reuses nothing: a block's keys and values depend on every token before it."""
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    prompt = tokens(random.Random(4), vocab, 5 * BLOCK + 3)
+    other = [(prompt[0] + 1) % vocab, *prompt[1:]]
+    assert block_names(prompt, BLOCK, 5)[1:] != block_names(other, BLOCK, 5)[1:]
+    plain, cached = engines(model, small_tokenizer)
+    run(cached, prompt, GREEDY)
+    assert run(cached, other, GREEDY) == run(plain, other, GREEDY)
+    stats = cached.prefix_cache_stats()
+    assert (stats.hits, stats.misses, stats.reused_tokens) == (0, 2, 0)
+    assert cached.prefilled_tokens == len(prompt) + len(other)
+
+
+def test_a_tiny_budget_evicts_the_least_recently_used_and_stays_within_it(make_model, small_tokenizer):
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    budget = 3 * block_bytes(model) + 100
+    plain, cached = engines(model, small_tokenizer, budget=budget)
+    rng = random.Random(6)
+    system = tokens(rng, vocab, 2 * BLOCK + 1)
+    for i in range(8):
+        prompt = (system if i % 2 else []) + tokens(rng, vocab, rng.randint(1, 30))
+        assert run(cached, prompt, GREEDY) == run(plain, prompt, GREEDY), i
+        stats = cached.prefix_cache_stats()
+        assert stats.bytes <= budget and stats.blocks <= 3
+    assert stats.evicted_blocks > 0
+    # the most recent sequence's head is still there; a budget below one block keeps nothing
+    assert cached.prefix_cache.match(prompt[: 2 * BLOCK + 1])
+    nothing = Engine(
+        model, small_tokenizer, prefix_cache_bytes=block_bytes(model) - 1, prefix_block_size=BLOCK
+    )
+    run(nothing, system, GREEDY)
+    assert nothing.prefix_cache_stats().blocks == 0 and nothing.prefix_cache_stats().bytes == 0
+
+
+def test_lru_evicts_a_chains_tail_before_its_head():
+    k = torch.zeros(1, 1, 3 * BLOCK, 2)
+    one_block = 2 * k[:, :, :BLOCK].nbytes
+    cache = PrefixCache(3 * one_block, BLOCK)
+    first = list(range(3 * BLOCK))
+    assert cache.store(first, k, k) == 3
+    assert cache.store([99] * BLOCK + [1], k, k) == 1  # one more block: the oldest is dropped
+    assert cache.evicted_blocks == 1
+    assert len(cache.match([*first, 0])) == 2  # the head two blocks of `first` are still there
+
+
+def test_the_calculator_tool_runs_the_same_with_the_cache(small_tokenizer):
+    """A tool call's forced tokens are part of the sequence kept: a follow-up over them is a hit, and the
+    events (forced flags included) are the plain engine's."""
+    tok = small_tokenizer
+    sp = tok.encode_special
+    end = sp("<|assistant_end|>")
+    ids, succ = chain(
+        [sp("<|assistant_start|>")],
+        tok.encode(" the"),
+        [sp("<|python_start|>"), *tok.encode("12*7"), sp("<|python_end|>")],
+    )
+    after = tok.encode(" lazy dog")
+    succ[sp("<|output_end|>")] = after[0]
+    succ.update(zip(after, [*after[1:], end], strict=True))
+    model = chain_model(tok.get_vocab_size(), succ, end)
+    plain, cached = engines(model, tok)
+    params = SamplingParams(max_tokens=60, temperature=0.0)
+    prompt = [sp("<|bos|>")] * 9 + ids[:1]
+    (output,) = run(cached, prompt, params)
+    assert [output] == run(plain, prompt, params) and sp("<|output_start|>") in output
+    follow_up = prompt + output + [sp("<|user_start|>")]
+    assert run(cached, follow_up, params) == run(plain, follow_up, params)
+    assert cached.prefix_cache_stats().hits == 1
+
+
+@pytest.mark.parametrize(("size", "pool", "budget"), [(0.5, 1000, 500), (1.0, 1000, 1000), (4096, 10, 4096)])
+def test_a_budget_is_a_fraction_of_the_pool_or_bytes(size, pool, budget):
+    assert resolve_budget(size, pool) == budget
