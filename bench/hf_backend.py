@@ -60,11 +60,12 @@ def engine_at(ref: str):
     )
     if source.returncode != 0:
         raise SystemExit(f"--compare-ref {ref}: {source.stderr.strip()}")
-    path = Path(tempfile.mkdtemp()) / "hf_engine_at_ref.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("hf_engine_at_ref", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hf_engine_at_ref.py"
+        path.write_text(source.stdout)
+        spec = importlib.util.spec_from_file_location("hf_engine_at_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.HFEngine
 
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanochat.hf_engine import HFEngine
     from nanochat.hf_export import export_hf
 
+    earlier = engine_at(args.compare_ref) if args.compare_ref else None
     load = os.getloadavg()[0]
     batch = max(args.streams)
     ours = load_checkpoint(DEMO)
@@ -90,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(DEMO, Path(tmp) / "demo")
         engines["hf"] = HFEngine.from_pretrained(Path(tmp) / "demo", max_batch=batch)
-        if args.compare_ref:
-            old = engine_at(args.compare_ref).from_pretrained(Path(tmp) / "demo", max_batch=batch)
-            engines[f"hf@{args.compare_ref}"] = old
+        if earlier is not None:
+            engines[f"hf@{args.compare_ref}"] = earlier.from_pretrained(Path(tmp) / "demo", max_batch=batch)
 
     vocab = ours.tokenizer.get_vocab_size()
     generator = torch.Generator().manual_seed(0)
