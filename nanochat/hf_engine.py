@@ -7,13 +7,15 @@ temperature, top-k, top-p, seed; the first token is shared by the n continuation
 ("stop" on an end-of-sequence token, a stop token id or a stop string; "length" at max_tokens or the
 context) are the same code. This module holds only the model's forwards and where the keys/values live.
 
-How a decode step batches sequences of different lengths: each sequence keeps its own key/value tensors;
-for a step they are left-padded to the longest, stacked into a `DynamicCache`, masked with an attention
-mask, and each row gets its own position id. That is correct for any full-attention model in transformers
-and simple, but it copies the cache every step: fine for small models and moderate batches, not a
-replacement for vLLM. Sliding-window and recurrent models are not supported. Nothing is reserved up front:
-`memory_plan` (and `engine.memory`) gives the weights' bytes and the most the keys/values can take (every
-row at the full context), and `from_pretrained` checks that against a memory limit before loading.
+How a decode step batches sequences of different lengths: every sequence has a row of one preallocated
+cache, transformers' `StaticCache` written row by row (`nanochat.hf_cache.RowStaticCache`): each row holds
+its own keys and values and length, a step passes each row's position id and an attention mask that hides
+what lies past a row's length, and the new keys and values are written in place. Nothing is copied per
+step; a row is copied only when a generation's n continuations start (n > 1) and when a sequence leaves
+(the last row moves into its place, keeping the decoding rows contiguous, as nanochat's `Engine` does).
+Full-attention models only (sdpa or eager attention); sliding-window and recurrent models are refused.
+The cache is reserved up front (`max_batch` rows x the context): `memory_plan` (and `engine.memory`) gives
+the weights' and the cache's bytes, and `from_pretrained` checks them against a memory limit before loading.
 
 `HFTokenizer` is a `nanochat.backend.ChatTokenizer` over the transformers tokenizer, with the methods of
 nanochat's `Tokenizer`: plain-text `encode` (text that looks like a special token stays text), `decode`,
@@ -25,6 +27,7 @@ run here.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nanochat.backend import Continuation, EngineError, Generation, SamplingParams
 from nanochat.batching import BatchedEngine
@@ -251,15 +253,14 @@ def model_context(config: Any, tokenizer: HFTokenizer) -> int:
 def memory_plan(
     config: Any, dtype: torch.dtype, weights_bytes: int, max_batch: int, context: int
 ) -> MemoryPlan:
-    """The weights and the most the keys/values take: `max_batch` rows (the prefill's are among them) at
-    `context` tokens, from the config's layers, key/value heads and head size."""
+    """The weights and the keys/values the engine reserves: `max_batch` rows (the prefill's are among them)
+    of `context` tokens, from the config's layers, key/value heads and head size."""
     text = config.get_text_config()
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
-    cache = per_token * max_batch * context
-    return MemoryPlan(weights_bytes, dtype, cache, rows=max_batch, context=context, preallocated=False)
+    return MemoryPlan(weights_bytes, dtype, per_token * max_batch * context, rows=max_batch, context=context)
 
 
 class HFEngine(BatchedEngine):
@@ -288,13 +289,24 @@ class HFEngine(BatchedEngine):
             vocab_size=model.config.get_text_config().vocab_size,
             eos_token_ids=frozenset(eos),
         )
+        from nanochat.hf_cache import RowStaticCache
+
+        attention = model.config._attn_implementation
+        if attention not in ("sdpa", "eager"):
+            raise HFEngineError(f"attention {attention!r} is not supported here: load the model with sdpa")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self._prefill_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._kv: dict[Continuation, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._special_ids = frozenset(tokenizer.get_special_tokens().values())
         param = next(model.parameters())
-        self.memory = memory_plan(model.config, param.dtype, module_bytes(model), max_batch, context)
+        try:
+            self.cache = RowStaticCache(
+                model.config, max_batch, context, param.dtype, self.device, additive_mask=attention == "eager"
+            )
+        except EngineError as exc:
+            raise HFEngineError(str(exc)) from None
+        self._special_ids = frozenset(tokenizer.get_special_tokens().values())
+        keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._only_last_logits = {"logits_to_keep": 1} if keeps_logits else {}  # a prefill chunk's last
+        self.memory = MemoryPlan(module_bytes(model), param.dtype, self.cache.nbytes, max_batch, context)
 
     @classmethod
     def from_pretrained(
@@ -324,83 +336,70 @@ class HFEngine(BatchedEngine):
         with torch.device("meta"):
             weights = module_bytes(AutoModelForCausalLM.from_config(config), dtype)
         check_fits(memory_plan(config, dtype, weights, max_batch, context), memory_limit, device)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        model = model.to(device)
         return cls(model, tokenizer, max_batch, max_seq_len, prefill_chunk)
 
-    # ---- the model, each row with its own keys/values (BatchedEngine's hooks) --------------------------
+    # ---- the model over the row cache (BatchedEngine's hooks) ------------------------------------------
+    @property
+    def _prefill_row(self) -> int:
+        return len(self.decoding)
+
     def _text_stream(self, params: SamplingParams) -> IncrementalText:
         return IncrementalText(self._decode_text, self._special_ids, params.stop)
 
     def _reset_prefill(self) -> None:
-        self._prefill_kv = None
+        self.cache.reset_row(self._prefill_row)
 
     def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
-        idx = torch.tensor([ids], device=self.device)
-        positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        logits, caches = self._forward(idx, positions, [self._prefill_kv] if self._prefill_kv else None)
-        self._prefill_kv = caches[0]
-        return logits[:, -1, :]
+        return self._forward([ids], self._prefill_row)
 
     def _take_prefill(self, generation: Generation) -> None:
-        for cont in generation.continuations:
-            self._kv[cont] = self._prefill_kv  # shared: tensors are never written in place
-        self._prefill_kv = None
+        prefill_row = generation.continuations[0].row  # the prefill row is the first continuation's
+        for cont in generation.continuations[1:]:
+            self.cache.copy_row(prefill_row, cont.row)
 
     def _forward_decode(self, rows: list[Continuation]) -> torch.Tensor:
-        ids = torch.tensor([[c.last_token] for c in rows], device=self.device)
-        positions = torch.tensor([[self._row_length(c)] for c in rows], device=self.device)
-        logits, caches = self._forward(ids, positions, [self._kv[c] for c in rows])
-        for cont, kv in zip(rows, caches, strict=True):
-            self._kv[cont] = kv
-        return logits[:, -1, :]
+        return self._forward([[c.last_token] for c in rows], 0)  # rows[i] is cache row i
 
     def _row_length(self, cont: Continuation) -> int:
-        return self._kv[cont][0][0].shape[2]
+        return self.cache.lengths[cont.row]
 
     def _release(self, generation: Generation) -> None:
+        """Free a decoding generation's rows, moving the last rows into the holes."""
+        prefill_row = self._prefill_row if self.prefilling else None
+        for row in sorted((c.row for c in generation.continuations), reverse=True):
+            last = len(self.decoding) - 1
+            if row != last:
+                mover = self.decoding[last]
+                self.cache.copy_row(last, row)
+                mover.row = row
+                self.decoding[row] = mover
+            self.decoding.pop()
         for cont in generation.continuations:
-            self._kv.pop(cont, None)
             cont.row = -1
-        self.decoding = [c for c in self.decoding if c.generation is not generation]
-        for row, cont in enumerate(self.decoding):
-            cont.row = row
+        if prefill_row is not None and prefill_row != self._prefill_row:
+            self.cache.copy_row(prefill_row, self._prefill_row)
 
     def _forget_rows(self) -> None:
-        self._prefill_kv, self._kv = None, {}
+        for row in range(self.cache.rows):
+            self.cache.reset_row(row)
 
     # ---- internals --------------------------------------------------------------------------------
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, caches: list | None):
-        """One forward of len(ids) rows, each continuing its own cache; returns fp32 logits and each row's
-        new cache (its keys/values, one (k, v) per layer)."""
-        from transformers import DynamicCache
-
-        batch, width = ids.shape
-        lengths = [0 if not caches or caches[i] is None else caches[i][0][0].shape[2] for i in range(batch)]
-        longest = max(lengths)
-        if longest == 0:
-            cache = DynamicCache()
-        else:
-            pads = [(0, 0, longest - n, 0) for n in lengths]
-            layers = [
-                tuple(
-                    torch.cat([F.pad(c[layer][j], pad) for c, pad in zip(caches, pads, strict=True)])
-                    for j in (0, 1)
-                )
-                for layer in range(len(caches[0]))
-            ]
-            cache = DynamicCache(ddp_cache_data=layers)
-        mask = torch.zeros(batch, longest + width, dtype=torch.long, device=self.device)
-        for i, n in enumerate(lengths):
-            mask[i, longest - n :] = 1
+    def _forward(self, ids: list[list[int]], start_row: int) -> torch.Tensor:
+        """One forward of len(ids) rows from `start_row`, each continuing its own cache row; returns the fp32
+        logits after each row's last token, (len(ids), vocab)."""
+        plan = self.cache.plan(start_row, len(ids), len(ids[0]))
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            input_ids=torch.tensor(ids, device=self.device),
+            attention_mask=plan.attention_mask,
+            position_ids=plan.position_ids,
+            cache=self.cache,
+            use_cache=True,
+            **self._only_last_logits,
         )
-        new = [(layer.keys, layer.values) for layer in out.cache.layers]
-        rows = []
-        for i, n in enumerate(lengths):
-            keep = slice(longest - n, None)
-            rows.append([(k[i : i + 1, :, keep], v[i : i + 1, :, keep]) for k, v in new])
-        return out.logits.float(), rows
+        self.cache.advance()
+        return out.logits[:, -1, :].float()
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.hf.decode(ids, skip_special_tokens=True)

@@ -62,6 +62,74 @@ def test_scheduler_greedy_output_equals_transformers_generate(engine):
         assert finish[0] == ("stop" if tokens[0][-1] in engine.eos_token_ids else "length")
 
 
+def staggered(engine: HFEngine, requests: list[tuple[list[int], SamplingParams]], chunk: int = 5):
+    """Drive the engine by hand: a generation begins whenever rows are free, its prompt goes in `chunk`
+    tokens between decode steps, so generations join, and leave, while others are at other positions.
+    Returns each request's tokens per continuation."""
+    waiting, started, tokens = list(requests), [], {}
+    while waiting or engine.prefilling or engine.num_decoding:
+        if engine.prefilling is None and waiting and engine.can_begin(waiting[0][1].n):
+            started.append(engine.begin(*waiting.pop(0)))
+        events = engine.prefill(engine.prefilling, chunk) if engine.prefilling else []
+        for event in events + engine.decode_step():
+            tokens.setdefault((id(event.generation), event.index), []).append(event.token)
+    return [[tokens[(id(g), i)] for i in range(g.params.n)] for g in started]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_generations_joining_and_leaving_at_other_steps_decode_as_if_alone(attention):
+    """fp64 (no near-ties): 6 greedy generations of different prompt and reply lengths, one with n=2, through
+    3 rows: each joins while the others sit at other positions, and leaving ones move the last rows (and
+    the one being prefilled) into their place. Each equals itself run alone and transformers' generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = demo_export()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation=attention)
+    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
+    engine = HFEngine(model, tokenizer, max_batch=3)
+    # (held-out conversation, max_tokens, n): the first leaves while the third's 52 tokens are prefilled, so
+    # the second's row and the prefill's move (a mutation that skips either move fails here)
+    plan = [(11, 6, 1), (12, 12, 1), (10, 20, 1), (13, 14, 2), (14, 17, 1), (15, 9, 1)]
+    requests = [
+        (tokenizer.render_for_completion(HELDOUT[i]), SamplingParams(max_tokens=m, temperature=0.0, n=n))
+        for i, m, n in plan
+    ]
+    assert len({len(prompt) for prompt, _ in requests}) > 3
+    together = staggered(engine, requests)
+    for (prompt, params), outputs in zip(requests, together, strict=True):
+        alone = staggered(engine, [(prompt, params)])[0]
+        assert outputs == alone
+        assert outputs == [hf_greedy(model, prompt, params.max_tokens)] * params.n
+    assert engine.can_begin(engine.max_batch)
+
+
+def test_the_cache_is_preallocated_and_written_in_place(engine):
+    """One tensor per layer for keys and one for values, reserved at start for every row at the full context
+    (the memory line counts them), and the same storage after prefills and decode steps."""
+    layer = engine.cache.layers[0]
+    storage = [(lay.keys.data_ptr(), lay.values.data_ptr()) for lay in engine.cache.layers]
+    assert layer.keys.shape[0] == engine.max_batch and layer.keys.shape[2] == engine.max_seq_len
+    assert engine.memory.preallocated and engine.memory.kv_cache_bytes == engine.cache.nbytes
+    assert engine.memory.rows == engine.max_batch
+    prompt = engine.tokenizer.render_for_completion(HELDOUT[2])
+    run(engine, [(prompt, SamplingParams(max_tokens=8, temperature=0.0, n=2))] * 2)
+    assert [(lay.keys.data_ptr(), lay.values.data_ptr()) for lay in engine.cache.layers] == storage
+
+
+def test_a_sliding_window_model_is_refused(tmp_path):
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_export())
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, sliding_window=16,
+    )  # fmt: skip
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(HFEngineError, match="only full-attention models"):
+        HFEngine.from_pretrained(tmp_path, max_batch=2)
+
+
 def test_any_causal_lm_folder_works_here_a_random_llama_with_another_template(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

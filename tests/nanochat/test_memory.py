@@ -130,13 +130,13 @@ def test_the_memory_check_comes_before_the_weights_are_read(tmp_path: Path) -> N
         load_checkpoint(tmp_path, before_weights=fits)
 
 
-def test_the_hf_engine_plans_its_weights_and_the_most_its_cache_takes() -> None:
+def test_the_hf_engine_plans_its_weights_and_the_cache_it_reserves() -> None:
     engine = HFEngine.from_pretrained(demo_export(), max_batch=3, max_seq_len=64)
     memory = engine.memory
-    assert memory.weights_bytes == module_bytes(engine.model) and not memory.preallocated
+    assert memory.weights_bytes == module_bytes(engine.model) and memory.preallocated
     # the demo model exported: 3 layers, 2 key/value heads of 96, fp32; every row at the full context
     assert memory.kv_cache_bytes == 2 * 3 * 2 * 96 * 4 * 3 * 64 and (memory.rows, memory.context) == (3, 64)
-    assert "not preallocated" in memory.describe()
+    assert memory.kv_cache_bytes == engine.cache.nbytes and "not preallocated" not in memory.describe()
     with pytest.raises(MemoryLimitError, match="--memory-limit"):
         HFEngine.from_pretrained(demo_export(), max_batch=3, memory_limit=memory.weights_bytes)
     with pytest.raises(ContextLengthError, match="256"):
