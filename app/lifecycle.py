@@ -232,6 +232,7 @@ class Runtime:
         if settings.metrics:
             metrics.set_model_load_seconds(load_s)
             metrics.set_capacity(settings.max_queue, engine.max_batch)
+            metrics.set_model_memory(engine.memory.weights_bytes, engine.memory.kv_cache_bytes)
             metrics.set_ready(True)
         logger.info(
             "model %s ready in %.1f s: context %d tokens, batch %d, queue %d",

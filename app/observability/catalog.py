@@ -203,6 +203,16 @@ PROCESS_MEMORY = Metric(
     unit="bytes",
     mode="livesum",
 )
+MODEL_MEMORY = Metric(
+    "nanochat_model_memory_bytes",
+    "gauge",
+    "Memory the model's weights and its KV cache take, from their tensors (a cache that is not reserved up"
+    " front: its most)",
+    ("part",),
+    unit="bytes",
+    values={"part": ("weights", "kv_cache")},
+    mode="livesum",
+)
 MEMORY_LIMIT = Metric(
     "nanochat_memory_limit_bytes",
     "gauge",
@@ -311,6 +321,7 @@ CATALOG: tuple[Metric, ...] = (
     BUILD_INFO,
     PROCESS_CPU,
     PROCESS_MEMORY,
+    MODEL_MEMORY,
     MEMORY_LIMIT,
     INSTANCE_PRICE,
     PREFIX_CACHE_HITS,

@@ -109,6 +109,7 @@ READY = gauge(catalog.READY)
 BUILD_INFO = gauge(catalog.BUILD_INFO)
 PROCESS_CPU = counter(catalog.PROCESS_CPU)
 PROCESS_MEMORY = gauge(catalog.PROCESS_MEMORY)
+MODEL_MEMORY = gauge(catalog.MODEL_MEMORY)
 INSTANCE_PRICE = gauge(catalog.INSTANCE_PRICE)
 PREFIX_CACHE_HITS = counter(catalog.PREFIX_CACHE_HITS)
 PREFIX_CACHE_MISSES = counter(catalog.PREFIX_CACHE_MISSES)
@@ -231,6 +232,11 @@ def describe_service(model: str, instance_price_per_hour: float) -> None:
 def set_capacity(queue_capacity: int, batch_slots: int) -> None:
     QUEUE_CAPACITY.set(queue_capacity)
     BATCH_SLOTS.set(batch_slots)
+
+
+def set_model_memory(weights_bytes: int, kv_cache_bytes: int) -> None:
+    MODEL_MEMORY.labels("weights").set(weights_bytes)
+    MODEL_MEMORY.labels("kv_cache").set(kv_cache_bytes)
 
 
 def set_model_load_seconds(seconds: float) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.__main__ import add_serve_arguments, settings_from_args
 from app.config import Settings
@@ -264,6 +265,14 @@ def test_the_start_up_line_and_stats_say_what_the_weights_and_the_cache_take(ser
     assert (
         line == f"memory: weights {weights} (float32), KV cache {cache} (3 rows x 64 tokens), total {total}"
     )
+    scrape = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
+    gauge = {
+        sample.labels["part"]: sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+        if sample.name == "nanochat_model_memory_bytes"
+    }
+    assert gauge == {"weights": stats["memory"]["weights_bytes"], "kv_cache": engine.cache.nbytes}
 
 
 def failed_start(tmp_path: Path, *argv: str) -> tuple[int, list[str]]:
