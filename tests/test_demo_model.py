@@ -1,4 +1,5 @@
-"""The bundled demo model (models/demo): loads with every entry point, chats, and beats chance."""
+"""The bundled demo model (models/demo): loads with every entry point, chats, beats chance, says who it is
+and uses the calculator (scored live on the held-out prompts and questions, not read from the report)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cli import main
 from nanochat.data.conversations import load_conversations
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, NAME, heldout_arithmetic
 from nanochat.engine import Engine, SamplingParams
-from nanochat.eval.chat_eval import assistant_end_rate
+from nanochat.eval.chat_eval import assistant_end_rate, generate_replies, mention_rate, run_chat_eval
+from nanochat.eval.tasks import Task
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 
@@ -41,6 +44,26 @@ def test_demo_report_shows_it_beats_the_baselines():
     assert figures["base"]["bpb"] < figures["base"]["unigram_bpb"] - 0.5
     assert figures["chat"]["assistant_end_rate"] >= 0.9
     assert "unigram baseline" in (DEMO / "report.md").read_text()
+
+
+def test_demo_says_it_is_nanochat_to_held_out_identity_prompts(demo):
+    assert len(HELDOUT_IDENTITY_PROMPTS) >= 20
+    rate, replies = mention_rate(demo.model, demo.tokenizer, HELDOUT_IDENTITY_PROMPTS, NAME, max_tokens=64)
+    assert rate >= 0.8, list(zip(HELDOUT_IDENTITY_PROMPTS, replies, strict=True))
+    greeting = Task(kind="exact_match", prompt="Hello, who are you?", answer="")
+    [reply] = generate_replies(demo.model, demo.tokenizer, [greeting], max_tokens=64)
+    assert NAME in reply.casefold(), reply
+
+
+def test_demo_answers_held_out_arithmetic_with_the_calculator(demo):
+    name = "arithmetic, 2-3 digit operands (calculator tool)"
+    tasks = {name: heldout_arithmetic()[name]}
+    assert len(tasks[name]) == 50
+    result = run_chat_eval(demo.model, demo.tokenizer, tasks, max_tokens=64)[name]
+    assert result["accuracy"] >= 0.8, result
+    figures = json.loads((DEMO / "report.json").read_text())
+    assert figures["chat"]["tasks"][name]["correct"] == result["correct"]  # the report is this model's
+    assert figures["chat"]["identity"]["score"] >= 0.8
 
 
 def test_demo_chats_through_the_engine(demo):
