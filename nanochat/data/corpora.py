@@ -227,7 +227,9 @@ def prepare_demo_data(
             counts = {"documents": len(items), "characters": sum(map(len, items))}
         records.append(_source_record(source, archive, sorted(texts)) | counts)
     steps.close()
-    generated = _add_synthetic(conversations, seed) if synthetic else None
+    generated = None
+    if synthetic:
+        conversations, generated = _with_synthetic(conversations, seed)
 
     for name, text in licences.items():
         write_text_atomically(out / "licenses" / name, text)
@@ -411,20 +413,20 @@ def sources_markdown(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _add_synthetic(conversations: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Append the synthetic conversations to `conversations`, after dropping the dialogs that open with a
-    generated identity question; returns the counts for the manifest."""
+def _with_synthetic(
+    conversations: list[dict[str, Any]], seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(the conversations without those opening with a generated identity question, plus the synthetic
+    ones; the counts for the manifest)."""
     questions = {normalize_prompt(prompt) for prompt in identity_prompts()}
     kept = [c for c in conversations if normalize_prompt(_opening_text(c)) not in questions]
-    dropped = len(conversations) - len(kept)
     generated = synthetic_conversations(seed)
-    conversations[:] = kept + [c for group in generated.values() for c in group]
-    return {
+    return kept + [c for group in generated.values() for c in group], {
         "generator": "nanochat.data.synthetic",
         "seed": seed,
         **{f"{name}_conversations": len(group) for name, group in generated.items()},
         "characters": sum(_conversation_chars(c) for group in generated.values() for c in group),
-        "dialogs_dropped": dropped,
+        "dialogs_dropped": len(conversations) - len(kept),
     }
 
 

@@ -140,12 +140,7 @@ _DIGITS_WEIGHTS = ((1, 1), (2, 2), (3, 2))  # operand length in digits, weight
 def identity_prompts() -> list[str]:
     """Every training identity prompt (each intent's questions, with and without a greeting, as written
     and lower-cased without the final '?'); the held-out prompts are none of them."""
-    prompts = []
-    for questions in _QUESTIONS.values():
-        for question in questions:
-            for variant in _variants(question):
-                prompts.append(variant)
-    return prompts
+    return [variant for questions in _QUESTIONS.values() for q in questions for variant in _variants(q)]
 
 
 def identity_conversations(n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -199,7 +194,7 @@ def synthetic_conversations(
 ) -> dict[str, list[dict[str, Any]]]:
     """{"identity": [...], "tool_use": [...]} conversations, the same for the same arguments."""
     rng = random.Random(seed)
-    exclude = {_expression(task) for tasks in heldout_arithmetic().values() for task in tasks}
+    exclude = {task.reference[0]["text"] for tasks in heldout_arithmetic().values() for task in tasks}
     return {
         "identity": identity_conversations(identity, rng),
         "tool_use": tool_use_conversations(tool_use, rng, exclude),
@@ -222,7 +217,3 @@ def _conversation(prompt: str, reply: str | list[dict[str, str]]) -> dict[str, A
 
 def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(1 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
-
-
-def _expression(task: Task) -> str:
-    return task.prompt.removeprefix("What is ").removesuffix("?")

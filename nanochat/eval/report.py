@@ -68,6 +68,23 @@ def evaluate_pair(
     bpb = shard_bpb(
         base.model, base.tokenizer, pretrain_dir, bpb_batch_size, max_batches=max_batches, unigram=True
     )
+    return {
+        "base": {"checkpoint": str(base.directory), "step": base.step, **bpb},
+        "chat": evaluate_chat(
+            chat, conversations_path, arithmetic_questions=arithmetic_questions, reply_tokens=reply_tokens
+        ),
+        "training": {"base": training_figures(base.directory), "chat": training_figures(chat.directory)},
+    }
+
+
+def evaluate_chat(
+    chat: LoadedCheckpoint,
+    conversations_path: Path,
+    *,
+    arithmetic_questions: int = 50,
+    reply_tokens: int = 64,
+) -> dict[str, Any]:
+    """The chat model's figures of the report: assistant_end rate, identity score, arithmetic, samples."""
     held_out = load_conversations(conversations_path)
     end_rate = assistant_end_rate(chat.model, chat.tokenizer, held_out, max_tokens=reply_tokens)
     chat_tasks = run_chat_eval(
@@ -79,25 +96,21 @@ def evaluate_pair(
     prompts = [Task(kind="exact_match", prompt=p, answer="") for p in SAMPLE_PROMPTS]
     replies = generate_replies(chat.model, chat.tokenizer, prompts, max_tokens=reply_tokens)
     return {
-        "base": {"checkpoint": str(base.directory), "step": base.step, **bpb},
-        "chat": {
-            "checkpoint": str(chat.directory),
-            "step": chat.step,
-            "held_out_prompts": len(held_out),
-            "assistant_end_rate": end_rate,
-            "identity": {
-                "score": identity,
-                "word": NAME,
-                "prompts": len(HELDOUT_IDENTITY_PROMPTS),
-                "replies": [
-                    {"prompt": p, "reply": r}
-                    for p, r in zip(HELDOUT_IDENTITY_PROMPTS, identity_replies, strict=True)
-                ],
-            },
-            "tasks": chat_tasks,
-            "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
+        "checkpoint": str(chat.directory),
+        "step": chat.step,
+        "held_out_prompts": len(held_out),
+        "assistant_end_rate": end_rate,
+        "identity": {
+            "score": identity,
+            "word": NAME,
+            "prompts": len(HELDOUT_IDENTITY_PROMPTS),
+            "replies": [
+                {"prompt": p, "reply": r}
+                for p, r in zip(HELDOUT_IDENTITY_PROMPTS, identity_replies, strict=True)
+            ],
         },
-        "training": {"base": training_figures(base.directory), "chat": training_figures(chat.directory)},
+        "tasks": chat_tasks,
+        "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
     }
 
 
