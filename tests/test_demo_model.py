@@ -1,4 +1,5 @@
-"""The bundled demo model (models/demo): loads with every entry point, chats, and beats chance."""
+"""The bundled demo model (models/demo): loads with every entry point, chats, beats chance, says who it is
+and uses the calculator (scored live on the held-out prompts and questions, not read from the report)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cli import main
 from nanochat.data.conversations import load_conversations
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, NAME, heldout_arithmetic
 from nanochat.engine import Engine, SamplingParams
-from nanochat.eval.chat_eval import assistant_end_rate
+from nanochat.eval.chat_eval import assistant_end_rate, generate_replies, mention_rate, run_chat_eval
+from nanochat.eval.tasks import Task
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 
@@ -41,6 +44,52 @@ def test_demo_report_shows_it_beats_the_baselines():
     assert figures["base"]["bpb"] < figures["base"]["unigram_bpb"] - 0.5
     assert figures["chat"]["assistant_end_rate"] >= 0.9
     assert "unigram baseline" in (DEMO / "report.md").read_text()
+
+
+def test_demo_says_it_is_nanochat_to_held_out_identity_prompts(demo):
+    assert len(HELDOUT_IDENTITY_PROMPTS) >= 20
+    rate, replies = mention_rate(demo.model, demo.tokenizer, HELDOUT_IDENTITY_PROMPTS, NAME, max_tokens=64)
+    assert rate >= 0.8, list(zip(HELDOUT_IDENTITY_PROMPTS, replies, strict=True))
+    greeting = Task(kind="exact_match", prompt="Hello, who are you?", answer="")
+    [reply] = generate_replies(demo.model, demo.tokenizer, [greeting], max_tokens=64)
+    assert NAME in reply.casefold(), reply
+
+
+ARITHMETIC = "arithmetic, 2-3 digit operands (calculator tool)"
+
+
+def test_demo_calls_the_calculator_for_held_out_arithmetic(demo):
+    tok = demo.tokenizer
+    engine = Engine(demo.model, tok)
+    opened_with_a_call = 0
+    for task in heldout_arithmetic()[ARITHMETIC]:
+        prompt = tok.render_for_completion(task.conversation())
+        request = engine.begin(prompt, SamplingParams(max_tokens=1, temperature=0.0, tools=True))
+        while request.prefill_remaining:
+            engine.prefill(request)
+        while not request.done:
+            engine.decode_step()
+        opened_with_a_call += request.continuations[0].tokens == [tok.encode_special("<|python_start|>")]
+    assert opened_with_a_call >= 45, opened_with_a_call
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15's goal (>= 80% on 2-3 digit questions) is not reached yet: the retrained model calls "
+    "the calculator but miscopies the operands (0/50 in its report)",
+)
+def test_demo_answers_held_out_arithmetic_with_the_calculator(demo):
+    tasks = {ARITHMETIC: heldout_arithmetic()[ARITHMETIC]}
+    assert len(tasks[ARITHMETIC]) == 50
+    result = run_chat_eval(demo.model, demo.tokenizer, tasks, max_tokens=64)[ARITHMETIC]
+    assert result["accuracy"] >= 0.8, result
+
+
+def test_demo_report_is_this_models(demo):
+    figures = json.loads((DEMO / "report.json").read_text())
+    assert figures["chat"]["step"] == demo.step
+    assert figures["chat"]["identity"]["score"] >= 0.8
+    assert figures["chat"]["identity"]["prompts"] == len(HELDOUT_IDENTITY_PROMPTS)
 
 
 def test_demo_chats_through_the_engine(demo):

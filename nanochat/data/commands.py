@@ -1,6 +1,7 @@
 """`nanochat data ...`: the data commands, registered into the main CLI's subcommands by `register`.
 
-- `nanochat data prepare --out DIR [--cache DIR] [--no-progress]`: the demo corpora (see corpora.py);
+- `nanochat data prepare --out DIR [--cache DIR] [--no-progress] [--no-synthetic]`: the demo corpora (see
+  corpora.py) and the synthetic identity and calculator conversations (synthetic.py);
 - `nanochat data shards --out DIR FILE...`: parquet shards from your own plain-text files;
 - `nanochat data download --repo ID --shards N --out DIR`: public shards from the Hugging Face Hub.
 
@@ -30,6 +31,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True, metavar="DIR", help="output folder")
     prepare.add_argument("--cache", metavar="DIR", help="where downloads are kept (default: OUT/downloads)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    prepare.add_argument(
+        "--no-synthetic",
+        action="store_true",
+        help="leave out the generated identity and calculator conversations (see nanochat/data/synthetic.py)",
+    )
     prepare.add_argument(
         "--seed", type=non_negative_int, default=0, help="shuffle and split seed (default 0)"
     )
@@ -82,6 +88,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        synthetic=not args.no_synthetic,
     )
     for source in manifest["sources"]:
         count = source.get("documents", source.get("conversations"))
@@ -89,6 +96,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(
             f"{source['name']:<12} {count:>6,} {unit:<13} {source['characters']:>10,} chars  "
             f"{source['package']} {source['version']}  {source['licence'].split(' (')[0]}"
+        )
+    generated = manifest["synthetic"]
+    if generated:
+        print(
+            f"{'synthetic':<12} {generated['identity_conversations']:>6,} identity + "
+            f"{generated['tool_use_conversations']:,} tool-use conversations (seed {generated['seed']}; "
+            f"{generated['dialogs_dropped']} dialogs dropped)"
         )
     pretrain, sft = manifest["pretrain"], manifest["sft"]
     if pretrain:

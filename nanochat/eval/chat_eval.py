@@ -8,6 +8,7 @@
 - Exact match: greedy generation with the engine, calculator tool on, up to `max_tokens`; the final
   answer is extracted from the reply (`tasks.extract_answer`) and compared with the normalised answer.
 - `assistant_end_rate`: how often a chat model closes its reply properly.
+- `mention_rate`: how often greedy replies to prompts say a word (the demo model's identity score).
 - `sample_completions`: base-model completions of plain text prompts.
 
 It does not load tasks or checkpoints (see `tasks` and `commands`).
@@ -170,6 +171,24 @@ def assistant_end_rate(
     continuations = _generate(model, tokenizer, prompts, [params] * len(prompts), batch_size)
     successes = sum(_ends_properly(tokenizer, c) for c in continuations)
     return successes / len(conversations)
+
+
+def mention_rate(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    word: str,
+    max_tokens: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[float, list[str]]:
+    """(share of replies that contain `word`, case-insensitive; the replies): greedy replies, tools on,
+    to each prompt as a one-turn conversation."""
+    if not prompts:
+        raise ChatEvalError("mention_rate needs at least one prompt")
+    examples = [Task(kind=EXACT_MATCH, prompt=prompt, answer="") for prompt in prompts]
+    replies = generate_replies(model, tokenizer, examples, max_tokens, batch_size)
+    hits = sum(word.casefold() in reply.casefold() for reply in replies)
+    return hits / len(prompts), replies
 
 
 def sample_completions(

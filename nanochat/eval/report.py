@@ -2,8 +2,10 @@
 
 One markdown file (and the same figures as JSON) that says whether the models are better than chance:
 - base: validation bits per byte against a unigram baseline fit on the training shards, same targets;
-- chat: the share of held-out prompts answered with text and then <|assistant_end|>, exact-match accuracy
-  on a synthetic arithmetic task that needs the calculator tool, and a few sample replies;
+- chat: the share of held-out prompts answered with text and then <|assistant_end|>, the identity score
+  (the share of greedy replies to held-out "who are you" prompts that say "nanochat"), exact-match
+  accuracy on synthetic arithmetic tasks that need the calculator tool (operands 1-100, and 2-3 digits),
+  and a few sample replies;
 - training: steps, tokens, time and tokens/s read from each run folder's metrics.
 """
 
@@ -15,9 +17,16 @@ from typing import Any
 
 from nanochat.checkpoint import LoadedCheckpoint
 from nanochat.data.conversations import load_conversations
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, NAME, heldout_arithmetic
 from nanochat.eval.bpb import shard_bpb
-from nanochat.eval.chat_eval import assistant_end_rate, generate_replies, results_table, run_chat_eval
-from nanochat.eval.tasks import Task, arithmetic_task
+from nanochat.eval.chat_eval import (
+    assistant_end_rate,
+    generate_replies,
+    mention_rate,
+    results_table,
+    run_chat_eval,
+)
+from nanochat.eval.tasks import Task
 from nanochat.train.tracking import read_metrics
 
 SAMPLE_PROMPTS = ("Hello! Who are you?", "What is your favorite food?", "Tell me a joke.")
@@ -59,23 +68,49 @@ def evaluate_pair(
     bpb = shard_bpb(
         base.model, base.tokenizer, pretrain_dir, bpb_batch_size, max_batches=max_batches, unigram=True
     )
+    return {
+        "base": {"checkpoint": str(base.directory), "step": base.step, **bpb},
+        "chat": evaluate_chat(
+            chat, conversations_path, arithmetic_questions=arithmetic_questions, reply_tokens=reply_tokens
+        ),
+        "training": {"base": training_figures(base.directory), "chat": training_figures(chat.directory)},
+    }
+
+
+def evaluate_chat(
+    chat: LoadedCheckpoint,
+    conversations_path: Path,
+    *,
+    arithmetic_questions: int = 50,
+    reply_tokens: int = 64,
+) -> dict[str, Any]:
+    """The chat model's figures of the report: assistant_end rate, identity score, arithmetic, samples."""
     held_out = load_conversations(conversations_path)
     end_rate = assistant_end_rate(chat.model, chat.tokenizer, held_out, max_tokens=reply_tokens)
-    tasks = {"arithmetic (calculator tool)": arithmetic_task(arithmetic_questions, seed=0)}
-    chat_tasks = run_chat_eval(chat.model, chat.tokenizer, tasks, max_tokens=reply_tokens)
+    chat_tasks = run_chat_eval(
+        chat.model, chat.tokenizer, heldout_arithmetic(arithmetic_questions), max_tokens=reply_tokens
+    )
+    identity, identity_replies = mention_rate(
+        chat.model, chat.tokenizer, HELDOUT_IDENTITY_PROMPTS, NAME, max_tokens=reply_tokens
+    )
     prompts = [Task(kind="exact_match", prompt=p, answer="") for p in SAMPLE_PROMPTS]
     replies = generate_replies(chat.model, chat.tokenizer, prompts, max_tokens=reply_tokens)
     return {
-        "base": {"checkpoint": str(base.directory), "step": base.step, **bpb},
-        "chat": {
-            "checkpoint": str(chat.directory),
-            "step": chat.step,
-            "held_out_prompts": len(held_out),
-            "assistant_end_rate": end_rate,
-            "tasks": chat_tasks,
-            "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
+        "checkpoint": str(chat.directory),
+        "step": chat.step,
+        "held_out_prompts": len(held_out),
+        "assistant_end_rate": end_rate,
+        "identity": {
+            "score": identity,
+            "word": NAME,
+            "prompts": len(HELDOUT_IDENTITY_PROMPTS),
+            "replies": [
+                {"prompt": p, "reply": r}
+                for p, r in zip(HELDOUT_IDENTITY_PROMPTS, identity_replies, strict=True)
+            ],
         },
-        "training": {"base": training_figures(base.directory), "chat": training_figures(chat.directory)},
+        "tasks": chat_tasks,
+        "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
     }
 
 
@@ -99,6 +134,8 @@ def report_markdown(figures: dict[str, Any], title: str = "Model report") -> str
         "|---|---|",
         f"| replies with text, then `<|assistant_end|>` ({chat['held_out_prompts']} held-out prompts) | "
         f"{chat['assistant_end_rate']:.1%} |",
+        f'| identity: greedy replies that say "{chat["identity"]["word"]}" '
+        f"({chat['identity']['prompts']} held-out prompts) | {chat['identity']['score']:.1%} |",
         "",
         results_table(chat["tasks"]),
         "",
@@ -106,6 +143,10 @@ def report_markdown(figures: dict[str, Any], title: str = "Model report") -> str
         "",
     ]
     for sample in chat["samples"]:
+        reply = sample["reply"].strip().replace("\n", " ") or "(empty)"
+        lines.append(f"- **{sample['prompt']}** → {reply}")
+    lines += ["", "### Identity replies (held-out prompts, greedy)", ""]
+    for sample in chat["identity"]["replies"]:
         reply = sample["reply"].strip().replace("\n", " ") or "(empty)"
         lines.append(f"- **{sample['prompt']}** → {reply}")
     lines += [

@@ -319,17 +319,21 @@ def _gsm8k_parts(solution: str) -> list[dict[str, str]]:
 
 
 # ---- synthetic ----------------------------------------------------------------------------------------
-def arithmetic_task(n: int, seed: int = 0, max_value: int = 100) -> list[Task]:
-    """`n` exact-match questions like "What is 37*12?" (answer "444") with operands in [1, max_value] and
-    +, - or *. The reference reply calls the calculator, so a model that learnt to use it can score."""
+def arithmetic_task(n: int, seed: int = 0, max_value: int = 100, min_value: int = 1) -> list[Task]:
+    """`n` exact-match questions like "What is 37*12?" (answer "444") with operands in [min_value,
+    max_value] and +, - or *. The reference reply calls the calculator, so a model that learnt to use it
+    can score."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise EvalError(f"the number of arithmetic examples must be an int >= 0, got {n!r}")
-    if isinstance(max_value, bool) or not isinstance(max_value, int) or max_value < 1:
-        raise EvalError(f"max_value must be an int >= 1, got {max_value!r}")
+    for name, value in (("min_value", min_value), ("max_value", max_value)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EvalError(f"{name} must be an int >= 1, got {value!r}")
+    if min_value > max_value:
+        raise EvalError(f"min_value {min_value} is above max_value {max_value}")
     rng = random.Random(seed)
     tasks = []
     for index in range(n):
-        a, b = rng.randint(1, max_value), rng.randint(1, max_value)
+        a, b = rng.randint(min_value, max_value), rng.randint(min_value, max_value)
         op = rng.choice(sorted(_ARITHMETIC_OPS))
         expression = f"{a}{op}{b}"
         answer = str(_ARITHMETIC_OPS[op](a, b))

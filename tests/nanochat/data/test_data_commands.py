@@ -75,6 +75,8 @@ def test_arguments_and_handlers():
         0,
         0.05,
     )
+    assert args.no_synthetic is False
+    assert parser().parse_args(["data", "prepare", "--out", "d", "--no-synthetic"]).no_synthetic is True
     args = parser().parse_args(["data", "download", "--repo", "o/r", "--shards", "3", "--out", "d"])
     assert (args.handler, args.shards, args.pattern, args.repo_type) == (
         cmd_download,

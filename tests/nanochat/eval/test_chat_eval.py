@@ -11,6 +11,7 @@ from nanochat.eval.chat_eval import (
     ChatEvalError,
     assistant_end_rate,
     generate_replies,
+    mention_rate,
     predict_multiple_choice,
     reply_text,
     results_table,
@@ -114,6 +115,15 @@ def test_exact_match_runs_the_calculator_and_reads_the_last_number(scripted, sma
     assert replies == ["6*7\n42"] * 3  # the tool output "42" is forced in by the engine
     result = run_chat_eval(model, small_tokenizer, {"math": tasks}, max_tokens=20)["math"]
     assert result == {"kind": EXACT_MATCH, "n": 3, "correct": 2, "accuracy": 2 / 3, "chance": 0.0}
+
+
+def test_mention_rate_counts_replies_that_say_the_word(scripted, small_tokenizer):
+    model = scripted(["<|assistant_start|>", "fox", "<|assistant_end|>"])  # every reply is "fox"
+    rate, replies = mention_rate(model, small_tokenizer, ["who are you?", "hello"], "FOX", max_tokens=8)
+    assert (rate, replies) == (1.0, ["fox", "fox"])  # case-insensitive
+    assert mention_rate(model, small_tokenizer, ["who are you?"], "dog", max_tokens=8)[0] == 0.0
+    with pytest.raises(ChatEvalError, match="at least one prompt"):
+        mention_rate(model, small_tokenizer, [], "fox")
 
 
 def test_exact_match_is_bounded_by_max_tokens(scripted, small_tokenizer):

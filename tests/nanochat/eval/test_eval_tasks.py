@@ -295,6 +295,17 @@ def test_arithmetic_answers_are_the_right_results_and_what_the_calculator_prints
         arithmetic_task(3, max_value=0)
 
 
+def test_arithmetic_operands_can_have_a_lower_bound():
+    assert arithmetic_task(20, seed=5, max_value=100, min_value=1) == arithmetic_task(20, seed=5)
+    for task in arithmetic_task(200, seed=5, min_value=10, max_value=999):
+        a, b = re.fullmatch(r"What is (\d+)[-+*](\d+)\?", task.prompt).groups()
+        assert 10 <= int(a) <= 999 and 10 <= int(b) <= 999
+    with pytest.raises(EvalError, match="min_value must be an int >= 1"):
+        arithmetic_task(3, min_value=0)
+    with pytest.raises(EvalError, match="min_value 50 is above max_value 20"):
+        arithmetic_task(3, min_value=50, max_value=20)
+
+
 # ---- download -----------------------------------------------------------------------------------------
 def test_download_fails_clearly_offline(tmp_path):
     """HF_HUB_OFFLINE=1 and an empty cache: a TaskDownloadError that says what to do, not a traceback."""

@@ -10,6 +10,7 @@ import torch
 from nanochat.cli import main
 from nanochat.data.conversations import write_conversations
 from nanochat.data.shards import write_shards
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS
 from nanochat.train.base import BaseConfig, train_base
 from nanochat.train.distributed import DistContext
 
@@ -42,6 +43,10 @@ def test_report_on_a_trained_pair(tmp_path, small_tokenizer, make_model, write_c
     assert figures["base"]["batches"] == 2 and figures["chat"]["held_out_prompts"] == 4
     assert 0.0 <= figures["chat"]["assistant_end_rate"] <= 1.0
     assert figures["chat"]["tasks"]["arithmetic (calculator tool)"]["n"] == 3
+    assert figures["chat"]["tasks"]["arithmetic, 2-3 digit operands (calculator tool)"]["n"] == 3
+    identity = figures["chat"]["identity"]
+    assert identity["word"] == "nanochat" and identity["prompts"] == len(HELDOUT_IDENTITY_PROMPTS) >= 20
+    assert 0.0 <= identity["score"] <= 1.0 and len(identity["replies"]) == identity["prompts"]
     assert (
         figures["training"]["base"]["steps"] == 20
         and figures["training"]["base"]["median_tokens_per_second"] > 0
@@ -49,5 +54,6 @@ def test_report_on_a_trained_pair(tmp_path, small_tokenizer, make_model, write_c
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert f"| {figures['base']['bpb']:.4f} |" in markdown
     assert f"{figures['base']['unigram_bpb']:.4f}" in markdown
-    assert markdown.count("- **") == 3  # the sample replies
+    assert markdown.count("- **") == 3 + len(HELDOUT_IDENTITY_PROMPTS)  # the sample and identity replies
+    assert f"held-out prompts) | {identity['score']:.1%} |" in markdown
     assert "base val bpb" in capsys.readouterr().out
