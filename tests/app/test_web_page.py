@@ -22,7 +22,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-REPLY_TIMEOUT_S = 60
+REPLY_TIMEOUT_S = 300  # a whole reply on loaded cores: only bounds a hang
+UI_TIMEOUT_S = 60  # a page update after a click: only bounds a hang
 INSTALL = "apt-get install -y chromium chromium-driver"
 CHROMIUM_FLAGS = (
     "--headless",
@@ -79,7 +80,8 @@ def open_page(driver, url: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(url + "/")
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    loaded = 'return document.readyState === "complete"'
+    WebDriverWait(driver, UI_TIMEOUT_S).until(lambda d: d.execute_script(loaded))
     driver.execute_script(RECORD_UPDATES)
 
 
@@ -99,7 +101,9 @@ def wait_idle(driver, turns: int = 1) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 5).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".message.user")) >= turns)
+    WebDriverWait(driver, UI_TIMEOUT_S).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".message.user")) >= turns
+    )
     WebDriverWait(driver, REPLY_TIMEOUT_S, poll_frequency=0.1).until(
         lambda d: d.find_element(By.ID, "app").get_attribute("data-state") == "idle"
     )
@@ -111,6 +115,10 @@ def short_reply_url(start_server) -> str:
     (With the default of 256, a long first reply leaves no room for the second turn's prompt, and the page
     rightly shows the server's 400 context_length_exceeded instead of a second reply.)"""
     return start_server({"NANOCHAT_DEFAULT_MAX_TOKENS": "48"}).url
+
+
+def stored_key(driver) -> str | None:
+    return driver.execute_script("return sessionStorage.getItem('nanochat.apiKey')")
 
 
 def error_texts(driver) -> list[str]:
@@ -200,8 +208,9 @@ def test_api_key_is_asked_for_and_sent(start_server, browser) -> None:
     browser.find_element(By.ID, "key-input").send_keys("page-key-2")
     browser.find_element(By.ID, "key-save").click()
     assert dialog.get_attribute("open") is None
-    assert browser.execute_script("return sessionStorage.getItem('nanochat.apiKey')") == "page-key-2"
-    WebDriverWait(browser, 5).until(lambda d: d.find_element(By.ID, "model").text)  # /v1/models, with the key
+    # the dialog's "close" event, which saves the key, is dispatched as a task after the click returns
+    WebDriverWait(browser, UI_TIMEOUT_S).until(lambda d: stored_key(d) == "page-key-2")
+    WebDriverWait(browser, UI_TIMEOUT_S).until(lambda d: d.find_element(By.ID, "model").text)  # /v1/models
 
     browser.find_element(By.ID, "send").click()  # the failed text came back into the box
     WebDriverWait(browser, REPLY_TIMEOUT_S, poll_frequency=0.1).until(
@@ -212,4 +221,4 @@ def test_api_key_is_asked_for_and_sent(start_server, browser) -> None:
 
     browser.find_element(By.ID, "api-key").click()
     browser.find_element(By.ID, "key-forget").click()
-    assert browser.execute_script("return sessionStorage.getItem('nanochat.apiKey')") is None
+    WebDriverWait(browser, UI_TIMEOUT_S).until(lambda d: stored_key(d) is None)
