@@ -70,6 +70,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_") and k not in ("HOST", "PORT")}
     env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
+    env["NANOCHAT_LOG_FORMAT"] = "json"  # last_line reads the reason from it
     if not classifier:
         env["NANOCHAT_CLASSIFIER"] = ""
     url = f"http://127.0.0.1:{port}"
@@ -82,7 +83,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
     try:
         while time.monotonic() - started < READY_TIMEOUT_S:
             if process.poll() is not None:
-                raise BenchError(f"the server exited ({process.returncode}); see {log_path}")
+                raise BenchError(f"the server exited ({process.returncode}): {last_line(log_path)}")
             if marks["health_s"] is None and answers_200(f"{url}/health"):
                 marks["health_s"] = time.monotonic() - started
             if marks["health_s"] is not None and marks["ready_s"] is None and answers_200(f"{url}/ready"):
@@ -97,10 +98,10 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
                 if state is None:  # a server that does not report it: it was ready with /ready
                     break
                 if state == "failed":
-                    raise BenchError(f"the classifier failed to load; see {log_path}")
+                    raise BenchError(f"the classifier failed to load: {last_line(log_path)}")
             time.sleep(POLL_S)
         else:
-            raise BenchError(f"the server was not ready after {READY_TIMEOUT_S} s; see {log_path}")
+            raise BenchError(f"the server was not ready after {READY_TIMEOUT_S} s: {last_line(log_path)}")
     finally:
         process.terminate()
         try:
@@ -111,6 +112,20 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
     return {name: None if value is None else round(value, 3) for name, value in marks.items()}
 
 
+def last_line(log_path: Path) -> str:
+    """Why the server stopped: its last ERROR line's message, else its last line (the log's folder is gone
+    once the benchmark ends, so the reason goes into the benchmark's own message)."""
+    lines = log_path.read_text(errors="replace").strip().splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("severity") in ("ERROR", "CRITICAL"):
+            return str(record.get("message"))
+    return lines[-1] if lines else "(the server wrote nothing)"
+
+
 def median(runs: list[dict[str, float | None]], name: str) -> float | None:
     values = [run[name] for run in runs if run[name] is not None]
     return round(statistics.median(values), 3) if values else None
@@ -118,6 +133,8 @@ def median(runs: list[dict[str, float | None]], name: str) -> float | None:
 
 def run(checkpoint: str, repeats: int) -> dict:
     load_before = os.getloadavg()[0]
+    if Path(checkpoint).exists():  # a folder relative to here (the servers run in a scratch folder)
+        checkpoint = str(Path(checkpoint).resolve())
     on, off = [], []
     with tempfile.TemporaryDirectory(prefix="bench-cold-start-") as tmp:
         for _ in range(repeats):

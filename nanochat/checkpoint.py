@@ -144,6 +144,17 @@ def read_meta(directory: str | os.PathLike, step: int) -> dict:
     return meta
 
 
+def _why(error: Exception) -> str:
+    """One line from torch.load's error: its weights-only unpickler puts the reason between advice
+    paragraphs ("WeightsUnpickler error: Unsupported operand 120"), other errors lead with it."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return "WeightsUnpickler error: " + " ".join(text.split())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def read_state_dict(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Tensors only (`weights_only=True`), with any `_orig_mod.` prefix stripped."""
     if not path.is_file():
@@ -151,7 +162,8 @@ def read_state_dict(path: Path, device: torch.device | str = "cpu") -> dict[str,
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"model file {path} is corrupt or not a tensor-only state dict: {e}") from e
+        problem = f"model file {path} is corrupt or not a tensor-only state dict: {_why(e)}"
+        raise CheckpointError(problem) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"model file {path} does not hold a state dict of tensors")
     return {k.removeprefix(COMPILE_PREFIX): v for k, v in state.items()}
