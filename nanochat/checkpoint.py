@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nanochat.files import write_atomically, write_text_atomically
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.tokenizer import Tokenizer, TokenizerError
 
 MODEL_FILE = re.compile(r"^model_(\d{6,})\.pt$")
@@ -177,8 +177,7 @@ def build_model(
     source: str = "checkpoint",
 ) -> GPT:
     """A model with `state` loaded strictly, every tensor in `dtype`."""
-    with torch.device("meta"):
-        model = GPT(config)
+    model = meta_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))

@@ -42,7 +42,7 @@ from nanochat.backend import (
 from nanochat.batching import BatchedEngine
 from nanochat.calculator import evaluate as calculator_evaluate
 from nanochat.detokenize import TextStream
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
 from nanochat.memory import MemoryPlan, context_tokens, module_bytes
 from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats
@@ -72,8 +72,7 @@ def memory_plan(config: GPTConfig, dtype: torch.dtype, max_batch: int, max_seq_l
     """What an `Engine` over a model of `config` in `dtype` will take, computed before anything is allocated
     (the model is built on the meta device). ContextLengthError for a max_seq_len above the model's."""
     context = context_tokens(max_seq_len, config.sequence_len)
-    with torch.device("meta"):
-        weights = module_bytes(GPT(config), dtype)
+    weights = module_bytes(meta_model(config), dtype)
     layout = cache_layout(config, max_batch, context)
     return MemoryPlan(weights, dtype, cache_bytes(*layout, dtype), rows=layout[3], context=context)
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from nanochat.kv_cache import AttentionPlan, KVCache
 
@@ -153,6 +154,31 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x))
 
 
+class _NoInitOnMeta(TorchFunctionMode):
+    """Initialisers (`torch.nn.init.*`, a tensor's `normal_`, `uniform_`, ...) leave meta tensors as they are:
+    a meta tensor has no values to set, and torch computes them through its Python reference kernels,
+    whose first use imports torch._dynamo (about a second of a server's start)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name, module = getattr(func, "__name__", ""), getattr(func, "__module__", None)
+        if module == "torch.nn.init" or name in INITIALISERS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+INITIALISERS = frozenset({"normal_", "uniform_", "zero_", "fill_", "exponential_", "random_"})
+
+
+def meta_model(config: GPTConfig) -> GPT:
+    """The model's structure on the meta device (shapes and dtypes, no memory, no values), built without
+    running any initialiser; `to_empty` then gives it real (uninitialised) storage."""
+    with torch.device("meta"), _NoInitOnMeta():
+        return GPT(config)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -175,6 +201,11 @@ class GPT(nn.Module):
         They are not in the state dict: a model built on the meta device or loaded with `to_empty` needs
         them computed again on its real device."""
         head_dim = self.config.head_dim
+        if torch.empty(0, device=device).is_meta:  # shapes only: computing on meta imports torch._dynamo
+            shape = (1, self.rotary_seq_len, 1, head_dim // 2)
+            self.cos = torch.empty(shape, dtype=torch.bfloat16, device=device)
+            self.sin = torch.empty(shape, dtype=torch.bfloat16, device=device)
+            return
         channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (ROTARY_BASE ** (channels / head_dim))
         t = torch.arange(self.rotary_seq_len, dtype=torch.float32, device=device)

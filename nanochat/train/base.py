@@ -19,7 +19,7 @@ import torch
 
 from nanochat.data.shards import split_shards
 from nanochat.eval.bpb import evaluate_bpb
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.tokenizer import Tokenizer
 from nanochat.train.common import (
     autocast_context,
@@ -95,8 +95,7 @@ def grad_accum_steps(config: BaseConfig, world_size: int) -> int:
 
 def build_model(config: BaseConfig, vocab_size: int, device: torch.device) -> GPT:
     model_config = GPTConfig.for_depth(config.depth, vocab_size, config.max_seq_len)
-    with torch.device("meta"):
-        model = GPT(model_config)
+    model = meta_model(model_config)
     model.to_empty(device=device)
     model.init_weights(
         torch.Generator(device=device).manual_seed(config.seed) if device.type == "cpu" else None

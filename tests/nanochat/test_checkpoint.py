@@ -5,7 +5,10 @@ and the reference checkpoint written by the public nanochat code."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -577,3 +580,26 @@ def test_reference_checkpoint_loads_strict(reference_dir: Path, expected: dict) 
         logits = loaded.model(torch.tensor([forward["input_ids"]]))
     reference = torch.load(directory / forward["logits_file"], weights_only=True)
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_loading_builds_the_structure_without_computing_on_the_meta_device(tmp_path: Path) -> None:
+    """The meta-device build runs no initialiser and no rotary computation: torch computes those on meta
+    through its Python reference kernels, whose first use imports torch._dynamo (about a second of every
+    server's start). A fresh interpreter loads the demo model and must not have imported it."""
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    script = (
+        "import sys; from nanochat.checkpoint import load_checkpoint; "
+        f"loaded = load_checkpoint({str(demo)!r}); "
+        "assert not any(p.is_meta for p in loaded.model.parameters()); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(demo.parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
