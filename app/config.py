@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     )
     quantization: Literal["none", "int8"] = Field(
         "none",
-        description="int8: the linear layers' weights in int8, a quarter of float32's bytes (nanochat backend, "
-        "CPU, float32; docs/quantization.md)",
+        description="int8: the linear layers' weights in int8, a quarter of float32's bytes (nanochat "
+        "backend, CPU, float32; docs/quantization.md)",
     )
     served_model_name: Annotated[list[str], NoDecode] = Field(
         [],

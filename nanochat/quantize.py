@@ -43,7 +43,9 @@ def check_quantization(
     if quantization in (None, "none"):
         return
     if quantization not in QUANTIZATIONS:
-        raise QuantizationError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+        raise QuantizationError(
+            f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}"
+        )
     if backend != "nanochat":
         raise QuantizationError("int8 quantization is for the nanochat backend only, not the hf backend")
     if device.type != "cpu":
@@ -55,10 +57,7 @@ def check_quantization(
 
 
 def _has_dynamic_linear() -> bool:
-    try:
-        return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
-    except RuntimeError:
-        return False
+    return all(hasattr(torch.ops.quantized, op) for op in ("linear_prepack", "linear_dynamic"))
 
 
 def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -121,7 +120,7 @@ def quantize_model(model: nn.Module, quantization: str = "int8") -> nn.Module:
 
 
 def quantization_of(model: nn.Module) -> str:
-    """"int8" for a model `quantize_model` converted, else "none"."""
+    """`int8` for a model `quantize_model` converted, else `none`."""
     return "int8" if any(isinstance(m, Int8Linear) for m in model.modules()) else "none"
 
 

@@ -274,7 +274,9 @@ def cmd_quantization(args: argparse.Namespace) -> int:
         if not batches or any(b < 1 for b in batches):
             raise ValueError
     except ValueError:
-        raise EvalError(f"--batches must be positive integers separated by commas, got {args.batches!r}") from None
+        raise EvalError(
+            f"--batches must be positive integers separated by commas, got {args.batches!r}"
+        ) from None
     torch.set_num_threads(args.threads)
     options = quantization.Options(
         batches=batches,

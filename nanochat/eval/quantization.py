@@ -76,7 +76,10 @@ def cloud_shape(env_file: Path) -> CloudShape:
 
     service = yaml.safe_load(env_file.read_text())["service"]
     memory = str(service["memory"])
-    gib = float(memory.removesuffix("Gi")) if memory.endswith("Gi") else float(memory.removesuffix("Mi")) / 1024
+    if memory.endswith("Gi"):
+        gib = float(memory.removesuffix("Gi"))
+    else:
+        gib = float(memory.removesuffix("Mi")) / 1024
     return CloudShape(str(env_file), float(service["cpu"]), gib)
 
 
@@ -133,7 +136,8 @@ def reference_continuations(model: GPT, prompts: list[list[int]], new_tokens: in
 
 
 def greedy_agreement(model: GPT, prompts: list[list[int]], continuations: list[list[int]]) -> float:
-    """Share of positions where `model`'s top-1 token, reading prompt + continuation, is the continuation's."""
+    """Share of positions where `model`'s top-1 token, reading prompt + continuation, is the
+    continuation's."""
     same = total = 0
     with torch.inference_mode():
         for prompt, continuation in zip(prompts, continuations, strict=True):
