@@ -230,6 +230,7 @@ def _remote_chat(args: argparse.Namespace) -> int:
         "--dtype": args.dtype,
         "--threads": args.threads,
         "--device": None if args.device == "cpu" else args.device,
+        "--quantization": None if args.quantization == "none" else args.quantization,
     }
     given = [option for option, value in checkpoint_options.items() if value is not None]
     if given:

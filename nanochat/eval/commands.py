@@ -118,7 +118,12 @@ def register(subparsers: Any) -> None:
     quant.add_argument(
         "--env-file", default="envs/prod.yaml", metavar="FILE", help="the Cloud Run shape (envs/prod.yaml)"
     )
-    quant.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    quant.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: what the service takes on the 2-vCPU Cloud Run shape, cores - 1)",
+    )
     quant.add_argument("--out", required=True, metavar="FILE", help="markdown file to write")
     quant.set_defaults(handler=cmd_quantization)
 

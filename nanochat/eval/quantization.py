@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,9 +131,32 @@ def heldout_conversations(path: Path, limit: int) -> list[dict]:
     return conversations
 
 
-def reference_continuations(model: GPT, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """fp32's greedy continuation of each prompt (the model's own cache-free sampler)."""
-    return [list(model.generate(p, new_tokens, temperature=0.0)) for p in prompts]
+def heldout_prompts(
+    tokenizer: Tokenizer, conversations: list[dict], limit: int, context: int, new_tokens: int
+) -> list[list[int]]:
+    """The first `limit` conversations' prompts (the last assistant reply left to write) that leave room
+    for `new_tokens` in `context`."""
+    prompts = [tokenizer.render_for_completion(c) for c in conversations]
+    return [p for p in prompts if len(p) + new_tokens <= context][:limit]
+
+
+def reference_continuations(
+    model: GPT, tokenizer: Tokenizer, prompts: list[list[int]], new_tokens: int
+) -> list[list[int]]:
+    """`model`'s greedy continuation of each prompt, `new_tokens` each (past any end token), all prompts
+    decoded together by the engine."""
+    longest = max(len(p) for p in prompts) + new_tokens
+    engine = Engine(model, tokenizer, max_batch=len(prompts), max_seq_len=longest)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, tools=False)
+    generations = []
+    for prompt in prompts:
+        generation = engine.begin(prompt, params)
+        while generation.prefill_remaining:
+            engine.prefill(generation)
+        generations.append(generation)
+    while not all(g.done for g in generations):
+        engine.decode_step()
+    return [g.continuations[0].tokens[:new_tokens] for g in generations]
 
 
 def greedy_agreement(model: GPT, prompts: list[list[int]], continuations: list[list[int]]) -> float:
@@ -201,6 +225,10 @@ def _decode_seconds(engine: Engine, prompts: list[list[int]], params: SamplingPa
     return seconds
 
 
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def measure_model(
     title: str,
     build: Callable[[], GPT],
@@ -211,9 +239,13 @@ def measure_model(
 ) -> dict:
     """Every figure of one model's three variants (see the module docstring)."""
     models = {name: variant(build, name) for name in VARIANTS}
-    prompts = [tokenizer.render_for_completion(c) for c in conversations[: options.prompts]]
-    reference = reference_continuations(models["float32"], prompts, options.new_tokens)
+    context = models["float32"].config.sequence_len
+    prompts = heldout_prompts(tokenizer, conversations, options.prompts, context, options.new_tokens)
+    progress(f"{title}: fp32's greedy continuations of {len(prompts)} prompts")
+    reference = reference_continuations(models["float32"], tokenizer, prompts, options.new_tokens)
+    progress(f"{title}: decode tok/s at batches {options.batches}")
     speed = decode_tokens_per_s(models, tokenizer, options)
+    progress(f"{title}: bytes, bpb and agreement")
     rows = {}
     for name, model in models.items():
         rows[name] = {

@@ -42,9 +42,14 @@ def demo_model():
 def agreement_case() -> tuple[list[list[int]], list[list[int]]]:
     """The held-out prompts and fp32's greedy continuation of each."""
     demo = load_checkpoint(DEMO_MODEL)
-    conversations = quantization.heldout_conversations(DEMO_MODEL / "heldout.jsonl", AGREEMENT_PROMPTS)
-    prompts = [demo.tokenizer.render_for_completion(c) for c in conversations]
-    return prompts, quantization.reference_continuations(demo.model, prompts, AGREEMENT_TOKENS)
+    conversations = quantization.heldout_conversations(DEMO_MODEL / "heldout.jsonl", 2 * AGREEMENT_PROMPTS)
+    context = demo.model.config.sequence_len
+    prompts = quantization.heldout_prompts(
+        demo.tokenizer, conversations, AGREEMENT_PROMPTS, context, AGREEMENT_TOKENS
+    )
+    assert len(prompts) == AGREEMENT_PROMPTS
+    reference = quantization.reference_continuations(demo.model, demo.tokenizer, prompts, AGREEMENT_TOKENS)
+    return prompts, reference
 
 
 def test_the_int8_linear_is_close_to_the_float_one() -> None:
