@@ -8,11 +8,13 @@ lookup, not a matmul, so int8 would only save bytes, at a cost in accuracy.
 
 Why dynamic and not weight-only, and why the head too: measured side by side on the project's 2-core CPU
 (engine decode, the demo and a depth-6 model, batches 1/16/64, interleaved), dynamic int8 decoded at
-1.2-2.1x fp32's tokens/s, a weight-only int8 matmul (`torch._weight_int8pack_mm`, bf16 activations) at
-0.95-1.5x (no better than fp32 from batch 16 on), and dynamic int8 with the head left in fp32 at 0.8x at
-batch 1 (the head is the largest matrix of a small model) for a greedy agreement barely higher (97.4% vs
-96.9% on the demo's held-out prompts). docs/quantization.md (`nanochat eval quantization`) has the figures;
-the drift bounds are in tests/nanochat/test_quantize.py.
+1.2-2.1x fp32's tokens/s (docs/quantization.md: 1.85-2.15x on the depth-6 model; on the tiny demo model
+0.87x at batch 1, where per-call overhead dominates, and 1.35-1.44x from batch 16); a weight-only int8
+matmul (`torch._weight_int8pack_mm`, bf16 activations) at 0.95-1.5x (no better than fp32 from batch 16
+on); dynamic int8 with the head left in fp32 at 0.8x at batch 1 (the head is the largest matrix of a small
+model) for a greedy agreement barely higher (97.4% vs 96.9% on the demo's held-out prompts).
+docs/quantization.md (`nanochat eval quantization`) has the figures; the drift bounds are in
+tests/nanochat/test_quantize.py.
 
 Int8 runs on CPU only, over an fp32 model (activations are fp32); the Hugging Face backend is not
 quantized. `QuantizationError` says so in one line. The packed weights live outside the module's
