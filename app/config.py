@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="weights dtype: float32 | bfloat16 (unset: float32 on CPU, bfloat16 on CUDA)"
     )
+    quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: the linear layers' weights in int8, a quarter of float32's bytes (nanochat "
+        "backend, CPU, float32; docs/quantization.md)",
+    )
     served_model_name: Annotated[list[str], NoDecode] = Field(
         [],
         validation_alias=AliasChoices("NANOCHAT_SERVED_MODEL_NAME", "NANOCHAT_MODEL_NAME"),
@@ -226,6 +231,7 @@ SERVE_FLAGS = {
     "--port": "port",
     "--device": "device",
     "--dtype": "dtype",
+    "--quantization": "quantization",
     "--max-num-seqs": "max_batch",
     "--max-model-len": "max_model_len",
     "--memory-limit": "memory_limit",

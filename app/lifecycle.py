@@ -63,6 +63,7 @@ from nanochat.engine import Engine, memory_plan
 from nanochat.gpt import GPTConfig
 from nanochat.memory import MemoryPlan, check_fits, format_bytes
 from nanochat.prefix_cache import resolve_budget
+from nanochat.quantize import check_quantization
 
 if TYPE_CHECKING:
     from app.api.classify import Classifier
@@ -362,6 +363,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
     `backend="hf"` a transformers causal LM folder served by HFEngine."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    check_quantization(settings.quantization, device, dtype, settings.backend)
     if settings.backend == "hf":
         try:  # transformers is imported only for this backend (the `hf` extra)
             from transformers.utils import logging as transformers_logging
@@ -384,12 +386,17 @@ def load_engine(settings: Settings) -> GenerationBackend:
     plans: list[MemoryPlan] = []
 
     def fits(config: GPTConfig) -> None:  # before the weights are read: the context asked for, the memory
-        plan = memory_plan(config, dtype, settings.max_batch, settings.max_model_len)
+        plan = memory_plan(config, dtype, settings.max_batch, settings.max_model_len, settings.quantization)
         check_fits(plan, settings.memory_limit, device)
         plans.append(plan)
 
     checkpoint = load_checkpoint(
-        settings.checkpoint, step=settings.step, device=device, dtype=dtype, before_weights=fits
+        settings.checkpoint,
+        step=settings.step,
+        device=device,
+        dtype=dtype,
+        before_weights=fits,
+        quantization=settings.quantization,
     )
     return Engine(
         checkpoint.model,

@@ -26,6 +26,7 @@ import torch
 
 from nanochat.files import write_atomically, write_text_atomically
 from nanochat.gpt import GPT, GPTConfig, meta_model
+from nanochat.quantize import check_quantization, quantize_model
 from nanochat.tokenizer import Tokenizer, TokenizerError
 
 MODEL_FILE = re.compile(r"^model_(\d{6,})\.pt$")
@@ -209,12 +210,15 @@ def load_checkpoint(
     revision: str | None = None,
     cache_dir: str | None = None,
     before_weights: Callable[[GPTConfig], None] | None = None,
+    quantization: str = "none",
 ) -> LoadedCheckpoint:
-    """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default).
+    """Load model, tokenizer and meta from a folder or a Hugging Face repo id (latest step by default);
+    with quantization "int8", the loaded model's linears are then made int8 (nanochat/quantize.py).
 
     `before_weights(config)` is called once the model's config is known (and matches the tokenizer), before
     the weights are read: the caller's chance to refuse the model (e.g. one too large for its memory) by
     raising, before anything of its size is allocated."""
+    check_quantization(quantization, torch.device(device), dtype)
     directory = resolve_source(source, revision, cache_dir)
     if step is None:
         step = find_last_step(directory)
@@ -236,7 +240,7 @@ def load_checkpoint(
         before_weights(config)
     path = model_path(directory, step)
     state = read_state_dict(path)
-    model = build_model(config, state, device, dtype, source=str(path))
+    model = quantize_model(build_model(config, state, device, dtype, source=str(path)), quantization)
     return LoadedCheckpoint(model, tokenizer, meta, step, directory)
 
 

@@ -28,6 +28,7 @@ from nanochat.cliargs import (
     OneLineParser,
     UsageError,
     add_checkpoint_args,
+    add_quantization_arg,
     load_from_args,
     non_negative_int,
     positive_int,
@@ -35,6 +36,7 @@ from nanochat.cliargs import (
 from nanochat.data import commands as data_commands
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.quantize import check_quantization, quantize_model
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.train import commands as train_commands
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype")
     bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_quantization_arg(bench)
     bench.add_argument("--batches", default="4,16,64", help="aggregate decode batch sizes (default 4,16,64)")
     bench.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens (default 64)")
     bench.add_argument("--decode-steps", type=positive_int, default=32, help="decode steps (default 32)")
@@ -227,6 +230,7 @@ def _remote_chat(args: argparse.Namespace) -> int:
         "--dtype": args.dtype,
         "--threads": args.threads,
         "--device": None if args.device == "cpu" else args.device,
+        "--quantization": None if args.quantization == "none" else args.quantization,
     }
     given = [option for option, value in checkpoint_options.items() if value is not None]
     if given:
@@ -274,10 +278,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     dtype = DTYPES[args.dtype]
     if args.checkpoint:
-        loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype)
+        loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype, quantization=args.quantization)
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
+        check_quantization(args.quantization, torch.device("cpu"), dtype)
         model, tokenizer = _random_model(args.depth, dtype)
+        quantize_model(model, args.quantization)
     result = run_benchmark(
         model,
         tokenizer,

@@ -1,5 +1,5 @@
 """Argument parsing pieces every `nanochat` command shares: one-line usage errors, integer types, and
-the `--checkpoint/--step/--device/--dtype/--threads` group with the loader behind it."""
+the `--checkpoint/--step/--device/--dtype/--threads/--quantization` group with the loader behind it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
 from nanochat.device import DTYPES, DeviceError, resolve_device, resolve_dtype
+from nanochat.quantize import QUANTIZATIONS
 
 
 class UsageError(Exception):
@@ -55,6 +56,16 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
         "--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)"
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_quantization_arg(parser)
+
+
+def add_quantization_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="int8: the linear layers' weights in int8 (CPU, float32 model; default none)",
+    )
 
 
 def load_from_args(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedCheckpoint:
@@ -66,4 +77,10 @@ def load_from_args(args: argparse.Namespace, checkpoint: str | None = None) -> L
     except DeviceError as e:
         raise UsageError(f"--device {e.detail}") from None
     dtype = resolve_dtype(args.dtype, device)
-    return load_checkpoint(checkpoint or args.checkpoint, step=args.step, device=device, dtype=dtype)
+    return load_checkpoint(
+        checkpoint or args.checkpoint,
+        step=args.step,
+        device=device,
+        dtype=dtype,
+        quantization=getattr(args, "quantization", "none"),
+    )

@@ -46,6 +46,7 @@ from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
 from nanochat.memory import MemoryPlan, context_tokens, module_bytes
 from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats
+from nanochat.quantize import planned_weights_bytes, quantization_of
 from nanochat.tokenizer import Tokenizer
 
 # The contract's names, for the callers that drive this engine directly (the CLI, evaluation, benchmarks).
@@ -68,13 +69,17 @@ def cache_layout(config: GPTConfig, max_batch: int, context: int) -> tuple[int, 
     return (config.n_layer, config.n_kv_head, config.head_dim, max_batch + 1, context)
 
 
-def memory_plan(config: GPTConfig, dtype: torch.dtype, max_batch: int, max_seq_len: int | None) -> MemoryPlan:
-    """What an `Engine` over a model of `config` in `dtype` will take, computed before anything is allocated
-    (the model is built on the meta device). ContextLengthError for a max_seq_len above the model's."""
+def memory_plan(
+    config: GPTConfig, dtype: torch.dtype, max_batch: int, max_seq_len: int | None, quantization: str = "none"
+) -> MemoryPlan:
+    """What an `Engine` over a model of `config` in `dtype` (its linears in int8 with quantization "int8")
+    will take, computed before anything is allocated (the model is built on the meta device).
+    ContextLengthError for a max_seq_len above the model's."""
     context = context_tokens(max_seq_len, config.sequence_len)
-    weights = module_bytes(meta_model(config), dtype)
+    weights = planned_weights_bytes(meta_model(config), dtype, quantization)
     layout = cache_layout(config, max_batch, context)
-    return MemoryPlan(weights, dtype, cache_bytes(*layout, dtype), rows=layout[3], context=context)
+    cache = cache_bytes(*layout, dtype)
+    return MemoryPlan(weights, dtype, cache, rows=layout[3], context=context, quantization=quantization)
 
 
 class Engine(BatchedEngine):
@@ -111,7 +116,12 @@ class Engine(BatchedEngine):
             *cache_layout(config, max_batch, self.max_seq_len), dtype=param.dtype, device=self.device
         )
         self.memory = MemoryPlan(
-            module_bytes(model), param.dtype, self.cache.nbytes, self.cache.capacity, self.max_seq_len
+            module_bytes(model),
+            param.dtype,
+            self.cache.nbytes,
+            self.cache.capacity,
+            self.max_seq_len,
+            quantization=quantization_of(model),
         )
         self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block_size) if prefix_cache_bytes else None
         self._special_ids = frozenset(special.values())

@@ -295,7 +295,7 @@ class GPT(nn.Module):
         Slow by design (recomputes the whole sequence per token); the engine is the fast path. With top_k,
         logits below the k-th are masked before softmax over the full vocabulary.
         """
-        device = self.lm_head.weight.device
+        device = self.transformer.wte.weight.device  # (an int8 lm_head has no .weight)
         generator = torch.Generator(device=device).manual_seed(seed)
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         for _ in range(max_tokens):

@@ -83,10 +83,13 @@ def context_tokens(asked: int | None, model_context: int) -> int:
 
 
 def module_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
-    """Bytes of a module's parameters and buffers. With `dtype`, the parameters count in it (what loading
-    converts them to): a module built on the meta device then gives the bytes before any are allocated."""
+    """Bytes of a module's parameters and buffers, and of weights kept outside them (a submodule's
+    `packed_bytes`: the int8 linears of nanochat/quantize.py). With `dtype`, the parameters count in it (what
+    loading converts them to): a module built on the meta device then gives the bytes before any are
+    allocated."""
     params = sum(p.numel() * (dtype.itemsize if dtype else p.element_size()) for p in module.parameters())
-    return params + sum(b.nbytes for b in module.buffers())
+    packed = sum(getattr(m, "packed_bytes", 0) for m in module.modules())
+    return params + packed + sum(b.nbytes for b in module.buffers())
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class MemoryPlan:
     rows: int  # cache rows (sequences held at once)
     context: int  # tokens per row
     preallocated: bool = True
+    quantization: str = "none"  # "int8": the linear layers' weights are int8 (the rest in `dtype`)
 
     @property
     def total_bytes(self) -> int:
@@ -111,8 +115,15 @@ class MemoryPlan:
         cache = f"KV cache {format_bytes(self.kv_cache_bytes)} ({shape})"
         if not self.preallocated:
             cache = f"KV cache up to {format_bytes(self.kv_cache_bytes)} ({shape}, not preallocated)"
-        weights = f"weights {format_bytes(self.weights_bytes)} ({dtype_name(self.dtype)})"
+        weights = f"weights {format_bytes(self.weights_bytes)} ({self.weights_format})"
         return f"{weights}, {cache}, total {format_bytes(self.total_bytes)}"
+
+    @property
+    def weights_format(self) -> str:
+        """`float32`, or `int8 linears, float32 rest`."""
+        if self.quantization == "none":
+            return dtype_name(self.dtype)
+        return f"{self.quantization} linears, {dtype_name(self.dtype)} rest"
 
     def as_dict(self) -> dict[str, int | str | bool]:
         return {
@@ -121,6 +132,7 @@ class MemoryPlan:
             "kv_cache_rows": self.rows,
             "kv_cache_preallocated": self.preallocated,
             "dtype": dtype_name(self.dtype),
+            "quantization": self.quantization,
         }
 
 
@@ -145,11 +157,11 @@ def check_fits(plan: MemoryPlan, limit: int | None, device: torch.device) -> Non
     if plan.total_bytes <= available:
         return
     lower = f"lower --max-model-len (now {plan.context}) or --max-num-seqs"
-    if plan.dtype.itemsize > 2:
-        lower += ", or halve the weights with --dtype bfloat16"
+    if plan.dtype.itemsize > 2 and plan.quantization == "none":
+        lower += ", or halve the weights with --dtype bfloat16 (a quarter on CPU: --quantization int8)"
     needed = (
         f"{format_bytes(plan.total_bytes)} (weights {format_bytes(plan.weights_bytes)} in "
-        f"{dtype_name(plan.dtype)}, KV cache {format_bytes(plan.kv_cache_bytes)} for {plan.rows} rows x "
+        f"{plan.weights_format}, KV cache {format_bytes(plan.kv_cache_bytes)} for {plan.rows} rows x "
         f"{plan.context} tokens)"
     )
     raise MemoryLimitError(f"the model does not fit: it needs {needed} but {why}; {lower}")

@@ -141,7 +141,7 @@ def shard_bpb(
     train_shards, val_shard = shards[:-1], shards[-1]
     seq_len = seq_len or model.config.sequence_len
     loader = TokenDataLoader(
-        [val_shard], tokenizer, batch_size, seq_len, device=model.lm_head.weight.device, loop=False
+        [val_shard], tokenizer, batch_size, seq_len, device=next(model.parameters()).device, loop=False
     )
     stream = itertools.islice(loader, max_batches)
     first = next(stream, None)

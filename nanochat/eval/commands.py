@@ -1,4 +1,4 @@
-"""The `nanochat eval ...` command group: bpb, sample, chat, tokenizer, download.
+"""The `nanochat eval ...` command group: bpb, sample, chat, tokenizer, download, report, quantization.
 
 `register(subparsers)` adds the `eval` command to the main CLI's argparse subparsers. Each step's parser
 carries `handler`, a function of the parsed Namespace that prints its result and returns the exit code.
@@ -95,6 +95,37 @@ def register(subparsers: Any) -> None:
     download.add_argument("--split", default="test", help="the split (default test)")
     download.add_argument("--out", required=True, metavar="DIR", help="folder to download into")
     download.set_defaults(handler=cmd_download)
+
+    quant = steps.add_parser(
+        "quantization",
+        help="fp32 vs bf16 vs int8: bytes, decode tok/s, bpb, greedy agreement, $/M tokens (markdown)",
+    )
+    quant.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder or repo id")
+    quant.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
+    quant.add_argument(
+        "--depth", type=positive_int, help="also a random-weight model of this depth (the checkpoint's vocab)"
+    )
+    quant.add_argument(
+        "--heldout",
+        metavar="FILE",
+        help="held-out conversations, JSONL (default: heldout.jsonl in the checkpoint folder)",
+    )
+    quant.add_argument("--batches", default="1,16,64", help="decode batch sizes (default 1,16,64)")
+    quant.add_argument("--tokens", type=positive_int, default=32, help="decode steps timed per round (32)")
+    quant.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (3)")
+    quant.add_argument("--prompts", type=positive_int, default=32, help="held-out prompts compared (32)")
+    quant.add_argument("--new-tokens", type=positive_int, default=32, help="fp32 tokens per prompt (32)")
+    quant.add_argument(
+        "--env-file", default="envs/prod.yaml", metavar="FILE", help="the Cloud Run shape (envs/prod.yaml)"
+    )
+    quant.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: what the service takes on the 2-vCPU Cloud Run shape, cores - 1)",
+    )
+    quant.add_argument("--out", required=True, metavar="FILE", help="markdown file to write")
+    quant.set_defaults(handler=cmd_quantization)
 
     report = steps.add_parser(
         "report", help="report on a base + chat model pair (bpb vs unigram, chat checks)"
@@ -230,6 +261,70 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"base val bpb {figures['base']['bpb']:.4f} (unigram {figures['base']['unigram_bpb']:.4f}); "
         f"chat replies ending properly {figures['chat']['assistant_end_rate']:.1%} -> {path}"
     )
+    return 0
+
+
+def cmd_quantization(args: argparse.Namespace) -> int:
+    import platform
+    import shlex
+    import sys
+
+    import torch
+
+    from nanochat.checkpoint import load_checkpoint
+    from nanochat.eval import quantization
+
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+        if not batches or any(b < 1 for b in batches):
+            raise ValueError
+    except ValueError:
+        raise EvalError(
+            f"--batches must be positive integers separated by commas, got {args.batches!r}"
+        ) from None
+    torch.set_num_threads(args.threads)
+    options = quantization.Options(
+        batches=batches,
+        tokens=args.tokens,
+        rounds=args.rounds,
+        prompts=args.prompts,
+        new_tokens=args.new_tokens,
+    )
+    shape = quantization.cloud_shape(Path(args.env_file))
+    loaded = load_checkpoint(args.checkpoint, step=args.step)
+    heldout = Path(args.heldout) if args.heldout else loaded.directory / "heldout.jsonl"
+    conversations = quantization.heldout_conversations(heldout, max(args.prompts, 1))
+    tokenizer = loaded.tokenizer
+
+    def checkpoint_model():
+        return load_checkpoint(loaded.directory, step=loaded.step).model
+
+    models = [(f"{Path(args.checkpoint).name} (checkpoint step {loaded.step})", checkpoint_model)]
+    if args.depth:
+        vocab = loaded.model.config.vocab_size
+        title = f"depth {args.depth}, random weights (not trained: no time to train one here)"
+        models.append((title, lambda: quantization.random_model(args.depth, vocab)))
+    results = [
+        quantization.measure_model(title, build, tokenizer, conversations, options, shape)
+        for title, build in models
+    ]
+    context = {
+        "command": "nanochat eval " + shlex.join(sys.argv[sys.argv.index("quantization") :])
+        if "quantization" in sys.argv
+        else "nanochat eval quantization",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}",
+        "conversations": len(conversations),
+        "heldout": str(heldout),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(quantization.render_markdown(results, options, shape, context))
+    for result in results:
+        for name, row in result["variants"].items():
+            print(f"{result['title']}: {name} agreement {row['agreement']:.1%} bpb {row['bpb']:.4f} "
+                  f"tok/s {row['decode_tokens_per_s']}")  # fmt: skip
+    print(f"-> {out}")
     return 0
 
 

@@ -258,6 +258,7 @@ def test_the_start_up_line_and_stats_say_what_the_weights_and_the_cache_take(ser
         "kv_cache_rows": 3,
         "kv_cache_preallocated": True,
         "dtype": "float32",
+        "quantization": "none",
     }
     (line,) = [json.loads(line)["message"] for line in served.log().splitlines() if '"memory: ' in line]
     weights, cache = format_bytes(stats["memory"]["weights_bytes"]), format_bytes(engine.cache.nbytes)
