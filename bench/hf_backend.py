@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,22 +34,9 @@ DEMO = REPO_ROOT / "models" / "demo"
 
 def decode_tokens_per_s(engine, prompts: list[list[int]], steps: int) -> float:
     """`steps` decode steps over one row per prompt, after prefilling them all (untimed)."""
-    from nanochat.backend import SamplingParams
+    from nanochat.bench import decode_seconds
 
-    params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True)
-    requests = []
-    for prompt in prompts:
-        request = engine.begin(prompt, params)
-        while request.prefill_remaining:
-            engine.prefill(request)
-        requests.append(request)
-    start = time.perf_counter()
-    for _ in range(steps):
-        engine.decode_step()
-    seconds = time.perf_counter() - start
-    for request in requests:
-        engine.cancel(request)
-    return len(prompts) * steps / seconds
+    return len(prompts) * steps / decode_seconds(engine, prompts, steps)
 
 
 def engine_at(ref: str):

@@ -325,12 +325,39 @@ class BatchedEngine(abc.ABC):
         """Tokens in a continuation's cache row."""
 
     @abc.abstractmethod
-    def _release(self, generation: Generation) -> None:
-        """Free a decoding generation's rows, keeping `decoding[i].row == i`."""
+    def _copy_row(self, src: int, dst: int) -> None:
+        """Make cache row `dst` a copy of row `src` (its keys, values and length)."""
 
     @abc.abstractmethod
     def _forget_rows(self) -> None:
         """Empty every row's keys/values (`reset`)."""
+
+    def _before_release(self, generation: Generation) -> None:
+        """Called with a generation's rows still in place, just before they are freed."""
+        return None
+
+    # ---- rows: decoding rows [0, num_decoding), contiguous; the prefill row right after them ------------
+    @property
+    def _prefill_row(self) -> int:
+        return len(self.decoding)
+
+    def _release(self, generation: Generation) -> None:
+        """Free a decoding generation's rows, moving the last rows into the holes (keeping
+        `decoding[i].row == i`) and the generation being prefilled, if any, to the new prefill row."""
+        self._before_release(generation)
+        prefill_row = self._prefill_row if self.prefilling else None
+        for row in sorted((c.row for c in generation.continuations), reverse=True):
+            last = len(self.decoding) - 1
+            if row != last:
+                mover = self.decoding[last]
+                self._copy_row(last, row)
+                mover.row = row
+                self.decoding[row] = mover
+            self.decoding.pop()
+        for cont in generation.continuations:
+            cont.row = -1
+        if prefill_row is not None and prefill_row != self._prefill_row:
+            self._copy_row(prefill_row, self._prefill_row)
 
     def _on_token(self, cont: Continuation, token: int) -> None:
         """Called for every token a continuation takes (nanochat's engine runs its calculator tool here)."""

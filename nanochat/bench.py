@@ -36,21 +36,28 @@ def _prompt(length: int, vocab: int, seed: int) -> list[int]:
     return torch.randint(0, vocab - 16, (length,), generator=g).tolist()
 
 
-def _decode_seconds(engine: Engine, prompts: list[list[int]], steps: int) -> float:
-    """Time `steps` batched decode steps after prefilling every prompt (prefill not timed)."""
-    params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True, tools=False)
-    requests = []
+def begin_all(engine, prompts: list[list[int]], params: SamplingParams) -> list:
+    """One generation per prompt on any engine of the backend protocol, each prefilled to its end."""
+    generations = []
     for prompt in prompts:
-        request = engine.begin(prompt, params)
-        while request.prefill_remaining:
-            engine.prefill(request)
-        requests.append(request)
+        generation = engine.begin(prompt, params)
+        while generation.prefill_remaining:
+            engine.prefill(generation)
+        generations.append(generation)
+    return generations
+
+
+def decode_seconds(engine, prompts: list[list[int]], steps: int) -> float:
+    """Time `steps` batched decode steps over one row per prompt, after prefilling every prompt (prefill
+    not timed); greedy, past any end token, no tool calls. Any engine of the backend protocol."""
+    params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True, tools=False)
+    generations = begin_all(engine, prompts, params)
     start = time.perf_counter()
     for _ in range(steps):
         engine.decode_step()
     seconds = time.perf_counter() - start
-    for request in requests:
-        engine.cancel(request)
+    for generation in generations:
+        engine.cancel(generation)
     return seconds
 
 
@@ -124,7 +131,7 @@ def run_benchmark(
 
     prompt = _prompt(prompt_len, vocab, 0)
     _prefill_seconds(engine, prompt)  # warm-up
-    _decode_seconds(engine, [prompt], 4)
+    decode_seconds(engine, [prompt], 4)
     prefill_s = _best_seconds(lambda: _prefill_seconds(engine, prompt), repeats)
 
     decode: dict[int, float] = {}
@@ -132,7 +139,7 @@ def run_benchmark(
         # mixed lengths: prompt_len/2 .. 3·prompt_len/2, so rows decode at different positions
         lengths = [prompt_len // 2 + (i * prompt_len) // max(batch, 1) for i in range(batch)]
         prompts = [_prompt(n, vocab, i) for i, n in enumerate(lengths)]
-        seconds = min(_decode_seconds(engine, prompts, decode_steps) for _ in range(repeats))
+        seconds = min(decode_seconds(engine, prompts, decode_steps) for _ in range(repeats))
         decode[batch] = batch * decode_steps / seconds
 
     result: dict = {

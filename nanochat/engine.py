@@ -130,10 +130,6 @@ class Engine(BatchedEngine):
         self._output_start = special["<|output_start|>"]
         self._output_end = special["<|output_end|>"]
 
-    @property
-    def _prefill_row(self) -> int:
-        return len(self.decoding)
-
     # ---- the model over the KV cache (BatchedEngine's hooks) ------------------------------------------
     def _text_stream(self, params: SamplingParams) -> TextStream:
         return TextStream(self.tokenizer.id_to_token_bytes, self._special_ids, params.stop)
@@ -159,23 +155,12 @@ class Engine(BatchedEngine):
     def _row_length(self, cont: Continuation) -> int:
         return self.cache.lengths[cont.row]
 
-    def _release(self, generation: Generation) -> None:
-        """Free a decoding generation's rows, moving the last rows into the holes."""
-        prefill_row = self._prefill_row if self.prefilling else None
+    def _copy_row(self, src: int, dst: int) -> None:
+        self.cache.copy_row(src, dst)
+
+    def _before_release(self, generation: Generation) -> None:
         for cont in generation.continuations:  # before any row moves
             self._keep_prefix(cont.row, generation.prompt_ids + cont.tokens)
-        for row in sorted((c.row for c in generation.continuations), reverse=True):
-            last = len(self.decoding) - 1
-            if row != last:
-                mover = self.decoding[last]
-                self.cache.copy_row(last, row)
-                mover.row = row
-                self.decoding[row] = mover
-            self.decoding.pop()
-        for cont in generation.continuations:
-            cont.row = -1
-        if prefill_row is not None and prefill_row != self._prefill_row:
-            self.cache.copy_row(prefill_row, self._prefill_row)
 
     def _forget_rows(self) -> None:
         for row in range(self.cache.capacity):

@@ -341,10 +341,6 @@ class HFEngine(BatchedEngine):
         return cls(model, tokenizer, max_batch, max_seq_len, prefill_chunk)
 
     # ---- the model over the row cache (BatchedEngine's hooks) ------------------------------------------
-    @property
-    def _prefill_row(self) -> int:
-        return len(self.decoding)
-
     def _text_stream(self, params: SamplingParams) -> IncrementalText:
         return IncrementalText(self._decode_text, self._special_ids, params.stop)
 
@@ -365,21 +361,8 @@ class HFEngine(BatchedEngine):
     def _row_length(self, cont: Continuation) -> int:
         return self.cache.lengths[cont.row]
 
-    def _release(self, generation: Generation) -> None:
-        """Free a decoding generation's rows, moving the last rows into the holes."""
-        prefill_row = self._prefill_row if self.prefilling else None
-        for row in sorted((c.row for c in generation.continuations), reverse=True):
-            last = len(self.decoding) - 1
-            if row != last:
-                mover = self.decoding[last]
-                self.cache.copy_row(last, row)
-                mover.row = row
-                self.decoding[row] = mover
-            self.decoding.pop()
-        for cont in generation.continuations:
-            cont.row = -1
-        if prefill_row is not None and prefill_row != self._prefill_row:
-            self.cache.copy_row(prefill_row, self._prefill_row)
+    def _copy_row(self, src: int, dst: int) -> None:
+        self.cache.copy_row(src, dst)
 
     def _forget_rows(self) -> None:
         for row in range(self.cache.rows):

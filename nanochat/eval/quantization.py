@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from nanochat.backend import SamplingParams
+from nanochat.bench import begin_all, decode_seconds
 from nanochat.engine import Engine
 from nanochat.eval import EvalError
 from nanochat.eval.bpb import evaluate_bpb
@@ -148,12 +148,7 @@ def reference_continuations(
     longest = max(len(p) for p in prompts) + new_tokens
     engine = Engine(model, tokenizer, max_batch=len(prompts), max_seq_len=longest)
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, tools=False)
-    generations = []
-    for prompt in prompts:
-        generation = engine.begin(prompt, params)
-        while generation.prefill_remaining:
-            engine.prefill(generation)
-        generations.append(generation)
+    generations = begin_all(engine, prompts, params)
     while not all(g.done for g in generations):
         engine.decode_step()
     return [g.continuations[0].tokens[:new_tokens] for g in generations]
@@ -192,7 +187,6 @@ def decode_tokens_per_s(
         name: Engine(m, tokenizer, max_batch=max(options.batches), max_seq_len=longest)
         for name, m in models.items()
     }
-    params = SamplingParams(max_tokens=options.tokens + 1, temperature=0.0, ignore_eos=True, tools=False)
     vocab = next(iter(models.values())).config.vocab_size
     generator = torch.Generator().manual_seed(0)
     best: dict[str, dict[int, float]] = {name: {} for name in models}
@@ -203,26 +197,10 @@ def decode_tokens_per_s(
         ]
         for _ in range(options.rounds):
             for name, engine in engines.items():
-                seconds = _decode_seconds(engine, prompts, params, options.tokens)
+                seconds = decode_seconds(engine, prompts, options.tokens)
                 rate = batch * options.tokens / seconds
                 best[name][batch] = max(best[name].get(batch, 0.0), rate)
     return best
-
-
-def _decode_seconds(engine: Engine, prompts: list[list[int]], params: SamplingParams, steps: int) -> float:
-    requests = []
-    for prompt in prompts:
-        request = engine.begin(prompt, params)
-        while request.prefill_remaining:
-            engine.prefill(request)
-        requests.append(request)
-    start = time.perf_counter()
-    for _ in range(steps):
-        engine.decode_step()
-    seconds = time.perf_counter() - start
-    for request in requests:
-        engine.cancel(request)
-    return seconds
 
 
 def progress(message: str) -> None:
