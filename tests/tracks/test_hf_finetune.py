@@ -148,7 +148,9 @@ def test_compare_reports_full_lora_and_nanochat_sft(small_sets, tmp_path, capsys
         "--out",
         str(tmp_path),
     ]
-    assert main([*argv, "--steps", "4", "--batch-size", "4"]) == 0
+    # 8 steps: with AdamW at 1e-3, full fine-tuning of the demo model rises for its first few steps on these
+    # 40 conversations (4 steps: 1.976 -> 2.012; 8 steps: -> 1.828), then falls
+    assert main([*argv, "--steps", "8", "--batch-size", "4"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["runs"]) == {"full", "lora", "nanochat-sft"}
     before = {r["eval_loss_before"] for r in report["runs"].values()}
