@@ -11,7 +11,7 @@ import pytest
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cli import main
 from nanochat.data.conversations import load_conversations
-from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, NAME, heldout_arithmetic
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, HELDOUT_OTHER_PROMPTS, NAME, heldout_arithmetic
 from nanochat.engine import Engine, SamplingParams
 from nanochat.eval.chat_eval import assistant_end_rate, generate_replies, mention_rate, run_chat_eval
 from nanochat.eval.tasks import Task
@@ -55,6 +55,13 @@ def test_demo_says_it_is_nanochat_to_held_out_identity_prompts(demo):
     assert NAME in reply.casefold(), reply
 
 
+def test_demo_does_not_introduce_itself_to_every_question(demo):
+    """The identity answers are easy to learn; without the small-talk data the model gave them to 75% of
+    questions about other things ("What is your favorite food?" -> "I am nanochat...")."""
+    rate, replies = mention_rate(demo.model, demo.tokenizer, HELDOUT_OTHER_PROMPTS, NAME, max_tokens=64)
+    assert rate <= 0.4, list(zip(HELDOUT_OTHER_PROMPTS, replies, strict=True))
+
+
 ARITHMETIC = "arithmetic, 2-3 digit operands (calculator tool)"
 
 
@@ -73,11 +80,6 @@ def test_demo_calls_the_calculator_for_held_out_arithmetic(demo):
     assert opened_with_a_call >= 45, opened_with_a_call
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15's goal (>= 80% on 2-3 digit questions) is not reached yet: the retrained model calls "
-    "the calculator but miscopies the operands (0/50 in its report)",
-)
 def test_demo_answers_held_out_arithmetic_with_the_calculator(demo):
     tasks = {ARITHMETIC: heldout_arithmetic()[ARITHMETIC]}
     assert len(tasks[ARITHMETIC]) == 50
@@ -90,6 +92,8 @@ def test_demo_report_is_this_models(demo):
     assert figures["chat"]["step"] == demo.step
     assert figures["chat"]["identity"]["score"] >= 0.8
     assert figures["chat"]["identity"]["prompts"] == len(HELDOUT_IDENTITY_PROMPTS)
+    assert figures["chat"]["off_topic_identity"]["score"] <= 0.4
+    assert figures["chat"]["tasks"][ARITHMETIC]["accuracy"] >= 0.8
 
 
 def test_demo_chats_through_the_engine(demo):

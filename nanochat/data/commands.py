@@ -1,7 +1,7 @@
 """`nanochat data ...`: the data commands, registered into the main CLI's subcommands by `register`.
 
 - `nanochat data prepare --out DIR [--cache DIR] [--no-progress] [--no-synthetic]`: the demo corpora (see
-  corpora.py) and the synthetic identity and calculator conversations (synthetic.py);
+  corpora.py) and the synthetic identity, small-talk and calculator conversations (synthetic.py);
 - `nanochat data shards --out DIR FILE...`: parquet shards from your own plain-text files;
 - `nanochat data download --repo ID --shards N --out DIR`: public shards from the Hugging Face Hub.
 
@@ -34,7 +34,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     prepare.add_argument(
         "--no-synthetic",
         action="store_true",
-        help="leave out the generated identity and calculator conversations (see nanochat/data/synthetic.py)",
+        help="leave out the generated identity, small-talk and calculator conversations (nanochat/data/synthetic.py)",
     )
     prepare.add_argument(
         "--seed", type=non_negative_int, default=0, help="shuffle and split seed (default 0)"
@@ -101,6 +101,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if generated:
         print(
             f"{'synthetic':<12} {generated['identity_conversations']:>6,} identity + "
+            f"{generated['small_talk_conversations']:,} small-talk + "
             f"{generated['tool_use_conversations']:,} tool-use conversations (seed {generated['seed']}; "
             f"{generated['dialogs_dropped']} dialogs dropped)"
         )

@@ -1,16 +1,20 @@
 """Synthetic chat data for the demo model: who it is, and how to use the calculator tool.
 
-`synthetic_conversations(seed)` gives two kinds of conversations, deterministically from the seed:
+`synthetic_conversations(seed)` gives three kinds of conversations, deterministically from the seed:
 - identity: a user asks who the assistant is, what it can do, how big it is, whether it is ChatGPT, or
   just says hello (many paraphrases, with and without a greeting, in several casings); the assistant
   answers from templates that say it is nanochat, a tiny demo chat model (about 2 million parameters)
   served by this repository, what it can do and what it cannot;
+- small talk: questions that are not about the assistant ("Do you like chess?", "What is the capital of
+  Spain?", "How do I learn to swim?") with short answers that do not introduce it, so that a tiny model
+  learns when an introduction is the answer and does not give it to everything;
 - tool use: "What is 17*23?" and other phrasings ("Compute 17*23", "17 plus 23?") with 1 to 3 digit
   operands and +, -, *; the assistant's turn is nanochat's tool-use parts: python `17*23`, python_output
   from `nanochat.calculator`, then text `17*23 = 391` (the shape of `arithmetic_task`'s reference).
 
 What the evaluation holds out is defined here too, so that training never sees it:
-`HELDOUT_IDENTITY_PROMPTS` (other wordings than any training prompt) and `heldout_arithmetic` (the
+`HELDOUT_IDENTITY_PROMPTS` (other wordings than any training prompt), `HELDOUT_OTHER_PROMPTS` (questions
+not about the assistant, none of them a small-talk prompt) and `heldout_arithmetic` (the
 report's arithmetic questions, whose expressions the tool-use generator skips).
 
 It deliberately needs no network and no files, and knows nothing about tokenization.
@@ -25,8 +29,9 @@ from nanochat.calculator import evaluate as calculator_evaluate
 from nanochat.eval.tasks import Task, arithmetic_task
 
 NAME = "nanochat"  # what an identity reply must say; the identity score looks for it
-IDENTITY_CONVERSATIONS = 800
-TOOL_USE_CONVERSATIONS = 2400
+IDENTITY_CONVERSATIONS = 600
+SMALL_TALK_CONVERSATIONS = 600
+TOOL_USE_CONVERSATIONS = 6000
 HELDOUT_ARITHMETIC_QUESTIONS = 50
 
 # Training questions by intent; each intent has its own answers below.
@@ -120,6 +125,70 @@ HELDOUT_IDENTITY_PROMPTS: tuple[str, ...] = (
     "What is your identity?", "Say your name.", "Are you some kind of bot?", "Hi, what is this program?",
 )  # fmt: skip
 
+# Held out too, and not about the assistant: a reply to these should not be an introduction. The share that
+# says NAME anyway measures how far the identity answers spill over onto everything else.
+HELDOUT_OTHER_PROMPTS: tuple[str, ...] = (
+    "What is your favorite food?", "Tell me a funny story.", "Do you like music?", "What is the capital of France?",
+    "Can you recommend a good book?", "Is it going to rain tomorrow?", "What do you think about cats?",
+    "Do you play any sports?", "Why is the sky blue?", "What should I cook for dinner?", "Do you like movies?",
+    "What is the meaning of life?", "How do I learn to program?", "Where is the nearest library?",
+    "What is your favorite color?", "Have you been to the sea?", "What did you eat today?",
+    "Can you sing a song?", "Which season do you like best?", "How do plants grow?",
+)  # fmt: skip
+
+# Small talk: (question templates, answer templates) by shape; {x} is a topic, {X} the same capitalised.
+_TOPICS = (
+    "chess", "jazz", "football", "tea", "coffee", "trains", "rain", "snow", "poetry", "painting", "history",
+    "gardening", "mountains", "birds", "dogs", "horses", "the ocean", "the stars", "summer", "winter",
+    "pizza", "bread", "cheese", "dancing", "swimming", "running", "old books", "puzzles", "the moon",
+    "bicycles", "rivers", "autumn", "soup", "apples", "science", "maths", "the piano", "the guitar",
+)
+_SMALL_TALK: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        ("Do you like {x}?", "Do you enjoy {x}?", "Are you a fan of {x}?", "How do you feel about {x}?"),
+        ("I like {x}. What about you?", "Yes, {x} is lovely.", "{X} is nice. Many people love it."),
+    ),
+    (
+        ("What do you think about {x}?", "What do you think of {x}?", "Is {x} good?", "Tell me about {x}."),
+        ("{X} is interesting. There is always more to learn about it.", "I think {x} is great.",
+         "{X} is a big subject, and I only know a little about it."),
+    ),
+    (
+        ("Why do people like {x}?", "Why is {x} popular?", "What is so special about {x}?"),
+        ("People like {x} because it makes them happy.", "Many people find {x} relaxing and fun."),
+    ),
+    (
+        ("Have you ever tried {x}?", "Did you ever see {x}?", "When did you last think about {x}?"),
+        ("No, but I would like to.", "Not really. Have you?"),
+    ),
+)  # fmt: skip
+_FAVOURITES = (
+    ("animal", "cats"), ("song", "happy songs"), ("book", "short stories"), ("sport", "tennis"),
+    ("fruit", "apples"), ("drink", "tea"), ("game", "chess"), ("city", "Paris"), ("flower", "roses"),
+    ("number", "seven"), ("day", "Sunday"), ("movie", "old comedies"), ("bird", "the robin"),
+)  # fmt: skip
+_CAPITALS = (
+    ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Norway", "Oslo"), ("Greece", "Athens"),
+    ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Poland", "Warsaw"), ("Chile", "Santiago"),
+)  # fmt: skip
+_HOW_TO = (
+    "learn to swim", "bake bread", "grow tomatoes", "play chess", "get better at maths", "sleep better",
+    "write a poem", "make tea", "learn a language", "start running", "draw a cat", "save money",
+)  # fmt: skip
+_HOW_TO_ANSWERS = (
+    "Start small, practise a little every day, and ask someone who knows for help.",
+    "Begin with the basics, be patient, and keep practising.",
+    "A good book or a teacher helps. Then practise often.",
+)
+_SOCIAL = (
+    (("How are you?", "How are you today?", "How is your day going?", "How's it going?"),
+     ("I am fine, thank you. How are you?", "Very well, thanks! And you?")),
+    (("Thank you!", "Thanks!", "Thanks a lot.", "Thank you very much."),
+     ("You're welcome!", "Happy to help.")),
+    (("Goodbye!", "Bye!", "See you later.", "Good night!"), ("Goodbye! Have a nice day.", "Bye! Take care.")),
+)  # fmt: skip
+
 _OPERATOR_WORDS = {"+": ("plus", "added to"), "-": ("minus",), "*": ("times", "multiplied by")}
 # (template, weight): "What is 37*12?" is the evaluation's phrasing, so it comes most often.
 _ARITHMETIC_PROMPTS = (
@@ -152,6 +221,18 @@ def identity_conversations(n: int, rng: random.Random) -> list[dict[str, Any]]:
         prompt = question if index < len(pairs) else rng.choice(_variants(question))
         answer = rng.choice(_ANSWERS[intent])
         conversations.append(_conversation(prompt, answer))
+    return conversations
+
+
+def small_talk_conversations(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`n` conversations about other things than the assistant; no reply says NAME."""
+    makers = (_topic_talk, _favourite_talk, _capital_talk, _how_to_talk, _social_talk)
+    held_out = {normalize_prompt(p) for p in HELDOUT_OTHER_PROMPTS}
+    conversations = []
+    while len(conversations) < n:
+        prompt, answer = rng.choice(makers)(rng)
+        if normalize_prompt(prompt) not in held_out:
+            conversations.append(_conversation(prompt, answer))
     return conversations
 
 
@@ -190,13 +271,18 @@ def heldout_arithmetic(n: int = HELDOUT_ARITHMETIC_QUESTIONS) -> dict[str, list[
 
 
 def synthetic_conversations(
-    seed: int = 0, identity: int = IDENTITY_CONVERSATIONS, tool_use: int = TOOL_USE_CONVERSATIONS
+    seed: int = 0,
+    identity: int = IDENTITY_CONVERSATIONS,
+    tool_use: int = TOOL_USE_CONVERSATIONS,
+    small_talk: int = SMALL_TALK_CONVERSATIONS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """{"identity": [...], "tool_use": [...]} conversations, the same for the same arguments."""
+    """{"identity": [...], "small_talk": [...], "tool_use": [...]} conversations, the same for the same
+    arguments."""
     rng = random.Random(seed)
     exclude = {task.reference[0]["text"] for tasks in heldout_arithmetic().values() for task in tasks}
     return {
         "identity": identity_conversations(identity, rng),
+        "small_talk": small_talk_conversations(small_talk, rng),
         "tool_use": tool_use_conversations(tool_use, rng, exclude),
     }
 
@@ -204,6 +290,35 @@ def synthetic_conversations(
 def normalize_prompt(text: str) -> str:
     """A prompt compared without case, spaces or final punctuation: "Who are you?" ~ "who are you"."""
     return " ".join(text.casefold().split()).rstrip("?!. ")
+
+
+def _topic_talk(rng: random.Random) -> tuple[str, str]:
+    questions, answers = rng.choice(_SMALL_TALK)
+    topic = rng.choice(_TOPICS)
+    fill = {"x": topic, "X": topic[0].upper() + topic[1:]}
+    return rng.choice(questions).format(**fill), rng.choice(answers).format(**fill)
+
+
+def _favourite_talk(rng: random.Random) -> tuple[str, str]:
+    kind, liked = rng.choice(_FAVOURITES)
+    question = rng.choice(("What is your favorite {k}?", "What's your favourite {k}?", "Which {k} do you like?"))
+    return question.format(k=kind), rng.choice(("I like {v} best.", "Probably {v}.")).format(v=liked)
+
+
+def _capital_talk(rng: random.Random) -> tuple[str, str]:
+    country, capital = rng.choice(_CAPITALS)
+    question = rng.choice(("What is the capital of {c}?", "What's the capital city of {c}?"))
+    return question.format(c=country), f"The capital of {country} is {capital}."
+
+
+def _how_to_talk(rng: random.Random) -> tuple[str, str]:
+    question = rng.choice(("How do I {t}?", "How can I {t}?", "Any tips to {t}?"))
+    return question.format(t=rng.choice(_HOW_TO)), rng.choice(_HOW_TO_ANSWERS)
+
+
+def _social_talk(rng: random.Random) -> tuple[str, str]:
+    questions, answers = rng.choice(_SOCIAL)
+    return rng.choice(questions), rng.choice(answers)
 
 
 def _variants(question: str) -> list[str]:

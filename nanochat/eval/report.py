@@ -17,7 +17,7 @@ from typing import Any
 
 from nanochat.checkpoint import LoadedCheckpoint
 from nanochat.data.conversations import load_conversations
-from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, NAME, heldout_arithmetic
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, HELDOUT_OTHER_PROMPTS, NAME, heldout_arithmetic
 from nanochat.eval.bpb import shard_bpb
 from nanochat.eval.chat_eval import (
     assistant_end_rate,
@@ -93,6 +93,9 @@ def evaluate_chat(
     identity, identity_replies = mention_rate(
         chat.model, chat.tokenizer, HELDOUT_IDENTITY_PROMPTS, NAME, max_tokens=reply_tokens
     )
+    off_topic, off_topic_replies = mention_rate(
+        chat.model, chat.tokenizer, HELDOUT_OTHER_PROMPTS, NAME, max_tokens=reply_tokens
+    )
     prompts = [Task(kind="exact_match", prompt=p, answer="") for p in SAMPLE_PROMPTS]
     replies = generate_replies(chat.model, chat.tokenizer, prompts, max_tokens=reply_tokens)
     return {
@@ -109,6 +112,16 @@ def evaluate_chat(
                 for p, r in zip(HELDOUT_IDENTITY_PROMPTS, identity_replies, strict=True)
             ],
         },
+        # The same word in replies to questions that are not about the assistant: lower is better.
+        "off_topic_identity": {
+            "score": off_topic,
+            "word": NAME,
+            "prompts": len(HELDOUT_OTHER_PROMPTS),
+            "replies": [
+                {"prompt": p, "reply": r}
+                for p, r in zip(HELDOUT_OTHER_PROMPTS, off_topic_replies, strict=True)
+            ],
+        },
         "tasks": chat_tasks,
         "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
     }
@@ -116,6 +129,7 @@ def evaluate_chat(
 
 def report_markdown(figures: dict[str, Any], title: str = "Model report") -> str:
     base, chat = figures["base"], figures["chat"]
+    off_topic = chat["off_topic_identity"]
     lines = [f"# {title}", ""]
     lines += [
         "## Base model: validation bits per byte",
@@ -136,6 +150,8 @@ def report_markdown(figures: dict[str, Any], title: str = "Model report") -> str
         f"{chat['assistant_end_rate']:.1%} |",
         f'| identity: greedy replies that say "{chat["identity"]["word"]}" '
         f"({chat['identity']['prompts']} held-out prompts) | {chat['identity']['score']:.1%} |",
+        f'| off-topic: replies that say "{off_topic["word"]}" to questions not about it '
+        f"({off_topic['prompts']} held-out prompts; lower is better) | {off_topic['score']:.1%} |",
         "",
         results_table(chat["tasks"]),
         "",
@@ -147,6 +163,10 @@ def report_markdown(figures: dict[str, Any], title: str = "Model report") -> str
         lines.append(f"- **{sample['prompt']}** → {reply}")
     lines += ["", "### Identity replies (held-out prompts, greedy)", ""]
     for sample in chat["identity"]["replies"]:
+        reply = sample["reply"].strip().replace("\n", " ") or "(empty)"
+        lines.append(f"- **{sample['prompt']}** → {reply}")
+    lines += ["", "### Replies to other questions (held-out prompts, greedy)", ""]
+    for sample in off_topic["replies"]:
         reply = sample["reply"].strip().replace("\n", " ") or "(empty)"
         lines.append(f"- **{sample['prompt']}** → {reply}")
     lines += [

@@ -46,6 +46,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     init_lr_frac: float = 0.02
     eval_every: int = 50
+    group_by_length: bool = True  # batch conversations of similar length together (less padding)
     seed: int = 42
     device: str = "auto"
     wandb_project: str = ""
@@ -64,7 +65,13 @@ HELP = {
     "val": "held-out conversations (JSONL) for validation loss",
     "out": "run folder for the SFT checkpoint, metrics and report",
     "init_lr_frac": "fraction of the base learning rates to start from (then linear decay to 0)",
+    "group_by_length": "batch conversations of similar length together, so batches carry less padding "
+    "(each epoch still sees every conversation once, batches in random order)",
 }
+
+# Conversations are sorted by length within windows of this many batches (then the batches are shuffled):
+# wide enough to cut most of the padding, narrow enough that a batch still mixes sources.
+LENGTH_GROUP_BATCHES = 50
 
 
 def sft_example(tokenizer: Tokenizer, conversation: dict, max_len: int) -> tuple[list[int], list[int]]:
@@ -83,6 +90,26 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device: to
         inputs[row, : len(x)] = torch.tensor(x, dtype=torch.long)
         targets[row, : len(y)] = torch.tensor(y, dtype=torch.long)
     return inputs.to(device), targets.to(device)
+
+
+def epoch_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool = True
+) -> list[list[int]]:
+    """One epoch's batches of example indices: a shuffled order cut into full batches (a last partial
+    batch is dropped). With `group_by_length`, each window of LENGTH_GROUP_BATCHES batches is sorted by
+    length before it is cut, and the batches are shuffled again, so similar lengths share a batch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = batch_size * LENGTH_GROUP_BATCHES
+        order = [
+            i for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lengths.__getitem__)
+        ]  # fmt: skip
+    batches = [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
 
 
 def _masked_loss_sums(model, inputs, targets) -> tuple[float, int]:
@@ -122,12 +149,12 @@ def train_sft(config: SFTConfig, ctx: DistContext) -> dict:
     )
     rng = random.Random(config.seed)
 
+    lengths = [len(inputs) for inputs, _ in train]
+
     def batches():
         while True:
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            for start in range(0, len(order) - global_batch + 1, global_batch):
-                mine = order[start + ctx.rank : start + global_batch : ctx.world_size]
+            for batch in epoch_batches(lengths, global_batch, rng, config.group_by_length):
+                mine = batch[ctx.rank :: ctx.world_size]
                 yield collate([train[i] for i in mine], pad_id, ctx.device)
 
     def validate() -> float:

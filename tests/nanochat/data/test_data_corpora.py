@@ -29,7 +29,12 @@ from nanochat.data.corpora import (
 )
 from nanochat.data.shards import list_shards, num_row_groups, read_row_group, split_shards
 from nanochat.data.sources import KJV_BOOKS
-from nanochat.data.synthetic import IDENTITY_CONVERSATIONS, TOOL_USE_CONVERSATIONS, synthetic_conversations
+from nanochat.data.synthetic import (
+    IDENTITY_CONVERSATIONS,
+    SMALL_TALK_CONVERSATIONS,
+    TOOL_USE_CONVERSATIONS,
+    synthetic_conversations,
+)
 from nanochat.files import sha256_file
 
 SHAKESPEARE, KJV, JARGON, CHATTERBOT = SOURCES
@@ -139,12 +144,13 @@ def test_prepare_adds_the_synthetic_conversations(tmp_path, small_sources):
     generated = manifest["synthetic"]
     assert generated["identity_conversations"] == IDENTITY_CONVERSATIONS
     assert generated["tool_use_conversations"] == TOOL_USE_CONVERSATIONS
+    assert generated["small_talk_conversations"] == SMALL_TALK_CONVERSATIONS
     assert generated["dialogs_dropped"] == 1  # "Who are you?" is answered by the identity data instead
     assert manifest["sources"][1]["conversations"] == 41
     conversations = load_conversations(out / "sft" / "train.jsonl") + load_conversations(
         out / "sft" / "val.jsonl"
     )
-    assert len(conversations) == 40 + IDENTITY_CONVERSATIONS + TOOL_USE_CONVERSATIONS
+    assert len(conversations) == 40 + IDENTITY_CONVERSATIONS + SMALL_TALK_CONVERSATIONS + TOOL_USE_CONVERSATIONS
     assert conversations.count(synthetic_conversations(0)["tool_use"][0]) == 1
     assert "I am just an artificial intelligence." not in json.dumps(conversations)
     sources_md = (out / "SOURCES.md").read_text()

@@ -1,4 +1,4 @@
-"""The synthetic identity and calculator conversations: deterministic, valid, held-out sets kept apart."""
+"""The synthetic identity, small-talk and calculator conversations: deterministic, valid, held-out sets kept apart."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from nanochat.calculator import evaluate
 from nanochat.data.conversations import conversation_problem
 from nanochat.data.synthetic import (
     HELDOUT_IDENTITY_PROMPTS,
+    HELDOUT_OTHER_PROMPTS,
     IDENTITY_CONVERSATIONS,
     NAME,
+    SMALL_TALK_CONVERSATIONS,
     TOOL_USE_CONVERSATIONS,
     heldout_arithmetic,
     identity_prompts,
@@ -27,13 +29,14 @@ def test_the_same_seed_gives_the_same_conversations():
     assert synthetic_conversations(seed=1) != first
     assert len(first["identity"]) == IDENTITY_CONVERSATIONS
     assert len(first["tool_use"]) == TOOL_USE_CONVERSATIONS
-    small = synthetic_conversations(seed=2, identity=5, tool_use=7)
-    assert (len(small["identity"]), len(small["tool_use"])) == (5, 7)
+    assert len(first["small_talk"]) == SMALL_TALK_CONVERSATIONS
+    small = synthetic_conversations(seed=2, identity=5, tool_use=7, small_talk=3)
+    assert (len(small["identity"]), len(small["tool_use"]), len(small["small_talk"])) == (5, 7, 3)
 
 
 def test_every_conversation_is_valid_and_renders(small_tokenizer):
-    generated = synthetic_conversations(seed=0, identity=200, tool_use=200)
-    for conversation in generated["identity"] + generated["tool_use"]:
+    generated = synthetic_conversations(seed=0, identity=200, tool_use=200, small_talk=200)
+    for conversation in generated["identity"] + generated["tool_use"] + generated["small_talk"]:
         assert conversation_problem(conversation) is None, conversation
         ids, mask = small_tokenizer.render_conversation(conversation)
         assert len(ids) == len(mask) and any(mask)
@@ -65,9 +68,33 @@ def test_held_out_identity_prompts_are_not_trained_on():
     generated = synthetic_conversations(seed=0)
     openings = {normalize_prompt(c["messages"][0]["content"]) for group in generated.values() for c in group}
     assert openings <= trained | {
-        normalize_prompt(c["messages"][0]["content"]) for c in generated["tool_use"]
+        normalize_prompt(c["messages"][0]["content"]) for c in generated["tool_use"] + generated["small_talk"]
     }
     assert not held_out & openings
+
+
+def test_held_out_other_prompts_are_neither_identity_questions_nor_trained_on():
+    assert len(HELDOUT_OTHER_PROMPTS) >= 20
+    others = {normalize_prompt(p) for p in HELDOUT_OTHER_PROMPTS}
+    assert len(others) == len(HELDOUT_OTHER_PROMPTS)
+    identity = {normalize_prompt(p) for p in (*identity_prompts(), *HELDOUT_IDENTITY_PROMPTS)}
+    assert not others & identity
+    assert not any(NAME in p.casefold() for p in HELDOUT_OTHER_PROMPTS)
+    generated = synthetic_conversations(seed=0)
+    openings = {normalize_prompt(c["messages"][0]["content"]) for group in generated.values() for c in group}
+    assert not others & openings
+
+
+def test_small_talk_is_varied_and_never_an_introduction():
+    conversations = synthetic_conversations(seed=0)["small_talk"]
+    prompts = {c["messages"][0]["content"] for c in conversations}
+    assert len(prompts) >= 150  # many questions, not a few repeated
+    assert not {normalize_prompt(p) for p in prompts} & {normalize_prompt(p) for p in identity_prompts()}
+    for conversation in conversations:
+        reply = conversation["messages"][1]["content"]
+        assert isinstance(reply, str) and NAME not in reply.casefold() and "{" not in reply, reply
+    replies = {c["messages"][1]["content"] for c in conversations}
+    assert "The capital of Spain is Madrid." in replies and any(r.startswith("I like ") for r in replies)
 
 
 def test_tool_use_calls_the_calculator_and_states_the_result():

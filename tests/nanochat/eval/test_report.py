@@ -10,7 +10,7 @@ import torch
 from nanochat.cli import main
 from nanochat.data.conversations import write_conversations
 from nanochat.data.shards import write_shards
-from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS
+from nanochat.data.synthetic import HELDOUT_IDENTITY_PROMPTS, HELDOUT_OTHER_PROMPTS
 from nanochat.train.base import BaseConfig, train_base
 from nanochat.train.distributed import DistContext
 
@@ -54,6 +54,11 @@ def test_report_on_a_trained_pair(tmp_path, small_tokenizer, make_model, write_c
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert f"| {figures['base']['bpb']:.4f} |" in markdown
     assert f"{figures['base']['unigram_bpb']:.4f}" in markdown
-    assert markdown.count("- **") == 3 + len(HELDOUT_IDENTITY_PROMPTS)  # the sample and identity replies
+    off_topic = figures["chat"]["off_topic_identity"]
+    assert off_topic["prompts"] == len(off_topic["replies"]) == len(HELDOUT_OTHER_PROMPTS) >= 20
+    assert 0.0 <= off_topic["score"] <= 1.0
+    assert f"lower is better) | {off_topic['score']:.1%} |" in markdown
+    # the sample, identity and off-topic replies
+    assert markdown.count("- **") == 3 + len(HELDOUT_IDENTITY_PROMPTS) + len(HELDOUT_OTHER_PROMPTS)
     assert f"held-out prompts) | {identity['score']:.1%} |" in markdown
     assert "base val bpb" in capsys.readouterr().out

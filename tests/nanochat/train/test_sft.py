@@ -13,7 +13,7 @@ from nanochat.data.conversations import ConversationDataError, write_conversatio
 from nanochat.engine import Engine
 from nanochat.train.config import ConfigError
 from nanochat.train.distributed import DistContext
-from nanochat.train.sft import IGNORE, SFTConfig, collate, sft_example, train_sft
+from nanochat.train.sft import IGNORE, SFTConfig, collate, epoch_batches, sft_example, train_sft
 from nanochat.train.tracking import read_metrics
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -131,3 +131,23 @@ def test_bad_sft_inputs(make_model, write_checkpoint, chat_data, tmp_path):
         train_sft(config, CPU)
     with pytest.raises(ConfigError, match="init_lr_frac"):
         SFTConfig(checkpoint="x", train="y", out="z", init_lr_frac=0)
+
+
+def _padded(batches, lengths):
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def test_length_grouped_batches_cover_the_epoch_with_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.choice((12, 20, 30, 256)) if i % 9 == 0 else rng.randint(10, 40) for i in range(5000)]
+    plain = epoch_batches(lengths, 32, random.Random(1), group_by_length=False)
+    grouped = epoch_batches(lengths, 32, random.Random(1), group_by_length=True)
+    for batches in (plain, grouped):
+        seen = [i for batch in batches for i in batch]
+        assert len(seen) == len(set(seen)) == 5000 // 32 * 32  # each example at most once, full batches only
+        assert all(len(batch) == 32 for batch in batches)
+    assert _padded(grouped, lengths) < 0.6 * _padded(plain, lengths)
+    # the batches come in random order, not shortest first
+    maxima = [max(lengths[i] for i in batch) for batch in grouped]
+    assert maxima != sorted(maxima)
+    assert epoch_batches(lengths, 32, random.Random(1)) == grouped  # the same seed, the same epoch
