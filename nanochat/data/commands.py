@@ -34,7 +34,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     prepare.add_argument(
         "--no-synthetic",
         action="store_true",
-        help="leave out the generated identity, small-talk and calculator conversations (nanochat/data/synthetic.py)",
+        help="leave out the generated identity, small-talk and calculator conversations "
+        "(nanochat/data/synthetic.py)",
     )
     prepare.add_argument(
         "--seed", type=non_negative_int, default=0, help="shuffle and split seed (default 0)"

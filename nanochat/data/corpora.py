@@ -367,8 +367,9 @@ def sources_markdown(manifest: dict[str, Any]) -> str:
     if generated:
         lines.append(
             f"| Synthetic identity, small-talk and calculator conversations | generated: "
-            f"`{generated['generator']}` | seed {generated['seed']} | {generated['identity_conversations']:,} "
-            f"identity + {generated['small_talk_conversations']:,} small-talk + "
+            f"`{generated['generator']}` | seed {generated['seed']} | "
+            f"{generated['identity_conversations']:,} identity + "
+            f"{generated['small_talk_conversations']:,} small-talk + "
             f"{generated['tool_use_conversations']:,} tool-use conversations | {generated['characters']:,} | "
             "this repository's |"
         )

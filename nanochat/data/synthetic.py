@@ -128,9 +128,10 @@ HELDOUT_IDENTITY_PROMPTS: tuple[str, ...] = (
 # Held out too, and not about the assistant: a reply to these should not be an introduction. The share that
 # says NAME anyway measures how far the identity answers spill over onto everything else.
 HELDOUT_OTHER_PROMPTS: tuple[str, ...] = (
-    "What is your favorite food?", "Tell me a funny story.", "Do you like music?", "What is the capital of France?",
-    "Can you recommend a good book?", "Is it going to rain tomorrow?", "What do you think about cats?",
-    "Do you play any sports?", "Why is the sky blue?", "What should I cook for dinner?", "Do you like movies?",
+    "What is your favorite food?", "Tell me a funny story.", "Do you like music?",
+    "What is the capital of France?", "Can you recommend a good book?", "Is it going to rain tomorrow?",
+    "What do you think about cats?", "Do you play any sports?", "Why is the sky blue?",
+    "What should I cook for dinner?", "Do you like movies?",
     "What is the meaning of life?", "How do I learn to program?", "Where is the nearest library?",
     "What is your favorite color?", "Have you been to the sea?", "What did you eat today?",
     "Can you sing a song?", "Which season do you like best?", "How do plants grow?",
@@ -138,10 +139,44 @@ HELDOUT_OTHER_PROMPTS: tuple[str, ...] = (
 
 # Small talk: (question templates, answer templates) by shape; {x} is a topic, {X} the same capitalised.
 _TOPICS = (
-    "chess", "jazz", "football", "tea", "coffee", "trains", "rain", "snow", "poetry", "painting", "history",
-    "gardening", "mountains", "birds", "dogs", "horses", "the ocean", "the stars", "summer", "winter",
-    "pizza", "bread", "cheese", "dancing", "swimming", "running", "old books", "puzzles", "the moon",
-    "bicycles", "rivers", "autumn", "soup", "apples", "science", "maths", "the piano", "the guitar",
+    "chess",
+    "jazz",
+    "football",
+    "tea",
+    "coffee",
+    "trains",
+    "rain",
+    "snow",
+    "poetry",
+    "painting",
+    "history",
+    "gardening",
+    "mountains",
+    "birds",
+    "dogs",
+    "horses",
+    "the ocean",
+    "the stars",
+    "summer",
+    "winter",
+    "pizza",
+    "bread",
+    "cheese",
+    "dancing",
+    "swimming",
+    "running",
+    "old books",
+    "puzzles",
+    "the moon",
+    "bicycles",
+    "rivers",
+    "autumn",
+    "soup",
+    "apples",
+    "science",
+    "maths",
+    "the piano",
+    "the guitar",
 )
 _SMALL_TALK: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (
@@ -301,7 +336,9 @@ def _topic_talk(rng: random.Random) -> tuple[str, str]:
 
 def _favourite_talk(rng: random.Random) -> tuple[str, str]:
     kind, liked = rng.choice(_FAVOURITES)
-    question = rng.choice(("What is your favorite {k}?", "What's your favourite {k}?", "Which {k} do you like?"))
+    question = rng.choice(
+        ("What is your favorite {k}?", "What's your favourite {k}?", "Which {k} do you like?")
+    )
     return question.format(k=kind), rng.choice(("I like {v} best.", "Probably {v}.")).format(v=liked)
 
 

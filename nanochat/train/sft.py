@@ -106,7 +106,8 @@ def epoch_batches(
             i for start in range(0, len(order), window)
             for i in sorted(order[start : start + window], key=lengths.__getitem__)
         ]  # fmt: skip
-    batches = [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    starts = range(0, len(order) - batch_size + 1, batch_size)
+    batches = [order[start : start + batch_size] for start in starts]
     if group_by_length:
         rng.shuffle(batches)
     return batches

@@ -150,12 +150,14 @@ def test_prepare_adds_the_synthetic_conversations(tmp_path, small_sources):
     conversations = load_conversations(out / "sft" / "train.jsonl") + load_conversations(
         out / "sft" / "val.jsonl"
     )
-    assert len(conversations) == 40 + IDENTITY_CONVERSATIONS + SMALL_TALK_CONVERSATIONS + TOOL_USE_CONVERSATIONS
+    generated_total = IDENTITY_CONVERSATIONS + SMALL_TALK_CONVERSATIONS + TOOL_USE_CONVERSATIONS
+    assert len(conversations) == 40 + generated_total
     assert conversations.count(synthetic_conversations(0)["tool_use"][0]) == 1
     assert "I am just an artificial intelligence." not in json.dumps(conversations)
     sources_md = (out / "SOURCES.md").read_text()
     assert (
-        f"{IDENTITY_CONVERSATIONS:,} identity + {TOOL_USE_CONVERSATIONS:,} tool-use conversations"
+        f"{IDENTITY_CONVERSATIONS:,} identity + {SMALL_TALK_CONVERSATIONS:,} small-talk + "
+        f"{TOOL_USE_CONVERSATIONS:,} tool-use conversations"
         in sources_md
     )
     assert "1 chatterbot dialogs opening with a generated identity question were dropped" in sources_md

@@ -1,4 +1,5 @@
-"""The synthetic identity, small-talk and calculator conversations: deterministic, valid, held-out sets kept apart."""
+"""The synthetic identity, small-talk and calculator conversations: deterministic, valid, held-out sets
+kept apart."""
 
 from __future__ import annotations
 
