@@ -157,8 +157,7 @@ def test_prepare_adds_the_synthetic_conversations(tmp_path, small_sources):
     sources_md = (out / "SOURCES.md").read_text()
     assert (
         f"{IDENTITY_CONVERSATIONS:,} identity + {SMALL_TALK_CONVERSATIONS:,} small-talk + "
-        f"{TOOL_USE_CONVERSATIONS:,} tool-use conversations"
-        in sources_md
+        f"{TOOL_USE_CONVERSATIONS:,} tool-use conversations" in sources_md
     )
     assert "1 chatterbot dialogs opening with a generated identity question were dropped" in sources_md
     without = prepare_demo_data(tmp_path / "plain", cache_dir=cache, progress=False, sources=sources)
