@@ -65,21 +65,50 @@ def classifier_state(url: str) -> str | None:
     return ((stats.json().get("parts") or {}).get("classifier") or {}).get("state")
 
 
-def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, float | None]:
-    """Launch one server, time its way to /health, /ready and (classifier on) the classifier's readiness."""
-    port = free_port()
+def server_env(
+    checkpoint: str, root: Path = REPO_ROOT, settings: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a server of the tree at `root` on `checkpoint`: the caller's `NANOCHAT_*`, `HOST`
+    and `PORT` left out, `settings` (NANOCHAT_* variables) added, JSON logs (last_line reads them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_") and k not in ("HOST", "PORT")}
-    env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
-    env["NANOCHAT_LOG_FORMAT"] = "json"  # last_line reads the reason from it
-    if not classifier:
-        env["NANOCHAT_CLASSIFIER"] = ""
-    url = f"http://127.0.0.1:{port}"
+    env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"})
+    env["NANOCHAT_LOG_FORMAT"] = "json"
+    env.update(settings or {})
+    return env
+
+
+def launch(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start `python -m app` on a free port, logging to a file in `workdir`: (process, URL, log path)."""
+    port = free_port()
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
     log_path = workdir / f"server-{port}.log"
-    marks: dict[str, float | None] = {"health_s": None, "ready_s": None, "classifier_ready_s": None}
     with open(log_path, "wb") as log:
-        started = time.monotonic()
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}", log_path
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_once(
+    checkpoint: str,
+    classifier: bool,
+    workdir: Path,
+    root: Path = REPO_ROOT,
+    follow_classifier: bool = True,
+) -> dict[str, float | None]:
+    """Launch one server of the tree at `root`, time its way to /health, /ready and (classifier on and
+    `follow_classifier`) the classifier's readiness."""
+    env = server_env(checkpoint, root, {} if classifier else {"NANOCHAT_CLASSIFIER": ""})
+    marks: dict[str, float | None] = {"health_s": None, "ready_s": None, "classifier_ready_s": None}
+    started = time.monotonic()
+    process, url, log_path = launch(env, workdir)
     try:
         while time.monotonic() - started < READY_TIMEOUT_S:
             if process.poll() is not None:
@@ -89,7 +118,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
             if marks["health_s"] is not None and marks["ready_s"] is None and answers_200(f"{url}/ready"):
                 marks["ready_s"] = time.monotonic() - started
             if marks["ready_s"] is not None:
-                if not classifier:
+                if not (classifier and follow_classifier):
                     break
                 state = classifier_state(url)
                 if state == "ready":
@@ -103,12 +132,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
         else:
             raise BenchError(f"the server was not ready after {READY_TIMEOUT_S} s: {last_line(log_path)}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return {name: None if value is None else round(value, 3) for name, value in marks.items()}
 
 
