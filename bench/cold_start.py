@@ -102,10 +102,12 @@ def start_once(
     workdir: Path,
     root: Path = REPO_ROOT,
     follow_classifier: bool = True,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, float | None]:
-    """Launch one server of the tree at `root`, time its way to /health, /ready and (classifier on and
-    `follow_classifier`) the classifier's readiness."""
-    env = server_env(checkpoint, root, {} if classifier else {"NANOCHAT_CLASSIFIER": ""})
+    """Launch one server of the tree at `root` (with `settings` on top of the defaults), time its way to
+    /health, /ready and (classifier on and `follow_classifier`) the classifier's readiness."""
+    settings = {**(settings or {}), **({} if classifier else {"NANOCHAT_CLASSIFIER": ""})}
+    env = server_env(checkpoint, root, settings)
     marks: dict[str, float | None] = {"health_s": None, "ready_s": None, "classifier_ready_s": None}
     started = time.monotonic()
     process, url, log_path = launch(env, workdir)

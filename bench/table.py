@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 
 from bench import cold_start, serve
-from nanochat.cliargs import DTYPES, OneLineParser, UsageError, positive_int
+from nanochat.cliargs import OneLineParser, UsageError, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO_ROOT / "models" / "demo"
@@ -117,10 +117,9 @@ def unpack(ref: str, sha: str, scratch: Path) -> Tree:
     return Tree(ref, sha[:10], root)
 
 
-def has(tree: Tree, *paths: str) -> str | None:
-    """None when `tree` has every path, else why the part cannot run there."""
-    missing = [path for path in paths if not (tree.root / path).exists()]
-    return f"{tree.label} has no {', '.join(missing)}" if missing else None
+def has(tree: Tree, path: str) -> str | None:
+    """None when `tree` has `path`, else why a part that needs it cannot run there."""
+    return None if (tree.root / path).exists() else f"{tree.label} has no {path}"
 
 
 # ---- the model -----------------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def engine_run(tree: Tree, checkpoint: Path, args: argparse.Namespace) -> dict:
+def engine_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch: Path) -> dict:
     """One `nanochat bench` of `tree` (its own process): decode tokens/s at batch 1 and `args.batch`."""
     command = [
         sys.executable, "-m", "nanochat.cli", "bench", "--checkpoint", str(checkpoint),
@@ -184,7 +183,11 @@ def engine_run(tree: Tree, checkpoint: Path, args: argparse.Namespace) -> dict:
 
 def service_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch: Path) -> dict:
     """One server of `tree` under `bench.serve`'s levels; its RSS from /proc."""
-    settings = {"NANOCHAT_CLASSIFIER": "", "NANOCHAT_MAX_NUM_SEQS": str(max(args.streams))}
+    settings = {
+        "NANOCHAT_CLASSIFIER": "",
+        "NANOCHAT_MAX_NUM_SEQS": str(max(args.streams)),
+        **dict(args.server_env),
+    }
     env = cold_start.server_env(str(checkpoint), tree.root, settings)
     process, url, log_path = cold_start.launch(env, scratch)
     try:
@@ -217,9 +220,12 @@ def service_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch:
     return {"settings": settings, "idle_rss_bytes": (memory["idle"] or {}).get("rss_bytes"), "levels": levels}
 
 
-def cold_start_run(tree: Tree, checkpoint: Path, scratch: Path) -> dict:
+def cold_start_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch: Path) -> dict:
+    """One launch of `tree`'s server (default settings, the classifier on, plus `--server-env`) to /ready."""
     try:
-        marks = cold_start.start_once(str(checkpoint), True, scratch, root=tree.root, follow_classifier=False)
+        marks = cold_start.start_once(
+            str(checkpoint), True, scratch, tree.root, follow_classifier=False, settings=dict(args.server_env)
+        )
     except cold_start.BenchError as e:
         raise BenchError(f"cold start of {tree.label}: {e}") from None
     return {"ready_s": marks["ready_s"], "health_s": marks["health_s"]}
@@ -238,6 +244,14 @@ def best_round(part: str, runs: list[dict]) -> dict:
     return min(runs, key=lambda r: r["ready_s"])
 
 
+# each row's measurement and the file a tree needs for it
+PARTS = {
+    "engine": (engine_run, "nanochat/bench.py"),
+    "service": (service_run, "app/__main__.py"),
+    "cold-start": (cold_start_run, "app/__main__.py"),
+}
+
+
 # ---- the run -------------------------------------------------------------------------------------------
 def measure(args: argparse.Namespace) -> dict:
     """Every figure as a JSON-able dict."""
@@ -254,8 +268,6 @@ def measure(args: argparse.Namespace) -> dict:
         trees = [this_tree()]
         if sha is not None:
             trees.append(unpack(args.compare_ref, sha, scratch))
-        needs = {"engine": ("nanochat/bench.py",), "service": ("app/__main__.py",)}
-        needs["cold-start"] = needs["service"]
         runs: dict[str, dict[str, list[dict]]] = {tree.label: {row: [] for row in rows} for tree in trees}
         skipped: dict[str, dict[str, str]] = {tree.label: {} for tree in trees}
         for row in rows:
@@ -263,17 +275,13 @@ def measure(args: argparse.Namespace) -> dict:
                 for tree in trees:
                     if row in skipped[tree.label]:
                         continue
-                    missing = has(tree, *needs[row])
+                    run, needs = PARTS[row]
+                    missing = has(tree, needs)
                     if missing:
                         skipped[tree.label][row] = missing
                         continue
                     try:
-                        if row == "engine":
-                            figures = engine_run(tree, checkpoint, args)
-                        elif row == "service":
-                            figures = service_run(tree, checkpoint, args, scratch)
-                        else:
-                            figures = cold_start_run(tree, checkpoint, scratch)
+                        figures = run(tree, checkpoint, args, scratch)
                     except BenchError as e:
                         if tree is trees[0]:
                             raise
@@ -300,6 +308,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "dtype": args.dtype,
                 "streams": args.streams,
                 "max_tokens": args.max_tokens,
+                "server_env": dict(args.server_env),
             },
             "commits": commits,
             "goals": GOALS,
@@ -396,6 +405,13 @@ def _rows(text: str) -> list[str]:
     return rows
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("NANOCHAT_"):
+        raise argparse.ArgumentTypeError(f"expected NANOCHAT_NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m bench.table", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -413,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds per tree, interleaved (2)")
     parser.add_argument("--checkpoint", metavar="DIR", help="measure this checkpoint (default: a random one)")
     parser.add_argument("--depth", type=positive_int, default=6, help="the random model's depth (6)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="engine rows' dtype")
+    parser.add_argument("--dtype", default="float32", help="engine rows' dtype, as nanochat bench takes it")
     parser.add_argument("--threads", type=positive_int, help="engine rows' torch threads (torch's choice)")
     parser.add_argument("--batch", type=positive_int, default=64, help="the large decode batch (64)")
     parser.add_argument("--prompt-len", type=positive_int, default=32, help="engine prompt tokens (32)")
@@ -422,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=positive_int, default=64, help="service reply tokens (64)")
     parser.add_argument(
         "--requests-per-level", type=positive_int, help="service requests per level (default 4 x streams)"
+    )
+    parser.add_argument(
+        "--server-env",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NANOCHAT_X=V",
+        help="a setting for the servers of both trees (service and cold start rows), repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (the table in it)")
     return parser
