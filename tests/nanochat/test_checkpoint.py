@@ -640,15 +640,16 @@ def test_reference_checkpoint_loads_strict(reference_dir: Path, expected: dict) 
 
 
 def test_loading_builds_the_structure_without_computing_on_the_meta_device(tmp_path: Path) -> None:
-    """The meta-device build runs no initialiser and no rotary computation: torch computes those on meta
-    through its Python reference kernels, whose first use imports torch._dynamo (about a second of every
-    server's start). A fresh interpreter loads the demo model and must not have imported it."""
+    """The meta-device build runs no initialiser, no rotary computation and no `to_empty`: torch computes
+    those on meta through its Python reference kernels, whose first use imports torch._dynamo (about a
+    second of every server's start) and sympy (`to_empty`'s empty_like: about half a second). A fresh
+    interpreter loads the demo model and must have imported neither."""
     demo = Path(__file__).resolve().parents[2] / "models" / "demo"
     script = (
         "import sys; from nanochat.checkpoint import load_checkpoint; "
         f"loaded = load_checkpoint({str(demo)!r}); "
         "assert not any(p.is_meta for p in loaded.model.parameters()); "
-        "print('torch._dynamo' in sys.modules)"
+        "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -659,4 +660,4 @@ def test_loading_builds_the_structure_without_computing_on_the_meta_device(tmp_p
         env={**os.environ, "PYTHONPATH": str(demo.parents[1])},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"
