@@ -77,7 +77,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Issue 16's table (bench/table.py): engine decode at batch 1 and 64 and cold start to /ready on the depth-6
+# The speed table (bench/table.py): engine decode at batch 1 and 64 and cold start to /ready on the depth-6
 # shape, this tree beside HEAD~1 measured in the same run, and the goals; minutes (8 on a busy 2-core machine).
 bench: setup
 	$(BIN)/python -m bench.table --rows engine,cold-start $(BENCH_ARGS)

@@ -123,8 +123,7 @@ def start_once(
     /health, /ready and (classifier on and `follow_classifier`) the classifier's readiness."""
     settings = {**(settings or {}), **({} if classifier else {"NANOCHAT_CLASSIFIER": ""})}
     env = server_env(checkpoint, root, settings)
-    marks: dict[str, float | None] = {"health_s": None, "ready_s": None, "classifier_ready_s": None}
-    marks["ready_cpu_s"] = None
+    marks: dict[str, float | None] = dict.fromkeys((*FIGURES, "classifier_ready_s"))
     started = time.monotonic()
     process, url, log_path = launch(env, workdir)
     try:

@@ -1,7 +1,7 @@
-"""The table of issue 16 ("Speed at the hardware's limit"), measured: the engine's decode at batch 1 and 64,
-the service at 16 and 64 streams, cold start to `/ready`, for this tree and an earlier commit measured in
-the same run, beside the goals. `make bench` prints the engine and cold-start rows, `make bench-serve` the
-service rows:
+"""The speed table (of the "speed at the hardware's limit" work), measured: the engine's decode at batch 1
+and 64, the service at 16 and 64 streams, cold start to `/ready`, for this tree and an earlier commit
+measured in the same run, beside the goals. `make bench` prints the engine and cold-start rows, `make
+bench-serve` the service rows:
 
     python -m bench.table                                  # engine + cold start, against HEAD~1
     python -m bench.table --rows service --json            # the service rows, as JSON
@@ -91,7 +91,7 @@ def git(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def resolve_ref(ref: str) -> str:
-    """The commit `ref` names in this repository, or BenchError with git's reason."""
+    """The commit `ref` names in this repository; a UsageError (one line, exit 2) where it names none."""
     done = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     if done.returncode != 0:
         hint = " (a shallow clone has no history: fetch more, or --compare-ref none)" if "~" in ref else ""
