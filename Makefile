@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # `make run` needs only the serving install (the base package); `make setup` is the developer set
 RUN_STAMP := $(VENV)/.installed-run
-CHECKPOINT ?= tests/data/nanochat-ref/modelA
 # torch: scripts/install_torch.sh picks the CUDA build with an NVIDIA GPU, the CPU build without; extra pip
 # arguments here override its choice (e.g. --index-url https://download.pytorch.org/whl/cu128)
 TORCH_PIP_ARGS ?=
 INSTALL_TORCH = TORCH_PIP_ARGS='$(TORCH_PIP_ARGS)' scripts/install_torch.sh $(BIN)/python
-BENCH_URL ?= http://127.0.0.1:8000
+# `make bench` / `make bench-serve`: extra bench.table arguments (e.g. --json, --compare-ref REV, --rounds 3)
+BENCH_ARGS ?=
 BENCH_SERVE_ARGS ?=
 BENCH_OBSERVABILITY_ARGS ?=
 # infra-check runs checkov from its own venv: its pins clash with the main venv's
@@ -77,13 +77,10 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Engine throughput vs Hugging Face transformers on the same shapes; prints JSON.
+# The speed table (bench/table.py): engine decode at batch 1 and 64 and cold start to /ready on the depth-6
+# shape, this tree beside HEAD~1 measured in the same run, and the goals; minutes (8 on a busy 2-core machine).
 bench: setup
-	@if [ -d "$(CHECKPOINT)" ]; then \
-		$(BIN)/nanochat bench --checkpoint $(CHECKPOINT) --json; \
-	else \
-		$(BIN)/nanochat bench --depth 4 --json; \
-	fi
+	$(BIN)/python -m bench.table --rows engine,cold-start $(BENCH_ARGS)
 
 # Serve the bundled demo model (models/demo) on 127.0.0.1:8000; settings from NANOCHAT_* env vars / .env.
 run: $(RUN_STAMP)
@@ -100,9 +97,10 @@ SOAK_ARGS ?=
 soak: setup
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-# Serving benchmark against a running server (`make run` in another terminal); --json via BENCH_SERVE_ARGS.
+# The same table's service rows: a server of this tree and one of HEAD~1 under 16 and 64 streams (tok/s,
+# TTFT p95, RSS); a few minutes. A running server alone: python -m bench.serve --url URL (docs/serving.md).
 bench-serve: setup
-	$(BIN)/python -m bench.serve --url $(BENCH_URL) $(BENCH_SERVE_ARGS)
+	$(BIN)/python -m bench.table --rows service $(BENCH_SERVE_ARGS)
 
 # Retrain the bundled demo model from scratch (about 10 minutes on 2 CPU cores); see scripts/demo_model.sh.
 demo-model: setup

@@ -1,12 +1,16 @@
 """Cold start: how long `python -m app` takes from launch to `/ready` 200, with the classifier on and off. Run
 
-    python -m bench.cold_start --checkpoint models/demo --repeats 3
+    python -m bench.cold_start --checkpoint models/demo --repeats 3     # any checkpoint folder
+
+(`bench.table`'s cold-start row uses the same launch, for this tree and an earlier commit.)
 
 Each repeat starts one server with the shipped classifier (`models/fortunes`, the default) and one with
 `NANOCHAT_CLASSIFIER=` (off), one after the other, and records for each: seconds from the launch to the
-first `/health` 200 (the process serves HTTP), to `/ready` 200, and, with the classifier on, to the
-classifier's own readiness in `/stats` (`parts.classifier.state` "ready"; from a server that does not
-report it, unknown). The guardrail stays off, as in the default settings.
+first `/health` 200 (the process serves HTTP), to `/ready` 200, the server's CPU seconds at that moment
+(`ready_cpu_s`, all its threads: what the start costs, which load on a shared machine does not inflate as
+it does the wall time), and, with the classifier on, to the classifier's own readiness in `/stats`
+(`parts.classifier.state` "ready"; from a server that does not report it, unknown). The guardrail stays
+off, as in the default settings.
 
 It prints one JSON object: the medians, the ratio ready-with-classifier / ready-without (1.0: `/ready`
 does not wait for the classifier), the goal (`/ready` within 2 s for the demo model on an idle machine)
@@ -33,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 180  # only bounds a hang
 POLL_S = 0.02
 GOAL_READY_S = 2.0
+FIGURES = ("health_s", "ready_s", "ready_cpu_s")
 
 
 class BenchError(Exception):
@@ -65,21 +70,62 @@ def classifier_state(url: str) -> str | None:
     return ((stats.json().get("parts") or {}).get("classifier") or {}).get("state")
 
 
-def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, float | None]:
-    """Launch one server, time its way to /health, /ready and (classifier on) the classifier's readiness."""
-    port = free_port()
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time process `pid` has used so far, all its threads, user and system (from /proc/PID/stat);
+    None where there is no /proc. On a busy machine it says what a start costs better than its wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (man 5 proc)
+
+
+def server_env(
+    checkpoint: str, root: Path = REPO_ROOT, settings: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a server of the tree at `root` on `checkpoint`: the caller's `NANOCHAT_*`, `HOST`
+    and `PORT` left out, `settings` (NANOCHAT_* variables) added, JSON logs (last_line reads them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_") and k not in ("HOST", "PORT")}
-    env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
-    env["NANOCHAT_LOG_FORMAT"] = "json"  # last_line reads the reason from it
-    if not classifier:
-        env["NANOCHAT_CLASSIFIER"] = ""
-    url = f"http://127.0.0.1:{port}"
+    env.update({"NANOCHAT_CHECKPOINT": checkpoint, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"})
+    env["NANOCHAT_LOG_FORMAT"] = "json"
+    env.update(settings or {})
+    return env
+
+
+def launch(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start `python -m app` on a free port, logging to a file in `workdir`: (process, URL, log path)."""
+    port = free_port()
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
     log_path = workdir / f"server-{port}.log"
-    marks: dict[str, float | None] = {"health_s": None, "ready_s": None, "classifier_ready_s": None}
     with open(log_path, "wb") as log:
-        started = time.monotonic()
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}", log_path
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_once(
+    checkpoint: str,
+    classifier: bool,
+    workdir: Path,
+    root: Path = REPO_ROOT,
+    follow_classifier: bool = True,
+    settings: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Launch one server of the tree at `root` (with `settings` on top of the defaults), time its way to
+    /health, /ready and (classifier on and `follow_classifier`) the classifier's readiness."""
+    settings = {**(settings or {}), **({} if classifier else {"NANOCHAT_CLASSIFIER": ""})}
+    env = server_env(checkpoint, root, settings)
+    marks: dict[str, float | None] = dict.fromkeys((*FIGURES, "classifier_ready_s"))
+    started = time.monotonic()
+    process, url, log_path = launch(env, workdir)
     try:
         while time.monotonic() - started < READY_TIMEOUT_S:
             if process.poll() is not None:
@@ -88,8 +134,9 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
                 marks["health_s"] = time.monotonic() - started
             if marks["health_s"] is not None and marks["ready_s"] is None and answers_200(f"{url}/ready"):
                 marks["ready_s"] = time.monotonic() - started
+                marks["ready_cpu_s"] = cpu_seconds(process.pid)
             if marks["ready_s"] is not None:
-                if not classifier:
+                if not (classifier and follow_classifier):
                     break
                 state = classifier_state(url)
                 if state == "ready":
@@ -103,12 +150,7 @@ def start_once(checkpoint: str, classifier: bool, workdir: Path) -> dict[str, fl
         else:
             raise BenchError(f"the server was not ready after {READY_TIMEOUT_S} s: {last_line(log_path)}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return {name: None if value is None else round(value, 3) for name, value in marks.items()}
 
 
@@ -141,8 +183,8 @@ def run(checkpoint: str, repeats: int) -> dict:
             on.append(start_once(checkpoint, True, Path(tmp)))
             off.append(start_once(checkpoint, False, Path(tmp)))
     summary = {
-        "classifier_on": {name: median(on, name) for name in ("health_s", "ready_s", "classifier_ready_s")},
-        "classifier_off": {name: median(off, name) for name in ("health_s", "ready_s")},
+        "classifier_on": {name: median(on, name) for name in (*FIGURES, "classifier_ready_s")},
+        "classifier_off": {name: median(off, name) for name in FIGURES},
     }
     ready_on, ready_off = summary["classifier_on"]["ready_s"], summary["classifier_off"]["ready_s"]
     return {

@@ -5,9 +5,12 @@
 For each concurrency level, that many clients stream `POST /v1/chat/completions` back to back (greedy, a
 fixed `max_tokens`) until the level's requests are done. Figures per level: aggregate output tokens/s,
 time to first token (TTFT) p50/p95, time per output token after the first (TPOT) p50/p95, end-to-end
-latency p50/p95, and the error count. With `--checkpoint`, the same run also loads that checkpoint in this
-process and times the engine's batch-1 decode (`nanochat.bench.run_benchmark`), with the server idle, so
-the service's overhead shows as one ratio. docs/serving.md explains how to read each figure.
+latency p50/p95, and the error count; and the server's resident memory idle (after the warm-up request)
+and after each level: with `--server-pid` (a server on this machine) its VmRSS and peak VmHWM from
+/proc/PID/status, else the `nanochat_process_resident_memory_bytes` gauge from its /metrics (sampled by the
+server every few seconds, so up to that stale; no peak). With `--checkpoint`, the same run also loads that
+checkpoint in this process and times the engine's batch-1 decode (`nanochat.bench.run_benchmark`), with
+the server idle, so the service's overhead shows as one ratio. docs/serving.md explains each figure.
 
 This is a measurement, not a test: it never fails on a slow figure, only on a server it cannot use (one
 line on stderr, exit 1). Targets are reported beside the ratios. It does not start the server, and on a
@@ -23,6 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -33,6 +37,7 @@ TARGET_SERVICE_VS_ENGINE = 0.9  # one stream through the service vs the engine s
 ENGINE_PROMPT_TOKENS = 32  # about the length of the chat prompts below once rendered
 ENGINE_REPEATS = 5  # best of: one decode run of a small model is short, so a busy machine shows in it
 MAX_ERROR_SAMPLES = 5
+RSS_METRIC = "nanochat_process_resident_memory_bytes"  # app/observability/catalog.py PROCESS_MEMORY
 
 # Open-ended requests, so a model that stops at end-of-turn still writes long answers.
 PROMPTS = (
@@ -222,6 +227,45 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+def process_memory(pid: int) -> dict[str, int | None] | None:
+    """Resident memory of process `pid` now (VmRSS) and at its peak so far (VmHWM), in bytes, from
+    /proc/PID/status; None where it cannot be read (no such process, not Linux)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    try:
+        return {
+            "rss_bytes": int(fields["VmRSS"].split()[0]) * 1024,  # the kernel writes "<n> kB"
+            "peak_rss_bytes": int(fields["VmHWM"].split()[0]) * 1024,
+        }
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+async def scraped_memory(client: httpx.AsyncClient) -> dict[str, int | None] | None:
+    """The server's own resident-memory gauge from GET /metrics; None where /metrics does not offer it."""
+    try:
+        response = await client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    for line in response.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.split("{", 1)[0] == RSS_METRIC:
+            try:
+                return {"rss_bytes": int(float(value.split()[0])), "peak_rss_bytes": None}
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+async def server_memory(client: httpx.AsyncClient, pid: int | None) -> dict[str, int | None] | None:
+    return process_memory(pid) if pid is not None else await scraped_memory(client)
+
+
 async def run_level(
     client: httpx.AsyncClient, info: ServerInfo, concurrency: int, requests: int, max_tokens: int
 ) -> dict:
@@ -343,12 +387,19 @@ async def run_serve_benchmark(args: argparse.Namespace) -> dict:
         warmup = await stream_chat(client, chat_request(info, PROMPTS[0], min(args.max_tokens, 8)))
         if warmup.error:
             raise BenchError(f"the warm-up request failed: {warmup.error}")
+        pid = args.server_pid
+        memory: dict = {
+            "source": f"/proc/{pid}/status" if pid is not None else f"/metrics {RSS_METRIC}",
+            "idle": await server_memory(client, pid),
+            "after_level": {},
+        }
         levels = {}
         for concurrency in args.concurrency:
             requests = args.requests_per_level or max(4 * concurrency, 16)
             levels[str(concurrency)] = await run_level(
                 client, info, concurrency, max(requests, concurrency), args.max_tokens
             )
+            memory["after_level"][str(concurrency)] = await server_memory(client, pid)
 
     result: dict = {
         "url": args.url,
@@ -357,6 +408,7 @@ async def run_serve_benchmark(args: argparse.Namespace) -> dict:
         "ignore_eos": info.ignore_eos,
         "tokens_counted_from": "usage" if info.stream_usage else "stream chunks",
         "levels": levels,
+        "server_memory": memory,
         "engine": engine,
         "ratios": {},
         "targets": {
@@ -399,6 +451,21 @@ def format_table(result: dict) -> str:
         )
         for sample in level["error_samples"]:
             lines.append(f"        error: {sample}")
+    memory = result["server_memory"]
+    if memory["idle"] is not None:
+        after = ", ".join(
+            f"after {level} streams {_mib(m['rss_bytes'])}"
+            for level, m in memory["after_level"].items()
+            if m is not None
+        )
+        peak = [m["peak_rss_bytes"] for m in memory["after_level"].values() if m and m["peak_rss_bytes"]]
+        lines.append(
+            f"server RSS: idle {_mib(memory['idle']['rss_bytes'])}, {after}"
+            + (f", peak {_mib(max(peak))}" if peak else "")
+            + f" ({memory['source']})"
+        )
+    else:
+        lines.append(f"server RSS: unknown ({memory['source']} not readable)")
     engine = result["engine"]
     if "skipped" in engine:
         lines.append(f"engine batch-1 decode: skipped ({engine['skipped']})")
@@ -412,6 +479,10 @@ def format_table(result: dict) -> str:
         target = result["targets"].get(name)
         lines.append(f"{name}: {value:g}" + (f" (target >= {target:g})" if target else ""))
     return "\n".join(lines)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
 def _levels(text: str) -> list[int]:
@@ -450,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
     parser.add_argument(
         "--wait-ready", type=float, default=60.0, metavar="S", help="wait up to S s for /ready (default 60)"
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=non_negative_int,
+        metavar="PID",
+        help="the server's process on this machine: its RSS from /proc/PID/status (default: from /metrics)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     engine = parser.add_argument_group("the engine baseline (measured in this process)")

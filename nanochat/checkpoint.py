@@ -3,6 +3,10 @@
 - `model_NNNNNN.pt` is a plain state dict saved with `torch.save`; it is loaded with `weights_only=True`,
   so a model file can never run code. GPU-trained checkpoints store the embedding in bf16; the loader
   converts every tensor to the dtype asked for. A `_orig_mod.` prefix (left by `torch.compile`) is stripped.
+  Files in torch's zip format (every `torch.save` since torch 1.6) are memory-mapped (`mmap=True`, a
+  private mapping): tensors already in the dtype and on the CPU asked for are used where they lie, never
+  copied, and their pages are read as the first forward touches them. So a model file that is served
+  must be replaced, never rewritten in place (`save_checkpoint` renames a finished file over the old one).
 - `meta_NNNNNN.json` carries `model_config` (the only field the loader needs) and whatever the trainer adds.
 - `optim_NNNNNN_rankR.pt` optional optimizer state per rank (written by training; loaded only on request).
 - The tokenizer (`tokenizer.pkl`, `token_bytes.pt`) sits inside the checkpoint folder, in a `tokenizer/`
@@ -31,6 +35,7 @@ from nanochat.tokenizer import Tokenizer, TokenizerError
 
 MODEL_FILE = re.compile(r"^model_(\d{6,})\.pt$")
 COMPILE_PREFIX = "_orig_mod."
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 is a zip archive
 TOKENIZER_FILES = ("tokenizer.pkl", "token_bytes.pt")
 HUB_PATTERNS = [
     "model_*.pt",
@@ -156,12 +161,19 @@ def _why(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def is_zip_format(path: Path) -> bool:
+    """Whether `path` is in torch's zip format (the one `torch.load(mmap=True)` can map)."""
+    with open(path, "rb") as f:
+        return f.read(4) == ZIP_MAGIC
+
+
 def read_state_dict(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors only (`weights_only=True`), with any `_orig_mod.` prefix stripped."""
+    """Tensors only (`weights_only=True`), with any `_orig_mod.` prefix stripped; memory-mapped where the
+    file's format allows (see the module docstring), else read whole."""
     if not path.is_file():
         raise CheckpointError(f"missing model file {path}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=is_zip_format(path))
     except Exception as e:  # torch raises many types for truncated or foreign files
         problem = f"model file {path} is corrupt or not a tensor-only state dict: {_why(e)}"
         raise CheckpointError(problem) from e
@@ -195,10 +207,14 @@ def build_model(
                 f"{source}: {key} has shape {list(tensor.shape)}, model_config expects "
                 f"{list(expected[key].shape)} (vocab or width mismatch?)"
             )
-    model.to_empty(device=device)
+    # assign=True puts the given tensors in place of the meta ones: no `to_empty` first, whose empty_like
+    # on meta tensors runs torch's Python reference kernels and imports sympy (~0.5 s of every start)
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(converted, strict=True, assign=True)
     model.reset_rotary(device)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor outside the state dict that build_model does not compute: a bug here, not the file's
+        raise RuntimeError(f"build_model left {', '.join(left)} on the meta device")
     return model.eval()
 
 

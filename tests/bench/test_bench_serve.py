@@ -4,6 +4,7 @@ plus its pure parts (percentiles, the OpenAPI probe, the SSE splitter, argument 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.serve import SseSplitter, chat_request_fields, main, percentile
+from app.observability import catalog
+from bench.serve import RSS_METRIC, SseSplitter, chat_request_fields, main, percentile, process_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo"
@@ -59,6 +61,17 @@ def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
     assert "is not ready" in err and err.count("\n") == 1
 
 
+def test_the_rss_metric_is_the_catalogs() -> None:
+    assert catalog.PROCESS_MEMORY.name == RSS_METRIC
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_process_memory_reads_a_process_status() -> None:
+    memory = process_memory(os.getpid())
+    assert memory is not None and memory["peak_rss_bytes"] >= memory["rss_bytes"] > 1 << 20
+    assert process_memory(2**22 + 1) is None  # above Linux's largest pid: no such process
+
+
 @pytest.mark.integration
 def test_tiny_run_reports_every_figure(base_url: str) -> None:
     command = [
@@ -78,6 +91,11 @@ def test_tiny_run_reports_every_figure(base_url: str) -> None:
             assert level[figure]["p50"] > 0 and level[figure]["p95"] >= level[figure]["p50"], figure
     assert result["engine"]["decode_batch1_tokens_per_s"] > 0
     assert result["engine"]["request_tokens_per_s"] > 0
+    memory = result["server_memory"]  # no --server-pid: the server's own gauge from /metrics
+    assert memory["source"] == f"/metrics {RSS_METRIC}"
+    assert memory["idle"]["rss_bytes"] > 1 << 20 and memory["idle"]["peak_rss_bytes"] is None
+    assert set(memory["after_level"]) == {"1", "2"}
+    assert all(m["rss_bytes"] > 1 << 20 for m in memory["after_level"].values())
     assert result["ratios"]["service_1stream_vs_engine"] > 0
     assert result["ratios"]["service_1stream_decode_vs_engine_decode"] > 0
     assert "streams16_vs_streams1" not in result["ratios"]  # no 16-stream level in this run

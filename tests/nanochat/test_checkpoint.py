@@ -18,16 +18,18 @@ import torch
 
 from nanochat.checkpoint import (
     CheckpointError,
+    build_model,
     find_last_step,
     find_tokenizer_dir,
     load_checkpoint,
     meta_path,
     model_path,
     optimizer_path,
+    read_meta,
     resolve_source,
     save_checkpoint,
 )
-from nanochat.gpt import GPT
+from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer
 
 PROBE_TEXT = "the quick brown fox jumps over the lazy dog café 你好"
@@ -108,6 +110,61 @@ def test_save_load_round_trip(checkpoint_dir: Path, model: GPT, small_tokenizer:
         logits = loaded.model(ids)
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert torch.equal(logits, expected_logits)
+
+
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """The address ranges of this process that map `path` (from /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def eager_model(directory: Path, step: int = 10) -> GPT:
+    """The model as the loader built it before memory mapping: the whole file read into memory."""
+    state = torch.load(model_path(directory, step), map_location="cpu", weights_only=True)
+    config = GPTConfig.from_dict(read_meta(directory, step)["model_config"])
+    return build_model(config, state)
+
+
+def test_mapped_and_eagerly_read_weights_give_identical_models(checkpoint_dir: Path, model: GPT) -> None:
+    mapped, eager = load_checkpoint(checkpoint_dir).model, eager_model(checkpoint_dir)
+
+    assert_same_weights(mapped, eager.state_dict())
+    ids = torch.randint(0, model.config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(mapped(ids), eager(ids))
+        assert torch.equal(mapped(ids), model(ids))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc/self/maps")
+def test_weights_in_the_dtype_asked_for_are_used_where_the_file_maps_them(checkpoint_dir: Path) -> None:
+    """fp32 weights loaded as fp32 on the CPU are not copied: they lie in a mapping of the model file.
+    Converted ones (bf16 asked for) are copies, so the file's mapping holds none of them."""
+    path = model_path(checkpoint_dir, 10)
+    loaded = load_checkpoint(checkpoint_dir)
+    ranges = mapped_ranges(path)
+    assert ranges, "the model file is not mapped"
+    for name, tensor in loaded.model.state_dict().items():
+        assert any(start <= tensor.data_ptr() < end for start, end in ranges), name
+
+    bf16 = load_checkpoint(checkpoint_dir, dtype=torch.bfloat16).model
+    ranges = mapped_ranges(path)
+    assert not any(start <= p.data_ptr() < end for p in bf16.parameters() for start, end in ranges)
+
+
+def test_a_file_in_the_legacy_format_is_read_whole(tmp_path: Path, model: GPT, small_tokenizer) -> None:
+    """torch's pre-1.6 (non-zip) format cannot be memory-mapped: it is read as before, to the same model."""
+    directory = tmp_path / "legacy"
+    write_raw(directory, model.state_dict(), model.config.to_dict(), small_tokenizer)
+    torch.save(model.state_dict(), model_path(directory, 10), _use_new_zipfile_serialization=False)
+    assert not model_path(directory, 10).read_bytes().startswith(b"PK")
+
+    loaded = load_checkpoint(directory)
+    assert_same_weights(loaded.model, model.state_dict())
 
 
 def test_latest_step_by_default_and_explicit_step(tmp_path: Path, make_model, write_checkpoint) -> None:
@@ -583,15 +640,16 @@ def test_reference_checkpoint_loads_strict(reference_dir: Path, expected: dict) 
 
 
 def test_loading_builds_the_structure_without_computing_on_the_meta_device(tmp_path: Path) -> None:
-    """The meta-device build runs no initialiser and no rotary computation: torch computes those on meta
-    through its Python reference kernels, whose first use imports torch._dynamo (about a second of every
-    server's start). A fresh interpreter loads the demo model and must not have imported it."""
+    """The meta-device build runs no initialiser, no rotary computation and no `to_empty`: torch computes
+    those on meta through its Python reference kernels, whose first use imports torch._dynamo (about a
+    second of every server's start) and sympy (`to_empty`'s empty_like: about half a second). A fresh
+    interpreter loads the demo model and must have imported neither."""
     demo = Path(__file__).resolve().parents[2] / "models" / "demo"
     script = (
         "import sys; from nanochat.checkpoint import load_checkpoint; "
         f"loaded = load_checkpoint({str(demo)!r}); "
         "assert not any(p.is_meta for p in loaded.model.parameters()); "
-        "print('torch._dynamo' in sys.modules)"
+        "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -602,4 +660,4 @@ def test_loading_builds_the_structure_without_computing_on_the_meta_device(tmp_p
         env={**os.environ, "PYTHONPATH": str(demo.parents[1])},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"
