@@ -23,6 +23,10 @@ With `prefix_cache_bytes`, the keys and values of prompts (at the end of their p
 sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size, and a
 new prompt that starts with blocks of it has them copied into its prefill row: only the rest is prefilled.
 
+A decode step is `GPT.decode` over rows [0, num_decoding) (q/k/v fused at construction, the mask made in one
+comparison by `KVCache.decode_plan`); with `compile=True` it runs compiled per batch bucket
+(`nanochat.compiled`), compiled in the constructor, eager if compilation fails.
+
 The engine runs on one thread and knows nothing about HTTP; `generate` is nanochat's simple interface.
 """
 

@@ -12,6 +12,7 @@ decode many independent sequences in one batch. Tokenization, sampling and check
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -311,14 +312,15 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         positions: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        keys: torch.Tensor | Sequence[torch.Tensor],
+        values: torch.Tensor | Sequence[torch.Tensor],
         mask: torch.Tensor | None = None,
         key_len: int | None = None,
         fused: bool = False,
     ) -> torch.Tensor:
         """The decode step: (batch, vocab) logits of one new token per row for rows 0..batch-1 of a cache's
-        `keys`/`values` (n_layer, rows, n_kv_head, max_len, head_dim), row b at `positions[b]`. Writes
+        `keys`/`values` (n_layer, rows, n_kv_head, max_len, head_dim), or a sequence of each layer's,
+        row b at `positions[b]`. Writes
         the tokens' keys and values; the caller advances the lengths. Each row attends to keys
         [0, key_len) where `mask` (batch, 1, 1, key_len, True: allowed) says; without a mask to all of
         them (rows at one position). A function of tensors only, so `torch.compile` can take it whole."""
