@@ -50,8 +50,15 @@ class Settings(BaseSettings):
     )
     step: int | None = None
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N")
-    dtype: Literal["float32", "bfloat16"] | None = Field(
-        None, description="weights dtype: float32 | bfloat16 (unset: float32 on CPU, bfloat16 on CUDA)"
+    dtype: Literal["float32", "bfloat16", "auto"] | None = Field(
+        None,
+        description="weights dtype: float32 | bfloat16 | auto (bfloat16 on CUDA and on CPUs with AMX, else "
+        "float32) (unset: float32 on CPU, bfloat16 on CUDA)",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the decode step at start-up, one graph per batch-size bucket (the "
+        "nanochat backend; minutes of start-up on a small CPU; eager if compilation fails)",
     )
     quantization: Literal["none", "int8"] = Field(
         "none",
@@ -232,6 +239,7 @@ SERVE_FLAGS = {
     "--device": "device",
     "--dtype": "dtype",
     "--quantization": "quantization",
+    "--compile": "compile",
     "--max-num-seqs": "max_batch",
     "--max-model-len": "max_model_len",
     "--memory-limit": "memory_limit",

@@ -405,6 +405,7 @@ def load_engine(settings: Settings) -> GenerationBackend:
         max_seq_len=settings.max_model_len,
         prefill_chunk=settings.prefill_chunk,
         prefix_cache_bytes=prefix_cache_budget(settings, plans[-1]),
+        compile=settings.compile,
     )
 
 

@@ -1,7 +1,9 @@
 """Engine throughput, measured against a baseline in the same process.
 
 Figures: prefill tokens/s (batch 1), decode tokens/s at batch 1, and aggregate decode tokens/s at larger
-batches of mixed-length prompts (each request decoding at its own position, as the service runs them).
+batches of mixed-length prompts (each request decoding at its own position, as the service runs them);
+with `compile`, the same decode figures for the compiled step (nanochat.compiled), interleaved with the
+eager ones.
 The baseline is Hugging Face `transformers` `generate()` on a Llama model of the same width, depth, heads
 and vocabulary (random weights, MLP sized to the same parameter count), timed on the same prompt. Each
 figure is the best of a few repeats, to damp a shared, noisy machine. Results are ratios, never asserts.
@@ -118,8 +120,10 @@ def run_benchmark(
     decode_steps: int = 32,
     repeats: int = 3,
     with_hf: bool = True,
+    compile: bool = False,
 ) -> dict:
-    """All figures as a JSON-able dict (see the module docstring)."""
+    """All figures as a JSON-able dict (see the module docstring). `compile`: decode figures of an engine
+    with the compiled decode step too, interleaved with the eager one's, and their ratios."""
     c = model.config
     vocab = c.vocab_size
     max_batch = max((1, *batches))
@@ -128,6 +132,7 @@ def run_benchmark(
         prompt_len = max(4, (c.sequence_len - decode_steps - 2) // 2)
         longest = 2 * prompt_len + decode_steps + 2
     engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=longest)
+    compiled = Engine(model, tokenizer, max_batch, longest, compile=True) if compile else None
 
     prompt = _prompt(prompt_len, vocab, 0)
     _prefill_seconds(engine, prompt)  # warm-up
@@ -135,12 +140,18 @@ def run_benchmark(
     prefill_s = _best_seconds(lambda: _prefill_seconds(engine, prompt), repeats)
 
     decode: dict[int, float] = {}
+    decode_compiled: dict[int, float] = {}
     for batch in (1, *batches):
         # mixed lengths: prompt_len/2 .. 3·prompt_len/2, so rows decode at different positions
         lengths = [prompt_len // 2 + (i * prompt_len) // max(batch, 1) for i in range(batch)]
         prompts = [_prompt(n, vocab, i) for i, n in enumerate(lengths)]
-        seconds = min(decode_seconds(engine, prompts, decode_steps) for _ in range(repeats))
-        decode[batch] = batch * decode_steps / seconds
+        eager_s, compiled_s = float("inf"), float("inf")
+        for _ in range(repeats):  # interleaved, so both see the same noise
+            eager_s = min(eager_s, decode_seconds(engine, prompts, decode_steps))
+            if compiled is not None:
+                compiled_s = min(compiled_s, decode_seconds(compiled, prompts, decode_steps))
+        decode[batch] = batch * decode_steps / eager_s
+        decode_compiled[batch] = batch * decode_steps / compiled_s
 
     result: dict = {
         "model": {
@@ -156,6 +167,15 @@ def run_benchmark(
         "decode_aggregate_tokens_per_s": {str(b): round(decode[b], 1) for b in batches},
         "ratios": {f"batch{b}_vs_batch1": round(decode[b] / decode[1], 2) for b in batches},
     }
+    if compiled is not None:
+        result["compiled"] = {
+            "failed": compiled.compiled.failed,
+            "buckets": list(compiled.compiled.buckets),
+            "decode_tokens_per_s": {str(b): round(t, 1) for b, t in decode_compiled.items()},
+            "ratios": {
+                f"batch{b}_compiled_vs_eager": round(decode_compiled[b] / d, 2) for b, d in decode.items()
+            },
+        }
     if 16 in decode:
         result["targets"] = {"batch16_vs_batch1": TARGET_BATCH16_VS_BATCH1}
 

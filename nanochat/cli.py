@@ -24,7 +24,6 @@ from nanochat import hf_export
 from nanochat.chat_loop import chat_loop
 from nanochat.checkpoint import load_checkpoint
 from nanochat.cliargs import (
-    DTYPES,
     OneLineParser,
     UsageError,
     add_checkpoint_args,
@@ -34,6 +33,7 @@ from nanochat.cliargs import (
     positive_int,
 )
 from nanochat.data import commands as data_commands
+from nanochat.device import DTYPE_CHOICES, resolve_dtype
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
 from nanochat.quantize import check_quantization, quantize_model
@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder or Hugging Face repo id")
     source.add_argument("--depth", type=positive_int, help="random-weight model of this depth instead")
     bench.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
-    bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype")
+    bench.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="float32", help="weights (auto: bf16 on AMX)"
+    )
+    bench.add_argument("--compile", action="store_true", help="also the compiled decode step, vs eager")
     bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quantization_arg(bench)
     bench.add_argument("--batches", default="4,16,64", help="aggregate decode batch sizes (default 4,16,64)")
@@ -276,7 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         _print_result(result, args.json)
         return 0
-    dtype = DTYPES[args.dtype]
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     if args.checkpoint:
         loaded = load_checkpoint(args.checkpoint, step=args.step, dtype=dtype, quantization=args.quantization)
         model, tokenizer = loaded.model, loaded.tokenizer
@@ -292,6 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         decode_steps=args.decode_steps,
         repeats=args.repeats,
         with_hf=not args.no_transformers,
+        compile=args.compile,
     )
     _print_result(result, args.json)
     return 0

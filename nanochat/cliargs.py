@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from nanochat.checkpoint import LoadedCheckpoint, load_checkpoint
-from nanochat.device import DTYPES, DeviceError, resolve_device, resolve_dtype
+from nanochat.device import DTYPE_CHOICES, DeviceError, resolve_device, resolve_dtype
 from nanochat.quantize import QUANTIZATIONS
 
 
@@ -53,7 +53,9 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default: float32 on CPU, bfloat16 on CUDA; auto: bfloat16 on CUDA and AMX CPUs)",
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quantization_arg(parser)

@@ -2,15 +2,21 @@
 
 A device is checked against what this machine really has, so a typo or a missing GPU fails at once with a
 reason, not later inside a forward. The default dtype is bf16 on CUDA (as nanochat trains) and fp32
-elsewhere. This module knows nothing about command lines or settings: callers say which flag or variable
-the name came from.
+elsewhere; `auto` also picks bf16 on a CPU with AMX (Intel's matrix units, whose bf16 GEMMs run ~3x fp32's
+on the issue's Xeon) and fp32 on other CPUs, where bf16 matmuls gain little. This module knows nothing
+about command lines or settings: callers say which flag or variable the name came from.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+AUTO = "auto"
+DTYPE_CHOICES = (*DTYPES, AUTO)
+CPUINFO = Path("/proc/cpuinfo")
 
 
 class DeviceError(ValueError):
@@ -41,8 +47,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """The dtype named (a key of DTYPES), else the default: bf16 on CUDA, fp32 elsewhere."""
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags, from /proc/cpuinfo's text (read when not given; empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """The CPU has AMX bf16 tiles (Linux flags `amx_bf16` and `amx_tile`), which oneDNN uses for bf16."""
+    return {"amx_bf16", "amx_tile"} <= cpu_flags(cpuinfo)
+
+
+def resolve_dtype(name: str | None, device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
+    """The dtype named (a key of DTYPES), else the default: bf16 on CUDA, fp32 elsewhere. `auto`: bf16 on
+    CUDA and on a CPU with AMX (`cpuinfo`: /proc/cpuinfo's text, read when not given), else fp32."""
+    if name == AUTO:
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx(cpuinfo)):
+            return torch.bfloat16
+        return torch.float32
     if name:
         return DTYPES[name]
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -23,6 +23,10 @@ With `prefix_cache_bytes`, the keys and values of prompts (at the end of their p
 sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size, and a
 new prompt that starts with blocks of it has them copied into its prefill row: only the rest is prefilled.
 
+A decode step is `GPT.decode` over rows [0, num_decoding) (q/k/v fused at construction, the mask made in one
+comparison by `KVCache.decode_plan`); with `compile=True` it runs compiled per batch bucket
+(`nanochat.compiled`), compiled in the constructor, eager if compilation fails.
+
 The engine runs on one thread and knows nothing about HTTP; `generate` is nanochat's simple interface.
 """
 
@@ -41,6 +45,7 @@ from nanochat.backend import (
 )
 from nanochat.batching import BatchedEngine
 from nanochat.calculator import evaluate as calculator_evaluate
+from nanochat.compiled import CompiledDecode, batch_buckets
 from nanochat.detokenize import TextStream
 from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
@@ -96,9 +101,11 @@ class Engine(BatchedEngine):
         prefill_chunk: int = 512,
         prefix_cache_bytes: int = 0,
         prefix_block_size: int = DEFAULT_BLOCK_SIZE,
+        compile: bool = False,
     ) -> None:
         """`prefix_cache_bytes`: the most the prefix cache may take (0: no prefix caching);
-        `prefix_block_size`: the tokens of one of its blocks."""
+        `prefix_block_size`: the tokens of one of its blocks. `compile`: compile the decode step now, one
+        graph per batch bucket (`nanochat.compiled`; minutes on a small CPU), eager if that fails."""
         config = model.config
         param = next(model.parameters())
         special = tokenizer.get_special_tokens()
@@ -111,6 +118,7 @@ class Engine(BatchedEngine):
             eos_token_ids=frozenset({special["<|assistant_end|>"], tokenizer.get_bos_token_id()}),
         )
         self.model = model.eval()
+        self._fused = model.fuse_qkv()  # one q/k/v matmul per layer; the parameters stay as they were
         self.tokenizer = tokenizer
         self.cache = KVCache(
             *cache_layout(config, max_batch, self.max_seq_len), dtype=param.dtype, device=self.device
@@ -129,6 +137,10 @@ class Engine(BatchedEngine):
         self._python_end = special["<|python_end|>"]
         self._output_start = special["<|output_start|>"]
         self._output_end = special["<|output_end|>"]
+        self.compiled: CompiledDecode | None = None
+        if compile:
+            self.compiled = CompiledDecode(model, self.cache, batch_buckets(max_batch), self._fused)
+            self.compiled.warm_up()
 
     # ---- the model over the KV cache (BatchedEngine's hooks) ------------------------------------------
     def _text_stream(self, params: SamplingParams) -> TextStream:
@@ -149,8 +161,16 @@ class Engine(BatchedEngine):
             self.cache.copy_row(prefill_row, cont.row)
 
     def _forward_decode(self, rows: list[Continuation]) -> torch.Tensor:
-        idx = torch.tensor([[c.last_token] for c in rows], dtype=torch.long, device=self.device)
-        return self.model(idx, kv_cache=self.cache, start_row=0)[:, -1, :]  # rows[i] is cache row i
+        batch = len(rows)  # rows[i] is cache row i
+        tokens = [c.last_token for c in rows]
+        logits = self.compiled(tokens) if self.compiled is not None else None
+        if logits is None:
+            idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(batch, 1)
+            positions, mask, key_len = self.cache.decode_plan(batch)
+            cache = self.cache
+            logits = self.model.decode(idx, positions, cache.k, cache.v, mask, key_len, self._fused)
+        self.cache.advance_rows(batch)
+        return logits
 
     def _row_length(self, cont: Continuation) -> int:
         return self.cache.lengths[cont.row]

@@ -12,6 +12,7 @@ decode many independent sequences in one batch. Tokenization, sampling and check
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -105,6 +106,56 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv_weight: torch.Tensor | None = None  # set by `fuse_qkv`; not a parameter or buffer
+
+    def fuse_qkv(self) -> bool:
+        """Put c_q, c_k and c_v's weights in one tensor, `qkv_weight`, and make the three parameters views
+        of it: one matmul then projects all three, and the parameters (their names, values and bytes) stay
+        as they were. False, and nothing changed, when they are not plain linears of one dtype and device
+        (the int8 ones of nanochat/quantize.py)."""
+        linears = (self.c_q, self.c_k, self.c_v)
+        if not all(type(m) is nn.Linear for m in linears):
+            return False
+        weights = [m.weight for m in linears]
+        if len({(w.dtype, w.device) for w in weights}) != 1 or weights[0].is_meta:
+            return False
+        if self._fused():
+            return True
+        with torch.no_grad():
+            fused = torch.cat([w.detach() for w in weights])
+        start = 0
+        for m, w in zip(linears, weights, strict=True):
+            rows = w.shape[0]
+            m.weight = nn.Parameter(fused[start : start + rows], requires_grad=w.requires_grad)
+            start += rows
+        self.qkv_weight = fused
+        return True
+
+    def _fused(self) -> bool:
+        """`qkv_weight` is still what c_q, c_k and c_v hold (a `.to()` or a load gives them new storage)."""
+        fused = self.qkv_weight
+        return (
+            fused is not None
+            and self.c_q.weight.data_ptr() == fused.data_ptr()
+            and self.c_v.weight.data_ptr() == fused[-self.c_v.weight.shape[0] :].data_ptr()
+        )
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fused: bool = False):
+        """q, k (rotated, then RMS-normed) and v, each (batch, heads, time, head_dim). `fused`: use
+        `qkv_weight` (the caller checked it is current)."""
+        B, T, _ = x.size()
+        hq, hkv = self.n_head, self.n_kv_head
+        if fused:
+            qkv = F.linear(x, self.qkv_weight).view(B, T, hq + 2 * hkv, self.head_dim)
+            qk, v = qkv[:, :, : hq + hkv], qkv[:, :, hq + hkv :]
+        else:
+            q = self.c_q(x).view(B, T, hq, self.head_dim)
+            k = self.c_k(x).view(B, T, hkv, self.head_dim)
+            v = self.c_v(x).view(B, T, hkv, self.head_dim)
+            qk = torch.cat([q, k], 2)
+        qk = rms_norm(apply_rotary(qk, cos, sin))  # q and k in one call each: both are per head
+        q, k = qk.split([hq, hkv], 2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
         self,
@@ -115,12 +166,7 @@ class CausalSelfAttention(nn.Module):
         plan: AttentionPlan | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.size()
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k = rms_norm(q), rms_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v = self.project(x, cos, sin, fused=self._fused())
         gqa = self.n_kv_head != self.n_head
         if kv_cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -131,6 +177,36 @@ class CausalSelfAttention(nn.Module):
             )
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        key_len: int,
+        fused: bool,
+    ) -> torch.Tensor:
+        """One token for each of rows 0..batch-1 (x: (batch, 1, n_embd)), row b at `positions[b]`: its
+        key and value go into `keys`/`values` (this layer's (rows, n_kv_head, max_len, head_dim) cache)
+        and it attends to keys [0, key_len) where `mask` (batch, 1, 1, key_len) allows (None: all).
+        `fused`: `fuse_qkv` succeeded (checked by the caller, once: a compiled step cannot ask)."""
+        B = x.size(0)
+        q, k, v = self.project(x, cos, sin, fused)
+        rows = torch.arange(B, device=x.device)
+        keys[rows, :, positions] = k[:, :, 0]
+        values[rows, :, positions] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(
+            q,
+            keys[:B, :, :key_len],
+            values[:B, :, :key_len],
+            attn_mask=mask,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.c_proj(y.transpose(1, 2).reshape(B, 1, -1))
 
 
 class MLP(nn.Module):
@@ -227,6 +303,38 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
         self.reset_rotary(self.lm_head.weight.device)
+
+    def fuse_qkv(self) -> bool:
+        """Fuse every layer's q/k/v projection (`CausalSelfAttention.fuse_qkv`); True when all are."""
+        return all([block.attn.fuse_qkv() for block in self.transformer.h])
+
+    def decode(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor,
+        keys: torch.Tensor | Sequence[torch.Tensor],
+        values: torch.Tensor | Sequence[torch.Tensor],
+        mask: torch.Tensor | None = None,
+        key_len: int | None = None,
+        fused: bool = False,
+    ) -> torch.Tensor:
+        """The decode step: (batch, vocab) logits of one new token per row for rows 0..batch-1 of a cache's
+        `keys`/`values` (n_layer, rows, n_kv_head, max_len, head_dim), or a sequence of each layer's,
+        row b at `positions[b]`. Writes
+        the tokens' keys and values; the caller advances the lengths. Each row attends to keys
+        [0, key_len) where `mask` (batch, 1, 1, key_len, True: allowed) says; without a mask to all of
+        them (rows at one position). A function of tensors only, so `torch.compile` can take it whole."""
+        if mask is not None:
+            key_len = mask.size(-1)
+        cos = self.cos[0, positions].unsqueeze(1)
+        sin = self.sin[0, positions].unsqueeze(1)
+        x = rms_norm(self.transformer.wte(idx))
+        for i, block in enumerate(self.transformer.h):
+            attn = block.attn
+            x = x + attn.decode(rms_norm(x), cos, sin, keys[i], values[i], positions, mask, key_len, fused)
+            x = x + block.mlp(rms_norm(x))
+        logits = self.lm_head(rms_norm(x))[:, -1]
+        return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
     def forward(
         self,

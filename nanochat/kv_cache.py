@@ -5,7 +5,9 @@ and a single batched forward can decode all of them at once. Rows are plain indi
 which sequence lives in which row, and moves rows (`copy_row`) to keep the active ones contiguous.
 
 This module knows nothing about tokens, sampling or the model's weights; `gpt.py` calls `plan` once per
-forward, `write` once per layer and `advance` at the end.
+forward, `write` once per layer and `advance` at the end. The decode step (one token on each of rows
+0..batch-1) takes `decode_plan` instead: positions and a mask made in one comparison, with no plan object,
+so that a compiled step sees tensors only.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class KVCache:
         self.capacity = capacity
         self.max_len = max_len
         self.lengths = [0] * capacity
+        self._arange = torch.arange(max(capacity, max_len), device=device)  # row and key indices, made once
 
     @property
     def device(self) -> torch.device:
@@ -111,9 +114,37 @@ class KVCache:
         )
 
     def _mask(self, positions: torch.Tensor, num_tokens: int, key_len: int) -> torch.Tensor:
-        keys = torch.arange(key_len, device=self.device)
-        queries = positions[:, None] + torch.arange(num_tokens, device=self.device)[None, :]
-        return (keys[None, None, :] <= queries[:, :, None]).unsqueeze(1)
+        queries = positions[:, None] + self._arange[None, :num_tokens]
+        return (self._arange[None, None, :key_len] <= queries[:, :, None]).unsqueeze(1)
+
+    def decode_plan(
+        self, batch: int, pad_to: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """For one new token on each of rows 0..batch-1: their positions (batch,), the attention mask
+        (batch, 1, 1, key_len), True where a row may attend, or None when every row is at one position,
+        and key_len. Built in one comparison: nothing per row, nothing kept between steps.
+
+        `pad_to`: as many rows as that (rows past `batch` ride along and are thrown away: a compiled step
+        has a fixed batch), always with a mask. They write at their own length, the slot a prefill would
+        write next, kept within the cache."""
+        if batch < 1 or (pad_to or batch) > self.capacity:
+            raise ValueError(f"rows 0..{(pad_to or batch) - 1} are outside a cache of {self.capacity}")
+        lengths = self.lengths[:batch]
+        key_len = max(lengths) + 1
+        if key_len > self.max_len:
+            raise ValueError(f"sequence would reach {key_len} tokens, past the cache length {self.max_len}")
+        if pad_to is None and min(lengths) == max(lengths):
+            return torch.tensor(lengths, device=self.device), None, key_len
+        if pad_to is not None:
+            lengths = lengths + [min(n, self.max_len - 1) for n in self.lengths[batch:pad_to]]
+        positions = torch.tensor(lengths, device=self.device)
+        mask = self._arange[:key_len] <= positions[:, None]
+        return positions, mask[:, None, None, :], key_len
+
+    def advance_rows(self, batch: int) -> None:
+        """Rows 0..batch-1 took one token each (after a `decode_plan` step)."""
+        for row in range(batch):
+            self.lengths[row] += 1
 
     def write(
         self, layer: int, plan: AttentionPlan, k: torch.Tensor, v: torch.Tensor
@@ -125,7 +156,7 @@ class KVCache:
             self.k[layer, rows, :, p : p + plan.num_tokens] = k
             self.v[layer, rows, :, p : p + plan.num_tokens] = v
         else:
-            row_index = torch.arange(plan.start_row, plan.start_row + plan.batch, device=self.device)
+            row_index = self._arange[plan.start_row : plan.start_row + plan.batch]
             self.k[layer, row_index, :, plan.position_index] = k[:, :, 0]
             self.v[layer, row_index, :, plan.position_index] = v[:, :, 0]
         return self.k[layer, rows, :, : plan.key_len], self.v[layer, rows, :, : plan.key_len]

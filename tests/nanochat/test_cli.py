@@ -401,3 +401,15 @@ def test_without_scikit_learn_a_classifier_says_which_extra_to_install() -> None
     result = cli_without(("sklearn", "skops"), "classify", "predict", "--model", "models/fortunes", "a text")
     assert result.returncode == EXIT_ERROR
     assert_one_line_error(result.stderr, "nanochat: error:", "pip install 'nanochat-service[guardrail]'")
+
+
+@pytest.mark.slow
+def test_bench_compiled_against_eager_json(capsys) -> None:
+    options = "--depth 1 --batches 2 --prompt-len 8 --decode-steps 4 --repeats 1 --no-transformers --json"
+    code, out, err = run(capsys, "bench", *options.split(), "--compile")
+    assert code == 0, err
+    compiled = json.loads(out)["compiled"]
+    assert compiled["failed"] is None and compiled["buckets"] == [1, 2]
+    assert set(compiled["decode_tokens_per_s"]) == {"1", "2"}
+    assert all(a_figure(v) for v in compiled["ratios"].values())
+    assert set(compiled["ratios"]) == {"batch1_compiled_vs_eager", "batch2_compiled_vs_eager"}

@@ -161,3 +161,83 @@ def test_generate_reference_sampler_greedy_matches_argmax(make_model):
     for _ in range(5):
         ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     assert tokens == ids[3:]
+
+
+def test_fused_qkv_keeps_the_parameters_and_the_outputs(make_model, tmp_path):
+    """One q/k/v matmul per layer: the state dict (names, values, bytes) and a saved file's reload are as
+    before, the outputs equal the unfused model's, and the fused weight shares the parameters' storage."""
+    model = make_model(n_head=4, n_kv_head=2)
+    idx = torch.randint(0, 300, (2, 12))
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before_bytes = sum(p.nbytes for p in model.parameters())
+    with torch.no_grad():
+        before = model(idx)
+        assert model.fuse_qkv()
+        after = model(idx)
+    attn = model.transformer.h[0].attn
+    assert attn.qkv_weight.shape == (64 + 2 * 32, 64) and attn._fused()
+    assert torch.equal(after, before)
+    state = model.state_dict()
+    assert list(state) == list(before_state)
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert sum(p.nbytes for p in model.parameters()) == before_bytes
+    torch.save(state, tmp_path / "model.pt")
+    fresh = GPT(model.config)
+    fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in before_state.items())
+    with torch.no_grad():
+        attn.c_k.weight.mul_(2)  # an in-place update (an optimizer's) shows in the fused weight
+    assert torch.equal(attn.qkv_weight[64:96], attn.c_k.weight)
+
+
+def test_a_fused_model_moved_to_another_dtype_runs_unfused(make_model):
+    model = make_model()
+    assert model.fuse_qkv()
+    model.to(torch.bfloat16)  # new storage for the parameters: the fused weight is stale, and not used
+    assert not model.transformer.h[0].attn._fused()
+    idx = torch.randint(0, 300, (1, 8))
+    torch.testing.assert_close(model(idx).float(), make_model().to(torch.bfloat16)(idx).float())
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 1])
+def test_the_decode_step_equals_the_cached_forward(make_model, n_kv_head):
+    """`GPT.decode` (positions and a mask from `KVCache.decode_plan`) gives each row of a mixed-length batch
+    the logits of the general cached forward, with and without fused q/k/v; rows at one position need no
+    mask."""
+    model = make_model(n_head=4, n_kv_head=n_kv_head)
+    seqs = [torch.randint(0, 300, (1, n)) for n in (6, 21, 14)]
+    with torch.no_grad():
+        for fused in (False, True):
+            if fused:
+                assert model.fuse_qkv()
+            cache = KVCache(2, n_kv_head, 16, 4, 32)
+            for row, s in enumerate(seqs):
+                model(s[:, :-1], kv_cache=cache, start_row=row)
+            last = torch.cat([s[:, -1:] for s in seqs], 0)
+            positions, mask, key_len = cache.decode_plan(3)
+            assert positions.tolist() == [5, 20, 13] and mask.shape == (3, 1, 1, 21) and key_len == 21
+            assert mask[0, 0, 0].tolist() == [True] * 6 + [False] * 15
+            logits = model.decode(last, positions, cache.k, cache.v, mask, key_len, fused)
+            cache.advance_rows(3)
+            assert cache.lengths == [6, 21, 14, 0]
+            for row, s in enumerate(seqs):
+                torch.testing.assert_close(logits[row], model(s)[0, -1], rtol=0, atol=2e-5)
+    one = KVCache(2, n_kv_head, 16, 1, 32)
+    with torch.no_grad():
+        model(seqs[0][:, :-1], kv_cache=one)
+        positions, mask, key_len = one.decode_plan(1)
+        assert mask is None and key_len == 6
+        logits = model.decode(seqs[0][:, -1:], positions, one.k, one.v, mask, key_len, True)
+    torch.testing.assert_close(logits[0], model(seqs[0])[0, -1], rtol=0, atol=2e-5)
+
+
+def test_a_padded_decode_plan_keeps_extra_rows_inside_the_cache():
+    cache = KVCache(1, 1, 2, 4, 8)
+    cache.lengths = [3, 5, 8, 0]  # row 2 full (a stale row), row 3 empty
+    positions, mask, key_len = cache.decode_plan(2, pad_to=4)
+    assert positions.tolist() == [3, 5, 7, 0] and key_len == 6 and mask.shape == (4, 1, 1, 6)
+    with pytest.raises(ValueError, match="outside a cache of 4"):
+        cache.decode_plan(2, pad_to=5)
+    cache.lengths = [8, 0, 0, 0]
+    with pytest.raises(ValueError, match="past the cache length 8"):
+        cache.decode_plan(1)
