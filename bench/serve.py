@@ -30,7 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from nanochat.cliargs import DTYPES, OneLineParser, UsageError, non_negative_int, positive_int
+from nanochat.cliargs import OneLineParser, UsageError, non_negative_int, positive_int
+from nanochat.device import DTYPE_CHOICES
 
 TARGET_16_VS_1_STREAMS = 5.0  # aggregate tokens/s with 16 concurrent streams vs 1
 TARGET_SERVICE_VS_ENGINE = 0.9  # one stream through the service vs the engine serving the same requests
@@ -533,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--checkpoint", metavar="DIR", help="the checkpoint the server runs (default: skip)")
     engine.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
     engine.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    engine.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as nanochat)")
+    engine.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype (default: as nanochat)")
     engine.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     return parser
 
