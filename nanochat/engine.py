@@ -20,8 +20,9 @@ The cache is allocated once, for `max_batch` + 1 rows of the context (`max_seq_l
 before either is allocated (`engine.memory` is the same figures from the real tensors).
 
 With `prefix_cache_bytes`, the keys and values of prompts (at the end of their prefill) and of whole
-sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size, and a
-new prompt that starts with blocks of it has them copied into its prefill row: only the rest is prefilled.
+sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size (its
+pool allocated here, once), and a new prompt that starts with blocks of it has them copied into its prefill
+row: only the rest is prefilled.
 
 The engine runs on one thread and knows nothing about HTTP; `generate` is nanochat's simple interface.
 """
@@ -123,7 +124,17 @@ class Engine(BatchedEngine):
             self.max_seq_len,
             quantization=quantization_of(model),
         )
-        self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block_size) if prefix_cache_bytes else None
+        self.prefix_cache = None
+        if prefix_cache_bytes:
+            self.prefix_cache = PrefixCache(
+                prefix_cache_bytes,
+                prefix_block_size,
+                n_layer=config.n_layer,
+                n_kv_head=config.n_kv_head,
+                head_dim=config.head_dim,
+                dtype=param.dtype,
+                device=self.device,
+            )
         self._special_ids = frozenset(special.values())
         self._python_start = special["<|python_start|>"]
         self._python_end = special["<|python_end|>"]
@@ -174,15 +185,10 @@ class Engine(BatchedEngine):
     def _reuse_prefix(self, generation: Generation) -> int:
         if self.prefix_cache is None:
             return 0
-        blocks = self.prefix_cache.match(generation.prompt_ids)
-        if not blocks:
-            return 0
-        row, size = self._prefill_row, self.prefix_cache.block_size
-        for i, block in enumerate(blocks):  # straight into the row: a concatenation first costs a copy more
-            self.cache.k[:, row, :, i * size : (i + 1) * size] = block.k
-            self.cache.v[:, row, :, i * size : (i + 1) * size] = block.v
-        self.cache.lengths[row] = len(blocks) * size
-        return self.cache.lengths[row]
+        row = self._prefill_row
+        reused = self.prefix_cache.load(generation.prompt_ids, self.cache.k[:, row], self.cache.v[:, row])
+        self.cache.lengths[row] = reused
+        return reused
 
     def _keep_prefix(self, row: int, tokens: list[int]) -> None:
         """Offer a row's keys/values to the prefix cache; `tokens` starts with those in the row."""

@@ -10,7 +10,7 @@ import torch
 
 from nanochat.backend import SamplingParams
 from nanochat.engine import Engine
-from nanochat.prefix_cache import PrefixCache, block_names, resolve_budget
+from nanochat.prefix_cache import PrefixCache, block_names, resolve_budget, runs
 from tests.nanochat.test_engine import chain, chain_model, run_together
 
 BLOCK = 8
@@ -178,15 +178,86 @@ def test_a_tiny_budget_evicts_the_least_recently_used_and_stays_within_it(make_m
     assert nothing.prefix_cache_stats().blocks == 0 and nothing.prefix_cache_stats().bytes == 0
 
 
+def pool(blocks: int, extra: int = 0) -> PrefixCache:
+    """A cache of 2 layers x 1 head x 2 dims with room for `blocks` blocks (and `extra` bytes more)."""
+    return PrefixCache(blocks * 2 * 2 * BLOCK * 2 * 4 + extra, BLOCK, n_layer=2, n_kv_head=1, head_dim=2)
+
+
+def row(length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache row's keys and values for `pool`: (2, 1, length, 2) each."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 1, length, 2, generator=generator), torch.randn(2, 1, length, 2, generator=generator)
+
+
 def test_lru_evicts_a_chains_tail_before_its_head():
-    k = torch.zeros(1, 1, 3 * BLOCK, 2)
-    one_block = 2 * k[:, :, :BLOCK].nbytes
-    cache = PrefixCache(3 * one_block, BLOCK)
+    cache = pool(3)
     first = list(range(3 * BLOCK))
-    assert cache.store(first, k, k) == 3
-    assert cache.store([99] * BLOCK + [1], k, k) == 1  # one more block: the oldest is dropped
+    assert cache.store(first, *row(3 * BLOCK)) == 3
+    assert cache.store([99] * BLOCK + [1], *row(BLOCK + 1)) == 1  # one more block: the oldest is dropped
     assert cache.evicted_blocks == 1
     assert len(cache.match([*first, 0])) == 2  # the head two blocks of `first` are still there
+
+
+def test_the_pool_is_allocated_once_within_the_budget_and_gives_back_what_it_kept():
+    cache = pool(3, extra=100)
+    assert cache.slots == 3 and cache.k.nbytes + cache.v.nbytes == 3 * cache.block_bytes <= cache.max_bytes
+    pool_memory = (cache.k.data_ptr(), cache.v.data_ptr())
+    tokens = list(range(2 * BLOCK + 5))
+    k, v = row(len(tokens))
+    assert cache.store(tokens, k, v) == 2  # full blocks only: the last 5 tokens are not kept
+    assert cache.stats().blocks == 2 and cache.stats().bytes == 2 * cache.block_bytes
+    into_k, into_v = torch.zeros(2, 1, 4 * BLOCK, 2), torch.zeros(2, 1, 4 * BLOCK, 2)
+    assert cache.load([*tokens, 7], into_k, into_v) == 2 * BLOCK
+    assert torch.equal(into_k[:, :, : 2 * BLOCK], k[:, :, : 2 * BLOCK])
+    assert torch.equal(into_v[:, :, : 2 * BLOCK], v[:, :, : 2 * BLOCK])
+    assert not into_k[:, :, 2 * BLOCK :].any() and not into_v[:, :, 2 * BLOCK :].any()
+    for seed in range(5):  # evictions reuse the slots; nothing is allocated past the pool
+        cache.store([seed + 100, *tokens], *row(len(tokens) + 1, seed))
+    assert (cache.k.data_ptr(), cache.v.data_ptr()) == pool_memory and cache.stats().bytes <= cache.max_bytes
+
+
+def test_a_sequence_longer_than_the_pool_keeps_its_head_and_evicts_others_first():
+    cache = pool(3)
+    other = [5] * (2 * BLOCK)
+    cache.store(other, *row(2 * BLOCK))
+    long = list(range(5 * BLOCK))
+    k, v = row(5 * BLOCK, seed=1)
+    assert cache.store(long, k, v) == 3  # the other sequence's two blocks go, then no slot is left
+    assert cache.evicted_blocks == 2 and not cache.match([*other, 0])
+    into_k, into_v = torch.zeros_like(k), torch.zeros_like(v)
+    assert cache.load(long, into_k, into_v) == 3 * BLOCK  # its first three blocks, reachable from the start
+    assert torch.equal(into_k[:, :, : 3 * BLOCK], k[:, :, : 3 * BLOCK])
+
+
+def test_a_miss_keeps_only_the_full_blocks_of_the_sequence(make_model, small_tokenizer):
+    """All misses: the cache ends up holding each sequence's full blocks (of the tokens in its row) and
+    nothing else, in the pool it was made with."""
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    plain, cached = engines(model, small_tokenizer)
+    pool_memory = cached.prefix_cache.k.data_ptr()
+    rng = random.Random(8)
+    held = 0
+    for length in (BLOCK - 1, BLOCK, 2 * BLOCK + 3, 3 * BLOCK - 2):
+        prompt = [length % vocab, *tokens(rng, vocab, length - 1)]  # distinct first tokens: no hits
+        assert run(cached, prompt, GREEDY) == run(plain, prompt, GREEDY)
+        held += (length + GREEDY.max_tokens - 1) // BLOCK  # the last token sampled never enters the row
+        assert cached.prefix_cache_stats().blocks == held, length
+    stats = cached.prefix_cache_stats()
+    assert (stats.hits, stats.misses, stats.evicted_blocks) == (0, 4, 0)
+    assert cached.prefix_cache.k.data_ptr() == pool_memory
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ([], []),
+        ([(0, 0), (1, 1), (2, 2)], [(0, 0, 3)]),
+        ([(0, 5), (1, 6), (2, 2), (3, 3), (5, 4)], [(0, 5, 2), (2, 2, 2), (5, 4, 1)]),
+    ],
+)
+def test_blocks_in_consecutive_slots_move_as_one_run(pairs, expected):
+    assert list(runs(pairs)) == expected
 
 
 def test_the_calculator_tool_runs_the_same_with_the_cache(small_tokenizer):
