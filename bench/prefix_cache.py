@@ -6,7 +6,8 @@ model, runs interleaved (without, with, without, with, ...) so that the machine'
 The model is nanochat's shape at `--depth` (6: 6 layers x 384 wide, 3 heads) with random weights, the demo
 model's tokenizer (vocabulary 2,048) and a context of 1,024 tokens; greedy, end-of-sequence ignored. Three
 measurements, each of an engine without a prefix cache and of one with it (`nanochat.engine.Engine`, in
-process: no HTTP, so the figures are the engine's and their ratios are what matter):
+process: no HTTP, so the figures are the engine's and their ratios are what matter; the cache at the
+service's default size, half the KV cache's bytes):
 
 - `conversation`: a 10-turn conversation, each turn a `--message`-token user message and a `--reply`-token
   answer (about 100 new tokens a turn); TTFT of each turn (its prompt is the whole history), turn 10 /
@@ -43,7 +44,7 @@ CLIENTS = 16
 SYSTEM_TOKENS = 500
 QUESTION_TOKENS = 20
 CHUNK = 256  # the service's prefill chunk (NANOCHAT_PREFILL_CHUNK)
-PREFIX_CACHE_BYTES = 1 << 30
+PREFIX_CACHE_SIZE = 0.5  # of the KV cache's bytes, as the service's --prefix-cache-bytes default
 
 
 def build_model(depth: int, vocab_size: int) -> GPT:
@@ -54,12 +55,14 @@ def build_model(depth: int, vocab_size: int) -> GPT:
     return model.eval()
 
 
-def engines(model: GPT, tokenizer: Tokenizer) -> dict[str, Engine]:
+def engines(model: GPT, tokenizer: Tokenizer, first: str = "without") -> list[tuple[str, Engine]]:
+    """("without", an engine with no prefix cache) and ("with", one with it), `first` first."""
     kwargs = {"max_batch": CLIENTS, "prefill_chunk": CHUNK}
-    return {
+    built = {
         "without": Engine(model, tokenizer, **kwargs),
-        "with": Engine(model, tokenizer, prefix_cache_bytes=PREFIX_CACHE_BYTES, **kwargs),
+        "with": Engine(model, tokenizer, prefix_cache_bytes=PREFIX_CACHE_SIZE, **kwargs),
     }
+    return sorted(built.items(), key=lambda item: item[0] != first)
 
 
 def greedy(max_tokens: int) -> SamplingParams:
@@ -131,22 +134,20 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
     conversation = {"without": [], "with": []}
     together = {name: {"shared": [], "miss": []} for name in ("without", "with")}
     same = True
-    warm = engines(model, tokenizer)["without"]
+    warm = Engine(model, tokenizer, max_batch=CLIENTS, prefill_chunk=CHUNK)
     serve_together(warm, shared[:2], 2)  # warm-up: first calls allocate
-    for _ in range(repeats):  # A/B interleaved, fresh engines (an empty cache) each repeat
-        pair = engines(model, tokenizer)
+    for repeat in range(repeats):  # A/B, then B/A, ...: fresh engines (an empty cache) each repeat
+        first = ("without", "with")[repeat % 2]
         outputs = {}
-        for name, engine in pair.items():
+        for name, engine in engines(model, tokenizer, first):
             ttfts, replies = conversation_turns(engine, messages, reply)
             conversation[name].append(ttfts)
             outputs[name] = replies
-        pair = engines(model, tokenizer)
-        for name, engine in pair.items():
+        for name, engine in engines(model, tokenizer, first):
             ttft, out = serve_together(engine, shared, 16)
             together[name]["shared"].append(ttft)
             outputs[name + "shared"] = out
-        pair = engines(model, tokenizer)
-        for name, engine in pair.items():
+        for name, engine in engines(model, tokenizer, first):
             ttft, out = serve_together(engine, distinct, 16)
             together[name]["miss"].append(ttft)
             outputs[name + "miss"] = out
@@ -182,6 +183,10 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
         figures["mean_ratio_with_over_without"] = round(
             figures["with"]["ttft_mean_ms"] / figures["without"]["ttft_mean_ms"], 3
         )
+        figures["mean_ratio_by_repeat"] = [  # each repeat's pair: the spread is the noise
+            round(statistics.mean(w) / statistics.mean(wo), 3)
+            for w, wo in zip(together["with"][case], together["without"][case], strict=True)
+        ]
         key = "shared_system_prompt" if case == "shared" else "miss"
         result[key] = {"clients": CLIENTS, "prompt_tokens": SYSTEM_TOKENS + QUESTION_TOKENS, **figures}
     return result

@@ -46,7 +46,7 @@ from nanochat.detokenize import TextStream
 from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
 from nanochat.memory import MemoryPlan, context_tokens, module_bytes
-from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats
+from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats, resolve_budget
 from nanochat.quantize import planned_weights_bytes, quantization_of
 from nanochat.tokenizer import Tokenizer
 
@@ -95,10 +95,11 @@ class Engine(BatchedEngine):
         max_batch: int = 16,
         max_seq_len: int | None = None,
         prefill_chunk: int = 512,
-        prefix_cache_bytes: int = 0,
+        prefix_cache_bytes: int | float = 0,
         prefix_block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
-        """`prefix_cache_bytes`: the most the prefix cache may take (0: no prefix caching);
+        """`prefix_cache_bytes`: the most the prefix cache may take, in bytes or as a fraction of the KV
+        cache's (0: no prefix caching);
         `prefix_block_size`: the tokens of one of its blocks."""
         config = model.config
         param = next(model.parameters())
@@ -127,7 +128,7 @@ class Engine(BatchedEngine):
         self.prefix_cache = None
         if prefix_cache_bytes:
             self.prefix_cache = PrefixCache(
-                prefix_cache_bytes,
+                resolve_budget(prefix_cache_bytes, self.cache.nbytes),
                 prefix_block_size,
                 n_layer=config.n_layer,
                 n_kv_head=config.n_kv_head,

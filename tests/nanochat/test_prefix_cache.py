@@ -3,12 +3,15 @@ after the same earlier tokens, and a byte budget kept by evicting the least rece
 
 from __future__ import annotations
 
+import io
 import random
 
 import pytest
 import torch
 
 from nanochat.backend import SamplingParams
+from nanochat.checkpoint import load_checkpoint
+from nanochat.cli import EXIT_USAGE, chat_engine, main
 from nanochat.engine import Engine
 from nanochat.prefix_cache import PrefixCache, block_names, resolve_budget, runs
 from tests.nanochat.test_engine import chain, chain_model, run_together
@@ -186,7 +189,8 @@ def pool(blocks: int, extra: int = 0) -> PrefixCache:
 def row(length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A cache row's keys and values for `pool`: (2, 1, length, 2) each."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(2, 1, length, 2, generator=generator), torch.randn(2, 1, length, 2, generator=generator)
+    k = torch.randn(2, 1, length, 2, generator=generator)
+    return k, torch.randn(2, 1, length, 2, generator=generator)
 
 
 def test_lru_evicts_a_chains_tail_before_its_head():
@@ -288,3 +292,38 @@ def test_the_calculator_tool_runs_the_same_with_the_cache(small_tokenizer):
 @pytest.mark.parametrize(("size", "pool", "budget"), [(0.5, 1000, 500), (1.0, 1000, 1000), (4096, 10, 4096)])
 def test_a_budget_is_a_fraction_of_the_pool_or_bytes(size, pool, budget):
     assert resolve_budget(size, pool) == budget
+
+
+def test_chat_reuses_the_earlier_turns(tmp_path, make_model, write_checkpoint, monkeypatch, capsys):
+    """`nanochat chat --checkpoint` has the cache by default and `--no-enable-prefix-caching` turns it off;
+    the replies are the same either way, and with it each turn after the first is a hit."""
+    model = make_model(n_layer=1, n_embd=32, n_head=2, n_kv_head=1, sequence_len=256)
+    directory = str(write_checkpoint(tmp_path / "tiny", model, step=7))
+    replies = {}
+    for flag in ("--enable-prefix-caching", "--no-enable-prefix-caching"):
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello there\nwhat is two and two\nand three\nquit\n"))
+        code = main(["chat", "--checkpoint", directory, "--max-tokens", "6", "--temperature", "0", flag])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        replies[flag] = out
+    assert replies["--enable-prefix-caching"] == replies["--no-enable-prefix-caching"]
+    assert replies["--enable-prefix-caching"].count("Assistant:") == 3
+
+    loaded = load_checkpoint(directory)
+    assert chat_engine(loaded.model, loaded.tokenizer, False).prefix_cache is None
+    engine = chat_engine(loaded.model, loaded.tokenizer, None)  # the default: on
+    # the conversation as chat renders it: its replies re-encoded from text, so only the system message's
+    # blocks are sure to recur (a random model's text need not encode back to the same tokens)
+    messages = [{"role": "system", "content": "You answer in one short sentence, in plain words. " * 3}]
+    for text in ("hello there", "what is two and two", "and three"):
+        messages.append({"role": "user", "content": text})
+        prompt = loaded.tokenizer.render_for_completion(
+            {"messages": [*messages, {"role": "assistant", "content": ""}]}
+        )
+        reply = run(engine, prompt, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))[0]
+        messages.append({"role": "assistant", "content": loaded.tokenizer.decode(reply)})
+    stats = engine.prefix_cache_stats()
+    assert (stats.hits, stats.misses) == (2, 1) and stats.reused_tokens >= 2 * 16
+
+    code = main(["chat", "--url", "http://127.0.0.1:9", "--enable-prefix-caching"])
+    assert code == EXIT_USAGE and "--enable-prefix-caching" in capsys.readouterr().err
