@@ -8,8 +8,8 @@ exactly the same preceding tokens (keys and values depend on every earlier token
 prompt's blocks from the start and stops at the first one not held; the block's own tokens are compared
 too, so a hash collision can never serve another sequence's keys.
 
-The blocks live in one pool allocated (and zeroed) when the cache is made: `max_bytes // block_bytes`
-slots laid out like a cache row (n_layer, n_kv_head, slots * block_size, head_dim), so a run of blocks in
+The blocks live in one pool allocated when the cache is made: `max_bytes // block_bytes` slots laid out
+like a cache row (n_layer, n_kv_head, slots * block_size, head_dim), so a run of blocks in
 consecutive slots moves to or from a row in one slice copy, and keeping or reusing a prompt allocates
 nothing. Slots are handed out in order, so the blocks of one sequence usually sit side by side. When every
 slot is taken the least recently used block is evicted, never one of the sequence being stored. A lookup
@@ -115,8 +115,10 @@ class PrefixCache:
         self.block_bytes = 2 * n_layer * n_kv_head * block_size * head_dim * dtype.itemsize
         self.slots = max_bytes // self.block_bytes
         shape = (n_layer, n_kv_head, self.slots * block_size, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # empty, not zeros: a slot is always written before it is read, and untouched memory costs no
+        # start-up time and (on CPU) no resident memory until blocks are stored in it
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self._blocks: OrderedDict[bytes, Held] = OrderedDict()  # least recently used first
         self._free = list(range(self.slots - 1, -1, -1))  # popped from the end: slot 0 first
         self.hits = self.misses = self.reused_tokens = self.evicted_blocks = 0
