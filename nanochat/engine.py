@@ -183,11 +183,11 @@ class Engine(BatchedEngine):
         return None if self.prefix_cache is None else self.prefix_cache.stats()
 
     @torch.inference_mode()
-    def _reuse_prefix(self, generation: Generation) -> int:
+    def _reuse_prefix(self, generation: Generation, in_place: int) -> int:
         if self.prefix_cache is None:
             return 0
-        row = self._prefill_row
-        reused = self.prefix_cache.load(generation.prompt_ids, self.cache.k[:, row], self.cache.v[:, row])
+        row, prompt = self._prefill_row, generation.prompt_ids
+        reused = self.prefix_cache.load(prompt, self.cache.k[:, row], self.cache.v[:, row], in_place)
         self.cache.lengths[row] = reused
         return reused
 

@@ -17,7 +17,9 @@ marks the blocks it walks as used from the last to the first, so a chain's tail 
 (a head evicted first would leave its tail unreachable).
 
 This module knows nothing about models, rows or sampling: the engine (`nanochat.engine.Engine`) `load`s
-the start of a prompt into its prefill row and `store`s rows it has computed.
+the start of a prompt into its prefill row and `store`s rows it has computed. When that row still holds the
+sequence it last served (`nanochat.batching.BatchedEngine` knows), `load` is told how many leading tokens
+are already in place: a conversation's next turn then copies nothing and reuses every token it can.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class PrefixCacheStats:
     max_bytes: int
     blocks: int
     bytes: int
-    hits: int  # lookups that reused at least one block
+    hits: int  # lookups that reused at least one token (from blocks, or still in the prefill row)
     misses: int  # lookups that reused none
     reused_tokens: int  # prompt tokens whose prefill was skipped
     evicted_blocks: int
@@ -146,6 +148,29 @@ class PrefixCache:
     def match(self, prompt: list[int]) -> list[int]:
         """The slots of the blocks that start `prompt`, in order, leaving at least its last token to
         prefill (its logits are the ones sampled from). Counts a hit or a miss."""
+        slots = self._lookup(prompt)
+        self._count(len(slots) * self.block_size)
+        return slots
+
+    def load(self, prompt: list[int], k: torch.Tensor, v: torch.Tensor, in_place: int = 0) -> int:
+        """Copy the blocks that start `prompt` (`match`) into k and v (n_layer, n_kv_head, >= len(prompt),
+        head_dim; a cache row's) from position 0; returns the tokens reused, at most all but the last.
+
+        `in_place`: leading tokens of `prompt` whose keys and values k and v already hold (the row held them
+        last): blocks within them are not copied, and reuse may go past the last block held, to the token."""
+        size = self.block_size
+        in_place = min(in_place, len(prompt) - 1)
+        slots = self._lookup(prompt)
+        missing = [(block, slot) for block, slot in enumerate(slots) if (block + 1) * size > in_place]
+        for block, slot, count in runs(missing):
+            k[:, :, block * size : (block + count) * size] = self.k[:, :, slot * size : (slot + count) * size]
+            v[:, :, block * size : (block + count) * size] = self.v[:, :, slot * size : (slot + count) * size]
+        reused = max(len(slots) * size, in_place)
+        self._count(reused)
+        return reused
+
+    def _lookup(self, prompt: list[int]) -> list[int]:
+        """The slots of the blocks that start `prompt` but not its last token; marks them used."""
         usable = (len(prompt) - 1) // self.block_size
         found: list[tuple[bytes, int]] = []
         size = self.block_size
@@ -156,22 +181,14 @@ class PrefixCache:
             found.append((name, held.slot))
         for name, _ in reversed(found):  # the head ends most recent: tails are evicted first
             self._blocks.move_to_end(name)
-        if found:
-            self.hits += 1
-            self.reused_tokens += len(found) * self.block_size
-        else:
-            self.misses += 1
         return [slot for _, slot in found]
 
-    def load(self, prompt: list[int], k: torch.Tensor, v: torch.Tensor) -> int:
-        """Copy the blocks that start `prompt` (`match`) into k and v (n_layer, n_kv_head, >= len(prompt),
-        head_dim; a cache row's) from position 0; returns the tokens they cover."""
-        size = self.block_size
-        slots = self.match(prompt)
-        for block, slot, count in runs(list(enumerate(slots))):
-            k[:, :, block * size : (block + count) * size] = self.k[:, :, slot * size : (slot + count) * size]
-            v[:, :, block * size : (block + count) * size] = self.v[:, :, slot * size : (slot + count) * size]
-        return len(slots) * size
+    def _count(self, reused: int) -> None:
+        if reused:
+            self.hits += 1
+            self.reused_tokens += reused
+        else:
+            self.misses += 1
 
     def store(self, tokens: list[int], k: torch.Tensor, v: torch.Tensor) -> int:
         """Keep the full blocks of `tokens`, whose keys and values are k and v (n_layer, n_kv_head, >=

@@ -85,24 +85,88 @@ def test_shared_prefixes_give_the_same_tokens_with_less_prefill(make_model, smal
 
 
 def test_a_hit_skips_the_prefill_of_its_blocks_and_leaves_the_last_token(make_model, small_tokenizer):
+    """Blocks copied from the cache (the row has served another sequence since): every full block but the
+    one holding the prompt's last token."""
     model = make_model()
     vocab = small_tokenizer.get_vocab_size()
     prompt = tokens(random.Random(0), vocab, 4 * BLOCK)  # whole blocks: the last one cannot be reused
+    unrelated = [prompt[0] + 1, prompt[0] + 2, prompt[0] + 3]
     plain, cached = engines(model, small_tokenizer)
     first = run(cached, prompt, GREEDY)
     assert cached.prefilled_tokens == len(prompt)
     assert cached.prefix_cache_stats().misses == 1 and cached.prefix_cache_stats().hits == 0
+    run(cached, unrelated, GREEDY)  # another sequence in the row: what follows comes from blocks
+    before = cached.prefilled_tokens
     second = run(cached, prompt, GREEDY)
-    assert cached.prefilled_tokens == len(prompt) + BLOCK  # three blocks reused, the fourth prefilled
+    assert cached.prefilled_tokens - before == BLOCK  # three blocks reused, the fourth prefilled
     assert cached.prefix_cache_stats().reused_tokens == 3 * BLOCK
     assert first == second == run(plain, prompt, GREEDY)
     # a longer prompt over the same start reuses every block the earlier sequence filled
     longer = prompt + first[0] + tokens(random.Random(1), vocab, 5)
+    run(cached, unrelated, GREEDY)
     before = cached.prefilled_tokens
     assert run(cached, longer, GREEDY) == run(plain, longer, GREEDY)
     in_row = len(prompt) + len(first[0]) - 1  # the last token sampled was never run through the model
     reused = (in_row // BLOCK) * BLOCK
     assert cached.prefilled_tokens - before == len(longer) - reused
+
+
+def test_the_next_turn_finds_its_start_in_the_row_and_prefills_only_new_tokens(make_model, small_tokenizer):
+    """Alone on the engine, a conversation's next turn lands in the row that served the last one: no block
+    is needed and every token the row holds is reused, not only whole blocks (the last reply token, never
+    run through the model, is the only old one prefilled)."""
+    model = make_model(sequence_len=256)
+    vocab = small_tokenizer.get_vocab_size()
+    rng = random.Random(9)
+    plain, cached = engines(model, small_tokenizer)
+    history: list[int] = []
+    for turn in range(5):
+        message = tokens(rng, vocab, 5 + 3 * turn)  # rows end mid-block: whole blocks alone would reuse less
+        prompt = history + message
+        before = cached.prefilled_tokens
+        reply = run(cached, prompt, GREEDY)[0]
+        assert reply == run(plain, prompt, GREEDY)[0], turn
+        if turn:
+            assert cached.prefilled_tokens - before == len(message) + 1, turn
+        history = prompt + reply
+    stats = cached.prefix_cache_stats()
+    assert (stats.hits, stats.misses) == (4, 1)
+    assert cached.prefilled_tokens == plain.prefilled_tokens - stats.reused_tokens
+
+
+def test_a_row_written_over_since_is_not_reused(make_model, small_tokenizer):
+    """A prefill begun in the row and cancelled has written over what the row held; so has a sequence
+    moved into it when another left. The next prompts get blocks from the cache, never stale keys."""
+    model = make_model()
+    vocab = small_tokenizer.get_vocab_size()
+    rng = random.Random(10)
+    plain, cached = engines(model, small_tokenizer)
+    prompt = tokens(rng, vocab, 3 * BLOCK + 2)
+    (first,) = run(cached, prompt, GREEDY)  # the row now holds prompt + first[:-1]
+    detour = [prompt[0], *tokens(rng, vocab, 2 * BLOCK)]  # one token in common, then over the row
+    generation = cached.begin(detour, GREEDY)
+    cached.prefill(generation, BLOCK)
+    cached.cancel(generation)
+    follow = [*prompt, *first, 7]
+    before = cached.prefilled_tokens
+    assert run(cached, follow, GREEDY) == run(plain, follow, GREEDY)
+    in_row = len(prompt) + len(first) - 1
+    assert cached.prefilled_tokens - before == len(follow) - (in_row // BLOCK) * BLOCK  # blocks only
+
+    # two sequences decoding; the shorter leaves first and the longer moves into its row 0, then leaves
+    # from there: row 0 holds the longer one's sequence (reused to the token), not the shorter one's
+    a, b = tokens(rng, vocab, 2 * BLOCK + 3), tokens(rng, vocab, 2 * BLOCK + 5)
+    jobs = [(a, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)), (b, GREEDY)]
+    got, expected = run_together(cached, jobs, chunk=8), run_together(plain, jobs, chunk=8)
+    out_a, out_b = ([e.token for e in got[i]] for i in (0, 1))
+    assert [out_a, out_b] == [[e.token for e in expected[i]] for i in (0, 1)]
+    for sequence, out, in_place in ((b, out_b, True), (a, out_a, False)):
+        follow = [*sequence, *out, 5]
+        before = cached.prefilled_tokens
+        assert run(cached, follow, GREEDY) == run(plain, follow, GREEDY)
+        in_row = len(sequence) + len(out) - 1
+        reused = in_row if in_place else (in_row // BLOCK) * BLOCK
+        assert cached.prefilled_tokens - before == len(follow) - reused, in_place
 
 
 def test_a_multi_turn_conversation_reuses_the_earlier_turns(make_model, small_tokenizer):
