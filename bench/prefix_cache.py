@@ -204,6 +204,10 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int, conversa
         result["conversation"][name] = {
             "ttft_ms_by_turn": [round(1000 * t, 1) for t in best],
             "turn_last_over_turn1": round(best[-1] / best[0], 2),
+            # each run's own ratio (its turns close in time), the median of them: steadier under load
+            "turn_last_over_turn1_median_of_runs": round(
+                statistics.median(r[-1] / r[0] for r in conversation[name]), 2
+            ),
         }
     base = best_turns(conversation["without"])[-1]
     result["conversation"]["turn_last_speedup"] = round(base / best_turns(conversation["with"])[-1], 2)
