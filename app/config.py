@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.contract import APP_PORT
 from nanochat.memory import parse_bytes
+from nanochat.prefix_cache import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SERVICE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ (/srv in the image)
@@ -82,13 +83,13 @@ class Settings(BaseSettings):
         description="memory the weights and the KV cache may take, in bytes or with a unit (512MB, 2GiB); "
         "a model that needs more fails at start-up (on CUDA the device's free memory bounds it too)",
     )
-    enable_prefix_caching: bool = Field(  # off by default: a miss costs ~3% TTFT (docs/serving.md)
-        False,
+    enable_prefix_caching: bool = Field(  # on by default: a miss costs nothing measurable (docs/serving.md)
+        PREFIX_CACHING_DEFAULT,
         description="keep the keys and values of prompts and finished sequences and reuse them for later "
         "prompts that start with the same tokens (the nanochat backend)",
     )
     prefix_cache_bytes: int | float = Field(
-        0.5,
+        PREFIX_CACHE_SIZE,
         description="memory the prefix cache may take: a fraction of the KV cache's (0.5) or a size (256MB, "
         "1GiB, bytes); within --memory-limit when one is set",
     )

@@ -6,15 +6,20 @@ model, runs interleaved (without, with, without, with, ...) so that the machine'
 The model is nanochat's shape at `--depth` (6: 6 layers x 384 wide, 3 heads) with random weights, the demo
 model's tokenizer (vocabulary 2,048) and a context of 1,024 tokens; greedy, end-of-sequence ignored. Three
 measurements, each of an engine without a prefix cache and of one with it (`nanochat.engine.Engine`, in
-process: no HTTP, so the figures are the engine's and their ratios are what matter):
+process: no HTTP, so the figures are the engine's and their ratios are what matter; the cache at the
+service's default size, half the KV cache's bytes):
 
 - `conversation`: a 10-turn conversation, each turn a `--message`-token user message and a `--reply`-token
-  answer (about 100 new tokens a turn); TTFT of each turn (its prompt is the whole history), turn 10 /
-  turn 1 with and without the cache.
+  answer (about 100 new tokens a turn); TTFT of each turn (its prompt is the whole history; the best of
+  `--conversations` runs each repeat), turn 10 / turn 1 with and without the cache.
 - `shared_system_prompt`: 16 clients whose prompts are one 500-token system prompt and a question of their
   own, all arriving at once and served as the scheduler does (one prefill of at most 256 tokens at a time,
   interleaved with the batched decode); TTFT mean and p95.
-- `miss`: the same 16 clients with prompts that share nothing: what the cache costs when it never hits.
+- `miss`: the same 16 clients with prompts that share nothing: what the cache costs when it never hits,
+  as the TTFT ratio (noisy on a shared machine: each repeat's is reported) and as `cache_work_share`, the
+  time the engine with the cache spent in its `load`s and `store`s over the whole run's (median of the
+  repeats after the first, whose engine starts with its pool's memory already touched, as a server's is
+  once it has filled the pool; `cache_work_share_first_fill`: the first repeat's, on an untouched pool).
 
 It also checks that both engines produced the same tokens (exit 1 if not). A measurement, not a test.
 """
@@ -43,7 +48,7 @@ CLIENTS = 16
 SYSTEM_TOKENS = 500
 QUESTION_TOKENS = 20
 CHUNK = 256  # the service's prefill chunk (NANOCHAT_PREFILL_CHUNK)
-PREFIX_CACHE_BYTES = 1 << 30
+PREFIX_CACHE_SIZE = 0.5  # of the KV cache's bytes, as the service's --prefix-cache-bytes default
 
 
 def build_model(depth: int, vocab_size: int) -> GPT:
@@ -54,12 +59,14 @@ def build_model(depth: int, vocab_size: int) -> GPT:
     return model.eval()
 
 
-def engines(model: GPT, tokenizer: Tokenizer) -> dict[str, Engine]:
+def engines(model: GPT, tokenizer: Tokenizer, first: str = "without") -> list[tuple[str, Engine]]:
+    """("without", an engine with no prefix cache) and ("with", one with it), `first` first."""
     kwargs = {"max_batch": CLIENTS, "prefill_chunk": CHUNK}
-    return {
+    built = {
         "without": Engine(model, tokenizer, **kwargs),
-        "with": Engine(model, tokenizer, prefix_cache_bytes=PREFIX_CACHE_BYTES, **kwargs),
+        "with": Engine(model, tokenizer, prefix_cache_bytes=PREFIX_CACHE_SIZE, **kwargs),
     }
+    return sorted(built.items(), key=lambda item: item[0] != first)
 
 
 def greedy(max_tokens: int) -> SamplingParams:
@@ -111,11 +118,31 @@ def serve_together(engine: Engine, prompts: list[list[int]], max_tokens: int) ->
     return ttft, outputs
 
 
+def time_cache_work(engine: Engine) -> list[float]:
+    """From now on, the seconds each of the engine's prefix cache `load`s and `store`s takes, appended to
+    the list returned (what a miss costs, measured where it is spent rather than against a noisy total)."""
+    spent: list[float] = []
+
+    def timed(untimed):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return untimed(*args)
+            finally:
+                spent.append(time.perf_counter() - start)
+
+        return call
+
+    cache = engine.prefix_cache
+    cache.load, cache.store = timed(cache.load), timed(cache.store)
+    return spent
+
+
 def p95(values: list[float]) -> float:
     return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
 
 
-def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
+def run(depth: int, repeats: int, message: int, reply: int, turns: int, conversations: int = 3) -> dict:
     tokenizer = Tokenizer.from_directory(REPO_ROOT / "models" / "demo")
     vocab = tokenizer.get_vocab_size()
     model = build_model(depth, vocab)
@@ -130,24 +157,34 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
     distinct = [words(SYSTEM_TOKENS + QUESTION_TOKENS) for _ in range(CLIENTS)]
     conversation = {"without": [], "with": []}
     together = {name: {"shared": [], "miss": []} for name in ("without", "with")}
+    miss_cache_share = []  # the engine with the cache, all misses: its load + store seconds / the run's
+    first_fill_share = []  # the same on a new pool (repeat 0): its first writes fault its pages in
     same = True
-    warm = engines(model, tokenizer)["without"]
+    warm = Engine(model, tokenizer, max_batch=CLIENTS, prefill_chunk=CHUNK)
     serve_together(warm, shared[:2], 2)  # warm-up: first calls allocate
-    for _ in range(repeats):  # A/B interleaved, fresh engines (an empty cache) each repeat
-        pair = engines(model, tokenizer)
+    for repeat in range(repeats):  # A/B, then B/A, ...: fresh engines (an empty cache) each time
+        first = ("without", "with")[repeat % 2]
         outputs = {}
-        for name, engine in pair.items():
-            ttfts, replies = conversation_turns(engine, messages, reply)
-            conversation[name].append(ttfts)
-            outputs[name] = replies
-        pair = engines(model, tokenizer)
-        for name, engine in pair.items():
+        for pair in range(conversations):  # short runs, so several pairs each repeat
+            for name, engine in engines(model, tokenizer, ("without", "with")[(repeat + pair) % 2]):
+                ttfts, replies = conversation_turns(engine, messages, reply)
+                conversation[name].append(ttfts)
+                outputs[name] = replies
+        for name, engine in engines(model, tokenizer, first):
             ttft, out = serve_together(engine, shared, 16)
             together[name]["shared"].append(ttft)
             outputs[name + "shared"] = out
-        pair = engines(model, tokenizer)
-        for name, engine in pair.items():
+        for name, engine in engines(model, tokenizer, first):
+            fresh = repeat == 0 and engine.prefix_cache is not None
+            if engine.prefix_cache is not None and not fresh:
+                engine.prefix_cache.k.zero_()  # its pages touched, as in a server that has filled it once
+                engine.prefix_cache.v.zero_()
+            spent = time_cache_work(engine) if engine.prefix_cache is not None else []
+            start = time.perf_counter()
             ttft, out = serve_together(engine, distinct, 16)
+            if engine.prefix_cache is not None:
+                share = sum(spent) / (time.perf_counter() - start)
+                (first_fill_share if fresh else miss_cache_share).append(share)
             together[name]["miss"].append(ttft)
             outputs[name + "miss"] = out
         same &= all(outputs[k] == outputs[k.replace("without", "with", 1)] for k in outputs if "without" in k)
@@ -167,6 +204,10 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
         result["conversation"][name] = {
             "ttft_ms_by_turn": [round(1000 * t, 1) for t in best],
             "turn_last_over_turn1": round(best[-1] / best[0], 2),
+            # each run's own ratio (its turns close in time), the median of them: steadier under load
+            "turn_last_over_turn1_median_of_runs": round(
+                statistics.median(r[-1] / r[0] for r in conversation[name]), 2
+            ),
         }
     base = best_turns(conversation["without"])[-1]
     result["conversation"]["turn_last_speedup"] = round(base / best_turns(conversation["with"])[-1], 2)
@@ -182,8 +223,14 @@ def run(depth: int, repeats: int, message: int, reply: int, turns: int) -> dict:
         figures["mean_ratio_with_over_without"] = round(
             figures["with"]["ttft_mean_ms"] / figures["without"]["ttft_mean_ms"], 3
         )
+        figures["mean_ratio_by_repeat"] = [  # each repeat's pair: the spread is the noise
+            round(statistics.mean(w) / statistics.mean(wo), 3)
+            for w, wo in zip(together["with"][case], together["without"][case], strict=True)
+        ]
         key = "shared_system_prompt" if case == "shared" else "miss"
         result[key] = {"clients": CLIENTS, "prompt_tokens": SYSTEM_TOKENS + QUESTION_TOKENS, **figures}
+    result["miss"]["cache_work_share"] = round(statistics.median(miss_cache_share or first_fill_share), 4)
+    result["miss"]["cache_work_share_first_fill"] = round(first_fill_share[0], 4)
     return result
 
 
@@ -195,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs; the best of each (default 3)")
     parser.add_argument("--turns", type=int, default=10, help="conversation turns (default 10)")
+    parser.add_argument(
+        "--conversations", type=int, default=3, help="conversation A/B pairs each repeat (default 3)"
+    )
     parser.add_argument("--message", type=int, default=50, help="user message tokens a turn (default 50)")
     parser.add_argument("--reply", type=int, default=50, help="reply tokens a turn (default 50)")
     parser.add_argument("--json", action="store_true", help="one JSON object (default: indented)")
@@ -202,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.turns * (args.message + args.reply) > CONTEXT:
         parser.error(f"{args.turns} turns of {args.message + args.reply} tokens exceed the context {CONTEXT}")
     torch.set_num_threads(args.threads)
-    result = run(args.depth, args.repeats, args.message, args.reply, args.turns)
+    result = run(args.depth, args.repeats, args.message, args.reply, args.turns, args.conversations)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     if not result["identical_tokens"]:
         print("the engines with and without the prefix cache produced different tokens", file=sys.stderr)

@@ -5,7 +5,9 @@ Written here, and nowhere else: the checks that start a generation, its states (
 DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
 prefills), sampling (each generation with its own seeded generator, so its tokens do not depend on the
 batch), the stop rules (an end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a
-full context: "length") and nanochat's simple `generate` interface.
+full context: "length") and nanochat's simple `generate` interface. Also which free row still holds the
+sequence it last served, untouched since (the next prefill's row, after a generation leaves with nothing
+moved over it), so that an engine with a prefix cache can reuse its start in place (`_reuse_prefix`).
 
 An engine (nanochat.engine.Engine, nanochat.hf_engine.HFEngine) implements the hooks below `# ---- hooks`:
 a prefill chunk's and a decode step's forward, giving prefilled keys/values to the continuations' rows,
@@ -94,6 +96,7 @@ class BatchedEngine(abc.ABC):
         self.decoding: list[Continuation] = []  # decoding[i].row == i
         self.prefilling: Generation | None = None
         self.prefilled_tokens = 0  # prompt tokens run through the model (a prefix cache's hits skip some)
+        self._resident: tuple[int, list[int]] | None = None  # a free row and the tokens it still holds
 
     # ---- rows -----------------------------------------------------------------------------------------
     @property
@@ -132,7 +135,7 @@ class BatchedEngine(abc.ABC):
             generation.continuations.append(Continuation(generation, i, self._text_stream(params)))
         self.prefilling = generation
         self._reset_prefill()
-        generation.prefilled = self._reuse_prefix(generation)
+        generation.prefilled = self._reuse_prefix(generation, self._take_resident(prompt))
         return generation
 
     @torch.inference_mode()
@@ -186,6 +189,7 @@ class BatchedEngine(abc.ABC):
         if self.prefilling is not None:
             self.prefilling.state = GenerationState.DONE
         self.decoding, self.prefilling = [], None
+        self._resident = None
         self._forget_rows()
 
     # ---- one step's sampling and stop rules -----------------------------------------------------------
@@ -345,12 +349,16 @@ class BatchedEngine(abc.ABC):
         """Free a decoding generation's rows, moving the last rows into the holes (keeping
         `decoding[i].row == i`) and the generation being prefilled, if any, to the new prefill row."""
         self._before_release(generation)
+        held = {c.row: c for c in generation.continuations}
+        lengths = {c.row: self._row_length(c) for c in generation.continuations}
         prefill_row = self._prefill_row if self.prefilling else None
-        for row in sorted((c.row for c in generation.continuations), reverse=True):
+        written = set()
+        for row in sorted(held, reverse=True):
             last = len(self.decoding) - 1
             if row != last:
                 mover = self.decoding[last]
                 self._copy_row(last, row)
+                written.add(row)
                 mover.row = row
                 self.decoding[row] = mover
             self.decoding.pop()
@@ -358,12 +366,34 @@ class BatchedEngine(abc.ABC):
             cont.row = -1
         if prefill_row is not None and prefill_row != self._prefill_row:
             self._copy_row(prefill_row, self._prefill_row)
+            written.add(self._prefill_row)
+        # The row the next prefill takes may still hold one of these sequences: the next turn of a
+        # conversation then finds its start in place (`_take_resident`).
+        row = self._prefill_row
+        self._resident = None
+        if self.prefilling is None and row in held and row not in written:
+            cont = held[row]
+            self._resident = (row, (generation.prompt_ids + cont.tokens)[: lengths[row]])
+
+    def _take_resident(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` the prefill row still holds, untouched since the sequence
+        that left it (0 if none); forgotten either way, since the prefill writes over the row."""
+        resident, self._resident = self._resident, None
+        if resident is None or resident[0] != self._prefill_row:
+            return 0
+        same = 0
+        for held, wanted in zip(resident[1], prompt, strict=False):
+            if held != wanted:
+                break
+            same += 1
+        return same
 
     def _on_token(self, cont: Continuation, token: int) -> None:
         """Called for every token a continuation takes (nanochat's engine runs its calculator tool here)."""
         return None
 
-    def _reuse_prefix(self, generation: Generation) -> int:
+    def _reuse_prefix(self, generation: Generation, in_place: int) -> int:
         """Put keys/values already known for the start of the prompt into the (empty) prefill row; return
-        how many prompt tokens that covers, fewer than the whole prompt (nanochat's prefix cache)."""
+        how many prompt tokens that covers, fewer than the whole prompt (nanochat's prefix cache).
+        `in_place`: leading prompt tokens whose keys/values the row still holds from its last sequence."""
         return 0

@@ -36,8 +36,11 @@ from nanochat.data import commands as data_commands
 from nanochat.device import DTYPE_CHOICES, resolve_dtype
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.gpt import GPT
+from nanochat.prefix_cache import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 from nanochat.quantize import check_quantization, quantize_model
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
+from nanochat.tokenizer import Tokenizer
 from nanochat.train import commands as train_commands
 
 EXIT_USAGE = 2
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--model", help="the request's model (default: the first GET /v1/models lists)")
     _add_sampling_args(chat, temperature=0.6, top_k=50)
     chat.add_argument("--system", help="system message for the conversation")
+    chat.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        help="with --checkpoint: keep each turn's keys and values so the next turn prefills only its new "
+        f"tokens (default: {'on' if PREFIX_CACHING_DEFAULT else 'off'}, as in nanochat serve)",
+    )
     chat.set_defaults(handler=cmd_chat)
 
     bench = sub.add_parser("bench", help="engine throughput vs Hugging Face transformers (JSON with --json)")
@@ -208,7 +217,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise UsageError("--model names a server's model: give it with --url")
     loaded = load_from_args(args)
     tokenizer = loaded.tokenizer
-    engine = Engine(loaded.model, tokenizer, max_batch=1)
+    engine = chat_engine(loaded.model, tokenizer, args.enable_prefix_caching)
     special = set(tokenizer.get_special_tokens().values())
     print(f"nanochat {loaded.directory.name} step {loaded.step}.")
 
@@ -226,6 +235,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return chat_loop(respond, args.system)
 
 
+def chat_engine(model: GPT, tokenizer: Tokenizer, prefix_caching: bool | None) -> Engine:
+    """The in-process chat's engine: one conversation, and a prefix cache if `prefix_caching` says so
+    (None: the default) of one row's bytes, enough for any conversation that fits the context."""
+    if prefix_caching is None:
+        prefix_caching = PREFIX_CACHING_DEFAULT
+    size = PREFIX_CACHE_SIZE if prefix_caching else 0
+    return Engine(model, tokenizer, max_batch=1, prefix_cache_bytes=size)
+
+
 def _remote_chat(args: argparse.Namespace) -> int:
     checkpoint_options = {
         "--checkpoint": args.checkpoint,
@@ -234,6 +252,7 @@ def _remote_chat(args: argparse.Namespace) -> int:
         "--threads": args.threads,
         "--device": None if args.device == "cpu" else args.device,
         "--quantization": None if args.quantization == "none" else args.quantization,
+        "--enable-prefix-caching": args.enable_prefix_caching,
     }
     given = [option for option, value in checkpoint_options.items() if value is not None]
     if given:

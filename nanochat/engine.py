@@ -20,8 +20,9 @@ The cache is allocated once, for `max_batch` + 1 rows of the context (`max_seq_l
 before either is allocated (`engine.memory` is the same figures from the real tensors).
 
 With `prefix_cache_bytes`, the keys and values of prompts (at the end of their prefill) and of whole
-sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size, and a
-new prompt that starts with blocks of it has them copied into its prefill row: only the rest is prefilled.
+sequences (when their rows are freed) are kept in a `nanochat.prefix_cache.PrefixCache` of that size (its
+pool allocated here, once), and a new prompt that starts with blocks of it has them copied into its prefill
+row: only the rest is prefilled.
 
 A decode step is `GPT.decode` over rows [0, num_decoding) (q/k/v fused at construction, the mask made in one
 comparison by `KVCache.decode_plan`); with `compile=True` it runs compiled per batch bucket
@@ -50,7 +51,7 @@ from nanochat.detokenize import TextStream
 from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
 from nanochat.memory import MemoryPlan, context_tokens, module_bytes
-from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats
+from nanochat.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PrefixCacheStats, resolve_budget
 from nanochat.quantize import planned_weights_bytes, quantization_of
 from nanochat.tokenizer import Tokenizer
 
@@ -99,13 +100,14 @@ class Engine(BatchedEngine):
         max_batch: int = 16,
         max_seq_len: int | None = None,
         prefill_chunk: int = 512,
-        prefix_cache_bytes: int = 0,
+        prefix_cache_bytes: int | float = 0,
         prefix_block_size: int = DEFAULT_BLOCK_SIZE,
         compile: bool = False,
     ) -> None:
-        """`prefix_cache_bytes`: the most the prefix cache may take (0: no prefix caching);
-        `prefix_block_size`: the tokens of one of its blocks. `compile`: compile the decode step now, one
-        graph per batch bucket (`nanochat.compiled`; minutes on a small CPU), eager if that fails."""
+        """`prefix_cache_bytes`: the most the prefix cache may take, in bytes or as a fraction of the KV
+        cache's (0: no prefix caching); `prefix_block_size`: the tokens of one of its blocks. `compile`:
+        compile the decode step now, one graph per batch bucket (`nanochat.compiled`; minutes on a small
+        CPU), eager if that fails."""
         config = model.config
         param = next(model.parameters())
         special = tokenizer.get_special_tokens()
@@ -131,7 +133,17 @@ class Engine(BatchedEngine):
             self.max_seq_len,
             quantization=quantization_of(model),
         )
-        self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block_size) if prefix_cache_bytes else None
+        self.prefix_cache = None
+        if prefix_cache_bytes:
+            self.prefix_cache = PrefixCache(
+                resolve_budget(prefix_cache_bytes, self.cache.nbytes),
+                prefix_block_size,
+                n_layer=config.n_layer,
+                n_kv_head=config.n_kv_head,
+                head_dim=config.head_dim,
+                dtype=param.dtype,
+                device=self.device,
+            )
         self._special_ids = frozenset(special.values())
         self._python_start = special["<|python_start|>"]
         self._python_end = special["<|python_end|>"]
@@ -191,18 +203,13 @@ class Engine(BatchedEngine):
         return None if self.prefix_cache is None else self.prefix_cache.stats()
 
     @torch.inference_mode()
-    def _reuse_prefix(self, generation: Generation) -> int:
+    def _reuse_prefix(self, generation: Generation, in_place: int) -> int:
         if self.prefix_cache is None:
             return 0
-        blocks = self.prefix_cache.match(generation.prompt_ids)
-        if not blocks:
-            return 0
-        row, size = self._prefill_row, self.prefix_cache.block_size
-        for i, block in enumerate(blocks):  # straight into the row: a concatenation first costs a copy more
-            self.cache.k[:, row, :, i * size : (i + 1) * size] = block.k
-            self.cache.v[:, row, :, i * size : (i + 1) * size] = block.v
-        self.cache.lengths[row] = len(blocks) * size
-        return self.cache.lengths[row]
+        row, prompt = self._prefill_row, generation.prompt_ids
+        reused = self.prefix_cache.load(prompt, self.cache.k[:, row], self.cache.v[:, row], in_place)
+        self.cache.lengths[row] = reused
+        return reused
 
     def _keep_prefix(self, row: int, tokens: list[int]) -> None:
         """Offer a row's keys/values to the prefix cache; `tokens` starts with those in the row."""

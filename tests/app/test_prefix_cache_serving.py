@@ -36,7 +36,7 @@ def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch
 
 def test_the_flags_and_variables(clean: pytest.MonkeyPatch) -> None:
     default = parse()
-    assert default.enable_prefix_caching is False and default.prefix_cache_bytes == 0.5
+    assert default.enable_prefix_caching is True and default.prefix_cache_bytes == 0.5  # on by default
     assert parse("--enable-prefix-caching").enable_prefix_caching is True
     assert parse("--prefix-cache-bytes", "256MB").prefix_cache_bytes == 256_000_000
     assert parse("--prefix-cache-bytes", "0.25").prefix_cache_bytes == 0.25
@@ -62,9 +62,9 @@ def test_the_budget_is_a_fraction_or_a_size_within_the_memory_limit() -> None:
 
 def test_the_engine_the_service_loads_has_the_cache_asked_for() -> None:
     settings = Settings(_env_file=None, checkpoint=str(DEMO_MODEL), max_batch=2, prefix_cache_bytes="1MB")
-    assert load_engine(settings).prefix_cache_stats() is None  # off by default
-    on = load_engine(settings.model_copy(update={"enable_prefix_caching": True}))
-    assert on.prefix_cache_stats().max_bytes == 1_000_000
+    assert load_engine(settings).prefix_cache_stats().max_bytes == 1_000_000  # on by default
+    off = load_engine(settings.model_copy(update={"enable_prefix_caching": False}))
+    assert off.prefix_cache_stats() is None
 
 
 def prefix_figures(url: str) -> dict[str, float]:
@@ -79,7 +79,7 @@ def prefix_figures(url: str) -> dict[str, float]:
 
 @pytest.mark.integration
 def test_requests_sharing_a_system_prompt_hit_the_cache(start_server: Callable[..., Server]) -> None:
-    server = start_server({"NANOCHAT_ENABLE_PREFIX_CACHING": "true", "NANOCHAT_CLASSIFIER": ""})
+    server = start_server({"NANOCHAT_CLASSIFIER": ""})  # prefix caching is on by default
     before = prefix_figures(server.url)
     assert set(before) >= {
         "nanochat_prefix_cache_hits_total",

@@ -7,7 +7,7 @@ from bench.prefix_cache import run
 
 
 def test_the_benchmark_reports_its_figures_on_a_tiny_model() -> None:
-    result = run(depth=1, repeats=1, message=8, reply=4, turns=3)
+    result = run(depth=1, repeats=2, message=8, reply=4, turns=3, conversations=1)
     assert result["identical_tokens"] is True
     conversation = result["conversation"]
     for name in ("without", "with"):
@@ -18,3 +18,6 @@ def test_the_benchmark_reports_its_figures_on_a_tiny_model() -> None:
     assert (
         result["shared_system_prompt"]["clients"] == 16 and result["miss"]["mean_ratio_with_over_without"] > 0
     )
+    assert len(result["miss"]["mean_ratio_by_repeat"]) == 2
+    miss = result["miss"]
+    assert 0 < miss["cache_work_share"] < 1 and 0 < miss["cache_work_share_first_fill"] < 1
