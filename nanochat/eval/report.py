@@ -103,27 +103,20 @@ def evaluate_chat(
         "step": chat.step,
         "held_out_prompts": len(held_out),
         "assistant_end_rate": end_rate,
-        "identity": {
-            "score": identity,
-            "word": NAME,
-            "prompts": len(HELDOUT_IDENTITY_PROMPTS),
-            "replies": [
-                {"prompt": p, "reply": r}
-                for p, r in zip(HELDOUT_IDENTITY_PROMPTS, identity_replies, strict=True)
-            ],
-        },
+        "identity": _mentions(identity, HELDOUT_IDENTITY_PROMPTS, identity_replies),
         # The same word in replies to questions that are not about the assistant: lower is better.
-        "off_topic_identity": {
-            "score": off_topic,
-            "word": NAME,
-            "prompts": len(HELDOUT_OTHER_PROMPTS),
-            "replies": [
-                {"prompt": p, "reply": r}
-                for p, r in zip(HELDOUT_OTHER_PROMPTS, off_topic_replies, strict=True)
-            ],
-        },
+        "off_topic_identity": _mentions(off_topic, HELDOUT_OTHER_PROMPTS, off_topic_replies),
         "tasks": chat_tasks,
         "samples": [{"prompt": p, "reply": r} for p, r in zip(SAMPLE_PROMPTS, replies, strict=True)],
+    }
+
+
+def _mentions(score: float, prompts: tuple[str, ...], replies: list[str]) -> dict[str, Any]:
+    return {
+        "score": score,
+        "word": NAME,
+        "prompts": len(prompts),
+        "replies": [{"prompt": p, "reply": r} for p, r in zip(prompts, replies, strict=True)],
     }
 
 

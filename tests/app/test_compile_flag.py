@@ -3,9 +3,6 @@ loads with --compile: its decode step compiled at load (before /ready), not on a
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,15 +11,6 @@ from app.lifecycle import load_engine
 from nanochat.device import cpu_has_amx
 from tests.app.test_serve_flags import parse
 from tests.servers import DEMO_MODEL
-
-
-@pytest.fixture
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No NANOCHAT_* variables from this process, and no `.env` (a folder without one)."""
-    for name in [name for name in os.environ if name.startswith("NANOCHAT_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
 
 
 def test_the_flag_and_the_variable(clean: pytest.MonkeyPatch) -> None:

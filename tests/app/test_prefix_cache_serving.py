@@ -3,9 +3,7 @@ server its counters in /metrics and its figures in /stats moving when requests s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,15 +21,6 @@ SYSTEM = (
     "can, and never promise a delivery time."
 )
 QUESTIONS = ("What do you bake on Mondays?", "Is the rye bread sourdough?", "Do you sell croissants?")
-
-
-@pytest.fixture
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No NANOCHAT_* variables from this process, and no `.env` (a folder without one)."""
-    for name in [name for name in os.environ if name.startswith("NANOCHAT_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
 
 
 def test_the_flags_and_variables(clean: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -56,16 +55,6 @@ def parse(*argv: str) -> Settings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     return settings_from_args(parser.parse_args(argv))
-
-
-@pytest.fixture
-def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No NANOCHAT_*, HOST or PORT from this process, and no `.env` (a folder without one)."""
-    for name in list(os.environ):
-        if name.startswith("NANOCHAT_") or name in ("HOST", "PORT", "WEB_CONCURRENCY", "MODEL_BACKEND"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
 
 
 # ---- the flags and their variables -------------------------------------------------------------------
