@@ -21,8 +21,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.contract import APP_PORT
-from nanochat.memory import parse_bytes
-from nanochat.prefix_cache import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
+from nanochat.memory import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT, parse_bytes
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SERVICE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ (/srv in the image)
@@ -109,6 +108,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         8.0, ge=0
     )  # after SIGTERM, in-flight requests get this long (Cloud Run: 10 s)
+    checkpoint_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="wait up to this long for a checkpoint folder that does not exist yet (weights copied "
+        "in by an init step or a sidecar; /ready says loading meanwhile); 0: fail at once",
+    )
     warmup: bool = True  # run one tiny generation before /ready says yes
     on_load_failure: Literal["exit", "unready"] = "exit"  # exit non-zero, or stay up with /ready 503 + reason
 

@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -420,8 +421,22 @@ def prefix_cache_budget(settings: Settings, plan: MemoryPlan) -> int:
     return budget
 
 
+def wait_for_checkpoint(settings: Settings, poll_s: float = 0.25) -> None:
+    """With `checkpoint_wait_s`, wait (on the loader thread) until the checkpoint folder exists or the time
+    is up; then the load goes on as usual (a folder still missing fails as it would have). Whatever copies
+    the weights in should make the folder appear whole: copy to another name, then rename it into place."""
+    folder = Path(settings.checkpoint)
+    deadline = time.monotonic() + settings.checkpoint_wait_s
+    if settings.checkpoint_wait_s > 0 and not folder.exists():
+        logger.info("waiting up to %g s for the checkpoint folder %s", settings.checkpoint_wait_s, folder)
+        while not folder.exists() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+
+
 def _build_engine(settings: Settings, engine_factory: EngineFactory) -> GenerationBackend:
-    """Runs on the loader thread: load, then warm up with one tiny greedy generation."""
+    """Runs on the loader thread: (wait for the checkpoint,) load, then warm up with one tiny greedy
+    generation."""
+    wait_for_checkpoint(settings)
     engine = engine_factory(settings)
     if settings.warmup:
         tokenizer = engine.tokenizer

@@ -400,14 +400,15 @@ class Scheduler:
                 job = self._waiting.popleft()
                 # reserve its rows now: until the turn ends, `submit` must not count them as free
                 self._free_rows -= job.params.n
+                # and it is the prefilling job from now, in the same hold of the lock: out of the queue
+                # and in no list while `begin` ran, a drain saw nothing busy and stopped, cutting it
+                self._prefilling = job
             try:
                 job.generation = self.engine.begin(job.prompt_ids, job.params)
             except EngineError as e:
                 self._drop(job, InvalidRequest(str(e)), None)
                 continue
             job.admitted_at = time.monotonic()
-            with self._cond:
-                self._prefilling = job
 
     def _expire(self) -> None:
         now = time.monotonic()

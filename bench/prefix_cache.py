@@ -40,6 +40,7 @@ import torch
 from nanochat.backend import SamplingParams
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.memory import PREFIX_CACHE_SIZE  # of the KV cache's bytes, the service's default
 from nanochat.tokenizer import Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,6 @@ CLIENTS = 16
 SYSTEM_TOKENS = 500
 QUESTION_TOKENS = 20
 CHUNK = 256  # the service's prefill chunk (NANOCHAT_PREFILL_CHUNK)
-PREFIX_CACHE_SIZE = 0.5  # of the KV cache's bytes, as the service's --prefix-cache-bytes default
 
 
 def build_model(depth: int, vocab_size: int) -> GPT:

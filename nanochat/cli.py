@@ -37,7 +37,7 @@ from nanochat.device import DTYPE_CHOICES, resolve_dtype
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
 from nanochat.gpt import GPT
-from nanochat.prefix_cache import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
+from nanochat.memory import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 from nanochat.quantize import check_quantization, quantize_model
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.tokenizer import Tokenizer

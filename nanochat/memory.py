@@ -32,6 +32,12 @@ UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
+# The prefix cache's defaults, shared by the service (`--enable-prefix-caching`, `--prefix-cache-bytes`),
+# `nanochat chat` and bench.prefix_cache: on, since a miss costs nothing measurable (docs/serving.md), within
+# half the KV cache's bytes. Here, not in nanochat.prefix_cache, because app.config reads them and must not
+# import torch (gunicorn's master loads it).
+PREFIX_CACHING_DEFAULT = True
+PREFIX_CACHE_SIZE = 0.5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 

@@ -35,10 +35,6 @@ import torch
 
 DEFAULT_BLOCK_SIZE = 16
 DIGEST_BYTES = 16
-# The defaults the service (`--enable-prefix-caching`, `--prefix-cache-bytes`) and `nanochat chat` share: on,
-# since a miss costs nothing measurable (docs/serving.md), within half the KV cache's bytes.
-PREFIX_CACHING_DEFAULT = True
-PREFIX_CACHE_SIZE = 0.5
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ fails the requests in flight (500) instead of killing the thread and hanging eve
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,43 @@ def test_a_vanishing_temperature_is_greedy_not_nan(demo):
 
     greedy, tiny = asyncio.run(main())
     assert tiny == greedy
+
+
+class PausingEngine(Engine):
+    """The real engine, whose `begin` waits for the test: a request is then out of the queue and not yet
+    prefilling, the moment a drain once mistook for idle."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_begin, self.go_on = threading.Event(), threading.Event()
+
+    def begin(self, prompt_ids, params):
+        self.in_begin.set()
+        assert self.go_on.wait(timeout=120), "the test never let begin go on"
+        return super().begin(prompt_ids, params)
+
+
+def test_a_drain_waits_for_a_request_being_admitted(demo):
+    """Found by the stress runs: SIGTERM's drain saw nothing busy while the scheduler thread admitted a
+    queued request (out of the queue, not yet prefilling), stopped, and cut it with "the server stopped
+    before this request finished"."""
+    engine = PausingEngine(demo.model, demo.tokenizer, max_batch=1)
+
+    async def main():
+        scheduler = Scheduler(engine)
+        scheduler.start()
+        stream = await scheduler.submit(
+            prompt(demo.tokenizer, "hello"), SamplingParams(max_tokens=8, temperature=0)
+        )
+        assert await asyncio.to_thread(engine.in_begin.wait, 120)
+        drain = asyncio.create_task(scheduler.drain(600))
+        await asyncio.sleep(0.2)  # the drain's first looks happen while begin is held (its outcome does not
+        engine.go_on.set()  # depend on this pause: held or not, the request must finish)
+        deltas = [delta async for delta in stream]
+        return deltas, await drain
+
+    deltas, cut = asyncio.run(main())
+    assert cut == 0 and len(deltas) >= 1 and deltas[-1].finish_reason in ("stop", "length")
 
 
 class FailingOnceEngine(Engine):
