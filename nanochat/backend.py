@@ -98,9 +98,8 @@ class SamplingParams:
     @property
     def adjusts_logits(self) -> bool:
         """Whether a penalty or a logit bias changes this request's logits before sampling."""
-        return bool(
-            self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0 or self.logit_bias
-        )
+        penalized = self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+        return bool(penalized or self.logit_bias)
 
     def token_ids(self) -> tuple[int, ...]:
         """The token ids the parameters name (stop_token_ids, logit_bias): each must be in the vocabulary."""

@@ -13,7 +13,9 @@ from nanochat.engine import Engine
 VOCAB = 8
 
 
-def reference_row(logits: torch.Tensor, p: SamplingParams, output: list[int], prompt: list[int]) -> torch.Tensor:
+def reference_row(
+    logits: torch.Tensor, p: SamplingParams, output: list[int], prompt: list[int]
+) -> torch.Tensor:
     """One row's adjusted logits, written out token by token (the definitions, not the vectorized code)."""
     row = logits.clone().float()
     for token in set(prompt) | set(output):
