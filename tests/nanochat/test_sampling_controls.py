@@ -133,3 +133,27 @@ def test_token_ids_outside_the_vocabulary_are_refused(engine: Engine) -> None:
     for params in (SamplingParams(logit_bias=((vocab, 1.0),)), SamplingParams(stop_token_ids=(vocab,))):
         with pytest.raises(EngineError, match="outside the vocabulary"):
             engine.begin([1, 2], params)
+
+
+def test_rows_with_and_without_controls_share_a_batch(engine: Engine) -> None:
+    """A greedy and a sampled request decode as they do alone next to rows with penalties and biases."""
+    plain = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    sampled = SamplingParams(max_tokens=8, temperature=1.0, seed=4, ignore_eos=True)
+    controlled = [
+        SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logit_bias=((42, 100.0),)),
+        SamplingParams(max_tokens=8, temperature=1.0, seed=4, ignore_eos=True, frequency_penalty=2.0, n=2),
+    ]
+    jobs = [([1, 2, 3], plain), ([4, 5], sampled), ([1, 2, 3], controlled[0]), ([4, 5], controlled[1])]
+    alone = [run(engine, prompt, params) for prompt, params in jobs]
+    requests = []
+    for prompt, params in jobs:
+        requests.append(engine.begin(prompt, params))
+        while requests[-1].prefill_remaining:
+            engine.prefill(requests[-1])
+    while not all(r.done for r in requests):
+        engine.decode_step()
+    together = [[c.tokens for c in r.continuations] for r in requests]
+    assert together == alone
+    assert together[2] == [[42] * 8]
+    assert together[3][0][0] == together[1][0][0]  # nothing generated yet: the penalty changes nothing
+    assert together[3][0] != together[1][0]
