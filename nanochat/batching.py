@@ -190,7 +190,7 @@ class BatchedEngine(abc.ABC):
             raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
         if not self.can_begin(params.n):
             raise CapacityError("no free rows for this request now")
-        bad = next((t for t in params.token_ids() if t >= self.vocab_size), None)
+        bad = next((t for t in params.token_ids() if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise EngineError(f"token id {bad} (stop_token_ids, logit_bias) is outside the vocabulary")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
