@@ -84,6 +84,7 @@ VALIDATION_CODES = {
     "bool_parsing": "invalid_type",
     "model_type": "invalid_type",
     "union_tag_invalid": "invalid_type",
+    "extra_forbidden": "unsupported_parameter",  # a field the OpenAI routes do not know (app/schemas.py)
 }
 
 
@@ -240,6 +241,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if kind == "too_short":
         message = f"must hold at least {(first.get('ctx') or {}).get('min_length', 1)} item(s)"
+    elif kind == "extra_forbidden":
+        message = "unsupported field: this server does not know it (docs/serving.md, Request fields)"
     elif kind == "literal_error":
         message = f"{message} (got {first.get('input')!r})"
     return error_response(400, f"{param}: {message}" if param else message, code, param)

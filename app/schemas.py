@@ -6,10 +6,12 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 (max_tokens_limit, max_n, message counts and sizes) and the model's context are checked in
 `app/validation.py`, with the classifier's.
 
-Requests are strict (`"3"` is not an integer) and ignore unknown fields. OpenAI fields this server cannot
-honour are accepted only at their no-op values (`logprobs: false`, `presence_penalty: 0`, `tools: []`);
-`unsupported_parameter` names the first one that is not. The generation requests turn themselves into the
-engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
+Requests are strict (`"3"` is not an integer). The field policy of the OpenAI routes (docs/serving.md,
+"Request fields"): every field is either honoured, or accepted and ignored because it cannot change the
+reply (`IGNORED_FIELDS`, each with why), or refused with a 400 `unsupported_parameter` naming it: fields
+this server knows but cannot honour are accepted only at their no-op values (`NOOP_VALUES`, `tools: []`),
+and a field it does not know is refused (`extra="forbid"`). The generation requests turn themselves into
+the engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """
 
 from __future__ import annotations
@@ -35,10 +37,32 @@ WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat'
 NOOP_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
 }
+# OpenAI fields the OpenAI routes accept and ignore, and why: none of them can change the reply
+IGNORED_FIELDS: dict[str, str] = {
+    "user": "an end-user id for the provider's abuse monitoring; this server keeps no per-user state",
+    "safety_identifier": "OpenAI's newer name for `user`",
+    "metadata": "tags for OpenAI's stored completions; nothing is stored here",
+    "store": "OpenAI's stored completions; nothing is stored here",
+    "service_tier": "OpenAI's billing and latency tier; this server has one tier",
+    "prompt_cache_key": "OpenAI's cache routing hint; the prefix cache needs none",
+    "parallel_tool_calls": "only matters with tools, which are refused (chat)",
+}
+LOGIT_BIAS_MAX = 100.0  # as OpenAI: a bias in [-100, 100] per token id
+
+
+def ignored(name: str) -> Any:
+    """The schema field of an ignored OpenAI field (IGNORED_FIELDS), documented as such."""
+    return Field(None, description=f"accepted, ignored: {IGNORED_FIELDS[name]}")
+
+
+def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    for key, bias in (value or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise ValueError(f'keys are token ids as strings (e.g. "50256"), got {key!r}')
+        if not -LOGIT_BIAS_MAX <= bias <= LOGIT_BIAS_MAX:
+            raise ValueError(f"the bias of token {key} is {bias}; it must be in [-100, 100]")
+    return value
 
 
 def _valid_unicode(text: str) -> str:
@@ -150,7 +174,10 @@ class StreamOptions(RequestBody):
 
 
 class SamplingFields(GenerationRequest):
-    """What the OpenAI routes share: sampling, streaming, and the no-op-only OpenAI fields."""
+    """What the OpenAI routes share: sampling, streaming, the no-op-only and the ignored OpenAI fields.
+    Unknown fields are refused (the field policy in the module docstring)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
     stream: bool = False
@@ -165,13 +192,45 @@ class SamplingFields(GenerationRequest):
     )
     n: int = Field(1, ge=1, description="choices to generate, at most NANOCHAT_MAX_N")
     ignore_eos: bool = Field(False, description="extension: keep generating past end-of-turn (benchmarks)")
-    user: str | None = None  # accepted, ignored
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="minus this from the logit of every token the choice generated"
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="minus this times the count of each token the choice generated"
+    )
+    repetition_penalty: float | None = Field(
+        None,
+        gt=0,
+        le=2,
+        description="extension (vLLM): a token seen in the prompt or output has its logit divided (> 0) "
+        "or multiplied (< 0) by this; 1 is off",
+    )
+    min_p: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="extension (vLLM): keep tokens >= min_p times as likely as the likeliest",
+    )
+    logit_bias: Annotated[dict[str, float] | None, AfterValidator(_logit_bias)] = Field(
+        None, description='token id (a string, e.g. "50256") -> a bias in [-100, 100] added to its logit'
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="extension (vLLM): token ids that end a choice (finish_reason stop)"
+    )
+    nanochat_shared_first_token: bool = Field(
+        False,
+        description="extension: nanochat's n > 1, where the first token is sampled once and shared by all "
+        "choices (by default each choice samples its own)",
+    )
+    user: str | None = ignored("user")
+    safety_identifier: str | None = ignored("safety_identifier")
+    metadata: dict[str, str] | None = ignored("metadata")
+    store: bool | None = ignored("store")
+    service_tier: str | None = ignored("service_tier")
+    prompt_cache_key: str | None = ignored("prompt_cache_key")
     # accepted only at their no-op values
     logprobs: Any = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, Any] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     best_of: int | None = None
 
     def unsupported_parameter(self) -> str | None:
@@ -199,7 +258,14 @@ class SamplingFields(GenerationRequest):
             seed=self.seed,
             n=self.n,
             stop=tuple(self.stop or ()),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            min_p=self.min_p or 0.0,
+            logit_bias=tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items()),
+            shared_first_token=self.nanochat_shared_first_token,
         )
 
     @property
@@ -216,7 +282,7 @@ class ChatCompletionRequest(SamplingFields):
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None  # accepted, ignored (no tools)
+    parallel_tool_calls: bool | None = ignored("parallel_tool_calls")
 
     def unsupported_parameter(self) -> str | None:
         if self.tools or self.functions:

@@ -58,6 +58,16 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     tools: bool = True  # run the calculator tool on <|python_start|> ... <|python_end|> (nanochat's engine)
     ignore_eos: bool = False  # keep going past the end-of-sequence tokens (benchmarks)
+    # OpenAI's penalties, over the tokens this choice generated so far: logit -= frequency * count + presence
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # vLLM/HF: a token seen in the prompt or the output has its logit divided (> 0) or multiplied (< 0) by it
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0  # keep only tokens with probability >= min_p * the likeliest token's
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), OpenAI's logit_bias
+    # nanochat's n: one first token for all n choices, then one generator for them all (nanochat's Engine,
+    # token for token). Otherwise each choice samples its own first token with its own generator (seed + i).
+    shared_first_token: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -74,6 +84,26 @@ class SamplingParams:
             raise EngineError(f"n must be an integer >= 1, got {self.n!r}")
         if any(not isinstance(s, str) for s in self.stop):
             raise EngineError("stop must be a list of strings")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= float(getattr(self, name)) <= 2.0:
+                raise EngineError(f"{name} must be between -2 and 2, got {getattr(self, name)!r}")
+        if not 0.0 < float(self.repetition_penalty) <= 2.0:
+            raise EngineError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty!r}")
+        if not 0.0 <= float(self.min_p) <= 1.0:
+            raise EngineError(f"min_p must be between 0 and 1, got {self.min_p!r}")
+        for token, bias in self.logit_bias:
+            if not (isinstance(token, int) and token >= 0 and -100.0 <= float(bias) <= 100.0):
+                raise EngineError(f"logit_bias maps token ids >= 0 to -100..100, got {token!r}: {bias!r}")
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether a penalty or a logit bias changes this request's logits before sampling."""
+        penalized = self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+        return bool(penalized or self.logit_bias)
+
+    def token_ids(self) -> tuple[int, ...]:
+        """The token ids the parameters name (stop_token_ids, logit_bias): each must be in the vocabulary."""
+        return self.stop_token_ids + tuple(token for token, _ in self.logit_bias)
 
 
 class GenerationState(enum.Enum):
@@ -97,6 +127,7 @@ class Continuation:
     forced: deque[int] = field(default_factory=deque)
     in_python: bool = False
     python_ids: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None  # its own sampler's (None: the generation's, nanochat's n)
 
     @property
     def finished(self) -> bool:

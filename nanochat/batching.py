@@ -3,11 +3,12 @@ once, and an engine supplies only its model's forwards and where its keys and va
 
 Written here, and nowhere else: the checks that start a generation, its states (PREFILLING -> DECODING ->
 DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
-prefills), sampling (each generation with its own seeded generator, so its tokens do not depend on the
-batch), the stop rules (an end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a
-full context: "length") and nanochat's simple `generate` interface. Also which free row still holds the
-sequence it last served, untouched since (the next prefill's row, after a generation leaves with nothing
-moved over it), so that an engine with a prefix cache can reuse its start in place (`_reuse_prefix`).
+prefills), sampling (each continuation with its own seeded generator, so its tokens do not depend on the
+batch; penalties and logit biases vectorized over the rows that have them), the stop rules (an
+end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a full context: "length") and
+nanochat's simple `generate` interface. Also which free row still holds the sequence it last served,
+untouched since (the next prefill's row, after a generation leaves with nothing moved over it), so that an
+engine with a prefix cache can reuse its start in place (`_reuse_prefix`).
 
 An engine (nanochat.engine.Engine, nanochat.hf_engine.HFEngine) implements the hooks below `# ---- hooks`:
 a prefill chunk's and a decode step's forward, giving prefilled keys/values to the continuations' rows,
@@ -41,16 +42,19 @@ MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (logits/T would overflo
 
 def sample_next_token(
     logits: torch.Tensor,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float = 1.0,
+    min_p: float = 0.0,
 ) -> torch.Tensor:
     """Sample one token per row of (batch, vocab) logits; returns (batch,) ids.
 
     Matches nanochat: greedy at temperature 0 (and below MIN_TEMPERATURE); with top_k, softmax over the k
     largest logits only.
-    top_p (nucleus) then keeps the smallest set of tokens whose probability reaches p.
+    min_p then keeps the tokens at least min_p times as likely as the likeliest (after the temperature);
+    top_p (nucleus) keeps the smallest set of tokens whose probability reaches p.
+    `generator`: one for the whole batch, or one per row (each row then draws from its own).
     """
     if temperature < MIN_TEMPERATURE:  # 0 is greedy; so is anything small enough to overflow logits/T
         return torch.argmax(logits, dim=-1)
@@ -59,6 +63,10 @@ def sample_next_token(
     if top_k is not None and top_k < logits.size(-1):
         logits, indices = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
     logits = logits / temperature
+    if min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        keep = probs >= min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(~keep, float("-inf"))
     if top_p < 1.0:
         if indices is None:
             logits, indices = torch.sort(logits, dim=-1, descending=True)
@@ -68,10 +76,63 @@ def sample_next_token(
         drop[:, 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in fp32)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    choice = torch.multinomial(probs, num_samples=1, generator=generator)
+    if generator is None or isinstance(generator, torch.Generator):
+        choice = torch.multinomial(probs, num_samples=1, generator=generator)
+    else:
+        rows = [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]
+        choice = torch.cat(rows)
     if indices is not None:
         choice = indices.gather(1, choice)
     return choice[:, 0]
+
+
+def _token_counts(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(len(seqs), vocab): how often each token occurs in each sequence."""
+    flat = [torch.as_tensor(seq, dtype=torch.long) + k * vocab for k, seq in enumerate(seqs) if len(seq)]
+    if not flat:
+        return torch.zeros(len(seqs), vocab, dtype=torch.long, device=device)
+    counts = torch.bincount(torch.cat(flat).to(device), minlength=len(seqs) * vocab)
+    return counts.view(len(seqs), vocab)
+
+
+def adjust_logits(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    outputs: Sequence[Sequence[int]],
+    prompts: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Each row's penalties and logit bias, vectorized over the rows that have any (`params[i]`,
+    `outputs[i]`: the tokens row i generated so far, `prompts[i]`: its prompt). Returns `logits` itself when
+    no row has any, else an fp32 copy with only those rows changed. In order: repetition_penalty (over
+    prompt and output), frequency and presence penalties (over the output), logit_bias."""
+    active = [i for i, p in enumerate(params) if p.adjusts_logits]
+    if not active:
+        return logits
+    vocab, device = logits.size(-1), logits.device
+    rows = [params[i] for i in active]
+    x = logits[active].float()
+
+    def column(name: str) -> torch.Tensor:
+        return torch.tensor([getattr(p, name) for p in rows], dtype=torch.float32, device=device)[:, None]
+
+    generated = None
+    if any(p.repetition_penalty != 1.0 for p in rows):
+        generated = _token_counts([outputs[i] for i in active], vocab, device)
+        seen = (generated + _token_counts([prompts[i] for i in active], vocab, device)) > 0
+        penalty = column("repetition_penalty")
+        x = torch.where(seen, torch.where(x > 0, x / penalty, x * penalty), x)
+    if any(p.frequency_penalty or p.presence_penalty for p in rows):
+        if generated is None:
+            generated = _token_counts([outputs[i] for i in active], vocab, device)
+        x = x - column("frequency_penalty") * generated - column("presence_penalty") * (generated > 0)
+    biased = [(k, token, bias) for k, p in enumerate(rows) for token, bias in p.logit_bias]
+    if biased:
+        k, token, bias = zip(*biased, strict=True)
+        where = (torch.tensor(k, device=device), torch.tensor(token, device=device))
+        x = x.index_put(where, torch.tensor(bias, dtype=torch.float32, device=device), accumulate=True)
+    adjusted = logits.to(torch.float32, copy=True)
+    adjusted[active] = x
+    return adjusted
 
 
 class BatchedEngine(abc.ABC):
@@ -129,10 +190,16 @@ class BatchedEngine(abc.ABC):
             raise EngineError(f"n={params.n} is more than the engine's batch of {self.max_batch}")
         if not self.can_begin(params.n):
             raise CapacityError("no free rows for this request now")
+        bad = next((t for t in params.token_ids() if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise EngineError(f"token id {bad} (stop_token_ids, logit_bias) is outside the vocabulary")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         generation = Generation(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
         for i in range(params.n):
-            generation.continuations.append(Continuation(generation, i, self._text_stream(params)))
+            cont = Continuation(generation, i, self._text_stream(params))
+            if i and not params.shared_first_token:  # choice i draws from its own generator, seeded seed + i
+                cont.generator = torch.Generator(device=self.device).manual_seed((seed + i) % 2**63)
+            generation.continuations.append(cont)
         self.prefilling = generation
         self._reset_prefill()
         generation.prefilled = self._reuse_prefix(generation, self._take_resident(prompt))
@@ -142,8 +209,9 @@ class BatchedEngine(abc.ABC):
     def prefill(self, generation: Generation, max_tokens: int | None = None) -> list[TokenEvent]:
         """Prefill up to `max_tokens` (default: the engine's chunk) more prompt tokens.
 
-        Returns [] until the prompt is complete; then samples the first token (shared by all n
-        continuations, as nanochat does), moves the generation into decoding rows and returns its events.
+        Returns [] until the prompt is complete; then samples each continuation's first token from the
+        prompt's logits (one for all, with `shared_first_token`, as nanochat does), moves the generation
+        into decoding rows and returns its events.
         """
         if generation is not self.prefilling:
             raise EngineError("this request is not the one being prefilled")
@@ -154,14 +222,18 @@ class BatchedEngine(abc.ABC):
         self.prefilled_tokens += chunk
         if generation.prefill_remaining:
             return []
-        first = int(self._sample(generation, logits)[0])
+        conts = generation.continuations
+        if generation.params.shared_first_token:
+            firsts = self._sample(generation, conts[:1], logits).tolist() * len(conts)
+        else:
+            firsts = self._sample(generation, conts, logits.expand(len(conts), -1)).tolist()
         self.prefilling = None
         generation.state = GenerationState.DECODING
         for cont in generation.continuations:
             cont.row = len(self.decoding)
             self.decoding.append(cont)
         self._take_prefill(generation)
-        events = [self._accept(cont, first) for cont in generation.continuations]
+        events = [self._accept(cont, first) for cont, first in zip(conts, firsts, strict=True)]
         self._finish_step(generation)
         return events
 
@@ -194,9 +266,11 @@ class BatchedEngine(abc.ABC):
 
     # ---- one step's sampling and stop rules -----------------------------------------------------------
     def _step_rows(self, rows: list[Continuation], logits: torch.Tensor) -> list[TokenEvent]:
-        """One decode step's bookkeeping, given `logits[i]` for `rows[i]`: greedy rows in one argmax, the
-        others with their generation's sampler and generator; then each continuation takes its token, and
+        """One decode step's bookkeeping, given `logits[i]` for `rows[i]`: the penalties and logit biases of
+        the rows that have them (`adjust_logits`, all such rows at once), greedy rows in one argmax, the
+        others with their generation's sampler and generators; then each continuation takes its token, and
         generations whose continuations have all finished leave. Returns the events of live continuations."""
+        logits = self._adjusted(rows, logits)
         sampled: dict[int, int] = {}
         greedy = [i for i, c in enumerate(rows) if c.generation.params.temperature == 0.0]
         if greedy:
@@ -206,15 +280,33 @@ class BatchedEngine(abc.ABC):
         index = {c: i for i, c in enumerate(rows)} if sampling else {}
         for generation in sampling:
             group = [index[c] for c in generation.continuations]
-            sampled.update(zip(group, self._sample(generation, logits[group]).tolist(), strict=True))
+            tokens = self._sample(generation, generation.continuations, logits[group], adjusted=True)
+            sampled.update(zip(group, tokens.tolist(), strict=True))
         events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
         for generation in generations:
             self._finish_step(generation)
         return [e for e in events if e is not None]
 
-    def _sample(self, generation: Generation, logits: torch.Tensor) -> torch.Tensor:
+    def _sample(
+        self, generation: Generation, conts: list[Continuation], logits: torch.Tensor, adjusted: bool = False
+    ) -> torch.Tensor:
+        """A token for each of `conts` (of `generation`) from `logits[i]`, its penalties applied unless
+        `adjusted` says they are; each with its own generator unless nanochat's shared one is asked for."""
         p = generation.params
-        return sample_next_token(logits, generation.generator, p.temperature, p.top_k, p.top_p)
+        if not adjusted:
+            logits = self._adjusted(conts, logits)
+        generators: torch.Generator | list[torch.Generator] = generation.generator
+        if not p.shared_first_token and len(conts) > 1:
+            generators = [c.generator or generation.generator for c in conts]  # choice 0: the generation's
+        return sample_next_token(logits, generators, p.temperature, p.top_k, p.top_p, p.min_p)
+
+    @staticmethod
+    def _adjusted(rows: list[Continuation], logits: torch.Tensor) -> torch.Tensor:
+        params = [c.generation.params for c in rows]
+        if not any(p.adjusts_logits for p in params):
+            return logits
+        prompts = [c.generation.prompt_ids for c in rows]
+        return adjust_logits(logits, params, [c.tokens for c in rows], prompts)
 
     def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
         """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules."""
@@ -260,6 +352,7 @@ class BatchedEngine(abc.ABC):
         **kwargs,
     ) -> Iterator[tuple[list[int], list[int]]]:
         """Yield (token_column, mask_column) per step, one entry per sample, like nanochat's Engine."""
+        kwargs.setdefault("shared_first_token", True)  # nanochat's Engine, token for token
         params = SamplingParams(
             max_tokens=max_tokens or max(self.max_seq_len - len(tokens) + 1, 1),
             temperature=temperature,

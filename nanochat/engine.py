@@ -1,9 +1,9 @@
 """The nanochat inference engine: KV-cached generation over many independent sequences at once.
 
 A `Generation` is one prompt and its `n` continuations. The engine prefills it (in chunks, so a long
-prompt can be interleaved with decoding), samples its first token, then gives each continuation a row of
+prompt can be interleaved with decoding), samples each continuation's first token, then gives it a row of
 the KV cache. `decode_step` runs one batched forward over every decoding row, whatever its length, and
-samples each generation with its own parameters and random generator. Generations join and leave between
+samples each generation with its own parameters and random generators. Generations join and leave between
 steps; a generation's tokens do not depend on what else is in the batch. The lifecycle, sampling and stop
 rules are `nanochat.batching.BatchedEngine`'s (shared with the Hugging Face engine); this module holds what
 is nanochat's own: the model's forwards over the static KV cache, and the calculator tool.

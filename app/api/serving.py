@@ -81,6 +81,7 @@ async def prepare_generation(
     texts, param = body.screened()
     headers = {**truncation_headers(prompt), **await screen(runtime, texts, param)}
     params = sampling_params(body, settings)
+    check_token_ids(params, runtime.tokenizer.get_vocab_size())
     validation.check_batch(params.n, runtime.max_batch)
     stream = await submit(runtime, prompt, params, request_id)
     return Generation(stream, prompt, headers)
@@ -185,6 +186,17 @@ def sampling_params(body: GenerationRequest, settings: Settings) -> SamplingPara
         return body.to_sampling_params(defaults)
     except EngineError as e:  # the schema's bounds already hold; this is a second line of defence
         raise invalid(str(e)) from None
+
+
+def check_token_ids(params: SamplingParams, vocab_size: int) -> None:
+    """Token ids a request names (logit_bias, stop_token_ids) must be in the tokenizer's vocabulary."""
+    for param, ids in (
+        ("logit_bias", [token for token, _ in params.logit_bias]),
+        ("stop_token_ids", params.stop_token_ids),
+    ):
+        bad = next((token for token in ids if token >= vocab_size), None)
+        if bad is not None:
+            raise invalid(f"{param}: token id {bad} is outside the vocabulary (size {vocab_size})", param)
 
 
 # ---- running ----------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_text_parts_and_ignored_fields(client: openai.OpenAI) -> None:
             "content": [{"type": "text", "text": "Hello! "}, {"type": "text", "text": "Who are you?"}],
         }
     ]
-    harmless = {"user": "u1", "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0, "whatever": 1}
+    harmless = {"user": "u1", "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0}
     completion = chat(client, messages=parts, temperature=0, max_tokens=20, extra_body=harmless)
     assert completion.choices[0].message.content == plain
 
@@ -626,9 +626,9 @@ BAD_REQUESTS = [
         "presence-penalty",
         "POST",
         CHAT,
-        {**_user("hi"), "presence_penalty": 0.5},
+        {**_user("hi"), "presence_penalty": 2.5},
         400,
-        "unsupported_parameter",
+        "invalid_value",
         "presence_penalty",
     ),
     (

@@ -107,9 +107,11 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(make_model, small_to
     assert sample(7) != sample(8)
 
 
-def test_n_continuations_share_the_first_token(make_model, small_tokenizer):
+def test_n_continuations_share_the_first_token_when_asked(make_model, small_tokenizer):
     model = make_model()
-    params = SamplingParams(max_tokens=12, temperature=1.5, seed=3, n=3, ignore_eos=True)
+    params = SamplingParams(
+        max_tokens=12, temperature=1.5, seed=3, n=3, ignore_eos=True, shared_first_token=True
+    )
     _, events = run_alone(model, small_tokenizer, [1, 2, 3], params)
     rows = [tokens_of(events, i) for i in range(3)]
     assert rows[0][0] == rows[1][0] == rows[2][0]

@@ -159,9 +159,9 @@ def test_any_causal_lm_folder_works_here_a_random_llama_with_another_template(tm
         assert finish == {0: "length"}
 
 
-def test_n_continuations_share_the_first_token_and_a_seed_repeats_them(engine):
+def test_shared_first_token_and_a_seed_repeats_them(engine):
     prompt = engine.tokenizer.render_for_completion(HELDOUT[0])
-    params = SamplingParams(max_tokens=10, temperature=1.0, top_k=50, seed=7, n=3)
+    params = SamplingParams(max_tokens=10, temperature=1.0, top_k=50, seed=7, n=3, shared_first_token=True)
     first = run(engine, [(prompt, params)])[0][0]
     again = run(engine, [(prompt, params)])[0][0]
     assert first == again
