@@ -58,6 +58,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     tools: bool = True  # run the calculator tool on <|python_start|> ... <|python_end|> (nanochat's engine)
     ignore_eos: bool = False  # keep going past the end-of-sequence tokens (benchmarks)
+    logprobs: int | None = None  # each token's logprob and its `logprobs` likeliest alternatives; None: off
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -74,6 +75,8 @@ class SamplingParams:
             raise EngineError(f"n must be an integer >= 1, got {self.n!r}")
         if any(not isinstance(s, str) for s in self.stop):
             raise EngineError("stop must be a list of strings")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20):
+            raise EngineError(f"logprobs must be an integer in [0, 20], got {self.logprobs!r}")
 
 
 class GenerationState(enum.Enum):
@@ -126,7 +129,12 @@ class Generation:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One new token of one continuation. `text` is the newly final text (may be '')."""
+    """One new token of one continuation. `text` is the newly final text (may be '').
+
+    With `SamplingParams.logprobs` set: `logprob`, the token's log-probability under the model's raw
+    distribution at that position (log-softmax of the logits, before temperature, top-k/p or any other
+    processing; a token forced by the calculator tool gets its logprob there too), and `top_logprobs`,
+    the `logprobs` likeliest (token, logprob) pairs, likeliest first. Otherwise None and ()."""
 
     generation: Generation
     index: int
@@ -134,6 +142,8 @@ class TokenEvent:
     forced: bool
     text: str
     finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @runtime_checkable

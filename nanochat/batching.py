@@ -5,7 +5,8 @@ Written here, and nowhere else: the checks that start a generation, its states (
 DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
 prefills), sampling (each generation with its own seeded generator, so its tokens do not depend on the
 batch), the stop rules (an end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a
-full context: "length") and nanochat's simple `generate` interface. Also which free row still holds the
+full context: "length"), the logprobs of the rows that ask for them (`token_logprobs`, nothing computed
+for the others) and nanochat's simple `generate` interface. Also which free row still holds the
 sequence it last served, untouched since (the next prefill's row, after a generation leaves with nothing
 moved over it), so that an engine with a prefix cache can reuse its start in place (`_reuse_prefix`).
 
@@ -72,6 +73,27 @@ def sample_next_token(
     if indices is not None:
         choice = indices.gather(1, choice)
     return choice[:, 0]
+
+
+Scored = tuple[float, tuple[tuple[int, float], ...]]  # a token's logprob, its top (token, logprob) pairs
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], tops: Sequence[int]) -> list[Scored]:
+    """For each row of (rows, vocab) logits: the log-softmax of `tokens[i]` and the `tops[i]` likeliest
+    (token, logprob) pairs, likeliest first. The raw distribution: no temperature, top-k/p or penalties.
+    One device-to-host copy for all rows."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(list(tokens), device=logprobs.device)[:, None]
+    chosen = logprobs.gather(1, index)[:, 0].tolist()
+    k = min(max(tops), logprobs.size(-1))
+    if k:
+        values, ids = torch.topk(logprobs, k, dim=-1)
+        values, ids = values.tolist(), ids.tolist()
+    scored = []
+    for i, top in enumerate(tops):
+        pairs = tuple(zip(ids[i][:top], values[i][:top], strict=True)) if top else ()
+        scored.append((chosen[i], pairs))
+    return scored
 
 
 class BatchedEngine(abc.ABC):
@@ -155,13 +177,16 @@ class BatchedEngine(abc.ABC):
         if generation.prefill_remaining:
             return []
         first = int(self._sample(generation, logits)[0])
+        scored = None
+        if generation.params.logprobs is not None:
+            scored = token_logprobs(logits[-1:], [first], [generation.params.logprobs])[0]
         self.prefilling = None
         generation.state = GenerationState.DECODING
         for cont in generation.continuations:
             cont.row = len(self.decoding)
             self.decoding.append(cont)
         self._take_prefill(generation)
-        events = [self._accept(cont, first) for cont in generation.continuations]
+        events = [self._accept(cont, first, scored) for cont in generation.continuations]
         self._finish_step(generation)
         return events
 
@@ -207,7 +232,8 @@ class BatchedEngine(abc.ABC):
         for generation in sampling:
             group = [index[c] for c in generation.continuations]
             sampled.update(zip(group, self._sample(generation, logits[group]).tolist(), strict=True))
-        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
+        scored = self._score(rows, logits, sampled)
+        events = [self._accept(c, sampled[i], scored.get(i)) for i, c in enumerate(rows)]
         for generation in generations:
             self._finish_step(generation)
         return [e for e in events if e is not None]
@@ -216,8 +242,23 @@ class BatchedEngine(abc.ABC):
         p = generation.params
         return sample_next_token(logits, generation.generator, p.temperature, p.top_k, p.top_p)
 
-    def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
-        """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules."""
+    def _score(
+        self, rows: list[Continuation], logits: torch.Tensor, sampled: dict[int, int]
+    ) -> dict[int, Scored]:
+        """The logprobs of the rows whose generation asked for them (row index -> its token's), of the
+        token each row takes next: the one forced by a tool if pending, else the sampled one."""
+        asking = [
+            i for i, c in enumerate(rows) if c.generation.params.logprobs is not None and not c.finished
+        ]
+        if not asking:
+            return {}
+        tokens = [rows[i].forced[0] if rows[i].forced else sampled[i] for i in asking]
+        tops = [rows[i].generation.params.logprobs for i in asking]
+        return dict(zip(asking, token_logprobs(logits[asking], tokens, tops), strict=True))
+
+    def _accept(self, cont: Continuation, sampled: int, scored: Scored | None = None) -> TokenEvent | None:
+        """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules;
+        `scored`: the token's logprob and top alternatives, when the generation asked for them."""
         forced = bool(cont.forced)
         token = cont.forced.popleft() if forced else sampled
         was_finished = cont.finished
@@ -239,7 +280,8 @@ class BatchedEngine(abc.ABC):
             cont.finish_reason = FINISH_LENGTH
         if cont.finish_reason:
             text += cont.text.finish()
-        return TokenEvent(cont.generation, cont.index, token, forced, text, cont.finish_reason)
+        logprob, top = scored if scored is not None else (None, ())
+        return TokenEvent(cont.generation, cont.index, token, forced, text, cont.finish_reason, logprob, top)
 
     def _finish_step(self, generation: Generation) -> None:
         """Count the step; free the generation's rows once every continuation has finished."""

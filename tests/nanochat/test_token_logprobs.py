@@ -1,0 +1,79 @@
+"""Token logprobs in the engine: the raw model distribution's log-softmax, only for the rows that ask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanochat.backend import EngineError, SamplingParams
+from nanochat.batching import token_logprobs
+from nanochat.engine import Engine
+
+
+def forward_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log_softmax of one full forward over `ids`: row t is the distribution of token t + 1."""
+    with torch.inference_mode():
+        return torch.log_softmax(model(torch.tensor([ids])).float()[0], dim=-1)
+
+
+def run(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> list[list]:
+    """Begin every job (prefilled one after the other), then decode them in one batch to the end."""
+    generations, events = [], []
+    for prompt, params in jobs:
+        generation = engine.begin(prompt, params)
+        while generation.prefill_remaining:
+            events += engine.prefill(generation)
+        generations.append(generation)
+    while not all(g.done for g in generations):
+        events += engine.decode_step()
+    return [[e for e in events if e.generation is g] for g in generations]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_logprobs_equal_a_forward_pass_and_only_rows_that_ask_get_them(
+    make_model, small_tokenizer, temperature
+):
+    model = make_model()
+    engine = Engine(model, small_tokenizer, max_batch=4)
+    prompt = small_tokenizer.encode("the lazy dog", prepend=small_tokenizer.get_bos_token_id())
+    asking = SamplingParams(max_tokens=12, temperature=temperature, seed=3, logprobs=5, ignore_eos=True)
+    plain = SamplingParams(max_tokens=12, temperature=temperature, seed=4, ignore_eos=True)
+    scored, unscored = run(engine, [(prompt, asking), (prompt[:2], plain)])
+    assert all(e.logprob is None and e.top_logprobs == () for e in unscored)
+    tokens = [e.token for e in scored]
+    assert len(tokens) == 12
+    expected = forward_logprobs(model, prompt + tokens)[len(prompt) - 1 : -1]
+    for t, event in enumerate(scored):
+        assert event.logprob == pytest.approx(expected[t, event.token].item(), abs=1e-4)
+        assert len(event.top_logprobs) == 5
+        values = [v for _, v in event.top_logprobs]
+        assert values == sorted(values, reverse=True)
+        top_ids = torch.topk(expected[t], 5).indices.tolist()
+        assert [i for i, _ in event.top_logprobs] == top_ids
+        for token, value in event.top_logprobs:
+            assert value == pytest.approx(expected[t, token].item(), abs=1e-4)
+        if temperature == 0.0:  # greedy: the chosen token is the likeliest
+            assert event.top_logprobs[0][0] == event.token
+
+
+def test_logprobs_zero_gives_the_chosen_token_only(make_model, small_tokenizer):
+    engine = Engine(make_model(), small_tokenizer, max_batch=2)
+    params = SamplingParams(max_tokens=4, temperature=0.0, logprobs=0, n=2, ignore_eos=True)
+    [events] = run(engine, [([1, 2, 3], params)])
+    assert len(events) == 8
+    assert all(isinstance(e.logprob, float) and e.logprob <= 0 and e.top_logprobs == () for e in events)
+
+
+def test_token_logprobs_rows_with_different_tops():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])
+    scored = token_logprobs(logits, [0, 0], [2, 0])
+    expected = torch.log_softmax(logits, dim=-1)
+    assert scored[0][0] == pytest.approx(expected[0, 0].item())
+    assert [i for i, _ in scored[0][1]] == [2, 1]
+    assert scored[1] == (pytest.approx(expected[1, 0].item()), ())
+
+
+@pytest.mark.parametrize("bad", [-1, 21, 1.5])
+def test_logprobs_out_of_range_is_refused(bad):
+    with pytest.raises(EngineError, match="logprobs"):
+        SamplingParams(logprobs=bad)
