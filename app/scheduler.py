@@ -65,6 +65,8 @@ class Delta:
     token: int
     text: str
     finish_reason: str | None
+    logprob: float | None = None  # with SamplingParams.logprobs (see nanochat.backend.TokenEvent)
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -442,7 +444,19 @@ class Scheduler:
             job.completion_tokens += 1
             if event.finish_reason:
                 job.finish_reasons[event.index] = event.finish_reason
-            self._outbox.append((job, Delta(event.index, event.token, event.text, event.finish_reason)))
+            self._outbox.append(
+                (
+                    job,
+                    Delta(
+                        event.index,
+                        event.token,
+                        event.text,
+                        event.finish_reason,
+                        event.logprob,
+                        event.top_logprobs,
+                    ),
+                )
+            )
 
     def _finish(self, job: _Job) -> None:
         with self._cond:

@@ -7,14 +7,14 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 `app/validation.py`, with the classifier's.
 
 Requests are strict (`"3"` is not an integer) and ignore unknown fields. OpenAI fields this server cannot
-honour are accepted only at their no-op values (`logprobs: false`, `presence_penalty: 0`, `tools: []`);
+honour are accepted only at their no-op values (`presence_penalty: 0`, `tools: []`);
 `unsupported_parameter` names the first one that is not. The generation requests turn themselves into the
 engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,11 +30,11 @@ from pydantic import (
 from app.validation import stop_strings
 from nanochat.backend import MAX_TOP_K, SamplingParams
 
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions' logprobs, as OpenAI
 WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
 # OpenAI sampling fields this server accepts only at these values (anything else changes the result)
 NOOP_VALUES: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0),
     "frequency_penalty": (None, 0),
@@ -50,6 +50,7 @@ def _valid_unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # checked against the vocabulary
 
 
 def _content(value: Any) -> Any:
@@ -217,6 +218,24 @@ class ChatCompletionRequest(SamplingFields):
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None  # accepted, ignored (no tools)
+    logprobs: bool | None = Field(None, description="each content token's logprob (raw model distribution)")
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="the likeliest alternatives of each token; needs logprobs",
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(defaults)
+        return replace(params, logprobs=self.top_logprobs or 0) if self.logprobs else params
 
     def unsupported_parameter(self) -> str | None:
         if self.tools or self.functions:
@@ -248,6 +267,22 @@ class NanochatInfo(BaseModel):
     truncated_messages: int = Field(description="oldest messages dropped to fit the context")
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="the token's UTF-8 bytes (part of a character, for some tokens)")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(
+        description="the likeliest tokens at this position, likeliest first"
+    )
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -257,6 +292,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -278,6 +314,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -294,25 +331,57 @@ class ChatCompletionChunk(BaseModel):
 
 # ---- POST /v1/completions ---------------------------------------------------------------------------
 class CompletionRequest(SamplingFields):
-    prompt: Text | list[Text] = Field(description="one prompt (a list must hold exactly one)")
-    echo: bool = False
-    suffix: str | None = None
+    prompt: Text | TokenIds | Annotated[list[Text] | list[TokenIds], Field(min_length=1)] = Field(
+        description="a prompt (text or token ids), or a list of them: n choices each, indexed "
+        "prompt_i * n + j "
+        "(prompts times n at most NANOCHAT_MAX_N)"
+    )
+    echo: bool = Field(
+        False, description="the prompt's text (and with logprobs its tokens) before each choice"
+    )
+    suffix: str | None = Field(None, description="refused: this server has no fill-in-the-middle mode")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_COMPLETION_LOGPROBS, description="each token's logprob and its N likeliest"
+    )
 
     def unsupported_parameter(self) -> str | None:
-        if self.echo:
-            return "echo"
         if self.suffix:
             return "suffix"
         return super().unsupported_parameter()
 
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or token ids."""
+        single = isinstance(self.prompt, str) or isinstance(self.prompt[0], int)
+        return [self.prompt] if single else list(self.prompt)
+
+    @property
+    def choices(self) -> int:
+        return self.n * len(self.prompts)
+
     def screened(self) -> tuple[list[str], str]:
-        return ([self.prompt] if isinstance(self.prompt, str) else list(self.prompt)), "prompt"
+        return [p for p in self.prompts if isinstance(p, str)], "prompt"
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(defaults)
+        return params if self.logprobs is None else replace(params, logprobs=self.logprobs)
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs: per token its text, logprob (null for the first prompt token of an echo),
+    its likeliest alternatives (text -> logprob) and where its text starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -425,3 +494,33 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"] = "ready"
     model: str
+
+
+# ---- POST /tokenize, POST /detokenize (vLLM's shapes) ------------------------------------------------
+class TokenizeRequest(RequestBody):
+    """A completion prompt or a chat, tokenized as the generation routes would (one of the two)."""
+
+    model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
+    prompt: Text | None = Field(None, description="text, tokenized as /v1/completions does")
+    add_special_tokens: bool = Field(True, description="with prompt: the beginning-of-sequence token first")
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, description="a chat, as /v1/chat/completions"
+    )
+    add_generation_prompt: Literal[True] = Field(
+        True, description="with messages: the assistant's turn opened (the only rendering served)"
+    )
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int = Field(description="the model's context in tokens")
+    tokens: list[int]
+
+
+class DetokenizeRequest(RequestBody):
+    model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
+    tokens: list[int] = Field(description="token ids, each in [0, vocabulary size)")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
