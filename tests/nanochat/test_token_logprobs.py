@@ -77,3 +77,41 @@ def test_token_logprobs_rows_with_different_tops():
 def test_logprobs_out_of_range_is_refused(bad):
     with pytest.raises(EngineError, match="logprobs"):
         SamplingParams(logprobs=bad)
+
+
+def test_hf_engine_logprobs_equal_a_transformers_forward():
+    from nanochat.hf_engine import HFEngine
+    from tests.nanochat.test_hf_export import demo_export
+
+    engine = HFEngine.from_pretrained(demo_export(), max_batch=2)
+    prompt = engine.tokenizer.encode("The LORD", prepend=engine.tokenizer.get_bos_token_id())
+    params = SamplingParams(max_tokens=8, temperature=1.0, seed=5, logprobs=3, ignore_eos=True)
+    [events] = run(engine, [(prompt, params)])
+    tokens = [e.token for e in events]
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
+    for t, event in enumerate(events):
+        assert event.logprob == pytest.approx(expected[t, event.token].item(), abs=1e-4)
+        assert [i for i, _ in event.top_logprobs] == torch.topk(expected[t], 3).indices.tolist()
+
+
+def test_tokens_forced_by_the_calculator_get_their_logprob_under_the_model(small_tokenizer):
+    from tests.nanochat.test_engine import chain, chain_model
+
+    tok = small_tokenizer
+    sp = tok.encode_special
+    end = sp("<|assistant_end|>")
+    ids, succ = chain(
+        [sp("<|assistant_start|>")], [sp("<|python_start|>"), *tok.encode("2+3"), sp("<|python_end|>")]
+    )
+    succ[sp("<|output_end|>")] = end
+    model = chain_model(tok.get_vocab_size(), succ, end)
+    params = SamplingParams(max_tokens=30, temperature=0.0, logprobs=1)
+    [events] = run(Engine(model, tok, max_batch=1), [(ids[:1], params)])
+    forced = [e for e in events if e.forced]
+    assert [e.token for e in forced] == [sp("<|output_start|>"), *tok.encode("5"), sp("<|output_end|>")]
+    expected = forward_logprobs(model, ids[:1] + [e.token for e in events])[:-1]
+    for t, event in enumerate(events):
+        assert event.logprob == pytest.approx(expected[t, event.token].item(), abs=1e-4)
+    assert all(e.logprob < e.top_logprobs[0][1] for e in forced)  # not what the model would have chosen
