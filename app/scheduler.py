@@ -147,6 +147,12 @@ class GenerationStream:
         """The error the stream ended with, once its consumer has seen the end."""
         return None if self._end is None else self._end.error
 
+    @property
+    def prompt_logprobs(self) -> list[tuple[float, tuple[tuple[int, float], ...]]]:
+        """With `params.prompt_logprobs`, once the first delta has arrived: prompt tokens 1...'s logprobs."""
+        generation = self._job.generation
+        return list(generation.prompt_logprobs) if generation is not None else []
+
     def token_ids(self) -> tuple[list[int], list[list[int]]]:
         """The prompt's token ids and each choice's generated ones (for logging the content)."""
         generation = self._job.generation

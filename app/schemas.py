@@ -364,7 +364,9 @@ class CompletionRequest(SamplingFields):
 
     def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
         params = super().to_sampling_params(defaults)
-        return params if self.logprobs is None else replace(params, logprobs=self.logprobs)
+        if self.logprobs is None:
+            return params
+        return replace(params, logprobs=self.logprobs, prompt_logprobs=self.logprobs if self.echo else None)
 
 
 class CompletionLogprobs(BaseModel):

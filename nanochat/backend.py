@@ -34,6 +34,7 @@ from nanochat.prefix_cache import PrefixCacheStats
 FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
 FINISH_LENGTH = "length"  # max_tokens, or the context is full
 MAX_TOP_K = 1_000_000
+MAX_LOGPROBS = 20  # alternatives per token
 
 
 class EngineError(ValueError):
@@ -59,6 +60,7 @@ class SamplingParams:
     tools: bool = True  # run the calculator tool on <|python_start|> ... <|python_end|> (nanochat's engine)
     ignore_eos: bool = False  # keep going past the end-of-sequence tokens (benchmarks)
     logprobs: int | None = None  # each token's logprob and its `logprobs` likeliest alternatives; None: off
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (Generation.prompt_logprobs)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -75,8 +77,10 @@ class SamplingParams:
             raise EngineError(f"n must be an integer >= 1, got {self.n!r}")
         if any(not isinstance(s, str) for s in self.stop):
             raise EngineError("stop must be a list of strings")
-        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20):
-            raise EngineError(f"logprobs must be an integer in [0, 20], got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
+                raise EngineError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
 
 
 class GenerationState(enum.Enum):
@@ -117,6 +121,8 @@ class Generation:
     prefilled: int = 0  # prompt tokens already in the cache
     num_generated: int = 0  # decode steps taken (each yields one token per continuation)
     state: GenerationState = GenerationState.PREFILLING
+    # with params.prompt_logprobs, once prefilled: (logprob, top (token, logprob) pairs) of prompt tokens 1...
+    prompt_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     @property
     def prefill_remaining(self) -> int:

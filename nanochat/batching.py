@@ -157,7 +157,9 @@ class BatchedEngine(abc.ABC):
             generation.continuations.append(Continuation(generation, i, self._text_stream(params)))
         self.prefilling = generation
         self._reset_prefill()
-        generation.prefilled = self._reuse_prefix(generation, self._take_resident(prompt))
+        in_place = self._take_resident(prompt)
+        if params.prompt_logprobs is None:  # scoring the prompt needs the logits of all of it
+            generation.prefilled = self._reuse_prefix(generation, in_place)
         return generation
 
     @torch.inference_mode()
@@ -171,7 +173,14 @@ class BatchedEngine(abc.ABC):
             raise EngineError("this request is not the one being prefilled")
         chunk = min(max_tokens or self.prefill_chunk, generation.prefill_remaining)
         start = generation.prefilled
-        logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start)
+        top = generation.params.prompt_logprobs
+        logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start, top is not None)
+        if top is not None:  # row i predicts prompt token start + i + 1
+            targets = generation.prompt_ids[start + 1 : start + chunk + 1]
+            generation.prompt_logprobs += token_logprobs(
+                logits[: len(targets)], targets, [top] * len(targets)
+            )
+            logits = logits[-1:]
         generation.prefilled += chunk
         self.prefilled_tokens += chunk
         if generation.prefill_remaining:
@@ -354,9 +363,9 @@ class BatchedEngine(abc.ABC):
         """Empty the prefill's keys/values (a generation begins, or the one prefilling was cancelled)."""
 
     @abc.abstractmethod
-    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
+    def _forward_prefill(self, ids: list[int], start: int, every: bool = False) -> torch.Tensor:
         """Run the prompt tokens `ids` (at positions start...) of the generation being prefilled; return
-        the (1, vocab) logits after the last one."""
+        the (1, vocab) logits after the last one (`every`: the (len(ids), vocab) logits after each)."""
 
     @abc.abstractmethod
     def _take_prefill(self, generation: Generation) -> None:

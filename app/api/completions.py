@@ -5,6 +5,10 @@ choice with `delta.role`, then content deltas, then a chunk with each choice's `
 usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
 started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
 
+Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), the model's raw
+distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A completion request
+may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
+
 Ids: the completion id is `chatcmpl-<request id>` / `cmpl-<request id>`, the request id being the
 client's `X-Request-ID` or a fresh one (returned in that header either way).
 
@@ -42,7 +46,7 @@ from app.api.serving import (
     sse,
 )
 from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
-from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception, invalid
+from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception
 from app.lifecycle import Runtime
 from app.observability.context import note_response_id
 from app.scheduler import Delta, GenerationStream, SchedulerError
@@ -207,10 +211,6 @@ async def completions(
     rid: RequestId,
 ) -> Response:
     check_model(body.model, rt.settings)
-    if body.echo and body.logprobs is not None:
-        raise invalid(
-            "echo with logprobs (the prompt's logprobs) is not served; send one or the other", "echo"
-        )
     generations = await prepare_generations(body, rt, rid)
     headers = generations[0].headers
     completion_id, created = f"cmpl-{rid}", int(time.time())
@@ -226,7 +226,7 @@ async def completions(
         completion_tokens += result.completion_tokens
         for j, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
             scored = result.scored[j] if result.scored else []
-            choices.append(shape.choice(p, j, generation.prompt, text, reason, scored, first=True))
+            choices.append(shape.choice(p, j, generation, text, reason, scored, first=True))
     completion = Completion(
         id=completion_id,
         created=created,
@@ -251,22 +251,36 @@ class _CompletionShape:
         self,
         p: int,
         j: int,
-        prompt: Prompt,
+        generation: Generation,
         text: str,
         reason: str | None,
         scored: list[Delta],
         first: bool,
     ) -> CompletionChoice:
+        """`first`: the choice's first piece (where the echo goes)."""
         index = p * self.n + j
-        if first and self.echo:
-            text = prompt.text + text
+        echo = first and self.echo
+        prompt_text = generation.prompt.text if echo else ""
         offset = self.offsets.get(index, 0)
         logprobs = None
         if self.tokenizer is not None:
-            start = offset + (len(prompt.text) if first and self.echo else 0)
-            logprobs = completion_logprobs(self.tokenizer, scored, start)
+            entries = self._echoed(generation) if echo else []
+            logprobs = completion_logprobs(self.tokenizer, [*entries, *scored], offset)
+            if echo and not generation.prompt.added_bos:  # the first prompt token has no context
+                logprobs.token_logprobs[0] = logprobs.top_logprobs[0] = None
+        text = prompt_text + text
         self.offsets[index] = offset + len(text)
         return CompletionChoice(index=index, text=text, finish_reason=reason, logprobs=logprobs)
+
+    @staticmethod
+    def _echoed(generation: Generation) -> list[Delta]:
+        """The prompt's tokens with their logprobs: for a text prompt from its first text token on (after
+        the BOS token the server put before it), else every token, the first one's logprob 0 until nulled."""
+        ids, scored = generation.prompt.ids, generation.stream.prompt_logprobs
+        entries = [
+            Delta(0, t, "", None, logprob, top) for t, (logprob, top) in zip(ids[1:], scored, strict=True)
+        ]
+        return entries if generation.prompt.added_bos else [Delta(0, ids[0], "", None, 0.0), *entries]
 
 
 class _AllStreams:
@@ -307,7 +321,7 @@ async def _completion_events(
                     first = d.index not in started
                     started.add(d.index)
                     choice = shape.choice(
-                        p, d.index, generation.prompt, d.text, d.finish_reason, scored[d.index], first
+                        p, d.index, generation, d.text, d.finish_reason, scored[d.index], first
                     )
                     scored[d.index] = []
                     events.append(chunk([choice]))

@@ -1,5 +1,6 @@
 """One generation pipeline for every route that generates: `/v1/chat/completions`, `/v1/completions` and
-nanochat's `/chat/completions` each call `prepare_generation`, then shape the stream into their protocol.
+nanochat's `/chat/completions` each call `prepare_generation` (`prepare_generations`: a completion's
+several prompts), then shape the stream into their protocol; the logprobs' shapes are built here too.
 
 The six steps, in order: validate the request (app/validation.py: every limit, before any model work),
 render the prompt, fit it to the context (`context_overflow`: reject, or drop the oldest turns), screen the
@@ -61,6 +62,7 @@ class Prompt:
     ids: list[int]
     truncated_messages: int = 0  # oldest messages dropped to fit the context
     text: str = ""  # a completion prompt's text (what `echo` repeats)
+    added_bos: bool = False  # the server put a BOS token before the completion prompt's text
 
 
 @dataclass(frozen=True)
@@ -173,12 +175,13 @@ async def completion_prompt(runtime: Runtime, prompt: str | list[int]) -> Prompt
     tokenizer = runtime.tokenizer
     if isinstance(prompt, list):
         text = decode_ids(tokenizer, prompt, "prompt")
-        ids = list(prompt)
+        ids, bos = list(prompt), None
     else:
         text = validation.completion_text(prompt, runtime.settings)
-        ids = await to_thread.run_sync(lambda: tokenizer.encode(text, prepend=tokenizer.get_bos_token_id()))
+        bos = tokenizer.get_bos_token_id()
+        ids = await to_thread.run_sync(lambda: tokenizer.encode(text, prepend=bos))
     validation.check_context(len(ids), runtime.context, "prompt")
-    return Prompt(ids, text=text)
+    return Prompt(ids, text=text, added_bos=bos is not None)
 
 
 def decode_ids(tokenizer: ChatTokenizer, ids: Sequence[int], param: str) -> str:

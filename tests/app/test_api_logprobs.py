@@ -203,13 +203,49 @@ def test_completion_echo(client) -> None:
     assert streamed == "The LORD" + plain
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_echo_logprobs_score_the_prompt(client, http, reference, stream) -> None:
+    """echo + logprobs: the prompt's tokens with their logprobs, then the generated ones', all equal to
+    one forward pass. A text prompt starts after the server's BOS token; token ids start with a null."""
+    text_prompt = "The LORD said unto Moses"
+    ids = http.post("/tokenize", json={"prompt": text_prompt}).json()["tokens"]
+    for prompt, skipped in ((text_prompt, 1), (ids[1:], 0)):
+        kwargs = dict(model="demo", prompt=prompt, max_tokens=4, temperature=0, logprobs=2, echo=True)
+        if stream:
+            chunks = [c.choices[0] for c in client.completions.create(**kwargs, stream=True) if c.choices]
+            text = "".join(c.text for c in chunks)
+            pieces = [c.logprobs for c in chunks if c.logprobs is not None]
+            tokens = [t for p in pieces for t in p.tokens]
+            values = [v for p in pieces for v in p.token_logprobs]
+            offsets = [o for p in pieces for o in p.text_offset]
+        else:
+            choice = client.completions.create(**kwargs).choices[0]
+            text, tokens = choice.text, choice.logprobs.tokens
+            values, offsets = choice.logprobs.token_logprobs, choice.logprobs.text_offset
+        sent = ids[skipped:] if skipped else ids[1:]
+        assert text.startswith(reference.tokenizer.decode(sent))
+        all_ids = [reference.ids[t.encode("utf-8")] for t in tokens]
+        assert all_ids[: len(sent)] == sent
+        assert len(sent) < len(all_ids) <= len(sent) + 4  # then the generated tokens
+        full = ids[:1] + all_ids if skipped else all_ids
+        expected = reference.logprobs(full[:1], full[1:])  # row t: the distribution of full[t + 1]
+        scored = values if skipped else values[1:]
+        if not skipped:
+            assert values[0] is None
+        assert scored == pytest.approx(
+            [expected[t, full[t + 1]].item() for t in range(len(scored))], abs=TOLERANCE
+        )
+        assert offsets[0] == 0 and all(
+            b - a == len(t) for a, b, t in zip(offsets, offsets[1:], tokens, strict=False)
+        )
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
         ({"prompt": "a", "suffix": "b"}, "suffix", "unsupported_parameter"),
         ({"prompt": "a", "logprobs": 6}, "logprobs", "invalid_value"),
         ({"prompt": "a", "logprobs": True}, "logprobs", None),
-        ({"prompt": "a", "logprobs": 1, "echo": True}, "echo", "invalid_value"),
         ({"prompt": [1, 2, 999_999]}, "prompt.2", "invalid_value"),
         ({"prompt": []}, "prompt", None),
         ({"prompt": [[]]}, "prompt", None),

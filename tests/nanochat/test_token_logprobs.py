@@ -115,3 +115,19 @@ def test_tokens_forced_by_the_calculator_get_their_logprob_under_the_model(small
     for t, event in enumerate(events):
         assert event.logprob == pytest.approx(expected[t, event.token].item(), abs=1e-4)
     assert all(e.logprob < e.top_logprobs[0][1] for e in forced)  # not what the model would have chosen
+
+
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_prompt_logprobs_equal_a_forward_pass(make_model, small_tokenizer, chunk):
+    model = make_model()
+    engine = Engine(model, small_tokenizer, max_batch=2, prefill_chunk=chunk)
+    prompt = small_tokenizer.encode("the lazy dog jumps over", prepend=small_tokenizer.get_bos_token_id())
+    params = SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=2)
+    [events] = run(engine, [(prompt, params)])
+    generation = events[0].generation
+    expected = forward_logprobs(model, prompt)[:-1]  # row t: the distribution of prompt token t + 1
+    assert len(generation.prompt_logprobs) == len(prompt) - 1
+    for t, (logprob, top) in enumerate(generation.prompt_logprobs):
+        assert logprob == pytest.approx(expected[t, prompt[t + 1]].item(), abs=1e-4)
+        assert [i for i, _ in top] == torch.topk(expected[t], 2).indices.tolist()
+    assert events[0].logprob is None  # the generated tokens' logprobs are asked for apart
