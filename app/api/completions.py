@@ -5,9 +5,9 @@ choice with `delta.role`, then content deltas, then a chunk with each choice's `
 usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
 started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
 
-Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), the model's raw
-distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A completion request
-may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
+Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), from the
+model's raw distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A
+completion request may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
 
 Ids: the completion id is `chatcmpl-<request id>` / `cmpl-<request id>`, the request id being the
 client's `X-Request-ID` or a fresh one (returned in that header either way).
