@@ -28,9 +28,8 @@ from pydantic import (
 )
 
 from app.validation import stop_strings
-from nanochat.backend import MAX_TOP_K, SamplingParams
+from nanochat.backend import MAX_LOGPROBS, MAX_TOP_K, SamplingParams
 
-MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions' logprobs, as OpenAI
 WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
 # OpenAI sampling fields this server accepts only at these values (anything else changes the result)
@@ -222,7 +221,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(
         None,
         ge=0,
-        le=MAX_TOP_LOGPROBS,
+        le=MAX_LOGPROBS,
         description="the likeliest alternatives of each token; needs logprobs",
     )
 
@@ -333,8 +332,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionRequest(SamplingFields):
     prompt: Text | TokenIds | Annotated[list[Text] | list[TokenIds], Field(min_length=1)] = Field(
         description="a prompt (text or token ids), or a list of them: n choices each, indexed "
-        "prompt_i * n + j "
-        "(prompts times n at most NANOCHAT_MAX_N)"
+        "prompt_i * n + j (prompts times n at most NANOCHAT_MAX_N)"
     )
     echo: bool = Field(
         False, description="the prompt's text (and with logprobs its tokens) before each choice"

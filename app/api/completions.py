@@ -220,13 +220,15 @@ async def completions(
         events = _completion_events(generations, shape, completion_id, created, rt.model_name, body)
         return event_stream(events, _AllStreams(generations), headers)
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for p, generation in enumerate(generations):
-        result = await collect(generation.stream, request)
-        prompt_tokens += result.prompt_tokens
-        completion_tokens += result.completion_tokens
-        for j, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
-            scored = result.scored[j] if result.scored else []
-            choices.append(shape.choice(p, j, generation, text, reason, scored, first=True))
+    try:
+        for p, generation in enumerate(generations):
+            result = await collect(generation.stream, request)
+            prompt_tokens += result.prompt_tokens
+            completion_tokens += result.completion_tokens
+            for j, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
+                choices.append(shape.choice(p, j, generation, text, reason, result.scored[j], first=True))
+    finally:
+        _AllStreams(generations).cancel()  # the prompts not collected yet, when one failed (no-op else)
     completion = Completion(
         id=completion_id,
         created=created,

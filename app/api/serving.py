@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from anyio import to_thread
@@ -300,7 +300,7 @@ class Collected:
     finish_reasons: list[str | None]
     prompt_tokens: int
     completion_tokens: int = 0
-    scored: list[list[Delta]] | None = None  # each choice's tokens with their logprobs, when asked for
+    scored: list[list[Delta]] = field(default_factory=list)  # each choice's tokens with logprobs, if asked
 
 
 async def collect(stream: GenerationStream, request: Request) -> Collected:
