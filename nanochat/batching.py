@@ -231,6 +231,7 @@ class BatchedEngine(abc.ABC):
         """One decode step's bookkeeping, given `logits[i]` for `rows[i]`: greedy rows in one argmax, the
         others with their generation's sampler and generator; then each continuation takes its token, and
         generations whose continuations have all finished leave. Returns the events of live continuations."""
+        raw = logits  # the model's own distribution, which logprobs report, whatever sampling does to logits
         sampled: dict[int, int] = {}
         greedy = [i for i, c in enumerate(rows) if c.generation.params.temperature == 0.0]
         if greedy:
@@ -241,7 +242,7 @@ class BatchedEngine(abc.ABC):
         for generation in sampling:
             group = [index[c] for c in generation.continuations]
             sampled.update(zip(group, self._sample(generation, logits[group]).tolist(), strict=True))
-        scored = self._score(rows, logits, sampled)
+        scored = self._score(rows, raw, sampled)
         events = [self._accept(c, sampled[i], scored.get(i)) for i, c in enumerate(rows)]
         for generation in generations:
             self._finish_step(generation)
