@@ -338,6 +338,9 @@ class CompletionRequest(SamplingFields):
         False, description="the prompt's text (and with logprobs its tokens) before each choice"
     )
     suffix: str | None = Field(None, description="refused: this server has no fill-in-the-middle mode")
+    max_tokens: int | None = Field(
+        None, ge=0, description="at most NANOCHAT_MAX_TOKENS_LIMIT; 0 (with echo): score the prompt only"
+    )
     logprobs: int | None = Field(
         None, ge=0, le=MAX_COMPLETION_LOGPROBS, description="each token's logprob and its N likeliest"
     )
@@ -360,8 +363,14 @@ class CompletionRequest(SamplingFields):
     def screened(self) -> tuple[list[str], str]:
         return [p for p in self.prompts if isinstance(p, str)], "prompt"
 
+    @property
+    def scores_only(self) -> bool:
+        """max_tokens 0: the prompt's logprobs only (the engine still samples one token, not sent)."""
+        return self.max_tokens == 0
+
     def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
-        params = super().to_sampling_params(defaults)
+        body = self.model_copy(update={"max_tokens": 1}) if self.scores_only else self
+        params = SamplingFields.to_sampling_params(body, defaults)
         if self.logprobs is None:
             return params
         return replace(params, logprobs=self.logprobs, prompt_logprobs=self.logprobs if self.echo else None)

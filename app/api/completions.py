@@ -46,7 +46,7 @@ from app.api.serving import (
     sse,
 )
 from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
-from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception
+from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception, invalid
 from app.lifecycle import Runtime
 from app.observability.context import note_response_id
 from app.scheduler import Delta, GenerationStream, SchedulerError
@@ -215,7 +215,10 @@ async def completions(
     headers = generations[0].headers
     completion_id, created = f"cmpl-{rid}", int(time.time())
     note_response_id(completion_id)
-    shape = _CompletionShape(body.n, body.echo, rt.tokenizer if body.logprobs is not None else None)
+    if body.scores_only and not body.echo:
+        raise invalid("max_tokens 0 scores the prompt only: it needs echo", "max_tokens")
+    tokenizer = rt.tokenizer if body.logprobs is not None else None
+    shape = _CompletionShape(body.n, body.echo, tokenizer, generated=not body.scores_only)
     if body.stream:
         events = _completion_events(generations, shape, completion_id, created, rt.model_name, body)
         return event_stream(events, _AllStreams(generations), headers)
@@ -224,7 +227,7 @@ async def completions(
         for p, generation in enumerate(generations):
             result = await collect(generation.stream, request)
             prompt_tokens += result.prompt_tokens
-            completion_tokens += result.completion_tokens
+            completion_tokens += result.completion_tokens if shape.generated else 0
             for j, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
                 choices.append(shape.choice(p, j, generation, text, reason, result.scored[j], first=True))
     finally:
@@ -247,6 +250,7 @@ class _CompletionShape:
     n: int
     echo: bool
     tokenizer: ChatTokenizer | None
+    generated: bool = True  # False: max_tokens 0, the prompt alone (the one token sampled is dropped)
     offsets: dict[int, int] = field(default_factory=dict)  # streamed: each choice's characters so far
 
     def choice(
@@ -261,6 +265,8 @@ class _CompletionShape:
     ) -> CompletionChoice:
         """`first`: the choice's first piece (where the echo goes)."""
         index = p * self.n + j
+        if not self.generated:
+            text, scored, reason = "", [], reason and "length"
         echo = first and self.echo
         prompt_text = generation.prompt.text if echo else ""
         offset = self.offsets.get(index, 0)
@@ -337,7 +343,7 @@ async def _completion_events(
             generation.stream.cancel()
     if body.include_usage:
         prompt_tokens = sum(g.stream.prompt_tokens for g in generations)
-        completion_tokens = sum(g.stream.completion_tokens for g in generations)
+        completion_tokens = sum(g.stream.completion_tokens for g in generations) if shape.generated else 0
         yield chunk([], _usage(prompt_tokens, completion_tokens))
     yield "data: [DONE]\n\n"
 

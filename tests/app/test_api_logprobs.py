@@ -240,11 +240,40 @@ def test_completion_echo_logprobs_score_the_prompt(client, http, reference, stre
         )
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_zero_with_echo_scores_the_prompt_only(client, stream) -> None:
+    """What evaluation harnesses send for a loglikelihood: the prompt's logprobs, nothing generated."""
+    prompt = "The LORD said unto Moses"
+    kwargs = dict(model="demo", prompt=prompt, temperature=0, logprobs=1, echo=True)
+    full = client.completions.create(**kwargs, max_tokens=3).choices[0].logprobs
+    if stream:
+        chunks = list(
+            client.completions.create(
+                **kwargs, max_tokens=0, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        choices = [c.choices[0] for c in chunks if c.choices]
+        text = "".join(c.text for c in choices)
+        tokens = [t for c in choices if c.logprobs for t in c.logprobs.tokens]
+        values = [v for c in choices if c.logprobs for v in c.logprobs.token_logprobs]
+        reason, usage = choices[-1].finish_reason, chunks[-1].usage
+    else:
+        completion = client.completions.create(**kwargs, max_tokens=0)
+        [choice] = completion.choices
+        text, tokens, values = choice.text, choice.logprobs.tokens, choice.logprobs.token_logprobs
+        reason, usage = choice.finish_reason, completion.usage
+    assert text == prompt and "".join(tokens) == prompt
+    assert reason == "length" and usage.completion_tokens == 0
+    assert values == pytest.approx(full.token_logprobs[: len(tokens)], abs=TOLERANCE)
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
         ({"prompt": "a", "suffix": "b"}, "suffix", "unsupported_parameter"),
         ({"prompt": "a", "logprobs": 6}, "logprobs", "invalid_value"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens", "invalid_value"),
+        ({"prompt": "a", "max_tokens": -1, "echo": True}, "max_tokens", "invalid_value"),
         ({"prompt": "a", "logprobs": True}, "logprobs", None),
         ({"prompt": [1, 2, 999_999]}, "prompt.2", "invalid_value"),
         ({"prompt": []}, "prompt", None),
