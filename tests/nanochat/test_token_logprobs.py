@@ -85,15 +85,22 @@ def test_hf_engine_logprobs_equal_a_transformers_forward():
 
     engine = HFEngine.from_pretrained(demo_export(), max_batch=2)
     prompt = engine.tokenizer.encode("The LORD", prepend=engine.tokenizer.get_bos_token_id())
-    params = SamplingParams(max_tokens=8, temperature=1.0, seed=5, logprobs=3, ignore_eos=True)
+    params = SamplingParams(
+        max_tokens=8, temperature=1.0, seed=5, logprobs=3, prompt_logprobs=1, ignore_eos=True
+    )
     [events] = run(engine, [(prompt, params)])
     tokens = [e.token for e in events]
     with torch.inference_mode():
         logits = engine.model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
-    expected = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1]
+    every = torch.log_softmax(logits, dim=-1)
+    expected = every[len(prompt) - 1 : -1]
     for t, event in enumerate(events):
         assert event.logprob == pytest.approx(expected[t, event.token].item(), abs=1e-4)
         assert [i for i, _ in event.top_logprobs] == torch.topk(expected[t], 3).indices.tolist()
+    scored = events[0].generation.prompt_logprobs
+    assert [lp for lp, _ in scored] == pytest.approx(
+        [every[t, prompt[t + 1]].item() for t in range(len(prompt) - 1)], abs=1e-4
+    )
 
 
 def test_tokens_forced_by_the_calculator_get_their_logprob_under_the_model(small_tokenizer):
@@ -131,3 +138,22 @@ def test_prompt_logprobs_equal_a_forward_pass(make_model, small_tokenizer, chunk
         assert logprob == pytest.approx(expected[t, prompt[t + 1]].item(), abs=1e-4)
         assert [i for i, _ in top] == torch.topk(expected[t], 2).indices.tolist()
     assert events[0].logprob is None  # the generated tokens' logprobs are asked for apart
+
+
+def test_prompt_logprobs_score_a_prompt_the_prefix_cache_holds(make_model, small_tokenizer):
+    """The prefix cache would skip the prompt's start (no logits there): scoring runs all of it."""
+    model = make_model()
+    engine = Engine(model, small_tokenizer, max_batch=2, prefix_cache_bytes=1_000_000, prefix_block_size=4)
+    prompt = small_tokenizer.encode(
+        "the lazy dog jumps over the lazy fox", prepend=small_tokenizer.get_bos_token_id()
+    )
+    run(engine, [(prompt, SamplingParams(max_tokens=2, temperature=0.0))])
+    [events] = run(engine, [(prompt, SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=0))])
+    expected = forward_logprobs(model, prompt)[:-1]
+    scored = events[0].generation.prompt_logprobs
+    assert [lp for lp, _ in scored] == pytest.approx(
+        [expected[t, prompt[t + 1]].item() for t in range(len(prompt) - 1)], abs=1e-4
+    )
+    before = engine.prefilled_tokens
+    run(engine, [(prompt, SamplingParams(max_tokens=2, temperature=0.0))])
+    assert engine.prefilled_tokens - before < len(prompt)  # without scoring, the cache is used again
