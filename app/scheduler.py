@@ -450,19 +450,9 @@ class Scheduler:
             job.completion_tokens += 1
             if event.finish_reason:
                 job.finish_reasons[event.index] = event.finish_reason
-            self._outbox.append(
-                (
-                    job,
-                    Delta(
-                        event.index,
-                        event.token,
-                        event.text,
-                        event.finish_reason,
-                        event.logprob,
-                        event.top_logprobs,
-                    ),
-                )
-            )
+            scored = (event.logprob, event.top_logprobs)
+            delta = Delta(event.index, event.token, event.text, event.finish_reason, *scored)
+            self._outbox.append((job, delta))
 
     def _finish(self, job: _Job) -> None:
         with self._cond:

@@ -177,9 +177,9 @@ class BatchedEngine(abc.ABC):
         logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start, top is not None)
         if top is not None:  # row i predicts prompt token start + i + 1
             targets = generation.prompt_ids[start + 1 : start + chunk + 1]
-            generation.prompt_logprobs += token_logprobs(
-                logits[: len(targets)], targets, [top] * len(targets)
-            )
+            if targets:
+                scored = token_logprobs(logits[: len(targets)], targets, [top] * len(targets))
+                generation.prompt_logprobs += scored
             logits = logits[-1:]
         generation.prefilled += chunk
         self.prefilled_tokens += chunk
