@@ -97,6 +97,8 @@ async def prepare_generations(
     else:
         prompts = [await chat_prompt(runtime, body.messages)]
     texts, param = body.screened()
+    if isinstance(body, CompletionRequest):  # token-id prompts too, as the text they are
+        texts = [prompt.text for prompt in prompts]
     screened = await screen(runtime, texts, param)
     params = sampling_params(body, settings)
     validation.check_batch(params.n, runtime.max_batch)
