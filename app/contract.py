@@ -24,6 +24,9 @@ CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 WEB_CHAT_PATH = "/chat/completions"
 GENERATION_PATHS = (CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, WEB_CHAT_PATH)
+# vLLM's tokenizer routes (no model work, so not generation routes); behind the API key like the above
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
 
 
 if __name__ == "__main__":  # for shell scripts: eval "$(python3 app/contract.py)"

@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from opentelemetry.sdk.trace import TracerProvider
 
 from app import metrics_server
-from app.api import classify, completions, health, web
+from app.api import classify, completions, health, tokenize, web
 from app.api.classify import Classifier
 from app.api.middleware import (
     CORS,
@@ -126,6 +126,7 @@ def create_app(
     app.include_router(completions.router)
     app.include_router(classify.router)
     app.include_router(web.router)
+    app.include_router(tokenize.router)
     app.include_router(health.router, dependencies=[Depends(_probe_exposure(settings))])
     if settings.metrics_port and metrics.multiprocess_dir() is None:  # under gunicorn the master serves it
         metrics_server.start(settings.host, settings.metrics_port)

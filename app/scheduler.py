@@ -65,6 +65,8 @@ class Delta:
     token: int
     text: str
     finish_reason: str | None
+    logprob: float | None = None  # with SamplingParams.logprobs (see nanochat.backend.TokenEvent)
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -144,6 +146,12 @@ class GenerationStream:
     def error(self) -> SchedulerError | None:
         """The error the stream ended with, once its consumer has seen the end."""
         return None if self._end is None else self._end.error
+
+    @property
+    def prompt_logprobs(self) -> list[tuple[float, tuple[tuple[int, float], ...]]]:
+        """With `params.prompt_logprobs`, once the first delta has arrived: prompt tokens 1...'s logprobs."""
+        generation = self._job.generation
+        return list(generation.prompt_logprobs) if generation is not None else []
 
     def token_ids(self) -> tuple[list[int], list[list[int]]]:
         """The prompt's token ids and each choice's generated ones (for logging the content)."""
@@ -443,7 +451,9 @@ class Scheduler:
             job.completion_tokens += 1
             if event.finish_reason:
                 job.finish_reasons[event.index] = event.finish_reason
-            self._outbox.append((job, Delta(event.index, event.token, event.text, event.finish_reason)))
+            scored = (event.logprob, event.top_logprobs)
+            delta = Delta(event.index, event.token, event.text, event.finish_reason, *scored)
+            self._outbox.append((job, delta))
 
     def _finish(self, job: _Job) -> None:
         with self._cond:

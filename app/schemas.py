@@ -9,14 +9,14 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 Requests are strict (`"3"` is not an integer). The field policy of the OpenAI routes (docs/serving.md,
 "Request fields"): every field is either honoured, or accepted and ignored because it cannot change the
 reply (`IGNORED_FIELDS`, each with why), or refused with a 400 `unsupported_parameter` naming it: fields
-this server knows but cannot honour are accepted only at their no-op values (`NOOP_VALUES`, `tools: []`),
+this server knows but cannot honour are accepted only at their no-op values (`tools: []`, `best_of` = `n`),
 and a field it does not know is refused (`extra="forbid"`). The generation requests turn themselves into
 the engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,14 +30,10 @@ from pydantic import (
 )
 
 from app.validation import stop_strings
-from nanochat.backend import MAX_TOP_K, SamplingParams
+from nanochat.backend import MAX_LOGPROBS, MAX_TOP_K, SamplingParams
 
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions' logprobs, as OpenAI
 WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
-# OpenAI sampling fields this server accepts only at these values (anything else changes the result)
-NOOP_VALUES: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-}
 # OpenAI fields the OpenAI routes accept and ignore, and why: none of them can change the reply
 IGNORED_FIELDS: dict[str, str] = {
     "user": "an end-user id for the provider's abuse monitoring; this server keeps no per-user state",
@@ -74,6 +70,7 @@ def _valid_unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # checked against the vocabulary
 
 
 def _content(value: Any) -> Any:
@@ -228,15 +225,9 @@ class SamplingFields(GenerationRequest):
     store: bool | None = ignored("store")
     service_tier: str | None = ignored("service_tier")
     prompt_cache_key: str | None = ignored("prompt_cache_key")
-    # accepted only at their no-op values
-    logprobs: Any = None
-    top_logprobs: int | None = None
-    best_of: int | None = None
+    best_of: int | None = None  # accepted only at its no-op value, n
 
     def unsupported_parameter(self) -> str | None:
-        for name, noop_values in NOOP_VALUES.items():
-            if getattr(self, name) not in noop_values:
-                return name
         if self.best_of is not None and self.best_of != self.n:
             return "best_of"
         return None
@@ -283,6 +274,24 @@ class ChatCompletionRequest(SamplingFields):
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = ignored("parallel_tool_calls")
+    logprobs: bool | None = Field(None, description="each content token's logprob (raw model distribution)")
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="the likeliest alternatives of each token; needs logprobs",
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(defaults)
+        return replace(params, logprobs=self.top_logprobs or 0) if self.logprobs else params
 
     def unsupported_parameter(self) -> str | None:
         if self.tools or self.functions:
@@ -314,6 +323,22 @@ class NanochatInfo(BaseModel):
     truncated_messages: int = Field(description="oldest messages dropped to fit the context")
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="the token's UTF-8 bytes (part of a character, for some tokens)")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(
+        description="the likeliest tokens at this position, likeliest first"
+    )
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -323,6 +348,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -344,6 +370,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -360,25 +387,67 @@ class ChatCompletionChunk(BaseModel):
 
 # ---- POST /v1/completions ---------------------------------------------------------------------------
 class CompletionRequest(SamplingFields):
-    prompt: Text | list[Text] = Field(description="one prompt (a list must hold exactly one)")
-    echo: bool = False
-    suffix: str | None = None
+    prompt: Text | TokenIds | Annotated[list[Text] | list[TokenIds], Field(min_length=1)] = Field(
+        description="a prompt (text or token ids), or a list of them: n choices each, indexed "
+        "prompt_i * n + j (prompts times n at most NANOCHAT_MAX_N)"
+    )
+    echo: bool = Field(
+        False, description="the prompt's text (and with logprobs its tokens) before each choice"
+    )
+    suffix: str | None = Field(None, description="refused: this server has no fill-in-the-middle mode")
+    max_tokens: int | None = Field(
+        None, ge=0, description="at most NANOCHAT_MAX_TOKENS_LIMIT; 0 (with echo): score the prompt only"
+    )
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_COMPLETION_LOGPROBS, description="each token's logprob and its N likeliest"
+    )
 
     def unsupported_parameter(self) -> str | None:
-        if self.echo:
-            return "echo"
         if self.suffix:
             return "suffix"
         return super().unsupported_parameter()
 
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or token ids."""
+        single = isinstance(self.prompt, str) or isinstance(self.prompt[0], int)
+        return [self.prompt] if single else list(self.prompt)
+
+    @property
+    def choices(self) -> int:
+        return self.n * len(self.prompts)
+
     def screened(self) -> tuple[list[str], str]:
-        return ([self.prompt] if isinstance(self.prompt, str) else list(self.prompt)), "prompt"
+        return [p for p in self.prompts if isinstance(p, str)], "prompt"
+
+    @property
+    def scores_only(self) -> bool:
+        """max_tokens 0: the prompt's logprobs only (the engine still samples one token, not sent)."""
+        return self.max_tokens == 0
+
+    def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
+        body = self.model_copy(update={"max_tokens": 1}) if self.scores_only else self
+        params = SamplingFields.to_sampling_params(body, defaults)
+        if self.logprobs is None:
+            return params
+        return replace(params, logprobs=self.logprobs, prompt_logprobs=self.logprobs if self.echo else None)
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs: per token its text, logprob (null for the first prompt token of an echo),
+    its likeliest alternatives (text -> logprob) and where its text starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -491,3 +560,33 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"] = "ready"
     model: str
+
+
+# ---- POST /tokenize, POST /detokenize (vLLM's shapes) ------------------------------------------------
+class TokenizeRequest(RequestBody):
+    """A completion prompt or a chat, tokenized as the generation routes would (one of the two)."""
+
+    model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
+    prompt: Text | None = Field(None, description="text, tokenized as /v1/completions does")
+    add_special_tokens: bool = Field(True, description="with prompt: the beginning-of-sequence token first")
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, description="a chat, as /v1/chat/completions"
+    )
+    add_generation_prompt: Literal[True] = Field(
+        True, description="with messages: the assistant's turn opened (the only rendering served)"
+    )
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int = Field(description="the model's context in tokens")
+    tokens: list[int]
+
+
+class DetokenizeRequest(RequestBody):
+    model: str | None = Field(None, description="one of the names GET /v1/models lists (else 404)")
+    tokens: list[int] = Field(description="token ids, each in [0, vocabulary size)")
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -34,6 +34,7 @@ from nanochat.prefix_cache import PrefixCacheStats
 FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
 FINISH_LENGTH = "length"  # max_tokens, or the context is full
 MAX_TOP_K = 1_000_000
+MAX_LOGPROBS = 20  # alternatives per token
 
 
 class EngineError(ValueError):
@@ -68,6 +69,8 @@ class SamplingParams:
     # nanochat's n: one first token for all n choices, then one generator for them all (nanochat's Engine,
     # token for token). Otherwise each choice samples its own first token with its own generator (seed + i).
     shared_first_token: bool = False
+    logprobs: int | None = None  # each token's logprob and its `logprobs` likeliest alternatives; None: off
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (Generation.prompt_logprobs)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -94,6 +97,10 @@ class SamplingParams:
         for token, bias in self.logit_bias:
             if not (isinstance(token, int) and token >= 0 and -100.0 <= float(bias) <= 100.0):
                 raise EngineError(f"logit_bias maps token ids >= 0 to -100..100, got {token!r}: {bias!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
+                raise EngineError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
 
     @property
     def adjusts_logits(self) -> bool:
@@ -145,6 +152,8 @@ class Generation:
     prefilled: int = 0  # prompt tokens already in the cache
     num_generated: int = 0  # decode steps taken (each yields one token per continuation)
     state: GenerationState = GenerationState.PREFILLING
+    # with params.prompt_logprobs, once prefilled: (logprob, top (token, logprob) pairs) of prompt tokens 1...
+    prompt_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     @property
     def prefill_remaining(self) -> int:
@@ -157,7 +166,12 @@ class Generation:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One new token of one continuation. `text` is the newly final text (may be '')."""
+    """One new token of one continuation. `text` is the newly final text (may be '').
+
+    With `SamplingParams.logprobs` set: `logprob`, the token's log-probability under the model's raw
+    distribution at that position (log-softmax of the logits, before temperature, top-k/p or any other
+    processing; a token forced by the calculator tool gets its logprob there too), and `top_logprobs`,
+    the `logprobs` likeliest (token, logprob) pairs, likeliest first. Otherwise None and ()."""
 
     generation: Generation
     index: int
@@ -165,6 +179,8 @@ class TokenEvent:
     forced: bool
     text: str
     finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @runtime_checkable

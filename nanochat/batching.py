@@ -5,10 +5,11 @@ Written here, and nowhere else: the checks that start a generation, its states (
 DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
 prefills), sampling (each continuation with its own seeded generator, so its tokens do not depend on the
 batch; penalties and logit biases vectorized over the rows that have them), the stop rules (an
-end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a full context: "length") and
-nanochat's simple `generate` interface. Also which free row still holds the sequence it last served,
-untouched since (the next prefill's row, after a generation leaves with nothing moved over it), so that an
-engine with a prefix cache can reuse its start in place (`_reuse_prefix`).
+end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a full context: "length"), the
+logprobs of the rows that ask for them (`token_logprobs`, nothing computed for the others) and nanochat's
+simple `generate` interface. Also which free row still holds the sequence it last served, untouched since
+(the next prefill's row, after a generation leaves with nothing moved over it), so that an engine with a
+prefix cache can reuse its start in place (`_reuse_prefix`).
 
 An engine (nanochat.engine.Engine, nanochat.hf_engine.HFEngine) implements the hooks below `# ---- hooks`:
 a prefill chunk's and a decode step's forward, giving prefilled keys/values to the continuations' rows,
@@ -135,6 +136,27 @@ def adjust_logits(
     return adjusted
 
 
+Scored = tuple[float, tuple[tuple[int, float], ...]]  # a token's logprob, its top (token, logprob) pairs
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], tops: Sequence[int]) -> list[Scored]:
+    """For each row of (rows, vocab) logits: the log-softmax of `tokens[i]` and the `tops[i]` likeliest
+    (token, logprob) pairs, likeliest first. The raw distribution: no temperature, top-k/p or penalties.
+    One device-to-host copy for all rows."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(list(tokens), device=logprobs.device)[:, None]
+    chosen = logprobs.gather(1, index)[:, 0].tolist()
+    k = min(max(tops), logprobs.size(-1))
+    if k:
+        values, ids = torch.topk(logprobs, k, dim=-1)
+        values, ids = values.tolist(), ids.tolist()
+    scored = []
+    for i, top in enumerate(tops):
+        pairs = tuple(zip(ids[i][:top], values[i][:top], strict=True)) if top else ()
+        scored.append((chosen[i], pairs))
+    return scored
+
+
 class BatchedEngine(abc.ABC):
     """`max_batch` rows, taken by the continuations in `decoding` plus the `n` of the generation being
     prefilled (one at a time); see the module docstring."""
@@ -202,7 +224,9 @@ class BatchedEngine(abc.ABC):
             generation.continuations.append(cont)
         self.prefilling = generation
         self._reset_prefill()
-        generation.prefilled = self._reuse_prefix(generation, self._take_resident(prompt))
+        in_place = self._take_resident(prompt)
+        if params.prompt_logprobs is None:  # scoring the prompt needs the logits of all of it
+            generation.prefilled = self._reuse_prefix(generation, in_place)
         return generation
 
     @torch.inference_mode()
@@ -217,7 +241,14 @@ class BatchedEngine(abc.ABC):
             raise EngineError("this request is not the one being prefilled")
         chunk = min(max_tokens or self.prefill_chunk, generation.prefill_remaining)
         start = generation.prefilled
-        logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start)
+        top = generation.params.prompt_logprobs
+        logits = self._forward_prefill(generation.prompt_ids[start : start + chunk], start, top is not None)
+        if top is not None:  # row i predicts prompt token start + i + 1
+            targets = generation.prompt_ids[start + 1 : start + chunk + 1]
+            if targets:
+                scored = token_logprobs(logits[: len(targets)], targets, [top] * len(targets))
+                generation.prompt_logprobs += scored
+            logits = logits[-1:]
         generation.prefilled += chunk
         self.prefilled_tokens += chunk
         if generation.prefill_remaining:
@@ -227,13 +258,17 @@ class BatchedEngine(abc.ABC):
             firsts = self._sample(generation, conts[:1], logits).tolist() * len(conts)
         else:
             firsts = self._sample(generation, conts, logits.expand(len(conts), -1)).tolist()
+        scored: list[Scored | None] = [None] * len(conts)
+        if generation.params.logprobs is not None:  # each choice's own first token, from the raw logits
+            top = generation.params.logprobs
+            scored = list(token_logprobs(logits[-1:].expand(len(conts), -1), firsts, [top] * len(conts)))
         self.prefilling = None
         generation.state = GenerationState.DECODING
         for cont in generation.continuations:
             cont.row = len(self.decoding)
             self.decoding.append(cont)
         self._take_prefill(generation)
-        events = [self._accept(cont, first) for cont, first in zip(conts, firsts, strict=True)]
+        events = [self._accept(c, f, s) for c, f, s in zip(conts, firsts, scored, strict=True)]
         self._finish_step(generation)
         return events
 
@@ -270,6 +305,7 @@ class BatchedEngine(abc.ABC):
         the rows that have them (`adjust_logits`, all such rows at once), greedy rows in one argmax, the
         others with their generation's sampler and generators; then each continuation takes its token, and
         generations whose continuations have all finished leave. Returns the events of live continuations."""
+        raw = logits  # the model's own distribution, which logprobs report, whatever sampling does to logits
         logits = self._adjusted(rows, logits)
         sampled: dict[int, int] = {}
         greedy = [i for i, c in enumerate(rows) if c.generation.params.temperature == 0.0]
@@ -282,7 +318,8 @@ class BatchedEngine(abc.ABC):
             group = [index[c] for c in generation.continuations]
             tokens = self._sample(generation, generation.continuations, logits[group], adjusted=True)
             sampled.update(zip(group, tokens.tolist(), strict=True))
-        events = [self._accept(c, sampled[i]) for i, c in enumerate(rows)]
+        scored = self._score(rows, raw, sampled)
+        events = [self._accept(c, sampled[i], scored.get(i)) for i, c in enumerate(rows)]
         for generation in generations:
             self._finish_step(generation)
         return [e for e in events if e is not None]
@@ -308,8 +345,23 @@ class BatchedEngine(abc.ABC):
         prompts = [c.generation.prompt_ids for c in rows]
         return adjust_logits(logits, params, [c.tokens for c in rows], prompts)
 
-    def _accept(self, cont: Continuation, sampled: int) -> TokenEvent | None:
-        """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules."""
+    def _score(
+        self, rows: list[Continuation], logits: torch.Tensor, sampled: dict[int, int]
+    ) -> dict[int, Scored]:
+        """The logprobs of the rows whose generation asked for them (row index -> its token's), of the
+        token each row takes next: the one forced by a tool if pending, else the sampled one."""
+        asking = [
+            i for i, c in enumerate(rows) if c.generation.params.logprobs is not None and not c.finished
+        ]
+        if not asking:
+            return {}
+        tokens = [rows[i].forced[0] if rows[i].forced else sampled[i] for i in asking]
+        tops = [rows[i].generation.params.logprobs for i in asking]
+        return dict(zip(asking, token_logprobs(logits[asking], tokens, tops), strict=True))
+
+    def _accept(self, cont: Continuation, sampled: int, scored: Scored | None = None) -> TokenEvent | None:
+        """Take a continuation's next token (one forced by a tool, if pending) and apply the stop rules;
+        `scored`: the token's logprob and top alternatives, when the generation asked for them."""
         forced = bool(cont.forced)
         token = cont.forced.popleft() if forced else sampled
         was_finished = cont.finished
@@ -331,7 +383,8 @@ class BatchedEngine(abc.ABC):
             cont.finish_reason = FINISH_LENGTH
         if cont.finish_reason:
             text += cont.text.finish()
-        return TokenEvent(cont.generation, cont.index, token, forced, text, cont.finish_reason)
+        logprob, top = scored if scored is not None else (None, ())
+        return TokenEvent(cont.generation, cont.index, token, forced, text, cont.finish_reason, logprob, top)
 
     def _finish_step(self, generation: Generation) -> None:
         """Count the step; free the generation's rows once every continuation has finished."""
@@ -405,9 +458,9 @@ class BatchedEngine(abc.ABC):
         """Empty the prefill's keys/values (a generation begins, or the one prefilling was cancelled)."""
 
     @abc.abstractmethod
-    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
+    def _forward_prefill(self, ids: list[int], start: int, every: bool = False) -> torch.Tensor:
         """Run the prompt tokens `ids` (at positions start...) of the generation being prefilled; return
-        the (1, vocab) logits after the last one."""
+        the (1, vocab) logits after the last one (`every`: the (len(ids), vocab) logits after each)."""
 
     @abc.abstractmethod
     def _take_prefill(self, generation: Generation) -> None:

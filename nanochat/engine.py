@@ -161,10 +161,10 @@ class Engine(BatchedEngine):
     def _reset_prefill(self) -> None:
         self.cache.reset_row(self._prefill_row)
 
-    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
+    def _forward_prefill(self, ids: list[int], start: int, every: bool = False) -> torch.Tensor:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(idx, kv_cache=self.cache, start_row=self._prefill_row, last_only=True)
-        return logits[:, -1, :]
+        logits = self.model(idx, kv_cache=self.cache, start_row=self._prefill_row, last_only=not every)
+        return logits[0] if every else logits[:, -1, :]
 
     def _take_prefill(self, generation: Generation) -> None:
         prefill_row = generation.continuations[0].row  # the prefill row is the first continuation's

@@ -347,8 +347,8 @@ class HFEngine(BatchedEngine):
     def _reset_prefill(self) -> None:
         self.cache.reset_row(self._prefill_row)
 
-    def _forward_prefill(self, ids: list[int], start: int) -> torch.Tensor:
-        return self._forward([ids], self._prefill_row)
+    def _forward_prefill(self, ids: list[int], start: int, every: bool = False) -> torch.Tensor:
+        return self._forward([ids], self._prefill_row, every)
 
     def _take_prefill(self, generation: Generation) -> None:
         prefill_row = generation.continuations[0].row  # the prefill row is the first continuation's
@@ -369,9 +369,9 @@ class HFEngine(BatchedEngine):
             self.cache.reset_row(row)
 
     # ---- internals --------------------------------------------------------------------------------
-    def _forward(self, ids: list[list[int]], start_row: int) -> torch.Tensor:
+    def _forward(self, ids: list[list[int]], start_row: int, every: bool = False) -> torch.Tensor:
         """One forward of len(ids) rows from `start_row`, each continuing its own cache row; returns the fp32
-        logits after each row's last token, (len(ids), vocab)."""
+        logits after each row's last token, (len(ids), vocab) (`every`, one row: after each token)."""
         plan = self.cache.plan(start_row, len(ids), len(ids[0]))
         out = self.model(
             input_ids=torch.tensor(ids, device=self.device),
@@ -379,10 +379,10 @@ class HFEngine(BatchedEngine):
             position_ids=plan.position_ids,
             cache=self.cache,
             use_cache=True,
-            **self._only_last_logits,
+            **({} if every else self._only_last_logits),
         )
         self.cache.advance()
-        return out.logits[:, -1, :].float()
+        return out.logits[0].float() if every else out.logits[:, -1, :].float()
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.hf.decode(ids, skip_special_tokens=True)

@@ -5,6 +5,10 @@ choice with `delta.role`, then content deltas, then a chunk with each choice's `
 usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
 started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
 
+Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), from the
+model's raw distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A
+completion request may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
+
 Ids: the completion id is `chatcmpl-<request id>` / `cmpl-<request id>`, the request id being the
 client's `X-Request-ID` or a fresh one (returned in that header either way).
 
@@ -23,17 +27,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
-from app.api.serving import Prompt, collect, delta_groups, event_stream, prepare_generation, sse
+from app.api.serving import (
+    Generation,
+    Prompt,
+    chat_logprobs,
+    collect,
+    completion_logprobs,
+    delta_groups,
+    event_stream,
+    prepare_generation,
+    prepare_generations,
+    sse,
+)
 from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
-from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception
+from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception, invalid
 from app.lifecycle import Runtime
 from app.observability.context import note_response_id
-from app.scheduler import GenerationStream, SchedulerError
+from app.scheduler import Delta, GenerationStream, SchedulerError
 from app.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -51,6 +67,7 @@ from app.schemas import (
     Usage,
 )
 from app.validation import check_model
+from nanochat.backend import ChatTokenizer
 
 router = APIRouter(tags=["openai"])
 OWNED_BY = "nanochat"
@@ -87,8 +104,11 @@ async def chat_completions(
     stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
     note_response_id(completion_id)
+    tokenizer = rt.tokenizer if body.logprobs else None
     if body.stream:
-        events = _chat_events(stream, completion_id, created, rt.model_name, body.include_usage, prompt)
+        events = _chat_events(
+            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer
+        )
         return event_stream(events, stream, headers)
     result = await collect(stream, request)
     completion = ChatCompletion(
@@ -96,7 +116,12 @@ async def chat_completions(
         created=created,
         model=rt.model_name,
         choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=reason)
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=text),
+                finish_reason=reason,
+                logprobs=chat_logprobs(tokenizer, result.scored[i]) if tokenizer else None,
+            )
             for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
         ],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
@@ -128,12 +153,17 @@ async def _chat_events(
     model: str,
     include_usage: bool,
     prompt: Prompt,
+    tokenizer: ChatTokenizer | None,
 ) -> AsyncIterator[str]:
+    """`tokenizer` given: with logprobs, each content chunk carrying its tokens' entries (a token whose
+    text is held back, part of a character or of a possible stop string, comes with the next text)."""
+
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
         return sse(body)
 
     content = content_chunk_writer(completion_id, created, model)
+    scored: list[list[Delta]] = [[] for _ in range(stream.n)]
     for i in range(stream.n):
         role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
         yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
@@ -141,7 +171,16 @@ async def _chat_events(
         async for group in delta_groups(stream):
             events = []
             for delta in group:
-                if delta.text:
+                if tokenizer is not None:
+                    scored[delta.index].append(delta)
+                    if delta.text or delta.finish_reason:
+                        logprobs = chat_logprobs(tokenizer, scored[delta.index])
+                        scored[delta.index] = []
+                        choice = ChatChunkChoice(
+                            index=delta.index, delta=ChunkDelta(content=delta.text), logprobs=logprobs
+                        )
+                        events.append(chunk([choice]))
+                elif delta.text:
                     events.append(content(delta.index, delta.text))
                 if delta.finish_reason:
                     done = ChatChunkChoice(
@@ -172,47 +211,140 @@ async def completions(
     rid: RequestId,
 ) -> Response:
     check_model(body.model, rt.settings)
-    generation = await prepare_generation(body, rt, rid)
-    stream, headers = generation.stream, generation.headers
+    generations = await prepare_generations(body, rt, rid)
+    headers = generations[0].headers
     completion_id, created = f"cmpl-{rid}", int(time.time())
     note_response_id(completion_id)
+    if body.scores_only and not body.echo:
+        raise invalid("max_tokens 0 scores the prompt only: it needs echo", "max_tokens")
+    tokenizer = rt.tokenizer if body.logprobs is not None else None
+    shape = _CompletionShape(body.n, body.echo, tokenizer, generated=not body.scores_only)
     if body.stream:
-        events = _completion_events(stream, completion_id, created, rt.model_name, body.include_usage)
-        return event_stream(events, stream, headers)
-    result = await collect(stream, request)
+        events = _completion_events(generations, shape, completion_id, created, rt.model_name, body)
+        return event_stream(events, _AllStreams(generations), headers)
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    try:
+        for p, generation in enumerate(generations):
+            result = await collect(generation.stream, request)
+            prompt_tokens += result.prompt_tokens
+            completion_tokens += result.completion_tokens if shape.generated else 0
+            for j, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
+                choices.append(shape.choice(p, j, generation, text, reason, result.scored[j], first=True))
+    finally:
+        _AllStreams(generations).cancel()  # the prompts not collected yet, when one failed (no-op else)
     completion = Completion(
         id=completion_id,
         created=created,
         model=rt.model_name,
-        choices=[
-            CompletionChoice(index=i, text=text, finish_reason=reason)
-            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
-        ],
-        usage=_usage(result.prompt_tokens, result.completion_tokens),
+        choices=choices,
+        usage=_usage(prompt_tokens, completion_tokens),
     )
     return _json(completion, headers)
 
 
+@dataclass
+class _CompletionShape:
+    """Builds completion choices: index prompt_i * n + j (as OpenAI), the prompt's text first with `echo`,
+    logprobs with a tokenizer (`text_offset` counts from the choice's first character, echo included)."""
+
+    n: int
+    echo: bool
+    tokenizer: ChatTokenizer | None
+    generated: bool = True  # False: max_tokens 0, the prompt alone (the one token sampled is dropped)
+    offsets: dict[int, int] = field(default_factory=dict)  # streamed: each choice's characters so far
+
+    def choice(
+        self,
+        p: int,
+        j: int,
+        generation: Generation,
+        text: str,
+        reason: str | None,
+        scored: list[Delta],
+        first: bool,
+    ) -> CompletionChoice:
+        """`first`: the choice's first piece (where the echo goes)."""
+        index = p * self.n + j
+        if not self.generated:
+            text, scored, reason = "", [], reason and "length"
+        echo = first and self.echo
+        prompt_text = generation.prompt.text if echo else ""
+        offset = self.offsets.get(index, 0)
+        logprobs = None
+        if self.tokenizer is not None:
+            entries = self._echoed(generation) if echo else []
+            logprobs = completion_logprobs(self.tokenizer, [*entries, *scored], offset)
+            if echo and not generation.prompt.added_bos:  # the first prompt token has no context
+                logprobs.token_logprobs[0] = logprobs.top_logprobs[0] = None
+        text = prompt_text + text
+        self.offsets[index] = offset + len(text)
+        return CompletionChoice(index=index, text=text, finish_reason=reason, logprobs=logprobs)
+
+    @staticmethod
+    def _echoed(generation: Generation) -> list[Delta]:
+        """The prompt's tokens with their logprobs: for a text prompt from its first text token on (after
+        the BOS token the server put before it), else every token, the first one's logprob 0 until nulled."""
+        ids, scored = generation.prompt.ids, generation.stream.prompt_logprobs
+        entries = [
+            Delta(0, t, "", None, logprob, top) for t, (logprob, top) in zip(ids[1:], scored, strict=True)
+        ]
+        return entries if generation.prompt.added_bos else [Delta(0, ids[0], "", None, 0.0), *entries]
+
+
+class _AllStreams:
+    """The streams of a request's prompts, cancelled together."""
+
+    def __init__(self, generations: list[Generation]) -> None:
+        self.streams = [g.stream for g in generations]
+
+    def cancel(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+
+
 async def _completion_events(
-    stream: GenerationStream, completion_id: str, created: int, model: str, include_usage: bool
+    generations: list[Generation],
+    shape: _CompletionShape,
+    completion_id: str,
+    created: int,
+    model: str,
+    body: CompletionRequest,
 ) -> AsyncIterator[str]:
+    """The prompts' choices one prompt after the other (all generate at once; later ones wait buffered)."""
+
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         return sse(Completion(id=completion_id, created=created, model=model, choices=choices, usage=usage))
 
     try:
-        async for group in delta_groups(stream):
-            events = [
-                chunk([CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason)])
-                for d in group
-                if d.text or d.finish_reason
-            ]
-            if events:
-                yield "".join(events)
+        for p, generation in enumerate(generations):
+            started: set[int] = set()
+            scored: list[list[Delta]] = [[] for _ in range(body.n)]
+            async for group in delta_groups(generation.stream):
+                events = []
+                for d in group:
+                    if d.logprob is not None:
+                        scored[d.index].append(d)
+                    if not (d.text or d.finish_reason or (body.echo and d.index not in started)):
+                        continue
+                    first = d.index not in started
+                    started.add(d.index)
+                    choice = shape.choice(
+                        p, d.index, generation, d.text, d.finish_reason, scored[d.index], first
+                    )
+                    scored[d.index] = []
+                    events.append(chunk([choice]))
+                if events:
+                    yield "".join(events)
     except SchedulerError as e:
         yield sse(from_exception(e))
         return
-    if include_usage:
-        yield chunk([], _usage(stream.prompt_tokens, stream.completion_tokens))
+    finally:
+        for generation in generations:
+            generation.stream.cancel()
+    if body.include_usage:
+        prompt_tokens = sum(g.stream.prompt_tokens for g in generations)
+        completion_tokens = sum(g.stream.completion_tokens for g in generations) if shape.generated else 0
+        yield chunk([], _usage(prompt_tokens, completion_tokens))
     yield "data: [DONE]\n\n"
 
 

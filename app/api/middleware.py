@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.contract import HEALTH_PATH, METRICS_PATH, READY_PATH, WEB_CHAT_PATH
+from app.contract import DETOKENIZE_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH, TOKENIZE_PATH, WEB_CHAT_PATH
 from app.errors import error_response, scheduler_status
 from app.http_limits import REFUSAL_KEY, Refusal, limit_log
 from app.observability import context, metrics, tracing
@@ -48,6 +48,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PROTECTED_PREFIXES = ("/v1/", WEB_CHAT_PATH)  # the model routes; probes, metrics and the page are open
 KEYED_PREFIXES = (*PROTECTED_PREFIXES, "/stats")  # and the operator's view of model, state and load
+KEYED_PREFIXES += (TOKENIZE_PATH, DETOKENIZE_PATH)  # and the tokenizer routes
 # logged at debug level, never counted as rejections
 PROBES = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before its answer began

@@ -1,5 +1,6 @@
 """One generation pipeline for every route that generates: `/v1/chat/completions`, `/v1/completions` and
-nanochat's `/chat/completions` each call `prepare_generation`, then shape the stream into their protocol.
+nanochat's `/chat/completions` each call `prepare_generation` (`prepare_generations`: a completion's
+several prompts), then shape the stream into their protocol; the logprobs' shapes are built here too.
 
 The six steps, in order: validate the request (app/validation.py: every limit, before any model work),
 render the prompt, fit it to the context (`context_overflow`: reject, or drop the oldest turns), screen the
@@ -15,10 +16,11 @@ cancelled when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from anyio import to_thread
@@ -38,12 +40,16 @@ from app.scheduler import Delta, GenerationStream
 from app.schemas import (
     ChatCompletionRequest,
     ChatMessage,
+    ChoiceLogprobs,
+    CompletionLogprobs,
     CompletionRequest,
     GenerationRequest,
     SamplingDefaults,
+    TokenLogprob,
+    TopLogprob,
     WebChatRequest,
 )
-from nanochat.backend import EngineError, SamplingParams
+from nanochat.backend import ChatTokenizer, EngineError, SamplingParams
 from nanochat.tokenizer import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ GUARDRAIL_HEADER = "X-Guardrail"  # "flagged" on a response the guardrail flagge
 class Prompt:
     ids: list[int]
     truncated_messages: int = 0  # oldest messages dropped to fit the context
+    text: str = ""  # a completion prompt's text (what `echo` repeats)
+    added_bos: bool = False  # the server put a BOS token before the completion prompt's text
 
 
 @dataclass(frozen=True)
@@ -67,24 +75,44 @@ class Generation:
 
 
 async def prepare_generation(
-    body: ChatCompletionRequest | CompletionRequest | WebChatRequest, runtime: Runtime, request_id: str
+    body: ChatCompletionRequest | WebChatRequest, runtime: Runtime, request_id: str
 ) -> Generation:
-    """Validate, render, fit to the context, screen, build the parameters, submit. Every refusal is
-    raised before the request reaches the scheduler (the scheduler's own errors surface from `submit`)."""
+    """`prepare_generations` for a body with one prompt (a chat)."""
+    [generation] = await prepare_generations(body, runtime, request_id)
+    return generation
+
+
+async def prepare_generations(
+    body: ChatCompletionRequest | CompletionRequest | WebChatRequest, runtime: Runtime, request_id: str
+) -> list[Generation]:
+    """Validate, render, fit to the context, screen, build the parameters, submit: one generation per
+    prompt (a completion request may send several, submitted as `<request id>-<i>` after the first).
+    Every refusal is raised before the request reaches the scheduler (the scheduler's own errors surface
+    from `submit`, and cancel the prompts already submitted)."""
     settings = runtime.settings
     validation.check_sampling(body, settings)
     runtime.scheduler_or_503()  # the prompt needs the model's tokenizer
     if isinstance(body, CompletionRequest):
-        prompt = await completion_prompt(runtime, body.prompt)
+        prompts = [await completion_prompt(runtime, prompt) for prompt in body.prompts]
     else:
-        prompt = await chat_prompt(runtime, body.messages)
+        prompts = [await chat_prompt(runtime, body.messages)]
     texts, param = body.screened()
-    headers = {**truncation_headers(prompt), **await screen(runtime, texts, param)}
+    if isinstance(body, CompletionRequest):  # token-id prompts too, as the text they are
+        texts = [prompt.text for prompt in prompts]
+    screened = await screen(runtime, texts, param)
     params = sampling_params(body, settings)
     check_token_ids(params, runtime.tokenizer.get_vocab_size())
     validation.check_batch(params.n, runtime.max_batch)
-    stream = await submit(runtime, prompt, params, request_id)
-    return Generation(stream, prompt, headers)
+    generations: list[Generation] = []
+    try:
+        for i, prompt in enumerate(prompts):
+            stream = await submit(runtime, prompt, params, request_id if i == 0 else f"{request_id}-{i}")
+            generations.append(Generation(stream, prompt, {**truncation_headers(prompt), **screened}))
+    except BaseException:
+        for generation in generations:
+            generation.stream.cancel()
+        raise
+    return generations
 
 
 # ---- prompts ----------------------------------------------------------------------------------------
@@ -110,6 +138,11 @@ def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
         return runtime.tokenizer.chat_prompt(turns)
     except TokenizerError as e:
         raise invalid(str(e), "messages") from None
+
+
+def render_chat(runtime: Runtime, messages: Sequence[ChatMessage]) -> list[int]:
+    """The prompt ids of a chat, uncut (400 for a chat the model cannot answer as it stands)."""
+    return _render(runtime, _conversation(messages))
 
 
 def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
@@ -140,13 +173,30 @@ async def chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prom
     return await to_thread.run_sync(_chat_prompt, runtime, messages)
 
 
-async def completion_prompt(runtime: Runtime, prompt: str | list[str]) -> Prompt:
-    """BOS + the prompt as plain text (a base model's document continuation)."""
-    text = validation.completion_text(prompt, runtime.settings)
+async def completion_prompt(runtime: Runtime, prompt: str | list[int]) -> Prompt:
+    """BOS + the prompt as plain text (a base model's document continuation); token ids as they are."""
     tokenizer = runtime.tokenizer
-    ids = await to_thread.run_sync(lambda: tokenizer.encode(text, prepend=tokenizer.get_bos_token_id()))
+    if isinstance(prompt, list):
+        text = decode_ids(tokenizer, prompt, "prompt")
+        ids, bos = list(prompt), None
+    else:
+        text = validation.completion_text(prompt, runtime.settings)
+        bos = tokenizer.get_bos_token_id()
+        ids = await to_thread.run_sync(lambda: tokenizer.encode(text, prepend=bos))
     validation.check_context(len(ids), runtime.context, "prompt")
-    return Prompt(ids)
+    return Prompt(ids, text=text, added_bos=bos is not None)
+
+
+def decode_ids(tokenizer: ChatTokenizer, ids: Sequence[int], param: str) -> str:
+    """The text of token ids; a 400 naming `param` for an id outside the vocabulary."""
+    vocab = tokenizer.get_vocab_size()
+    bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise invalid(f"token id {ids[bad]} is outside the vocabulary (size {vocab})", f"{param}.{bad}")
+    try:
+        return tokenizer.decode(ids)
+    except TokenizerError as e:
+        raise invalid(str(e), param) from None
 
 
 # ---- the guardrail ----------------------------------------------------------------------------------
@@ -264,22 +314,73 @@ class Collected:
     finish_reasons: list[str | None]
     prompt_tokens: int
     completion_tokens: int = 0
+    scored: list[list[Delta]] = field(default_factory=list)  # each choice's tokens with logprobs, if asked
 
 
 async def collect(stream: GenerationStream, request: Request) -> Collected:
     """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile."""
     parts: list[list[str]] = [[] for _ in range(stream.n)]
+    scored: list[list[Delta]] = [[] for _ in range(stream.n)]
     finish: list[str | None] = [None] * stream.n
     watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
     try:
         async for delta in deltas(stream):
             parts[delta.index].append(delta.text)
+            if delta.logprob is not None:
+                scored[delta.index].append(delta)
             if delta.finish_reason:
                 finish[delta.index] = delta.finish_reason
     finally:
         watcher.cancel()
     texts = ["".join(p) for p in parts]
-    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens)
+    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens, scored)
+
+
+# ---- logprobs ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=65536)
+def token_piece(tokenizer: ChatTokenizer, token: int) -> tuple[str, bytes]:
+    """A token's text and its bytes (nanochat's tokenizer gives the raw bytes, part of a UTF-8 character
+    for some tokens, whose text then holds U+FFFD; otherwise the UTF-8 of its text)."""
+    text = tokenizer.decode([token])
+    raw = getattr(tokenizer, "id_to_token_bytes", None)
+    try:
+        return text, raw(token) if raw is not None else text.encode("utf-8")
+    except TokenizerError:
+        return text, text.encode("utf-8")
+
+
+def chat_logprobs(tokenizer: ChatTokenizer, scored: Sequence[Delta]) -> ChoiceLogprobs:
+    """OpenAI's chat `logprobs.content`: every generated token (the end-of-turn one included, as usage
+    counts it) with its logprob and likeliest alternatives."""
+
+    def top(token: int, logprob: float) -> TopLogprob:
+        text, raw = token_piece(tokenizer, token)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(raw))
+
+    content = []
+    for delta in scored:
+        alternatives = [top(t, lp) for t, lp in delta.top_logprobs]
+        content.append(
+            TokenLogprob(**top(delta.token, delta.logprob).model_dump(), top_logprobs=alternatives)
+        )
+    return ChoiceLogprobs(content=content)
+
+
+def completion_logprobs(tokenizer: ChatTokenizer, scored: Sequence[Delta], offset: int) -> CompletionLogprobs:
+    """OpenAI's legacy `logprobs` of generated tokens whose text starts at character `offset` of the
+    choice's text (the alternatives keyed by their text: two tokens with one text keep the likelier)."""
+    logprobs = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for delta in scored:
+        text, _ = token_piece(tokenizer, delta.token)
+        alternatives: dict[str, float] = {}
+        for token, logprob in delta.top_logprobs:
+            alternatives.setdefault(token_piece(tokenizer, token)[0], logprob)
+        logprobs.tokens.append(text)
+        logprobs.token_logprobs.append(delta.logprob)
+        logprobs.top_logprobs.append(alternatives)
+        logprobs.text_offset.append(offset)
+        offset += len(text)
+    return logprobs
 
 
 async def _cancel_on_disconnect(request: Request, stream: GenerationStream) -> None:

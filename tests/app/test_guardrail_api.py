@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.config import Settings
+from nanochat.tokenizer import Tokenizer
+from tests.servers import DEMO_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +123,8 @@ def test_block_any_user_message_of_the_conversation(block_client: openai.OpenAI)
 
 
 def test_block_completions_prompts(block_client: openai.OpenAI) -> None:
-    for prompt in (INJECTION, [MODEL_ONLY]):
+    as_ids = Tokenizer.from_directory(DEMO_MODEL).encode(INJECTION)
+    for prompt in (INJECTION, [MODEL_ONLY], ["Once upon a time", INJECTION], as_ids, [[1, 2], as_ids]):
         with pytest.raises(openai.BadRequestError) as caught:
             block_client.completions.create(model="demo", prompt=prompt)
         assert caught.value.code == "content_blocked" and caught.value.body["param"] == "prompt"
