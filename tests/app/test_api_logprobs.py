@@ -271,6 +271,8 @@ def test_max_tokens_zero_with_echo_scores_the_prompt_only(client, stream) -> Non
     ("body", "param", "code"),
     [
         ({"prompt": "a", "suffix": "b"}, "suffix", "unsupported_parameter"),
+        # chat's field: the legacy API has none, and a field that would be ignored is refused
+        ({"prompt": "a", "logprobs": 2, "top_logprobs": 3}, "top_logprobs", "unsupported_parameter"),
         ({"prompt": "a", "logprobs": 6}, "logprobs", "invalid_value"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"prompt": "a", "max_tokens": -1, "echo": True}, "max_tokens", "invalid_value"),
