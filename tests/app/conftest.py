@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 
@@ -17,3 +20,17 @@ def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    """The official client on the module's server (`base_url`), no retries."""
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(base_url: str) -> Iterator[httpx.Client]:
+    """Plain HTTP to the module's server, for what the client cannot send."""
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c

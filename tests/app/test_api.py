@@ -31,18 +31,6 @@ HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
-@pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=120) as c:
-        yield c
-
-
 def chat(client: openai.OpenAI, **kwargs):
     kwargs.setdefault("model", "demo")
     kwargs.setdefault("messages", HELLO)

@@ -5,10 +5,7 @@ and the tokens generated before it (the raw model distribution, whatever the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import openai
 import pytest
 import torch
 
@@ -19,18 +16,6 @@ pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=120) as c:
-        yield c
 
 
 class Reference:

@@ -25,12 +25,6 @@ CATS = [{"role": "user", "content": "Tell me about cats"}]
 STORY = [{"role": "user", "content": "Tell me a story"}]
 
 
-@pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
 def reply(client: openai.OpenAI, messages=CATS, **kwargs) -> str:
     kwargs.setdefault("max_tokens", 20)
     completion = client.chat.completions.create(model="demo", messages=messages, **kwargs)

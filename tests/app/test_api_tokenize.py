@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -19,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 KEY = "tokenize-test-key"
-
-
-@pytest.fixture(scope="module")
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=120) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
