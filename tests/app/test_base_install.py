@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.cold_start import stop
 from tests.servers import wait_for_part
 
 pytestmark = pytest.mark.integration
@@ -90,16 +91,6 @@ def start(tmp_path: Path, **env: str) -> tuple[str, subprocess.Popen, Path]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=tmp_path, env=environ, stdout=log, stderr=subprocess.STDOUT)
     return f"http://127.0.0.1:{port}", process, log_path
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
