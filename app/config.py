@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N")
     dtype: Literal["float32", "bfloat16", "auto"] | None = Field(
         None,
-        description="weights dtype: float32 | bfloat16 | auto (bfloat16 on CUDA and on CPUs with AMX, else "
-        "float32) (unset: float32 on CPU, bfloat16 on CUDA)",
+        description="weights dtype: float32 | bfloat16 | auto (bfloat16 on CUDA and on CPUs with AMX or "
+        "AVX512-BF16, else float32) (unset: float32 on CPU, bfloat16 on CUDA)",
     )
     compile: bool = Field(
         False,

@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--depth", type=positive_int, help="random-weight model of this depth instead")
     bench.add_argument("--step", type=non_negative_int, help="checkpoint step (default: the latest)")
     bench.add_argument(
-        "--dtype", choices=DTYPE_CHOICES, default="float32", help="weights (auto: bf16 on AMX)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="weights (auto: bf16 on AMX/AVX512-BF16 CPUs)",
     )
     bench.add_argument("--compile", action="store_true", help="also the compiled decode step, vs eager")
     bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")

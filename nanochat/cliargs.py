@@ -55,7 +55,8 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument(
         "--dtype",
         choices=DTYPE_CHOICES,
-        help="weights dtype (default: float32 on CPU, bfloat16 on CUDA; auto: bfloat16 on CUDA and AMX CPUs)",
+        help="weights dtype (default: float32 on CPU, bfloat16 on CUDA; auto: bfloat16 on CUDA, AMX and "
+        "AVX512-BF16 CPUs)",
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quantization_arg(parser)

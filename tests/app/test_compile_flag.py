@@ -8,7 +8,7 @@ import torch
 
 from app.config import Settings
 from app.lifecycle import load_engine
-from nanochat.device import cpu_has_amx
+from nanochat.device import cpu_has_bf16_matmul
 from tests.app.test_serve_flags import parse
 from tests.servers import DEMO_MODEL
 
@@ -27,5 +27,6 @@ def test_the_engine_the_service_loads_is_compiled_at_load() -> None:
     settings = Settings(_env_file=None, checkpoint=str(DEMO_MODEL), max_batch=1, compile=True, dtype="auto")
     engine = load_engine(settings)
     assert engine.compiled is not None and engine.compiled.failed is None and engine.compiled.buckets == (1,)
-    assert next(engine.model.parameters()).dtype == (torch.bfloat16 if cpu_has_amx() else torch.float32)
+    expected = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
+    assert next(engine.model.parameters()).dtype == expected
     assert load_engine(settings.model_copy(update={"compile": False})).compiled is None
