@@ -246,8 +246,9 @@ class BatchedEngine(abc.ABC):
         if top is not None:  # row i predicts prompt token start + i + 1
             targets = generation.prompt_ids[start + 1 : start + chunk + 1]
             if targets:
-                scored = token_logprobs(logits[: len(targets)], targets, [top] * len(targets))
-                generation.prompt_logprobs += scored
+                generation.prompt_logprobs += token_logprobs(
+                    logits[: len(targets)], targets, [top] * len(targets)
+                )
             logits = logits[-1:]
         generation.prefilled += chunk
         self.prefilled_tokens += chunk

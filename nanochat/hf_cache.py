@@ -25,6 +25,7 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from nanochat.backend import EngineError
+from nanochat.kv_cache import check_rows
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,7 @@ class RowStaticCache(StaticCache):
 
     def plan(self, start_row: int, batch: int, num_tokens: int) -> RowPlan:
         """Describe (and arm `update` for) a forward of `num_tokens` new tokens in each of `batch` rows."""
-        if start_row < 0 or start_row + batch > self.rows:
-            raise ValueError(f"rows {start_row}..{start_row + batch - 1} are outside a cache of {self.rows}")
-        lengths = self.lengths[start_row : start_row + batch]
-        key_len = max(lengths) + num_tokens
-        if key_len > self.max_len:
-            raise ValueError(f"a row would reach {key_len} tokens, past the cache length {self.max_len}")
-        uniform = min(lengths) == max(lengths)
-        if not uniform and num_tokens != 1:
-            raise ValueError("rows at different positions can only decode one token at a time")
+        lengths, key_len, uniform = check_rows(self.lengths, start_row, batch, num_tokens, self.max_len)
         positions = torch.tensor(lengths, dtype=torch.long, device=self.device)
         position_ids = positions[:, None] + torch.arange(num_tokens, device=self.device)
         keys = torch.arange(key_len, device=self.device)

@@ -51,6 +51,26 @@ def cache_bytes(
     return 2 * math.prod(cache_shape(n_layer, n_kv_head, head_dim, capacity, max_len)) * dtype.itemsize
 
 
+def check_rows(
+    lengths: list[int], start_row: int, batch: int, num_tokens: int, max_len: int
+) -> tuple[tuple[int, ...], int, bool]:
+    """For a forward of `num_tokens` new tokens in rows start_row..start_row+batch-1 of a cache whose rows
+    hold `lengths` tokens (at most `max_len`): the rows' positions, the key length after it and whether the
+    rows sit at one position. ValueError for rows outside the cache, a row past `max_len`, or several tokens
+    for rows at different positions. Both nanochat's cache and the HF backend's (nanochat/hf_cache.py) plan
+    with it."""
+    if start_row < 0 or start_row + batch > len(lengths):
+        raise ValueError(f"rows {start_row}..{start_row + batch - 1} are outside a cache of {len(lengths)}")
+    positions = tuple(lengths[start_row : start_row + batch])
+    key_len = max(positions) + num_tokens
+    if key_len > max_len:
+        raise ValueError(f"sequence would reach {key_len} tokens, past the cache length {max_len}")
+    uniform = min(positions) == max(positions)
+    if not uniform and num_tokens != 1:
+        raise ValueError("rows at different positions can only decode one token at a time")
+    return positions, key_len, uniform
+
+
 class KVCache:
     """Preallocated keys and values: (n_layer, capacity, n_kv_head, max_len, head_dim) each."""
 
@@ -85,17 +105,7 @@ class KVCache:
 
     def plan(self, start_row: int, batch: int, num_tokens: int) -> AttentionPlan:
         """Describe a forward of `num_tokens` new tokens for each of `batch` rows starting at `start_row`."""
-        if start_row < 0 or start_row + batch > self.capacity:
-            raise ValueError(
-                f"rows {start_row}..{start_row + batch - 1} are outside a cache of {self.capacity}"
-            )
-        positions = tuple(self.lengths[start_row : start_row + batch])
-        key_len = max(positions) + num_tokens
-        if key_len > self.max_len:
-            raise ValueError(f"sequence would reach {key_len} tokens, past the cache length {self.max_len}")
-        uniform = min(positions) == max(positions)
-        if not uniform and num_tokens != 1:
-            raise ValueError("rows at different positions can only decode one token at a time")
+        positions, key_len, uniform = check_rows(self.lengths, start_row, batch, num_tokens, self.max_len)
         position_index = torch.tensor(positions, dtype=torch.long, device=self.device)
         is_causal = False
         mask = None
