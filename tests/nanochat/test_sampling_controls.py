@@ -9,6 +9,7 @@ import torch
 from nanochat.backend import EngineError, SamplingParams
 from nanochat.batching import adjust_logits, sample_next_token
 from nanochat.engine import Engine
+from tests.nanochat.test_prefix_cache import run
 
 VOCAB = 8
 
@@ -92,15 +93,6 @@ def test_one_generator_per_row() -> None:
 def test_out_of_range_settings_are_refused(params: dict) -> None:
     with pytest.raises(EngineError):
         SamplingParams(**params)
-
-
-def run(engine: Engine, prompt: list[int], params: SamplingParams) -> list[list[int]]:
-    request = engine.begin(prompt, params)
-    while request.prefill_remaining:
-        engine.prefill(request)
-    while not request.done:
-        engine.decode_step()
-    return [c.tokens for c in request.continuations]
 
 
 @pytest.fixture
