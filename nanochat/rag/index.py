@@ -302,8 +302,8 @@ class Retriever:
             raise RagError("mode 'rerank' needs a re-ranker: load the index with one (--reranker ID|DIR)")
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise RagError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        if not query.strip():
-            raise RagError("the query is empty")
+        if not isinstance(query, str) or not query.strip():
+            raise RagError("the query is empty (or not text)")
         key = (self.version, query, k, mode)
         cached = self.result_cache.get(key)
         if cached is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nanochat.cli import main
@@ -82,6 +83,37 @@ def test_reciprocal_rank_fusion_ranks_first_what_both_rank_second():
     assert fused[0][0] != ids[bm25[0]] and fused[0][0] != ids[dense[0]]  # fusion beats each ranking's top
     assert [i for i, _ in fused[1:3]] == [ids["keyword-only"], ids["meaning-only"]]
     assert reciprocal_rank_fusion([]) == []
+
+
+def _concept_embedder(folder: Path) -> Path:
+    """An offline-embedder folder written by hand: giraffe and okapi mean the same, lion and hippo are
+    other directions, and every other word (zebra) is unknown to it: BM25 alone sees those."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"dim": 3, "fingerprint": "test-concepts"}))
+    (folder / "vocab.json").write_text(json.dumps({"giraffe": 0, "okapi": 1, "lion": 2, "hippo": 3}))
+    components = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float16)
+    np.savez(folder / "weights.npz", idf=np.ones(4, dtype=np.float16), components=components)
+    return folder
+
+
+def test_hybrid_finds_what_bm25_and_dense_each_rank_second(tmp_path: Path):
+    sections = {
+        "Keyword": "zebra zebra zebra",  # BM25's first (the rare word, often), no meaning for dense
+        "Meaning": "okapi okapi",  # dense's first (a synonym), no query word for BM25
+        "Answer": "giraffe lion",  # second in both
+        "Near": "okapi lion lion",  # dense's third and fourth, unknown to BM25
+        "Nearer": "okapi hippo hippo",
+    }
+    (tmp_path / "zoo.md").write_text("".join(f"# {h}\n\n{t}\n\n" for h, t in sections.items()))
+    build_index([tmp_path / "zoo.md"], tmp_path / "idx", embedder=str(_concept_embedder(tmp_path / "emb")))
+    retriever = Retriever.load(tmp_path / "idx")
+    top = {
+        mode: [h.chunk.heading for h in retriever.search("zebra giraffe", k=5, mode=mode)]
+        for mode in MODES[:3]
+    }
+    assert top["bm25"][:2] == ["Keyword", "Answer"]
+    assert top["dense"][:2] == ["Meaning", "Answer"] and top["dense"].index("Keyword") >= 3
+    assert top["hybrid"][0] == "Answer"  # 2/62 beats 1/61 + 1/64 and 1/61
 
 
 def test_results_and_query_embeddings_are_cached_by_version_query_k_and_mode(corpus: Path, tmp_path: Path):
