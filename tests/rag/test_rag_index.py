@@ -60,6 +60,20 @@ def test_reindex_touches_only_changed_files_and_drops_deleted_ones(corpus: Path,
     assert retriever.search("releases on Fridays", k=1, mode="bm25")[0].chunk.heading.endswith("Freeze")
 
 
+def test_a_same_length_edit_is_a_new_version_and_a_broken_index_is_rebuilt(corpus: Path, tmp_path: Path):
+    out = tmp_path / "idx"
+    first = build_index([corpus], out)
+    cache = corpus / "guide" / "cache.md"
+    cache.write_text(cache.read_text().replace("least recently used", "least recently added"))
+    edited = build_index([corpus], out)
+    assert edited["build"]["changed"] == ["docs/guide/cache.md"] and edited["build"]["embedded"] == 1
+    assert edited["version"] != first["version"]  # same spans and ids, other text: other vectors
+    (out / "manifest.json").write_text("{broken")
+    rebuilt = build_index([corpus], out)
+    assert rebuilt["build"]["changed"] == sorted(rebuilt["files"]) and rebuilt["version"] == edited["version"]
+    assert Retriever.load(out).search("least recently added", k=1)[0].chunk.source == "docs/guide/cache.md"
+
+
 def test_the_offline_index_finds_the_rollback_section_in_every_mode(corpus: Path, tmp_path: Path):
     build_index([corpus], tmp_path / "idx")
     retriever = Retriever.load(tmp_path / "idx")
