@@ -232,6 +232,25 @@ def session(master: str | None = None) -> Any:
     return builder.getOrCreate()
 
 
+def _integer(minimum: int):  # not nanochat.cliargs': it imports torch, which the executors need not have
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nanochat.data.spark_prepare", description=__doc__.split("\n")[0]
@@ -244,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--input", required=True, metavar="DIR|gs://...")
     run.add_argument("--out", required=True, metavar="DIR|gs://...")
     run.add_argument("--master", help="Spark master, e.g. local[2] (default: the cluster's)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--val-fraction", type=float, default=0.05)
-    run.add_argument("--docs-per-shard", type=int, default=DEMO_DOCS_PER_SHARD)
-    run.add_argument("--docs-per-row-group", type=int, default=DEMO_DOCS_PER_ROW_GROUP)
+    run.add_argument("--seed", type=_integer(0), default=0)
+    run.add_argument("--val-fraction", type=_fraction, default=0.05)
+    run.add_argument("--docs-per-shard", type=_integer(1), default=DEMO_DOCS_PER_SHARD)
+    run.add_argument("--docs-per-row-group", type=_integer(1), default=DEMO_DOCS_PER_ROW_GROUP)
     run.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
