@@ -51,6 +51,9 @@ from nanochat.data.corpora import (
 from nanochat.data.shards import SHARD_NAME, ShardError, validation_count, write_shards
 
 APP_NAME = "nanochat-data-prepare"
+# The Dataproc Serverless runtime scripts/dataprep.sh submits to: Spark 3.5, Java 17, Python 3.12 (the
+# `spark` extra pins pyspark 3.5 to match; docs/data.md "Spark")
+DATAPROC_RUNTIME = "2.2"
 
 
 def stage_demo_sources(
