@@ -51,9 +51,10 @@ from nanochat.data.corpora import (
 from nanochat.data.shards import SHARD_NAME, ShardError, validation_count, write_shards
 
 APP_NAME = "nanochat-data-prepare"
-# The Dataproc Serverless runtime scripts/dataprep.sh submits to: Spark 3.5, Java 17, Python 3.12 (the
-# `spark` extra pins pyspark 3.5 to match; docs/data.md "Spark")
-DATAPROC_RUNTIME = "2.2"
+# The Dataproc Serverless runtime scripts/dataprep.sh submits to: 2.3 LTS, supported until 2027-11-26
+# (2.2's support ended 2026-09-30). The job uses only the RDD API, the same in Spark 3.5 (the `spark`
+# extra's local pyspark) and 4.0; docs/data.md "Spark" cites the runtime tables.
+DATAPROC_RUNTIME = "2.3"
 
 
 def stage_demo_sources(
