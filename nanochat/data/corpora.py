@@ -192,6 +192,8 @@ def prepare_demo_data(
     `sources` replaces the four demo corpora with others described the same way. `synthetic` adds the
     generated identity, small-talk and calculator conversations (made with `seed`) to the chat data.
     """
+    from tqdm.auto import tqdm  # here: the Spark job's executors import this module's converters only
+
     if not 0 < val_fraction < 1:
         raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
     out = Path(out_dir)
@@ -200,8 +202,6 @@ def prepare_demo_data(
     conversations: list[dict[str, Any]] = []
     records = []
     licences: dict[str, str] = {}
-    from tqdm.auto import tqdm  # here: the Spark job's executors import this module's converters only
-
     steps = tqdm(sources, desc="demo corpora", unit="source", disable=not progress)
     for source in steps:
         steps.set_postfix_str(f"{source.name}: fetch")

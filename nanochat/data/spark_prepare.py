@@ -118,7 +118,9 @@ def prepare_shards(
         documents = documents.union(
             files.flatMap(lambda item, n=number, s=source: _file_documents(n, s, item[0], item[1]))
         )
-    documents = documents.filter(lambda row: row[1].strip())
+    from pyspark import StorageLevel  # kept: each RDD below is read twice (a count, then the next step)
+
+    documents = documents.filter(lambda row: row[1].strip()).persist(StorageLevel.MEMORY_AND_DISK)
     read = documents.count()
     if not read:
         raise CorpusError(f"{input_uri}: no documents; stage the sources first (`stage --out {input_uri}`)")
@@ -126,7 +128,7 @@ def prepare_shards(
     # 2. deduplicate: one row per text, at its first key
     unique = documents.map(lambda row: (row[1], row[0])).reduceByKey(min).map(lambda pair: (pair[1], pair[0]))
     # 3. split: number in the Python path's order, then the place the seeded shuffle gives that number
-    numbered = unique.sortByKey().values().zipWithIndex()
+    numbered = unique.sortByKey().values().zipWithIndex().persist(StorageLevel.MEMORY_AND_DISK)
     count = numbered.count()
     if count < 2:
         raise ShardError(
@@ -153,6 +155,8 @@ def prepare_shards(
         lambda shard, items: _write_shard(shard, items, out_uri, docs_per_row_group)
     ).collect()
     places.destroy()
+    documents.unpersist()
+    numbered.unpersist()
     return {
         "documents": read,
         "duplicates_dropped": read - count,
