@@ -167,3 +167,14 @@ rag-index: setup
 
 rag-embedder: setup
 	$(BIN)/python -m nanochat rag train-embedder --out models/rag/embedder
+
+# The Spark data preparation (docs/data.md "Spark"): locally, the demo pretraining shards in
+# build/spark-data/pretrain (Java 17 and the `spark` extra); on Dataproc Serverless for env $(ENV).
+.PHONY: spark-data dataprep
+spark-data: setup
+	$(BIN)/python -m nanochat.data.spark_prepare stage --out build/spark-data/raw --cache build/spark-data/downloads
+	$(BIN)/python -m nanochat.data.spark_prepare run --input build/spark-data/raw \
+		--out build/spark-data/pretrain --master 'local[2]' --overwrite
+
+dataprep: setup
+	$(SCRIPT_ENV) scripts/dataprep.sh --env $(ENV)

@@ -28,6 +28,7 @@ from modules.inputs import (
     AlertPolicySettings,
     BudgetInput,
     CloudRunServiceInput,
+    DataprepInput,
     Email,
     GitHubRepository,
     GpuGroupInput,
@@ -149,6 +150,13 @@ class BudgetConfig(BudgetInput):
     kill_switch: bool = False
 
 
+class DataprepConfig(DataprepInput):
+    """The Spark data preparation on Dataproc Serverless (`modules.dataprep`, scripts/dataprep.sh): its
+    bucket, service account and subnet. Off by default: nothing is created."""
+
+    enabled: bool = False
+
+
 class EnvConfig(Input):
     """Everything one stack needs; `name` comes from the file name (envs/dev.yaml -> dev)."""
 
@@ -168,6 +176,7 @@ class EnvConfig(Input):
     monitoring: MonitoringConfig
     grafana: GrafanaConfig = GrafanaConfig()
     budget: BudgetConfig
+    dataprep: DataprepConfig = DataprepConfig()
 
     @model_validator(mode="after")
     def _check(self) -> EnvConfig:

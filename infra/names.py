@@ -157,6 +157,20 @@ def kill_switch_bucket(cfg: EnvConfig) -> str:
     return f"{cfg.project}-nanochat-kill-switch"
 
 
+# The Spark data preparation (modules/dataprep.py, scripts/dataprep.sh).
+def dataprep_bucket(cfg: EnvConfig) -> str:
+    return f"{cfg.project}-nanochat-data"
+
+
+def dataprep_account_id(cfg: EnvConfig) -> str:
+    return f"nanochat-dataprep-{cfg.name}"
+
+
+def dataprep_network(cfg: EnvConfig) -> str:
+    """The VPC and its one subnet in `cfg.region`."""
+    return f"nanochat-{cfg.name}-dataprep"
+
+
 def all_names(cfg: EnvConfig) -> dict[str, str]:
     """Every name a script may need, keyed like the stack outputs where one exists."""
     return {
@@ -180,6 +194,10 @@ def all_names(cfg: EnvConfig) -> dict[str, str]:
         "grafana_service": grafana_service(cfg),
         "kill_switch_topic": kill_switch_topic(cfg),
         "kill_switch": "true" if cfg.budget.kill_switch else "false",
+        "dataprep_enabled": "true" if cfg.dataprep.enabled else "false",
+        "dataprep_bucket": dataprep_bucket(cfg),
+        "dataprep_service_account": sa_email(cfg, dataprep_account_id(cfg)),
+        "dataprep_subnet": dataprep_network(cfg),
     }
 
 

@@ -33,6 +33,8 @@ from modules.budget import Budget
 from modules.build_trigger import BuildTrigger
 from modules.cloud_run_service import CloudRunService
 from modules.dashboards import read_dashboards
+from modules.dataprep import API as DATAPROC_API
+from modules.dataprep import Dataprep
 from modules.github_oidc import GitHubOidc
 from modules.gpu_inference_group import GpuInferenceGroup
 from modules.grafana import Grafana
@@ -81,7 +83,8 @@ class NanochatStack(TerraformStack):
         )
         TimeProvider(self, "time")
         GcsBackend(self, bucket=cfg.state.bucket, prefix=cfg.state.prefix)
-        apis = ProjectServices(self, "apis", project=cfg.project, services=APIS)
+        services = [*APIS, DATAPROC_API] if cfg.dataprep.enabled else APIS
+        apis = ProjectServices(self, "apis", project=cfg.project, services=services)
         project_number = DataGoogleProject(self, "project-number", project_id=cfg.project).number
 
         secrets = Secrets(self, "secrets", project=cfg.project, secrets=cfg.secrets, labels=labels)
@@ -171,6 +174,20 @@ class NanochatStack(TerraformStack):
 
         monitoring_outputs = self._observability(cfg, project_number, service, build, labels)
 
+        dataprep = None
+        if cfg.dataprep.enabled:
+            dataprep = Dataprep(
+                self,
+                "dataprep",
+                cfg.dataprep,
+                project=cfg.project,
+                region=cfg.region,
+                bucket=names.dataprep_bucket(cfg),
+                account_id=names.dataprep_account_id(cfg),
+                network=names.dataprep_network(cfg),
+                labels=labels,
+            )
+
         # Nothing can be created before its API is on and has propagated: every resource and data source
         # waits for the time_sleep, which waits for every enablement.
         wait = f"{apis.wait.terraform_resource_type}.{apis.wait.friendly_unique_id}"
@@ -198,6 +215,9 @@ class NanochatStack(TerraformStack):
             "gpu_address": gpu_lb.address.address if gpu_lb else "",
             "gpu_url": gpu_lb.url if gpu_lb else "",
             **monitoring_outputs,
+            "dataprep_bucket": dataprep.bucket_name if dataprep else "",
+            "dataprep_service_account": dataprep.identity.email if dataprep else "",
+            "dataprep_subnet": dataprep.subnetwork_id if dataprep else "",
         }
         for name, value in outputs.items():
             TerraformOutput(self, name, value=value)

@@ -265,3 +265,14 @@ class BudgetInput(Input):
             if any(v <= 0 for v in values) or values != sorted(set(values)):
                 raise ValueError(f"{name} must be positive, increasing and distinct, got {values}")
         return self
+
+
+class DataprepInput(Input):
+    """`modules.dataprep`: the Dataproc Serverless data preparation's subnet and how long old objects of its
+    bucket are kept."""
+
+    # the batches' own subnet (Private Google Access, open internal connectivity); no other subnet's range
+    subnet_cidr: Annotated[str, StringConstraints(pattern=r"^10\.[0-9]{1,3}\.[0-9]{1,3}\.0/(2[0-4])$")] = (
+        "10.30.0.0/24"
+    )
+    keep_versions: int = Field(2, ge=1)  # older versions of a shard or staged file are deleted

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from nanochat.files import write_atomically
-from nanochat.tokenizer import ASSISTANT_PART_TYPES
 
 ROLES = ("system", "user", "assistant")
 
@@ -177,6 +176,9 @@ def _read(path: Path, handle) -> Iterator[dict[str, Any]]:
 def _content_problem(index: int, role: str, content: Any) -> str | None:
     if isinstance(content, str):
         return None
+    # imported here: the tokenizer needs torch, which the Spark job's executors (spark_prepare.py) lack
+    from nanochat.tokenizer import ASSISTANT_PART_TYPES
+
     if role != "assistant" or not isinstance(content, list):
         allowed = "a string or a list of parts" if role == "assistant" else "a string"
         return f"message {index} ({role}): content must be {allowed}, got {_kind(content)}"

@@ -40,8 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from tqdm.auto import tqdm
-
 from nanochat.data.conversations import split_conversations, write_conversations
 from nanochat.data.shards import num_documents, write_train_val_shards
 from nanochat.data.sources import (
@@ -194,6 +192,8 @@ def prepare_demo_data(
     `sources` replaces the four demo corpora with others described the same way. `synthetic` adds the
     generated identity, small-talk and calculator conversations (made with `seed`) to the chat data.
     """
+    from tqdm.auto import tqdm  # here: the Spark job's executors import this module's converters only
+
     if not 0 < val_fraction < 1:
         raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
     out = Path(out_dir)
@@ -449,13 +449,12 @@ def _write_pretrain(documents: list[str], out: Path, val_fraction: float, seed: 
         seed=seed,
         overwrite=True,  # the folder is this function's own: replace the previous run's shards
     )
-    num_val = num_documents(shards[-1])
     return {
         "folder": "pretrain",
         "shards": [path.name for path in shards],
         "validation_shard": shards[-1].name,
-        "train_documents": len(documents) - num_val,
-        "val_documents": num_val,
+        "train_documents": sum(num_documents(path) for path in shards[:-1]),  # exact duplicates dropped
+        "val_documents": num_documents(shards[-1]),
         "max_document_chars": DOCUMENT_CHARS,
     }
 

@@ -99,22 +99,27 @@ def write_train_val_shards(
     overwrite: bool = False,
 ) -> list[Path]:
     """Shuffle documents with `seed`, write the training shards, then one last shard holding the held-out
-    `val_fraction` of them (at least one document). Returns every path, the validation shard last.
+    `val_fraction` of them (`validation_count`). Returns every path, the validation shard last.
+
+    Blank documents are dropped and exact duplicates kept once (the first), before the shuffle: the same
+    text can then never be on both sides of the split. The Spark job (`spark_prepare.py`) does the same.
 
     A folder that already holds parquet files is refused unless `overwrite`, which deletes them first: a
     stale shard left after the new ones would silently become the validation split.
     """
     if not 0 < val_fraction < 1:
         raise ShardError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
-    docs = []
+    unique: dict[str, None] = {}  # insertion-ordered: the first occurrence of each text
     for position, document in enumerate(documents):
         if not isinstance(document, str):
             raise ShardError(f"document {position} is a {type(document).__name__}, expected str")
         if document.strip():
-            docs.append(document)
+            unique.setdefault(document)
+    docs = list(unique)
     if len(docs) < 2:
         raise ShardError(
-            f"need at least 2 non-empty documents (training and validation), got {len(docs)}; add more text"
+            f"need at least 2 distinct non-empty documents (training and validation), got {len(docs)}; "
+            "add more text"
         )
     folder = Path(out_dir)
     existing = _parquet_files(folder) if folder.is_dir() else []
@@ -126,10 +131,16 @@ def write_train_val_shards(
     for path in existing:
         path.unlink()
     random.Random(seed).shuffle(docs)
-    num_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+    num_val = validation_count(len(docs), val_fraction)
     train = write_shards(docs[num_val:], folder, docs_per_shard, docs_per_row_group)
     val = write_shards(docs[:num_val], folder, num_val, docs_per_row_group, start_index=len(train))
     return train + val
+
+
+def validation_count(num_documents: int, val_fraction: float) -> int:
+    """How many of `num_documents` (>= 2) shuffled documents are held out: `val_fraction` of them, rounded,
+    at least one and at most all but one."""
+    return min(num_documents - 1, max(1, round(num_documents * val_fraction)))
 
 
 def list_shards(data_dir: str | os.PathLike[str]) -> list[Path]:

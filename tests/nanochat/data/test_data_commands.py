@@ -61,7 +61,7 @@ def test_data_shards_bad_paths_raise_the_data_error(tmp_path):
     with pytest.raises(ShardError, match="already holds 2 parquet file"):
         run("data", "shards", "--out", out, "--max-chars", "20", str(text))
     assert run("data", "shards", "--out", out, "--max-chars", "20", "--overwrite", str(text)) == 0
-    with pytest.raises(ShardError, match="need at least 2 non-empty documents"):
+    with pytest.raises(ShardError, match="need at least 2 distinct non-empty documents"):
         run("data", "shards", "--out", out, "--overwrite", str(text))  # one 4000-character document
 
 

@@ -110,14 +110,12 @@ def test_prepare_on_small_packages(tmp_path, small_sources):
     assert chat["conversations"] == 40 and chat["licence"].startswith("BSD-3-Clause")
 
     train, val = split_shards(out / "pretrain")
-    assert len(documents_in(val)) == manifest["pretrain"]["val_documents"] == 2
+    # the 12 plays' identical act II is one document: exact duplicates are kept once
+    assert len(documents_in(val)) == manifest["pretrain"]["val_documents"] == 1
+    assert manifest["pretrain"]["train_documents"] == 12
     assert sorted(documents_in([*train, *val])) == sorted(
-        doc
-        for i in range(12)
-        for doc in (
-            f"PLAY {i}\n\nby William Shakespeare\n\nACT I.\n\nHERO.\nSpeak.",
-            "ACT II.\n\nVILLAIN.\nNo.",
-        )
+        [f"PLAY {i}\n\nby William Shakespeare\n\nACT I.\n\nHERO.\nSpeak." for i in range(12)]
+        + ["ACT II.\n\nVILLAIN.\nNo."]
     )
     sft_train = load_conversations(out / "sft" / "train.jsonl")
     sft_val = load_conversations(out / "sft" / "val.jsonl")

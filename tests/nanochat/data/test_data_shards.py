@@ -160,8 +160,21 @@ def test_train_val_shards_refuse_to_mix_with_old_shards(tmp_path):
     assert len(paths) == 2
 
 
+def test_train_val_shards_keep_each_text_once(tmp_path):
+    documents = ["b", "a", "b", "c", "a", "d"]  # a copy on each side would leak validation into training
+    paths = write_train_val_shards(documents, tmp_path, docs_per_shard=2, val_fraction=0.25, seed=3)
+    assert sorted(read_all(paths)) == ["a", "b", "c", "d"]
+    # the same shuffle as the first occurrences alone: duplicates are dropped before it
+    alone = write_train_val_shards(
+        ["b", "a", "c", "d"], tmp_path / "alone", docs_per_shard=2, val_fraction=0.25, seed=3
+    )
+    assert read_all(paths) == read_all(alone)
+
+
 def test_train_val_shards_need_two_documents(tmp_path):
-    with pytest.raises(ShardError, match="need at least 2 non-empty documents"):
+    with pytest.raises(ShardError, match="need at least 2 distinct non-empty documents"):
         write_train_val_shards(["one", "   "], tmp_path)
+    with pytest.raises(ShardError, match="need at least 2 distinct non-empty documents"):
+        write_train_val_shards(["one", "one"], tmp_path)
     with pytest.raises(ShardError, match="val_fraction must be between 0 and 1"):
         write_train_val_shards(["a", "b"], tmp_path, val_fraction=1.0)
