@@ -1,0 +1,60 @@
+"""Day 20: a TF-IDF + logistic-regression baseline, scored on a held-out split of the guardrail set."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from tracks.learn.core import Exercise, Failure
+
+MIN_MACRO_F1 = 0.85
+
+
+def guardrail_split():
+    from tracks.classify.dataset import load_guardrail_data, stratified_split
+
+    return stratified_split(load_guardrail_data(), test_fraction=0.25, seed=0)
+
+
+def check(module: ModuleType) -> None:
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.metrics import f1_score
+
+    train, test = guardrail_split()
+    given = f"guardrail.jsonl, stratified 75/25 (seed 0): {len(train.texts)} train, {len(test.texts)} held out"
+    pipeline = module.build_baseline()
+    if not hasattr(pipeline, "fit") or not hasattr(pipeline, "predict"):
+        raise Failure("build_baseline() does not return an estimator", given, "a sklearn Pipeline",
+                      type(pipeline).__name__, "return Pipeline([(name, vectorizer), (name, model)])")  # fmt: skip
+    try:
+        clone(pipeline).predict(test.texts[:1])
+    except (NotFittedError, AttributeError, ValueError, TypeError):
+        pass
+    else:
+        raise Failure("the pipeline comes back already fitted", given, "an unfitted pipeline",
+                      "one that predicts before fit", "build it only; the caller fits it on its own split")  # fmt: skip
+    try:
+        pipeline.fit(train.texts, train.labels)
+    except ValueError as e:
+        if "float" in str(e) or "string" in str(e):
+            raise Failure("fit fails on raw texts", given, "a model fitted on text", f"ValueError: {e}"[:160],
+                          "the model wants numbers: put TfidfVectorizer() before LogisticRegression") from None  # fmt: skip
+        raise
+    f1 = f1_score(test.labels, pipeline.predict(test.texts), average="macro")
+    if f1 < MIN_MACRO_F1:
+        raise Failure("the baseline is too weak on held-out data", given, f"macro-F1 ≥ {MIN_MACRO_F1}",
+                      f"{f1:.3f}", "TF-IDF on words (and word pairs) with sublinear_tf; keep the vocabulary "
+                      "large enough; LogisticRegression with max_iter high enough to converge")  # fmt: skip
+
+
+HINTS = (
+    "A Pipeline is a list of (name, step) pairs: the last is the model, the ones before transform.",
+    "TfidfVectorizer turns a list of strings into a sparse matrix; put it first.",
+    "Pipeline([('tfidf', TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))), "
+    "('model', LogisticRegression(max_iter=1000))]).",
+)
+EXERCISE = Exercise(
+    20, "sklearn_baseline", "a scikit-learn baseline", "beginner", HINTS,
+    ("tracks/classify/pipelines.py: build_pipeline('logreg') (tests/tracks/classify/test_pipelines.py)",),
+    check,
+)  # fmt: skip
