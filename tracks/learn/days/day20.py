@@ -16,7 +16,6 @@ def guardrail_split():
 
 
 def check(module: ModuleType) -> None:
-    from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
     from sklearn.metrics import f1_score
 
@@ -27,7 +26,7 @@ def check(module: ModuleType) -> None:
         raise Failure("build_baseline() does not return an estimator", given, "a sklearn Pipeline",
                       type(pipeline).__name__, "return Pipeline([(name, vectorizer), (name, model)])")  # fmt: skip
     try:
-        clone(pipeline).predict(test.texts[:1])
+        pipeline.predict(test.texts[:1])
     except (NotFittedError, AttributeError, ValueError, TypeError):
         pass
     else:
@@ -40,7 +39,11 @@ def check(module: ModuleType) -> None:
             raise Failure("fit fails on raw texts", given, "a model fitted on text", f"ValueError: {e}"[:160],
                           "the model wants numbers: put TfidfVectorizer() before LogisticRegression") from None  # fmt: skip
         raise
-    f1 = f1_score(test.labels, pipeline.predict(test.texts), average="macro")
+    predicted = list(pipeline.predict(test.texts))
+    if len(set(predicted)) == 1:
+        raise Failure("the model predicts the same label for every text", given, "both labels predicted",
+                      f"always {predicted[0]!r}", "use a real classifier (LogisticRegression), not a constant baseline")  # fmt: skip
+    f1 = f1_score(test.labels, predicted, average="macro")
     if f1 < MIN_MACRO_F1:
         raise Failure("the baseline is too weak on held-out data", given, f"macro-F1 ≥ {MIN_MACRO_F1}",
                       f"{f1:.3f}", "TF-IDF on words (and word pairs) with sublinear_tf; keep the vocabulary "
@@ -54,7 +57,7 @@ HINTS = (
     "('model', LogisticRegression(max_iter=1000))]).",
 )
 EXERCISE = Exercise(
-    20, "sklearn_baseline", "a scikit-learn baseline", "beginner", HINTS,
+    20, "sklearn_baseline", "a scikit-learn baseline", "intermediate", HINTS,
     ("tracks/classify/pipelines.py: build_pipeline('logreg') (tests/tracks/classify/test_pipelines.py)",),
     check,
 )  # fmt: skip
