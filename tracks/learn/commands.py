@@ -98,7 +98,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(verdict.message(ex))
     if not verdict.passed:
         progress.save()
-        print(f"\nMore help: `nanochat learn hint {ex.day}`; the reference: `nanochat learn solution {ex.day}`")
+        print(
+            f"\nMore help: `nanochat learn hint {ex.day}`; the reference: `nanochat learn solution {ex.day}`"
+        )
         return 1
     today = args.date or dt.date.today()
     day.passed_on = day.passed_on or today.isoformat()
@@ -166,8 +168,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     done = sum(s.startswith("done") for s in states.values())
     attempted = sum(1 for p in progress.days.values() if p.attempts)
     revealed = sum(1 for p in progress.days.values() if p.revealed_on)
-    print(f"done {done}/{TOTAL_DAYS} days ({len(DAYS)} have exercises), attempted {attempted}, "
-          f"revealed {revealed}, streak {progress.streak(today)} day(s)")  # fmt: skip
+    print(
+        f"done {done}/{TOTAL_DAYS} days ({len(DAYS)} have exercises), attempted {attempted}, "
+        f"revealed {revealed}, streak {progress.streak(today)} day(s)"
+    )
     for day, state in states.items():
         if state:
             print(f"{day:>3}  {exercise(day).title if day in DAYS else '':<46} {state}")

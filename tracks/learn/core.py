@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 LEVELS = ("beginner", "intermediate", "production")
-DAYS = (2, 16, 17, 18, 19, 20, 21, 22, 24, 26, 27, 31, 33, 34, 41)  # the days with an exercise
+DAYS = (1, 2, 16, 17, 18, 19, 20, 21, 22, 24, 26, 27, 31, 33, 34, 41)  # the days with an exercise
 
 
 class LearnError(ValueError):
@@ -130,8 +130,14 @@ def evaluate(ex: Exercise, path: str | Path) -> Verdict:
             ex.hints[0],
         )
     except SyntaxError as e:
-        return Verdict(False, "the file does not parse", f"line {e.lineno}: `{(e.text or '').strip()}`",
-                       "valid Python", f"SyntaxError: {e.msg}", "fix the line shown, then check again")  # fmt: skip
+        return Verdict(
+            False,
+            "the file does not parse",
+            f"line {e.lineno}: `{(e.text or '').strip()}`",
+            "valid Python",
+            f"SyntaxError: {e.msg}",
+            "fix the line shown, then check again",
+        )
     except (Exception, SystemExit) as e:  # the learner's code raised: say where, not the whole traceback
         return Verdict(
             False,

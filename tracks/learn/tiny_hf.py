@@ -7,7 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
-WORDS = "the cat dog sat on a mat rug and ran to sun moon big small red blue".split()
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "rug",
+    "and",
+    "ran",
+    "to",
+    "sun",
+    "moon",
+    "big",
+    "small",
+    "red",
+    "blue",
+]
 
 
 def tiny_tokenizer() -> Any:
@@ -29,9 +47,15 @@ def tiny_gpt2(seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(WORDS) + 2, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=1, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
+        vocab_size=len(WORDS) + 2,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():  # larger random weights than GPT-2's init: varied, confident greedy choices
         for p in model.parameters():

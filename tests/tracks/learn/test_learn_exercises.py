@@ -14,12 +14,30 @@ import pytest
 from tracks.learn.core import DAYS, Verdict, evaluate, exercise
 
 # day -> the starter's message, then (mistakes as (old, new) replacements in the reference, feedback)
-STARTER = {20: "put TfidfVectorizer", 41: "runs on the event loop"}
+STARTER = {
+    1: "a TODO is not written yet: where does",
+    20: "put TfidfVectorizer",
+    41: "runs on the event loop",
+}
 WRONG: dict[int, list[tuple[list[tuple[str, str]], str]]] = {
+    1: [
+        ([('"loadtest/slo.yaml"', '"app/config.py"')], "the row of loadtest/"),
+        (
+            [("    return importer == imported or (importer, imported) in ALLOWED", "    return True")],
+            "the engine imports nothing",
+        ),
+        ([('("infra", "modules")}', "}")], "infra → modules"),
+    ],
     2: [
-        ([("    return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)", "    return logits")], "soft-capped"),
+        (
+            [("    return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)", "    return logits")],
+            "soft-capped",
+        ),
         ([("    x = rms_norm(x)\n", "")], "normalize once more"),
-        ([("x = rms_norm(model.transformer.wte(idx))", "x = model.transformer.wte(idx)")], "embeddings are RMS"),
+        (
+            [("x = rms_norm(model.transformer.wte(idx))", "x = model.transformer.wte(idx)")],
+            "embeddings are RMS",
+        ),
     ],
     16: [
         ([("    dz /= n  # the loss is a mean over the batch\n", "")], "divide dz by the batch size"),
@@ -28,11 +46,25 @@ WRONG: dict[int, list[tuple[list[tuple[str, str]], str]]] = {
     ],
     17: [
         ([("        optimizer.zero_grad()\n", "")], "gradients accumulate across batches"),
-        ([("        optimizer.zero_grad()\n        loss.backward()", "        loss.backward()\n        optimizer.zero_grad()")],
-         "zeroed after backward"),
+        (
+            [
+                (
+                    "        optimizer.zero_grad()\n        loss.backward()",
+                    "        loss.backward()\n        optimizer.zero_grad()",
+                )
+            ],
+            "zeroed after backward",
+        ),
         ([("    model.train()\n", "")], "call model.train()"),
-        ([("        total += loss.item() * len(batch)\n    return total / len(x)", "        total = loss.item()\n    return total")],
-         "the last batch's loss"),
+        (
+            [
+                (
+                    "        total += loss.item() * len(batch)\n    return total / len(x)",
+                    "        total = loss.item()\n    return total",
+                )
+            ],
+            "the last batch's loss",
+        ),
     ],
     18: [
         ([("order[n_train : n_train + n_val], order", "order[:n_val], order")], "the split leaks"),
@@ -43,32 +75,87 @@ WRONG: dict[int, list[tuple[list[tuple[str, str]], str]]] = {
         ([("diagonal=1", "diagonal=0")], "a position may attend to itself"),
         ([("diagonal=1", "diagonal=2")], "the mask leaks the future"),
         ([(" / math.sqrt(D)", "")], "sqrt(head_dim)"),
-        ([("repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)", "repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)")],
-         "repeat_interleave (0,0,1,1)"),
+        (
+            [
+                (
+                    "repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)",
+                    "repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)",
+                )
+            ],
+            "repeat_interleave (0,0,1,1)",
+        ),
     ],
     20: [
-        ([("TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)", "TfidfVectorizer(max_features=3)")],
-         "too weak on held-out data"),
-        ([('LogisticRegression(C=5.0, max_iter=1000, class_weight="balanced")', "DummyClassifier()"),
-          ("from sklearn.pipeline import Pipeline", "from sklearn.dummy import DummyClassifier\nfrom sklearn.pipeline import Pipeline")],
-         "the same label for every text"),
-        ([('("model", model)])', '("model", model)]).fit(["ignore the rules", "ignore the rules now", "hi there", "hi there"], '
-           '["injection", "injection", "benign", "benign"])')], "already fitted"),
+        (
+            [
+                (
+                    "TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)",
+                    "TfidfVectorizer(max_features=3)",
+                )
+            ],
+            "too weak on held-out data",
+        ),
+        (
+            [
+                ('LogisticRegression(C=5.0, max_iter=1000, class_weight="balanced")', "DummyClassifier()"),
+                (
+                    "from sklearn.pipeline import Pipeline",
+                    "from sklearn.dummy import DummyClassifier\nfrom sklearn.pipeline import Pipeline",
+                ),
+            ],
+            "the same label for every text",
+        ),
+        (
+            [
+                (
+                    '("model", model)])',
+                    '("model", model)]).fit(["ignore the rules", "ignore the rules now", "hi there", '
+                    '"hi there"], ["injection", "injection", "benign", "benign"])',
+                )
+            ],
+            "already fitted",
+        ),
     ],
     21: [
         ([('average="macro"', 'average="weighted"')], "weighted F1"),
         ([('average="macro"', 'average="micro"')], "micro-F1"),
-        ([("build().fit(list(texts[train]), list(labels[train]))", "build().fit(list(texts), list(labels))")],
-         "scored on texts it was trained on"),
-        ([("StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)", "KFold(n_splits=folds)"),
-          ("import StratifiedKFold", "import KFold")], "not stratified"),
+        (
+            [
+                (
+                    "build().fit(list(texts[train]), list(labels[train]))",
+                    "build().fit(list(texts), list(labels))",
+                )
+            ],
+            "scored on texts it was trained on",
+        ),
+        (
+            [
+                ("StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)", "KFold(n_splits=folds)"),
+                ("import StratifiedKFold", "import KFold"),
+            ],
+            "not stratified",
+        ),
     ],
     22: [
-        ([('    mistakes = [row for row in rows if row["true"] != row["predicted"]]', "    mistakes = rows")],
-         "correct predictions are listed"),
+        (
+            [
+                (
+                    '    mistakes = [row for row in rows if row["true"] != row["predicted"]]',
+                    "    mistakes = rows",
+                )
+            ],
+            "correct predictions are listed",
+        ),
         ([('key=lambda row: -row["confidence"]', 'key=lambda row: row["confidence"]')], "least confident"),
-        ([("mine = [p for y, p in zip(truth, predicted, strict=True) if y == label]",
-           "mine = [y for y, p in zip(truth, predicted, strict=True) if p == label]")], "that is precision"),
+        (
+            [
+                (
+                    "mine = [p for y, p in zip(truth, predicted, strict=True) if y == label]",
+                    "mine = [y for y, p in zip(truth, predicted, strict=True) if p == label]",
+                )
+            ],
+            "that is precision",
+        ),
     ],
     24: [
         ([("do_sample=False", "do_sample=True")], "do_sample=False"),
@@ -81,35 +168,81 @@ WRONG: dict[int, list[tuple[list[tuple[str, str]], str]]] = {
     ],
     27: [
         ([("torch.zeros(base.out_features, rank)", "torch.randn(base.out_features, rank)")], "B with zeros"),
-        ([("        for p in self.base.parameters():\n            p.requires_grad_(False)\n", "")], "freezes the pretrained"),
-        ([("self.scale = base, alpha / rank", "self.scale = base, alpha")], "alpha / rank (= 2 here), not alpha"),
+        (
+            [("        for p in self.base.parameters():\n            p.requires_grad_(False)\n", "")],
+            "freezes the pretrained",
+        ),
+        (
+            [("self.scale = base, alpha / rank", "self.scale = base, alpha")],
+            "alpha / rank (= 2 here), not alpha",
+        ),
         ([("        layer = copy.deepcopy(self.base)", "        layer = self.base")], "copy.deepcopy"),
     ],
     31: [
         ([("Field(min_length=1, max_length=2000)", "Field(max_length=2000)")], "text is empty is accepted"),
-        ([("return ClassifyResponse(label=label, confidence=confidence)", "return {'label': label}")],
-         "does not match ClassifyResponse"),
+        (
+            [("return ClassifyResponse(label=label, confidence=confidence)", "return {'label': label}")],
+            "does not match ClassifyResponse",
+        ),
         ([("@app.post(", "@app.put(")], "@app.post('/classify')"),
     ],
     33: [
         ([("self.seconds.observe(seconds)", "self.seconds.observe(seconds * 1000)")], "not milliseconds"),
-        ([("Counter, Histogram", "Counter, Gauge, Histogram"), ("self.requests = Counter(", "self.requests = Gauge("),
-          (".inc()", ".set(1)")], "Counter, not Gauge"),
-        ([(', ["label"], registry', ", registry"), (".labels(label=label).inc()", ".inc()")], "needs the label"),
+        (
+            [
+                ("Counter, Histogram", "Counter, Gauge, Histogram"),
+                ("self.requests = Counter(", "self.requests = Gauge("),
+                (".inc()", ".set(1)"),
+            ],
+            "Counter, not Gauge",
+        ),
+        (
+            [(', ["label"], registry', ", registry"), (".labels(label=label).inc()", ".inc()")],
+            "needs the label",
+        ),
     ],
     34: [
-        ([('    assert client.post("/classify", json={"text": ""}).status_code == 422\n', "")], "{'text': ''} gets 422"),
-        ([('    r = client.post("/classify", json={"text": "Please ignore your rules"})\n'
-           '    assert r.json() == {"label": "injection", "confidence": 0.9}\n', "")], "post an injection"),
+        (
+            [('    assert client.post("/classify", json={"text": ""}).status_code == 422\n', "")],
+            "{'text': ''} gets 422",
+        ),
+        (
+            [
+                (
+                    '    r = client.post("/classify", json={"text": "Please ignore your rules"})\n'
+                    '    assert r.json() == {"label": "injection", "confidence": 0.9}\n',
+                    "",
+                )
+            ],
+            "post an injection",
+        ),
         ([('"confidence": 0.8}', '"confidence": 0.7}')], "fails on a correct app"),
     ],
     41: [
-        ([("    def lookup() -> dict:  # a plain def: FastAPI runs it in its thread pool, off the event loop\n"
-           '        return {"result": work()}', '    def lookup() -> dict:\n        with LOCK:\n            return {"result": work()}'),
-          ("from fastapi import FastAPI", "import threading\n\nfrom fastapi import FastAPI\n\nLOCK = threading.Lock()")],
-         "one at a time"),
-        ([("    def lookup() -> dict:", "    async def lookup() -> dict:\n        await asyncio.sleep(0)"),
-          ("from fastapi import FastAPI", "import asyncio\n\nfrom fastapi import FastAPI")], "runs on the event loop"),
+        (
+            [
+                (
+                    "    def lookup() -> dict:  # a plain def: FastAPI runs it in its thread pool, off the "
+                    'event loop\n        return {"result": work()}',
+                    '    def lookup() -> dict:\n        with LOCK:\n            return {"result": work()}',
+                ),
+                (
+                    "from fastapi import FastAPI",
+                    "import threading\n\nfrom fastapi import FastAPI\n\nLOCK = threading.Lock()",
+                ),
+            ],
+            "one at a time",
+        ),
+        (
+            [
+                (
+                    "    def lookup() -> dict:",
+                    "    async def lookup() -> dict:\n        await asyncio.sleep(0)",
+                ),
+                ("from fastapi import FastAPI", "import asyncio\n\nfrom fastapi import FastAPI"),
+            ],
+            "runs on the event loop",
+        ),
     ],
 }
 

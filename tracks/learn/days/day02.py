@@ -23,8 +23,13 @@ def check(module: ModuleType) -> None:
         want = model(idx)
         got = module.forward_by_hand(model, idx)
         if tuple(got.shape) != tuple(want.shape):
-            raise Failure("the logits have the wrong shape", given, str(tuple(want.shape)),
-                          str(tuple(got.shape)), "(batch, time, vocab): lm_head on every position")  # fmt: skip
+            raise Failure(
+                "the logits have the wrong shape",
+                given,
+                str(tuple(want.shape)),
+                str(tuple(got.shape)),
+                "(batch, time, vocab): lm_head on every position",
+            )
         if close(got, want, 1e-5):
             return
         raw = model.lm_head(rms_norm(_blocks(model, idx)))
@@ -35,8 +40,13 @@ def check(module: ModuleType) -> None:
             hint = "normalize once more (rms_norm) after the last block, before lm_head"
         elif close(got, _softcapped(model, _blocks(model, idx, first_norm=False)), 1e-5):
             hint = "the embeddings are RMS-normalized before the first block"
-    raise Failure("the logits differ from model(idx)", given, f"GPT.forward's (max |logit| "
-                  f"{float(want.abs().max()):.3g})", f"max difference {float((got - want).abs().max()):.3g}", hint)  # fmt: skip
+    raise Failure(
+        "the logits differ from model(idx)",
+        given,
+        f"GPT.forward's (max |logit| {float(want.abs().max()):.3g})",
+        f"max difference {float((got - want).abs().max()):.3g}",
+        hint,
+    )
 
 
 def _blocks(model, idx, first_norm: bool = True):
@@ -64,6 +74,11 @@ HINTS = (
     "logits = model.lm_head(x); return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP).",
 )
 EXERCISE = Exercise(
-    2, "forward_pass", "tracing a forward pass through the model", "beginner", HINTS,
-    ("nanochat/gpt.py: GPT.forward (tests/nanochat/test_gpt.py)",), check,
-)  # fmt: skip
+    2,
+    "forward_pass",
+    "tracing a forward pass through the model",
+    "beginner",
+    HINTS,
+    ("nanochat/gpt.py: GPT.forward (tests/nanochat/test_gpt.py)",),
+    check,
+)

@@ -16,20 +16,37 @@ def check(module: ModuleType) -> None:
     n = 50
     train, val, test = (list(part) for part in module.split_indices(n, seed=3))
     given = "split_indices(50, seed=3)"
-    for name, other, a, b in (("train", "validation", train, val), ("train", "test", train, test),
-                              ("validation", "test", val, test)):  # fmt: skip
+    for name, other, a, b in (
+        ("train", "validation", train, val),
+        ("train", "test", train, test),
+        ("validation", "test", val, test),
+    ):
         shared = sorted(set(a) & set(b))
         if shared:
-            raise Failure(f"the split leaks: {len(shared)} indices are in both {name} and {other}", given,
-                          "disjoint index lists", f"shared indices {shared[:5]}",
-                          "cut one shuffled order into consecutive slices: [:a], [a:b], [b:]")  # fmt: skip
+            raise Failure(
+                f"the split leaks: {len(shared)} indices are in both {name} and {other}",
+                given,
+                "disjoint index lists",
+                f"shared indices {shared[:5]}",
+                "cut one shuffled order into consecutive slices: [:a], [a:b], [b:]",
+            )
     sizes = (len(train), len(val), len(test))
     if sizes != (30, 10, 10) or sorted(train + val + test) != list(range(n)):
-        raise Failure("the split does not cover every example once in 60/20/20", given, "sizes (30, 10, 10)",
-                      f"sizes {sizes}", "n_train = int(0.6 * n); the rest is halved")  # fmt: skip
+        raise Failure(
+            "the split does not cover every example once in 60/20/20",
+            given,
+            "sizes (30, 10, 10)",
+            f"sizes {sizes}",
+            "n_train = int(0.6 * n); the rest is halved",
+        )
     if train == sorted(train) and val == sorted(val):
-        raise Failure("the split is not shuffled", given, "a random order (data files are often sorted by "
-                      "class)", f"train starts {train[:5]}", "slice the randperm order, not range(n)")  # fmt: skip
+        raise Failure(
+            "the split is not shuffled",
+            given,
+            "a random order (data files are often sorted by class)",
+            f"train starts {train[:5]}",
+            "slice the randperm order, not range(n)",
+        )
 
     model = nn.Linear(1, 1, bias=False)
     epoch = {"n": -1}
@@ -45,8 +62,13 @@ def check(module: ModuleType) -> None:
     given = f"validation losses {CURVE}, patience 5, min_delta 0"
     best, run = module.fit(model, train_epoch, val_loss, max_epochs=len(CURVE), patience=5, min_delta=0.0)
     if best != 2:
-        raise Failure("the best epoch is wrong", given, "2 (loss 0.7)", str(best),
-                      "keep the epoch whose validation loss is the lowest so far")  # fmt: skip
+        raise Failure(
+            "the best epoch is wrong",
+            given,
+            "2 (loss 0.7)",
+            str(best),
+            "keep the epoch whose validation loss is the lowest so far",
+        )
     if run != 8:
         hint = "stop once epoch - best_epoch >= patience: 5 epochs without improvement after epoch 2"
         if run == 9:
@@ -55,13 +77,22 @@ def check(module: ModuleType) -> None:
             hint = "the loop never stopped early: break when patience runs out"
         raise Failure("training stopped at the wrong epoch", given, "8 epochs run (0..7)", f"{run}", hint)
     if float(model.weight.detach()) != 2.0:
-        raise Failure("the model keeps the last weights, not the best", given,
-                      "the weights of epoch 2 restored", f"the weights of epoch {float(model.weight.detach()):g}",
-                      "model.load_state_dict(best_state) after the loop (deepcopy the state when it improves)")  # fmt: skip
+        raise Failure(
+            "the model keeps the last weights, not the best",
+            given,
+            "the weights of epoch 2 restored",
+            f"the weights of epoch {float(model.weight.detach()):g}",
+            "model.load_state_dict(best_state) after the loop (deepcopy the state when it improves)",
+        )
     best, run = module.fit(model, lambda: None, lambda: 1.0, max_epochs=20, patience=3, min_delta=0.1)
     if run != 4:
-        raise Failure("a flat curve does not stop after `patience` epochs", "a constant loss 1.0, patience 3",
-                      "4 epochs run", f"{run}", "improvement means loss < best - min_delta")  # fmt: skip
+        raise Failure(
+            "a flat curve does not stop after `patience` epochs",
+            "a constant loss 1.0, patience 3",
+            "4 epochs run",
+            f"{run}",
+            "improvement means loss < best - min_delta",
+        )
 
 
 HINTS = (
@@ -72,6 +103,11 @@ HINTS = (
     "After the loop: model.load_state_dict(best_state).",
 )
 EXERCISE = Exercise(
-    18, "early_stopping", "validation split and early stopping", "intermediate", HINTS,
-    ("tracks/pytorch/mlp.py: digits_splits, train (tests/tracks/pytorch/test_mlp.py)",), check,
-)  # fmt: skip
+    18,
+    "early_stopping",
+    "validation split and early stopping",
+    "intermediate",
+    HINTS,
+    ("tracks/pytorch/mlp.py: digits_splits, train (tests/tracks/pytorch/test_mlp.py)",),
+    check,
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from types import ModuleType
+from typing import ClassVar
 
 from tracks.learn.core import Exercise, Failure
 
@@ -13,7 +14,7 @@ NAMES = ("logreg", "linear_svc", "random_forest")
 class Spy:
     """Predicts the majority label of its training texts; records every fit and predict."""
 
-    log: list[dict] = []
+    log: ClassVar[list[dict]] = []
 
     def fit(self, texts, labels):
         self.train = list(texts)
@@ -29,7 +30,7 @@ class Spy:
 def check(module: ModuleType) -> None:
     y_true = ["a"] * 8 + ["b"] * 2
     y_pred = ["a"] * 8 + ["a", "b"]
-    given = f"scores(y_true = 8×'a' + 2×'b', y_pred = 9×'a' + 1×'b')"
+    given = "scores(y_true = 8×'a' + 2×'b', y_pred = 9×'a' + 1×'b')"
     got = module.scores(y_true, y_pred)
     want = {"accuracy": 0.9, "macro_f1": (16 / 17 + 2 / 3) / 2}
     for key, value in want.items():
@@ -37,7 +38,11 @@ def check(module: ModuleType) -> None:
             hint = "f1_score(y_true, y_pred, average='macro')"
             if key == "macro_f1" and key in got and abs(float(got[key]) - 0.9) < 1e-6:
                 hint = "that is micro-F1 (= accuracy here): average='macro' weighs the rare class equally"
-            elif key == "macro_f1" and key in got and abs(float(got[key]) - (0.8 * 16 / 17 + 0.2 * 2 / 3)) < 1e-6:
+            elif (
+                key == "macro_f1"
+                and key in got
+                and abs(float(got[key]) - (0.8 * 16 / 17 + 0.2 * 2 / 3)) < 1e-6
+            ):
                 hint = "that is the weighted F1: average='macro' does not weight classes by their size"
             raise Failure(f"`{key}` is wrong", given, f"{value:.4f}", str(got.get(key)), hint)
 
@@ -48,36 +53,65 @@ def check(module: ModuleType) -> None:
     given = "30 texts sorted by class (20 'x', 10 'y'), folds=5, a spy model"
     result = module.compare(texts, labels, {"spy": Spy}, folds=5, seed=0)
     if len(Spy.log) != 5:
-        raise Failure("not one fit and predict per fold", given, "5 predictions", str(len(Spy.log)),
-                      "loop over splitter.split(texts, labels): one fresh model per fold")  # fmt: skip
+        raise Failure(
+            "not one fit and predict per fold",
+            given,
+            "5 predictions",
+            str(len(Spy.log)),
+            "loop over splitter.split(texts, labels): one fresh model per fold",
+        )
     for i, fold in enumerate(Spy.log):
         seen = sorted(set(fold["train"]) & set(fold["test"]))
         if seen:
-            raise Failure(f"fold {i + 1} is scored on texts it was trained on", given,
-                          "a held-out test part", f"{len(seen)} of its {len(fold['test'])} test texts in training",
-                          "fit on texts[train] only, never on all texts")  # fmt: skip
+            raise Failure(
+                f"fold {i + 1} is scored on texts it was trained on",
+                given,
+                "a held-out test part",
+                f"{len(seen)} of its {len(fold['test'])} test texts in training",
+                "fit on texts[train] only, never on all texts",
+            )
         classes = Counter(truth[t] for t in fold["test"])
         if classes != Counter({"x": 4, "y": 2}):
-            raise Failure(f"fold {i + 1} is not stratified", given, "4 'x' and 2 'y' in every test fold",
-                          f"{dict(classes)}", "StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)")  # fmt: skip
+            raise Failure(
+                f"fold {i + 1} is not stratified",
+                given,
+                "4 'x' and 2 'y' in every test fold",
+                f"{dict(classes)}",
+                "StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)",
+            )
     folds = [_scores([truth[t] for t in f["test"]], ["x"] * len(f["test"])) for f in Spy.log]
     want = {key: sum(s[key] for s in folds) / len(folds) for key in ("accuracy", "macro_f1")}
     got = result.get("spy", {})
     for key, value in want.items():
         if key not in got or abs(float(got[key]) - value) > 1e-6:
-            raise Failure(f"the reported {key} is not the mean over the folds", given, f"{value:.4f}",
-                          str(got.get(key)), "score each fold with `scores`, then average each key")  # fmt: skip
+            raise Failure(
+                f"the reported {key} is not the mean over the folds",
+                given,
+                f"{value:.4f}",
+                str(got.get(key)),
+                "score each fold with `scores`, then average each key",
+            )
 
     built = module.candidates()
     missing = [n for n in NAMES if n not in built]
     if missing:
-        raise Failure("candidates are missing", "candidates()", ", ".join(NAMES), ", ".join(built),
-                      "add LinearSVC and RandomForestClassifier pipelines, TF-IDF first")  # fmt: skip
+        raise Failure(
+            "candidates are missing",
+            "candidates()",
+            ", ".join(NAMES),
+            ", ".join(built),
+            "add LinearSVC and RandomForestClassifier pipelines, TF-IDF first",
+        )
     for name in NAMES:
         model = built[name]()
         if not hasattr(model, "fit") or hasattr(model, "classes_"):
-            raise Failure(f"candidates()[{name!r}]() is not a fresh estimator", "candidates()",
-                          "an unfitted pipeline", type(model).__name__, "a lambda that builds a new pipeline")  # fmt: skip
+            raise Failure(
+                f"candidates()[{name!r}]() is not a fresh estimator",
+                "candidates()",
+                "an unfitted pipeline",
+                type(model).__name__,
+                "a lambda that builds a new pipeline",
+            )
 
 
 def _scores(y_true, y_pred):
@@ -94,6 +128,11 @@ HINTS = (
     "over the folds.",
 )
 EXERCISE = Exercise(
-    21, "model_comparison", "LR vs SVM vs random forest", "intermediate", HINTS,
-    ("tracks/classify/pipelines.py: cross_validate (tests/tracks/classify/test_pipelines.py)",), check,
-)  # fmt: skip
+    21,
+    "model_comparison",
+    "LR vs SVM vs random forest",
+    "intermediate",
+    HINTS,
+    ("tracks/classify/pipelines.py: cross_validate (tests/tracks/classify/test_pipelines.py)",),
+    check,
+)

@@ -24,8 +24,13 @@ def check(module: ModuleType) -> None:
         torch.manual_seed(1)
         got = module.complete(model, tokenizer, prompt, max_new_tokens=4)
         if not isinstance(got, str):
-            raise Failure("the result is not a string", given, repr(want), type(got).__name__,
-                          "the pipeline returns [{'generated_text': ...}]: take [0]['generated_text']")  # fmt: skip
+            raise Failure(
+                "the result is not a string",
+                given,
+                repr(want),
+                type(got).__name__,
+                "the pipeline returns [{'generated_text': ...}]: take [0]['generated_text']",
+            )
         if got.strip() == want:
             continue
         hint = "decode greedily: do_sample=False"
@@ -43,6 +48,11 @@ HINTS = (
     "[0]['generated_text'].",
 )
 EXERCISE = Exercise(
-    24, "hf_pipeline", "a Hugging Face pipeline", "intermediate", HINTS,
-    ("nanochat/hf_export.py and docs/hf.md (tests/nanochat/test_hf_export.py)",), check,
-)  # fmt: skip
+    24,
+    "hf_pipeline",
+    "a Hugging Face pipeline",
+    "intermediate",
+    HINTS,
+    ("nanochat/hf_export.py and docs/hf.md (tests/nanochat/test_hf_export.py)",),
+    check,
+)

@@ -7,7 +7,7 @@ from types import ModuleType
 
 from tracks.learn.core import Exercise, Failure
 
-SENTENCE = "the cat sat on a mat and the dog ran to the sun".split()
+SENTENCE = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "sun"]
 
 
 def sequences(tokenizer, offsets: range, length: int = 8) -> list[dict]:
@@ -42,24 +42,47 @@ def check(module: ModuleType) -> None:
     with tempfile.TemporaryDirectory() as out_dir:
         got = module.finetune(model, train, held_out, out_dir)
     if not isinstance(got, dict) or not {"eval_loss_before", "eval_loss_after"} <= set(got):
-        raise Failure("the result lacks the two losses", given, "{'eval_loss_before', 'eval_loss_after'}",
-                      repr(got)[:120], "trainer.evaluate() returns a dict with 'eval_loss'")  # fmt: skip
+        raise Failure(
+            "the result lacks the two losses",
+            given,
+            "{'eval_loss_before', 'eval_loss_after'}",
+            repr(got)[:120],
+            "trainer.evaluate() returns a dict with 'eval_loss'",
+        )
     before, after = float(got["eval_loss_before"]), float(got["eval_loss_after"])
     if not matches(before, want_before):
         hint = "evaluate before training, on eval_dataset"
         if matches(before, train_before):
             hint = "that is the loss on the training data: pass eval_dataset=eval_dataset to the Trainer"
-        raise Failure("eval_loss_before is not the held-out loss of the untrained model", given,
-                      f"{want_before[0]:.4f}", f"{before:.4f}", hint)  # fmt: skip
+        raise Failure(
+            "eval_loss_before is not the held-out loss of the untrained model",
+            given,
+            f"{want_before[0]:.4f}",
+            f"{before:.4f}",
+            hint,
+        )
     want_after = eval_loss(model, held_out)
     if not matches(after, want_after):
-        raise Failure("eval_loss_after is not the held-out loss of the trained model", given,
-                      f"{want_after[0]:.4f}", f"{after:.4f}", "evaluate again after trainer.train(), on eval_dataset")  # fmt: skip
+        raise Failure(
+            "eval_loss_after is not the held-out loss of the trained model",
+            given,
+            f"{want_after[0]:.4f}",
+            f"{after:.4f}",
+            "evaluate again after trainer.train(), on eval_dataset",
+        )
     if after > 0.5 * before:
-        hint = "call trainer.train() between the two evaluations" if abs(after - before) < 1e-6 else (
-            "the learning rate or the number of steps is too small to learn a repeating sentence")
-        raise Failure("the model did not learn", given, f"held-out loss below {0.5 * before:.3f}",
-                      f"{before:.3f} → {after:.3f}", hint)  # fmt: skip
+        hint = (
+            "call trainer.train() between the two evaluations"
+            if abs(after - before) < 1e-6
+            else ("the learning rate or the number of steps is too small to learn a repeating sentence")
+        )
+        raise Failure(
+            "the model did not learn",
+            given,
+            f"held-out loss below {0.5 * before:.3f}",
+            f"{before:.3f} → {after:.3f}",
+            hint,
+        )
 
 
 HINTS = (
@@ -68,6 +91,11 @@ HINTS = (
     "before = trainer.evaluate()['eval_loss']; trainer.train(); after = trainer.evaluate()['eval_loss'].",
 )
 EXERCISE = Exercise(
-    26, "trainer_finetune", "a Trainer fine-tune", "intermediate", HINTS,
-    ("tracks/hf_finetune.py: finetune (tests/tracks/test_hf_finetune.py)",), check,
-)  # fmt: skip
+    26,
+    "trainer_finetune",
+    "a Trainer fine-tune",
+    "intermediate",
+    HINTS,
+    ("tracks/hf_finetune.py: finetune (tests/tracks/test_hf_finetune.py)",),
+    check,
+)

@@ -31,36 +31,55 @@ def check(module: ModuleType) -> None:
         metrics.observe(label, seconds)
     got = samples(registry)
     names = sorted({name for name, _ in got})
-    counts = {dict(labels).get("label"): v for (name, labels), v in got.items()
-              if name == "nanochat_classify_requests_total"}  # fmt: skip
+    counts = {
+        dict(labels).get("label"): v
+        for (name, labels), v in got.items()
+        if name == "nanochat_classify_requests_total"
+    }
     if not counts:
         hint = "a Counter named 'nanochat_classify_requests' (the client adds _total)"
         if "nanochat_classify_requests_total_total" in names:
             hint = "drop the _total from the name: prometheus_client adds it to counters"
         elif "nanochat_classify_requests" in names:
             hint = "it is a counter (only goes up): Counter, not Gauge"
-        raise Failure("no counter nanochat_classify_requests_total", GIVEN, "nanochat_classify_requests_total",
-                      f"metrics {names}", hint)  # fmt: skip
+        raise Failure(
+            "no counter nanochat_classify_requests_total",
+            GIVEN,
+            "nanochat_classify_requests_total",
+            f"metrics {names}",
+            hint,
+        )
     if counts != {"benign": 2.0, "injection": 1.0}:
         hint = "labelnames=['label'] and .labels(label=label).inc() for each text"
         if None in counts:
             hint = "the counter needs the label: Counter(..., ['label']) and .labels(label=label)"
         elif counts.get("benign") == 1.0:
             hint = "increment (inc) on every request; setting it to 1 does not count"
-        raise Failure("the request counts by label are wrong", GIVEN, "benign 2, injection 1",
-                      str(counts), hint)  # fmt: skip
+        raise Failure(
+            "the request counts by label are wrong", GIVEN, "benign 2, injection 1", str(counts), hint
+        )
     count = got.get(("nanochat_classify_seconds_count", ()))
     total = got.get(("nanochat_classify_seconds_sum", ()))
     if count != 3.0 or total is None or abs(total - 0.324) > 1e-9:
         hint = "a Histogram named nanochat_classify_seconds, observe(seconds) once per text"
         if total is not None and abs(total - 324.0) < 1e-6:
             hint = "Prometheus' unit is seconds: observe(seconds), not milliseconds"
-        raise Failure("the latency histogram is wrong", GIVEN, "count 3, sum 0.324 (seconds)",
-                      f"count {count}, sum {total}", hint)  # fmt: skip
+        raise Failure(
+            "the latency histogram is wrong",
+            GIVEN,
+            "count 3, sum 0.324 (seconds)",
+            f"count {count}, sum {total}",
+            hint,
+        )
     le_01 = got.get(("nanochat_classify_seconds_bucket", (("le", "0.01"),)))
     if le_01 != 1.0:
-        raise Failure("the histogram's buckets are not the ones asked for", GIVEN, "1 observation ≤ 0.01 s",
-                      f"bucket le=0.01: {le_01}", "Histogram(..., buckets=BUCKETS)")  # fmt: skip
+        raise Failure(
+            "the histogram's buckets are not the ones asked for",
+            GIVEN,
+            "1 observation ≤ 0.01 s",
+            f"bucket le=0.01: {le_01}",
+            "Histogram(..., buckets=BUCKETS)",
+        )
 
 
 HINTS = (
@@ -70,6 +89,14 @@ HINTS = (
     "observe: self.requests.labels(label=label).inc(); self.seconds.observe(seconds).",
 )
 EXERCISE = Exercise(
-    33, "service_metric", "a metric added to the service", "production", HINTS,
-    ("app/observability/metrics.py: the service's metrics (tests/app/observability/test_metrics_catalog.py)",), check,
-)  # fmt: skip
+    33,
+    "service_metric",
+    "a metric added to the service",
+    "production",
+    HINTS,
+    (
+        "app/observability/metrics.py, catalog.py: the service's metrics "
+        "(tests/app/observability/test_metrics_catalog.py)",
+    ),
+    check,
+)

@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: FastAPI reads the route's annotations at runtime.
 """
 
-
 import traceback
 from types import ModuleType
 
@@ -27,7 +26,7 @@ def build_app(mutant: str | None = None):
     async def classify(request: Request) -> dict:
         body = await request.json()
         text = body.get("text") if isinstance(body, dict) else None
-        if text is None and mutant != "accepts_missing" or text == "" and mutant != "accepts_empty":
+        if (text is None and mutant != "accepts_missing") or (text == "" and mutant != "accepts_empty"):
             raise HTTPException(422, "text: 1 to 2,000 characters")
         text = text or ""
         label, confidence = ("injection", 0.9) if "ignore" in text.lower() else ("benign", 0.8)
@@ -56,12 +55,18 @@ def check(module: ModuleType) -> None:
     if error is not None:
         frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == module.__file__]
         where = f" at line {frames[-1].lineno}: `{(frames[-1].line or '').strip()}`" if frames else ""
-        raise Failure("your test fails on a correct app", "an app that follows the day-31 contract", "no failure",
-                      f"{type(error).__name__}{where} {error}"[:240], "compare that assertion with the contract above")  # fmt: skip
+        raise Failure(
+            "your test fails on a correct app",
+            "an app that follows the day-31 contract",
+            "no failure",
+            f"{type(error).__name__}{where} {error}"[:240],
+            "compare that assertion with the contract above",
+        )
     for mutant, (bug, hint) in MUTANTS.items():
         if run(module, mutant) is None:
-            raise Failure("your test passes on a broken app", f"an app that {bug}", "your test fails",
-                          "it passed", hint)  # fmt: skip
+            raise Failure(
+                "your test passes on a broken app", f"an app that {bug}", "your test fails", "it passed", hint
+            )
 
 
 HINTS = (
@@ -71,6 +76,11 @@ HINTS = (
     "assert client.post('/classify', json={'text': ''}).status_code == 422; and json={} → 422.",
 )
 EXERCISE = Exercise(
-    34, "endpoint_test", "the endpoint's test", "production", HINTS,
-    ("tests/app/test_classify.py: the service's own tests of POST /v1/classify",), check,
-)  # fmt: skip
+    34,
+    "endpoint_test",
+    "the endpoint's test",
+    "production",
+    HINTS,
+    ("tests/app/test_classify.py: the service's own tests of POST /v1/classify",),
+    check,
+)

@@ -50,25 +50,45 @@ def check(module: ModuleType) -> None:
         responses = list(pool.map(lambda _: client.get("/lookup"), range(REQUESTS)))
     bad = [r for r in responses if r.status_code != 200 or r.json() != {"result": 42}]
     if bad:
-        raise Failure("GET /lookup does not answer {'result': work()}", given, "200 {'result': 42}",
-                      f"{bad[0].status_code} {bad[0].text[:100]}", "keep the route and its answer; fix only how it runs")  # fmt: skip
+        raise Failure(
+            "GET /lookup does not answer {'result': work()}",
+            given,
+            "200 {'result': 42}",
+            f"{bad[0].status_code} {bad[0].text[:100]}",
+            "keep the route and its answer; fix only how it runs",
+        )
     if work.on_loop:
-        raise Failure("the blocking work() runs on the event loop", given, "work() in a worker thread",
-                      "called inside `async def`: every other request waits",
-                      "make the handler a plain `def` (FastAPI runs it in a thread pool), or "
-                      "`await run_in_threadpool(work)`")  # fmt: skip
+        raise Failure(
+            "the blocking work() runs on the event loop",
+            given,
+            "work() in a worker thread",
+            "called inside `async def`: every other request waits",
+            "make the handler a plain `def` (FastAPI runs it in a thread pool), or "
+            "`await run_in_threadpool(work)`",
+        )
     if work.most < REQUESTS:
-        raise Failure("requests are still served one at a time", given, f"{REQUESTS} calls of work() in flight together",
-                      f"at most {work.most}", "something serializes them: a lock around work(), or a single worker")  # fmt: skip
+        raise Failure(
+            "requests are still served one at a time",
+            given,
+            f"{REQUESTS} calls of work() in flight together",
+            f"at most {work.most}",
+            "something serializes them: a lock around work(), or a single worker",
+        )
 
 
 HINTS = (
     "Ask which thread runs the handler: an `async def` runs on the event loop, the one thread serving all.",
     "A blocking call inside `async def` stops every other request; FastAPI runs plain `def` handlers in "
     "a thread pool.",
-    "Change `async def lookup()` to `def lookup()` (or `await starlette.concurrency.run_in_threadpool(work)`).",
+    "Change `async def lookup()` to `def lookup()` "
+    "(or `await starlette.concurrency.run_in_threadpool(work)`).",
 )
 EXERCISE = Exercise(
-    41, "load_bottleneck", "a load-test bottleneck", "production", HINTS,
-    ("app/scheduler.py: the engine on its own thread, never the event loop (docs/serving.md)",), check,
-)  # fmt: skip
+    41,
+    "load_bottleneck",
+    "a load-test bottleneck",
+    "production",
+    HINTS,
+    ("app/scheduler.py: the engine on its own thread, never the event loop (docs/serving.md)",),
+    check,
+)

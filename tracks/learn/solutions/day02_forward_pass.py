@@ -6,7 +6,7 @@ from nanochat.gpt import LOGIT_SOFTCAP, rms_norm
 
 
 def forward_by_hand(model, idx: torch.Tensor) -> torch.Tensor:
-    B, T = idx.shape
+    _, T = idx.shape
     cos, sin = model.cos[:, :T], model.sin[:, :T]
     x = rms_norm(model.transformer.wte(idx))  # (B, T, n_embd)
     for block in model.transformer.h:

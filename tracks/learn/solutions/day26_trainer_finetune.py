@@ -1,4 +1,4 @@
-"""Day 26: a Trainer fine-tune (reference: tracks/hf_finetune.py `finetune`, tests/tracks/test_hf_finetune.py)."""
+"""Day 26: a Trainer fine-tune (reference: tracks/hf_finetune.py `finetune`)."""
 
 from transformers import Trainer, TrainingArguments
 

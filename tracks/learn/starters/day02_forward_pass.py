@@ -8,7 +8,7 @@ the sequence length, normalize again, project to the vocabulary, and soft-cap th
 
 import torch
 
-from nanochat.gpt import LOGIT_SOFTCAP, rms_norm  # noqa: F401 (you will need both)
+from nanochat.gpt import LOGIT_SOFTCAP, rms_norm
 
 
 def forward_by_hand(model, idx: torch.Tensor) -> torch.Tensor:
