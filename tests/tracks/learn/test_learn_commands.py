@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from tracks.learn.commands import register
-from tracks.learn.core import LearnError, exercise
+from tracks.learn.core import DAYS, LearnError, exercise
 from tracks.learn.progress import Progress
 from tracks.learn.runner import run_check
 
@@ -139,3 +140,16 @@ def test_the_command_is_registered_and_the_workspace_ignored():
         pyproject["project"]["entry-points"]["nanochat.commands"]["learn"] == "tracks.learn.commands:register"
     )
     assert "/workspace/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_the_learning_path_lists_exactly_the_days_with_an_exercise():
+    text = (REPO / "docs" / "learning-path.md").read_text()
+    rows = re.findall(
+        r"^\| (beginner|intermediate|production) \| (\d+) \| (.+) \|$", text, flags=re.MULTILINE
+    )
+    assert [(level, int(day), title) for level, day, title in rows] == [
+        (exercise(day).level, day, exercise(day).title) for day in DAYS
+    ]
+    readme = (REPO / "README.md").read_text()
+    learning = readme[readme.index("## Learn with it") :]
+    assert learning.split("```bash\n", 1)[1].startswith("nanochat learn start 1 ")
