@@ -129,6 +129,15 @@ def evaluate(ex: Exercise, path: str | Path) -> Verdict:
             "NotImplementedError, the starter's placeholder",
             ex.hints[0],
         )
+    except ModuleNotFoundError as e:
+        return Verdict(
+            False,
+            f"module {e.name!r} is not installed",
+            _where(e, path) or "the check's imports",
+            "the learning tracks' packages",
+            f"ModuleNotFoundError: {e}",
+            "pip install -e '.[tracks]' (or fix the import's name if it is yours)",
+        )
     except SyntaxError as e:
         return Verdict(
             False,

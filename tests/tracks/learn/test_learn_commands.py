@@ -153,3 +153,22 @@ def test_the_learning_path_lists_exactly_the_days_with_an_exercise():
     readme = (REPO / "README.md").read_text()
     learning = readme[readme.index("## Learn with it") :]
     assert learning.split("```bash\n", 1)[1].startswith("nanochat learn start 1 ")
+
+
+def test_through_the_nanochat_command_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    import nanochat.cli as cli
+
+    installed = cli.entry_points
+    learn_entry = EntryPoint("learn", "tracks.learn.commands:register", cli.COMMANDS_GROUP)
+
+    def with_learn(group: str):  # as after `pip install -e .` with this pyproject
+        return [e for e in installed(group=group) if e.name != "learn"] + [learn_entry]
+
+    monkeypatch.setattr(cli, "entry_points", with_learn)
+    assert cli.main(["learn", "list", "--workspace", str(tmp_path)]) == 0
+    assert "  1  beginner" in capsys.readouterr().out
+    assert cli.main(["learn", "start", "3", "--workspace", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nanochat: error: day 3 has no exercise") and len(err.splitlines()) == 1

@@ -300,3 +300,9 @@ def test_an_attempt_that_raises_is_reviewed_with_its_line_not_a_traceback(tmp_pa
 def test_a_file_that_does_not_parse_says_which_line(tmp_path):
     verdict = judge(tmp_path, 22, "def confident_mistakes(:\n")
     assert verdict.behaviour == "the file does not parse" and "line 1" in verdict.input
+
+
+def test_a_missing_package_says_what_to_install(tmp_path):
+    verdict = judge(tmp_path, 22, "import not_a_real_package_for_learn\n")
+    assert "'not_a_real_package_for_learn' is not installed" in verdict.behaviour
+    assert "pip install -e '.[tracks]'" in verdict.hint
