@@ -84,7 +84,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     progress = Progress.load(workspace)
     progress.day(ex.day).started = progress.day(ex.day).started or dt.date.today().isoformat()
     progress.save()
-    print(f"\nDay {ex.day} ({ex.level}): {ex.title}\n\n{ex.goal}\n")
+    print(f"\n[{ex.level}] {ex.goal}\n")
     print(f"Edit the TODOs, then: nanochat learn check {ex.day}")
     return 0
 

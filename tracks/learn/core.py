@@ -123,10 +123,10 @@ def evaluate(ex: Exercise, path: str | Path) -> Verdict:
         where = _where(e, path)
         return Verdict(
             False,
-            "a TODO is not written yet" + (f" ({e})" if str(e) else ""),
-            where,
-            "your code there",
-            "NotImplementedError, the starter's placeholder",
+            "a TODO is not written yet" + (f": {e}" if str(e) else ""),
+            "",
+            f"your code at {where}" if where else "your code",
+            "the starter's placeholder (NotImplementedError)",
             ex.hints[0],
         )
     except ModuleNotFoundError as e:
