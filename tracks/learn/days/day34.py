@@ -77,7 +77,7 @@ HINTS = (
 )
 EXERCISE = Exercise(
     34,
-    "endpoint_test",
+    "testing_endpoint",
     "the endpoint's test",
     "production",
     HINTS,
