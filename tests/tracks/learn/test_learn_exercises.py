@@ -263,6 +263,9 @@ def test_every_day_with_an_exercise_has_wrong_attempts_and_the_levels_progress()
     levels = [exercise(day).level for day in DAYS]
     order = ["beginner", "intermediate", "production"]
     assert levels == sorted(levels, key=order.index), "difficulty goes beginner → intermediate → production"
+    for day in DAYS:  # a learner's file is never collected by pytest as a test module
+        name = exercise(day).filename
+        assert not name.startswith("test_") and not name.endswith("_test.py")
 
 
 @pytest.mark.parametrize("day", DAYS)
