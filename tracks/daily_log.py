@@ -117,6 +117,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     draft.add_argument("--out", help="file to write, - for stdout (default daily-log/DATE.md in --repo)")
     draft.set_defaults(handler=cmd_draft)
+    from tracks import build_in_public  # `log post`, `log week`: drafts for building in public
+
+    build_in_public.register(commands)
     return log
 
 
