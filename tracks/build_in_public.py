@@ -48,6 +48,7 @@ URL = re.compile(
 ZWJ, VS16, KEYCAP = "\u200d", "\ufe0f", "\u20e3"
 ELLIPSIS = "…"
 POSTS_DIR = Path("daily-log") / "posts"
+LABEL_CHARS = 36  # a chart's bar labels are cut (from the left) to this many characters
 
 
 def _is_emoji_base(cp: int) -> bool:
@@ -183,10 +184,9 @@ def parse_entry(path: Path) -> Entry:
                  report.group(1) if report else None)  # fmt: skip
 
 
-def _built_summary(entry: Entry) -> str:
-    # a commit line starts with its short hash: the subject is what a reader wants
-    subjects = [re.sub(r"^[0-9a-f]{7,12}\s+", "", b) for b in entry.built]
-    return "; ".join(subjects)
+def _subjects(entry: Entry) -> list[str]:
+    """What was built, without the short hash a commit line starts with (a reader wants the subject)."""
+    return [re.sub(r"^[0-9a-f]{7,12}\s+", "", b) for b in entry.built]
 
 
 def x_post(entry: Entry, link: str | None = None, tag: str = "#buildinpublic") -> str:
@@ -200,7 +200,7 @@ def x_post(entry: Entry, link: str | None = None, tag: str = "#buildinpublic") -
     budget = X_LIMIT - x_length(fixed) - 1  # the line break before the failure
     failure = shorten(f"Failure: {entry.failure}", budget)
     lines = [head, metric] + ([failure] if failure else [])
-    built = _built_summary(entry)
+    built = "; ".join(_subjects(entry))
     if built:
         room = X_LIMIT - x_length("\n".join([*lines, tail])) - 1
         built_line = shorten(f"Built: {built}", room)
@@ -215,7 +215,7 @@ def linkedin_post(entry: Entry, link: str | None = None) -> str:
     """The day's LinkedIn post: what was built, the metric, the failure and its fix plan, the next step."""
     parts = [
         f"Building a small LLM service in public: {entry.day.strftime('%A %d %B %Y')}.",
-        "What I built:\n" + "\n".join(f"• {b}" for b in entry.built) if entry.built else "",
+        "What I built:\n" + "\n".join(f"• {b}" for b in _subjects(entry)) if entry.built else "",
         f"The metric of the day: {entry.metric}",
         f"What failed, and the plan: {entry.failure}",
         f"Next: {entry.next_step}" if entry.next_step else "",
@@ -250,13 +250,14 @@ def chart(report: Path, out: Path, title: str) -> Path:
         raise LogError(f"cannot read the report {report}: {e}") from None
     if not figures:
         raise LogError(f"{report} has no headline figure (accuracy, F1, bpb, loss) to chart")
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(figures)), dpi=100)
-    names, values = [n for n, _ in figures], [v for _, v in figures]
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.45 * len(figures)), dpi=100)
+    names = [n if len(n) <= LABEL_CHARS else "…" + n[-LABEL_CHARS + 1 :] for n, _ in figures]
+    values = [v for _, v in figures]
     bars = ax.barh(names, values, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], padding=3)
     ax.invert_yaxis()
-    ax.set_title(title, fontsize=10)
     ax.margins(x=0.2)
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, metadata={"Software": None})
