@@ -99,11 +99,12 @@ soak: setup
 
 # Chaos, not in CI (a few minutes): each fault of docs/design.md that can run here (corrupt checkpoint, worker
 # SIGKILL, OTLP down, disk full for logs and checkpoints, CPU starvation, a 10x burst) against a local gunicorn
-# on the demo model; report in docs/experiments/chaos/ (bench/chaos.py). CHAOS_ARGS e.g. --faults burst_10x
+# on the demo model; report in docs/experiments/chaos/ (bench/chaos.py), whose outcomes docs/design.md shows
+# (rebuilt after the run). CHAOS_ARGS e.g. --faults burst_10x
 CHAOS_ARGS ?=
 .PHONY: chaos design
 chaos: setup
-	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+	@$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m design.build && exit $$rc
 
 # docs/design.md's generated tables and its architecture diagram (design/build.py)
 design: setup

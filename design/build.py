@@ -6,8 +6,10 @@
 The sources: `design/architecture.yaml` (boxes on a grid and the edges between them), `loadtest/slo.yaml`
 (the SLO table, each objective with the comment it carries there and the alerts whose threshold it is, found
 by building the alert rules of alerts/build.py with that one objective changed) and
-`design/failure_modes.yaml` (the failure-mode table). Only the text between `<!-- generated:NAME -->` and
-`<!-- end generated:NAME -->` in docs/design.md is rewritten; the prose around it is edited by hand.
+`design/failure_modes.yaml` (the failure-mode table, with each fault's outcome in the committed `make chaos`
+report, docs/experiments/chaos/chaos.json: rebuild after a new run). Only the text between
+`<!-- generated:NAME -->` and `<!-- end generated:NAME -->` in docs/design.md is rewritten; the prose around
+it is edited by hand.
 
 The PNG is drawn with matplotlib. Its pixels depend on matplotlib's and FreeType's versions, so `--check`
 does not compare them: the PNG carries the SHA-256 of architecture.yaml in a text chunk (`Source-SHA256`), and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -32,6 +35,7 @@ DOC = ROOT / "docs" / "design.md"
 ARCHITECTURE = ROOT / "design" / "architecture.yaml"
 FAILURE_MODES = ROOT / "design" / "failure_modes.yaml"
 PNG = ROOT / "docs" / "design" / "architecture.png"
+CHAOS_REPORT = ROOT / "docs" / "experiments" / "chaos" / "chaos.json"  # bench/chaos.py's DEFAULT_OUT
 HASH_KEY = "Source-SHA256"
 BOX_W, BOX_H, COL_W, ROW_H = 2.3, 0.95, 2.75, 1.0
 
@@ -168,16 +172,26 @@ def failure_modes(path: Path = FAILURE_MODES) -> list[dict]:
     return modes
 
 
+def chaos_outcomes(path: Path | None = None) -> dict[str, str]:
+    """Each fault's outcome in the committed `make chaos` report: "held" or "did not hold"."""
+    try:
+        report = json.loads((path or CHAOS_REPORT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f["name"]: "held" if f["held"] else "did not hold" for f in report.get("faults", [])}
+
+
 def failure_table(modes: list[dict]) -> str:
+    ran = chaos_outcomes()
     lines = [
-        "| failure | detection | mitigation | proof | `make chaos` |",
+        "| failure | detection | mitigation | proof | `make chaos` (last committed run) |",
         "|---|---|---|---|---|",
     ]
     for mode in modes:
-        detection = ", ".join(f"`{a}`" for a in mode["alerts"])
+        detection = ", ".join(f"[`{a}`](runbooks/{a}.md)" for a in mode["alerts"])  # links from docs/
         detection = "; ".join(p for p in (detection, mode["other_signals"]) if p)
         proof = "<br>".join(f"`{p.split('::')[-1]}` ({p.split('::')[0]})" for p in mode["proof"])
-        chaos = ", ".join(f"`{c}`" for c in mode["chaos"]) or "–"
+        chaos = ", ".join(f"`{c}` ({ran.get(c, 'not run')})" for c in mode["chaos"]) or "–"
         failure = f"**{mode['name']}**: {mode['what']}"
         lines.append(f"| {failure} | {detection} | {mode['mitigation']} | {proof} | {chaos} |")
     return "\n".join(lines)

@@ -126,3 +126,11 @@ def test_a_failure_mode_without_its_fields_is_refused(tmp_path) -> None:
         build.failure_modes(path)
     shutil.copy(build.FAILURE_MODES, path)
     assert build.failure_modes(path) == build.failure_modes()
+
+
+def test_the_committed_chaos_report_ran_every_fault_and_the_doc_shows_its_outcomes() -> None:
+    outcomes = build.chaos_outcomes()
+    assert set(outcomes) == set(FAULTS)
+    doc = build.DOC.read_text()
+    for fault, outcome in outcomes.items():
+        assert f"`{fault}` ({outcome})" in doc
