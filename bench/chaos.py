@@ -108,8 +108,9 @@ class Service:
             )
 
     def log(self) -> str:
+        """The log so far; "" when it went to a device (/dev/full reads as endless zero bytes)."""
         try:
-            return self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
         except OSError:
             return ""
 
@@ -263,7 +264,8 @@ class Checks:
     def expect(self, condition: bool, what: str, evidence: object = "") -> None:
         self.checked.append(what)
         if not condition:
-            self.problems.append(f"{what} (saw: {evidence})")
+            saw = " ".join(str(evidence).split())  # one line, for the Markdown list
+            self.problems.append(f"{what} (saw: {saw[:400]})")
 
 
 def result(name: str, checks: Checks, watch: Watch | None, recovery: float | None, **figures) -> FaultResult:
@@ -316,7 +318,10 @@ def corrupt_checkpoint(work: Path, seconds: float) -> FaultResult:
         watch.clients(1)
         time.sleep(seconds)
         watch.clients(0)
-        health = httpx.get(f"{staying.url}/health", timeout=5).status_code
+        try:
+            health: int | str = httpx.get(f"{staying.url}/health", timeout=5).status_code
+        except httpx.HTTPError as e:
+            health = type(e).__name__
     finally:
         watch.close()
         staying.stop()
@@ -582,7 +587,12 @@ def run(faults: list[str], seconds: float = 8.0, work: Path | None = None) -> di
         folder = base / name
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        outcome = FAULTS[name](folder, seconds)
+        try:
+            outcome = FAULTS[name](folder, seconds)
+        except ChaosError as e:  # the service never got going: a fault that did not hold, with the reason
+            checks = Checks()
+            checks.expect(False, "the harness could set the fault up and start the service", e)
+            outcome = result(name, checks, None, None)
         outcome.duration_s = round(time.monotonic() - t0, 1)
         results.append(asdict(outcome))
         print(

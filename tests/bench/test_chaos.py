@@ -76,3 +76,19 @@ def test_make_chaos_runs_the_harness_with_its_arguments() -> None:
     harness, rebuild = result.stdout.split(";")[0], result.stdout.split(";")[-1]
     assert harness.split() == [".venv/bin/python", "-m", "bench.chaos", "--faults", "burst_10x"]
     assert "-m design.build" in rebuild  # docs/design.md shows the committed run's outcomes
+
+
+def test_a_fault_whose_service_never_starts_is_reported_not_raised(monkeypatch, tmp_path: Path) -> None:
+    if not chaos.GUNICORN.exists():
+        pytest.skip("gunicorn is not installed in this environment")
+
+    def broken(work: Path, seconds: float) -> chaos.FaultResult:
+        raise chaos.ChaosError("gunicorn exited (3):\nlast\nlines")
+
+    monkeypatch.setitem(chaos.FAULTS, "broken", broken)
+    report = chaos.run(["broken"], 0.1, tmp_path)
+    assert not report["held"]
+    (fault,) = report["faults"]
+    assert fault["problems"] == [
+        "the harness could set the fault up and start the service (saw: gunicorn exited (3): last lines)"
+    ]
