@@ -11,8 +11,9 @@ polls `/ready` every 0.1 s, injects the fault, and checks its expectation:
 - `corrupt_checkpoint`: the weights file cut in half. With on_load_failure=exit gunicorn stops with a non-zero
   status and one clear line (no traceback); with `unready` it stays up: `/health` 200, `/ready` 503
   `load_failed`, chat 503.
-- `worker_sigkill`: SIGKILL one of two workers under load. At most the requests it had in flight fail,
-  `/ready` stays 200 (the other worker answers), gunicorn starts a new worker, and requests after it succeed.
+- `worker_sigkill`: SIGKILL the busier of two workers under load (the one with requests in flight). At most
+  the requests it had in flight fail, `/ready` stays 200 (the other worker answers), gunicorn starts a new
+  worker, and requests after it succeed.
 - `otlp_down`: traces exported to a closed port. No request fails, `/ready` stays 200.
 - `disk_full_logs`: gunicorn's stdout and stderr (every log line) go to /dev/full, which fails every write
   with ENOSPC. No request fails. (/dev/full needs no root mount; a full tmpfs would behave the same.)
@@ -342,7 +343,7 @@ def worker_sigkill(work: Path, seconds: float) -> FaultResult:
         watch = Watch(service.url)
         watch.clients(2)
         time.sleep(seconds / 2)
-        victim = min(before)
+        victim = busiest(before)  # a worker with requests in flight, not one idle by chance
         started = service.log().count(STARTED)
         os.kill(victim, signal.SIGKILL)
         killed_at = watch.now()
@@ -383,6 +384,21 @@ def worker_sigkill(work: Path, seconds: float) -> FaultResult:
     return result(
         "worker_sigkill", checks, watch, serving, killed_at_s=round(killed_at, 2), respawn_s=respawn
     )
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def busiest(pids: set[int], over_s: float = 1.0) -> int:
+    """The process of `pids` that used the most CPU over the next `over_s` seconds."""
+    start = {pid: cpu_ticks(pid) for pid in pids}
+    time.sleep(over_s)
+    return max(sorted(pids), key=lambda pid: cpu_ticks(pid) - start[pid])
 
 
 def steady(

@@ -16,7 +16,7 @@ joins (skin tones, ZWJ families, flags, keycaps), counts as 2; any other code po
 U+0000–U+10FF, U+2000–U+200D, U+2010–U+201F and U+2032–U+2037, and 2 elsewhere (CJK, most symbols, the
 ellipsis U+2026). URLs are those with http(s):// and bare domains under a few common top-level domains
 (`BARE_TLDS`); emoji are recognized by their Unicode ranges, not by twemoji's list. A post fits when its
-count is between 1 and 280.
+count is between 1 and 280 and it holds none of U+FFFE, U+FEFF, U+FFFF.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ URL = re.compile(
     + r")\b(?:/[^\s<>\"]*[^\s<>\".,:;!?)])?",
     re.IGNORECASE,
 )
+INVALID_CHARS = "\ufffe\ufeff\uffff"  # twitter-text refuses a post holding any of these
 ZWJ, VS16, KEYCAP = "\u200d", "\ufe0f", "\u20e3"
 ELLIPSIS = "…"
 POSTS_DIR = Path("daily-log") / "posts"
+QUESTION = TODO.split("{")[0]  # how `nanochat log draft` marks a section still to write
 LABEL_CHARS = 36  # a chart's bar labels are cut (from the left) to this many characters
 
 
@@ -111,7 +113,9 @@ def x_length(text: str) -> int:
 
 
 def fits_x(text: str) -> bool:
-    return x_length(text.strip()) > 0 and x_length(text) <= X_LIMIT
+    """Whether X accepts `text`: not blank, within 280, and free of the characters a post may not hold."""
+    valid = not any(c in INVALID_CHARS for c in text)
+    return valid and x_length(text.strip()) > 0 and x_length(text) <= X_LIMIT
 
 
 def shorten(text: str, budget: int) -> str:
@@ -153,7 +157,10 @@ def _plain(markdown: str) -> str:
 
 
 def _written(text: str, section: str, path: Path) -> str:
-    if not text or TODO.split("{")[0] in text:
+    """`text`, unless it is empty, a draft's question, or the template's own words (a copied template)."""
+    template = path.with_name("TEMPLATE.md")
+    lines = template.read_text(encoding="utf-8").splitlines() if template.is_file() else []
+    if not text or QUESTION in text or text in {_plain(line) for line in lines}:
         raise LogError(f"{path}: write the '{section}' section first (a draft never invents it)")
     return text
 
@@ -177,10 +184,10 @@ def parse_entry(path: Path) -> Entry:
         _plain(sections.get("one failure and the fix plan", "").split("\n\n")[0]), "One failure", path
     )
     built = [_plain(line) for line in sections.get("what i built", "").splitlines() if line.strip()]
-    built = [b for b in built if TODO.split("{")[0] not in b]
+    built = [b for b in built if QUESTION not in b]
     report = re.search(r"`([^`]*report\.json)`", metric_lines[0]) if metric_lines else None
     next_step = _plain(sections.get("next step", ""))
-    return Entry(day, built, metric, failure, "" if TODO.split("{")[0] in next_step else next_step,
+    return Entry(day, built, metric, failure, "" if QUESTION in next_step else next_step,
                  report.group(1) if report else None)  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,7 @@ def test_exactly_280_fits_and_281_does_not() -> None:
     link = "https://example.com/" + "x" * 300  # 320 characters, 23 as X counts
     assert fits_x("a" * 257 + link) and not fits_x("a" * 258 + link)
     assert not fits_x("   ")
+    assert not fits_x("hello\ufeff")  # a byte-order mark is refused, whatever the length
 
 
 def test_shorten_cuts_at_a_word_with_an_ellipsis() -> None:
@@ -134,6 +136,12 @@ def test_an_entry_still_holding_the_templates_questions_is_refused(tmp_path: Pat
     path = write_entry(tmp_path, "2030-05-01", "val bpb 1.73", "_(to write: what broke or surprised you)_")
     with pytest.raises(LogError, match="One failure"):
         parse_entry(path)
+    template = Path(__file__).resolve().parents[2] / "daily-log" / "TEMPLATE.md"
+    copied = tmp_path / "daily-log" / "2030-05-02.md"
+    copied.write_text(template.read_text())
+    shutil.copy(template, tmp_path / "daily-log" / "TEMPLATE.md")
+    with pytest.raises(LogError, match="One metric"):
+        parse_entry(copied)
 
 
 def test_log_post_writes_the_drafts_and_a_chart_from_the_named_report(tmp_path: Path, capsys) -> None:
