@@ -97,6 +97,19 @@ SOAK_ARGS ?=
 soak: setup
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
+# Chaos, not in CI (a few minutes): each fault of docs/design.md that can run here (corrupt checkpoint, worker
+# SIGKILL, OTLP down, disk full for logs and checkpoints, CPU starvation, a 10x burst) against a local gunicorn
+# on the demo model; report in docs/experiments/chaos/ (bench/chaos.py), whose outcomes docs/design.md shows
+# (rebuilt after the run). CHAOS_ARGS e.g. --faults burst_10x
+CHAOS_ARGS ?=
+.PHONY: chaos design
+chaos: setup
+	@$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m design.build && exit $$rc
+
+# docs/design.md's generated tables and its architecture diagram (design/build.py)
+design: setup
+	$(BIN)/python -m design.build
+
 # The same table's service rows: a server of this tree and one of HEAD~1 under 16 and 64 streams (tok/s,
 # TTFT p95, RSS); a few minutes. A running server alone: python -m bench.serve --url URL (docs/serving.md).
 bench-serve: setup

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("app", "nanochat", "tracks", "bench", "infra", "modules", "alerts", "dashboards", "loadtest")
+PARTS = (
+    "app", "nanochat", "tracks", "bench", "infra", "modules", "alerts", "dashboards", "loadtest", "design",
+)  # fmt: skip
 # part -> the parts it may import. `app.contract` (plain constants) is what infra, modules, alerts,
 # dashboards and loadtest read of the app; `tracks` reads the service's classifier registry.
 ALLOWED = {
@@ -24,6 +26,7 @@ ALLOWED = {
     "alerts": {"app", "loadtest", "modules"},
     "dashboards": {"alerts", "app", "loadtest"},
     "loadtest": {"app"},
+    "design": {"alerts", "loadtest"},
 }
 # what the service may use of `nanochat/` at run time: the engine core
 NOT_CORE = ("nanochat.train", "nanochat.data", "nanochat.eval", "nanochat.cli", "nanochat.bench")

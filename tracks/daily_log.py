@@ -5,7 +5,8 @@ one metric (headline figures of the most recently written report.json files unde
 one failure and its fix plan, and the next step. The last two are questions for you to answer: a draft
 never invents them. The file is written to `daily-log/YYYY-MM-DD.md` unless it exists already.
 
-It deliberately reads only local files and `git log`; it never commits.
+It deliberately reads only local files and `git log`; it never commits. The same `log` group has `post` and
+`week` (tracks/build_in_public.py): drafts for building in public, from the written entries.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     draft.add_argument("--out", help="file to write, - for stdout (default daily-log/DATE.md in --repo)")
     draft.set_defaults(handler=cmd_draft)
+    from tracks import build_in_public  # `log post`, `log week`: drafts for building in public
+
+    build_in_public.register(commands)
     return log
 
 
