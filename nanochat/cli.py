@@ -36,12 +36,14 @@ from nanochat.data import commands as data_commands
 from nanochat.device import DTYPE_CHOICES, resolve_dtype
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.eval import run_report
 from nanochat.gpt import GPT
 from nanochat.memory import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 from nanochat.quantize import check_quantization, quantize_model
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.tokenizer import Tokenizer
 from nanochat.train import commands as train_commands
+from nanochat.train import sweep
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
-    for module in (train_commands, data_commands, eval_commands, hf_export):
+    for module in (train_commands, data_commands, eval_commands, hf_export, run_report, sweep):
         module.register(sub)
     register_entry_point_commands(sub)
     return parser
