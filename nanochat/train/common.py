@@ -92,7 +92,8 @@ def fetch_from_bucket(out_dir: Path, bucket: str, ctx: DistContext) -> None:
 
     out_dir = Path(out_dir)
     if not any(meta_path(out_dir, s).is_file() for s in checkpoint_steps(out_dir)):
-        BucketMirror(bucket).download_latest(out_dir, ctx.rank)
+        if BucketMirror(bucket).download_latest(out_dir, ctx.rank) is None:
+            raise CheckpointError(f"cannot resume: no complete checkpoint in {out_dir} nor in {bucket}")
     barrier(ctx)
 
 

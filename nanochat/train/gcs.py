@@ -36,8 +36,12 @@ class BucketMirror:
         self.url = url
         self.bucket_name, self.prefix = parse_bucket_url(url)
         if client is None:
-            from google.cloud import storage
-
+            try:
+                from google.cloud import storage
+            except ImportError:
+                raise CheckpointError(
+                    f"{url} needs google-cloud-storage: pip install 'nanochat-service[gcs]'"
+                ) from None
             client = storage.Client()
         self.bucket = client.bucket(self.bucket_name)
 
