@@ -157,3 +157,9 @@ gpu-down: setup
 
 gpu-status: setup
 	$(SCRIPT_ENV) scripts/gpu.sh status $(ENV)
+
+# A small scaling sweep on the demo corpus (nanochat sweep) and its report in docs/experiments/sweep/;
+# SWEEP_DEPTHS / SWEEP_TOKENS override the default (scripts/sweep.sh). Rerunning resumes.
+.PHONY: sweep
+sweep: setup
+	scripts/sweep.sh
