@@ -91,9 +91,9 @@ def fetch_from_bucket(out_dir: Path, bucket: str, ctx: DistContext) -> None:
     from nanochat.train.gcs import BucketMirror
 
     out_dir = Path(out_dir)
-    if not any(meta_path(out_dir, s).is_file() for s in checkpoint_steps(out_dir)):
-        if BucketMirror(bucket).download_latest(out_dir, ctx.rank) is None:
-            raise CheckpointError(f"cannot resume: no complete checkpoint in {out_dir} nor in {bucket}")
+    has_local = any(meta_path(out_dir, s).is_file() for s in checkpoint_steps(out_dir))
+    if not has_local and BucketMirror(bucket).download_latest(out_dir, ctx.rank) is None:
+        raise CheckpointError(f"cannot resume: no complete checkpoint in {out_dir} nor in {bucket}")
     barrier(ctx)
 
 

@@ -113,20 +113,18 @@ def deployment_shapes(env_file: str | Path) -> dict[str, Any]:
     """The Cloud Run service's vCPU/GiB and the GPU group's machine type from an envs/*.yaml."""
     import yaml
 
+    from nanochat.eval.quantization import cloud_shape
+
     try:
+        shape = cloud_shape(Path(env_file))
         env = yaml.safe_load(Path(env_file).read_text())
     except OSError as e:
         raise ConfigError(f"env file {env_file}: {e.strerror}") from e
-    service = env["service"]
-    memory = str(service["memory"])
-    gib = (
-        float(memory.removesuffix("Gi")) if memory.endswith("Gi") else float(memory.removesuffix("Mi")) / 1024
-    )
     return {
         "env_file": str(env_file),
-        "cloud_run_vcpu": float(service["cpu"]),
-        "cloud_run_gib": gib,
-        "gpu_machine_type": env.get("gpu", {}).get("machine_type", "g2-standard-8"),
+        "cloud_run_vcpu": shape.app_vcpu,
+        "cloud_run_gib": shape.app_gib,
+        "gpu_machine_type": (env.get("gpu") or {}).get("machine_type", "g2-standard-8"),
     }
 
 
