@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,9 @@ def run_depth(config: SweepConfig, depth: int, shapes: dict[str, Any]) -> dict[s
         "resumed_from_step": resumed_from,
         "engine_tok_per_s": engine,
         "engine_threads": threads,
+        # timings on a shared machine mean little without its load: 1-minute load average, and its CPUs
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "l4_tok_per_s_estimate": l4,
         "dollars_per_million_tokens": {
             f"cloud_run_cpu_batch{b}": round(dollars_per_million_tokens(cpu_hour, engine[str(b)]), 4)
@@ -328,6 +332,14 @@ def sweep_report(out: Path, results: list[dict[str, Any]], config: SweepConfig) 
         f"here (fp32, {results[0]['engine_threads']} CPU threads). L4 VM: `{price['gpu_machine_type']}` on "
         f"demand at ${price['gpu_vm']}/hour, at a roofline *estimate* of bf16 decode (300 GB/s, "
         "121 TFLOP/s, 40 µs per layer per step), not a measurement.",
+        "Load on the machine (1-minute load average over its CPUs, after each depth's benchmark): "
+        + ", ".join(
+            f"d{r['depth']} {r['load_average_1m']} / {r['cpus']}"
+            if "load_average_1m" in r
+            else f"d{r['depth']} –"
+            for r in results
+        )
+        + ". Tokens/s measured on a loaded machine are lower bounds.",
         "![cost vs quality vs latency](cost_quality_latency.png)",
         "## Recommendation",
         f"Rule: {RECOMMENDATION_RULE}.",

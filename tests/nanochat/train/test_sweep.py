@@ -72,6 +72,7 @@ def test_each_depth_records_size_flops_quality_speed_and_cost(finished):
         assert r["dollars_per_million_tokens"]["l4_vm_batch16_estimate"] > 0
         assert r["price_per_hour"]["gpu_machine_type"] == "g2-standard-8"
         assert r["resumed_from_step"] is None
+        assert r["load_average_1m"] >= 0 and r["cpus"] >= 1  # the load the timings were taken under
 
 
 def test_report_fits_power_laws_plots_and_recommends(finished):
@@ -80,6 +81,7 @@ def test_report_fits_power_laws_plots_and_recommends(finished):
     assert f"Rule: {RECOMMENDATION_RULE}." in report
     assert "**d1**" in report or "**d2**" in report
     assert "| final val bpb |" in report  # the side-by-side table of `nanochat report compare`
+    assert "Load on the machine" in report
     for name in (
         "bpb_scaling.png",
         "cost_quality_latency.png",
