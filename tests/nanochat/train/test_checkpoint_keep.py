@@ -103,6 +103,7 @@ with CheckpointWriter(directory) as writer:
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", ["model", "meta"])
 def test_a_kill_mid_write_leaves_the_previous_step_as_latest(tmp_path, child_env, target):
     directory = tmp_path / "run"

@@ -26,6 +26,8 @@ emulator = pytest.importorskip(
     reason="needs the GCS emulator (pip install 'gcp-storage-emulator>=2025.1')",
 )
 
+pytestmark = pytest.mark.integration  # a GCS emulator server on 127.0.0.1
+
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 BUCKET = "nanochat-checkpoints"
 

@@ -15,6 +15,8 @@ from nanochat.cli import main
 from nanochat.prices import cloud_run_price_per_hour
 from nanochat.train.sweep import RECOMMENDATION_RULE, SweepConfig, power_law
 
+pytestmark = pytest.mark.slow  # two trainings and benchmarks, ~20 s
+
 PNG = b"\x89PNG\r\n\x1a\n"
 # 8 steps of 4 x 32 tokens; checkpoints at steps 2, 4, 6 and 8
 TINY = ["--tokens", "1024", "--max-seq-len", "32", "--device-batch-size", "4", "--eval-batches", "2"]
@@ -106,6 +108,7 @@ def test_rerun_skips_finished_depths(finished, tiny_corpus, capsys):
     assert {d: (finished / f"d{d}" / "result.json").read_bytes() for d in (1, 2)} == before
 
 
+@pytest.mark.integration
 def test_killed_depth_resumes_from_its_last_checkpoint(tmp_path, finished, tiny_corpus, child_env):
     out = tmp_path / "sweep"
     env = {**child_env, "KILL_AT_STEP": "4"}
