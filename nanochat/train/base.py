@@ -4,7 +4,9 @@ The model is sized by one knob, `depth` (width 64·depth, heads of 128), as nano
 transformer's matrices, AdamW the embedding and head; learning rates follow a warmup / constant / warmdown
 schedule. Each optimizer step accumulates gradients over micro-batches until `total_batch_size` tokens
 (across all ranks) have been seen. Validation reports bits per byte on the last shard. Checkpoints (every
-`save_every` steps and at the end) hold everything needed for an exact resume (`--resume true`).
+`save_every` steps and at the end) hold everything needed for an exact resume (`--resume true`); they are
+written from a background thread, pruned to the last K and the best, and mirrored to a bucket on request
+(nanochat/train/checkpoint_writer.py, gcs.py).
 """
 
 from __future__ import annotations
