@@ -420,7 +420,7 @@ def plot_cost(results: list[dict], path: Path) -> None:
     for r, x in zip(results, latency, strict=True):
         latency_ax.annotate(f"d{r['depth']}", (x, r["val_bpb"]))
     latency_ax.axvline(LATENCY_BUDGET_MS, linestyle="--", color="grey", label="latency budget")
-    latency_ax.set_xlabel("ms per output token, batch 1, Cloud Run CPU shape (measured here)")
+    latency_ax.set_xlabel("ms per output token, batch 1 (measured on this CPU)")
     latency_ax.set_ylabel("val bpb")
     latency_ax.legend()
     latency_ax.grid(alpha=0.3)
