@@ -211,11 +211,11 @@ def run_depth(config: SweepConfig, depth: int, shapes: dict[str, Any]) -> dict[s
         "cpus": os.cpu_count(),
         "l4_tok_per_s_estimate": l4,
         "dollars_per_million_tokens": {
-            f"cloud_run_cpu_batch{b}": round(dollars_per_million_tokens(cpu_hour, engine[str(b)]), 4)
+            f"cloud_run_cpu_batch{b}": _significant(dollars_per_million_tokens(cpu_hour, engine[str(b)]))
             for b in BENCH_BATCHES
         }
         | {
-            f"l4_vm_batch{b}_estimate": round(dollars_per_million_tokens(gpu_hour, l4[str(b)]), 4)
+            f"l4_vm_batch{b}_estimate": _significant(dollars_per_million_tokens(gpu_hour, l4[str(b)]))
             for b in BENCH_BATCHES
         },
         "price_per_hour": {
@@ -357,6 +357,11 @@ def sweep_report(out: Path, results: list[dict[str, Any]], config: SweepConfig) 
     path = out / "report.md"
     write_text_atomically(path, "\n\n".join(parts) + "\n")
     return path
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """`value` to `digits` significant figures (cents per million tokens and fractions of them alike)."""
+    return float(f"{value:.{digits}g}")
 
 
 def _fmt(value: float | None) -> str:
