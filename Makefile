@@ -191,3 +191,8 @@ spark-data: setup
 
 dataprep: setup
 	$(SCRIPT_ENV) scripts/dataprep.sh --env $(ENV)
+# A small scaling sweep on the demo corpus (nanochat sweep) and its report in docs/experiments/sweep/;
+# SWEEP_DEPTHS / SWEEP_TOKENS override the default (scripts/sweep.sh). Rerunning resumes.
+.PHONY: sweep
+sweep: setup
+	scripts/sweep.sh

@@ -73,15 +73,35 @@ def optimizer_path(directory: Path, step: int, rank: int = 0) -> Path:
     return Path(directory) / f"optim_{step:06d}_rank{rank:d}.pt"
 
 
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps with a model file in `directory`, ascending (empty if none or no folder)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := MODEL_FILE.match(p.name)))
+
+
 def find_last_step(directory: str | os.PathLike) -> int:
-    """The largest step with a model file in `directory`."""
+    """The largest step with a model file in `directory`, preferring complete ones: `save_checkpoint`
+    writes the meta file last, so a step whose meta is missing was cut short and an earlier complete
+    step is taken instead (if there is none, the caller's read of the meta says what is missing)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {directory}")
-    steps = [int(m.group(1)) for p in directory.iterdir() if (m := MODEL_FILE.match(p.name))]
+    steps = checkpoint_steps(directory)
     if not steps:
         raise CheckpointError(f"no model_NNNNNN.pt files in {directory}")
-    return max(steps)
+    complete = [step for step in steps if meta_path(directory, step).is_file()]
+    return max(complete or steps)
+
+
+def delete_step(directory: str | os.PathLike, step: int) -> None:
+    """Remove one step's files (meta first, so a half-deleted step is never taken as complete)."""
+    directory = Path(directory)
+    meta_path(directory, step).unlink(missing_ok=True)
+    model_path(directory, step).unlink(missing_ok=True)
+    for path in directory.glob(f"optim_{step:06d}_rank*.pt"):
+        path.unlink(missing_ok=True)
 
 
 def resolve_source(
@@ -268,15 +288,16 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     rank: int = 0,
 ) -> Path:
-    """Write model (rank 0 only), meta (rank 0 only) and optimizer state (every rank), each atomically."""
+    """Write optimizer state (every rank), then model and meta (rank 0 only), each atomically (temporary
+    file + rename). The meta file comes last: it marks the step complete (`find_last_step`)."""
     directory = Path(directory)
     if "model_config" not in meta:
         raise CheckpointError("meta must contain model_config")
+    if optimizer_state is not None:
+        write_atomically(optimizer_path(directory, step, rank), lambda f: torch.save(optimizer_state, f))
     if rank == 0:
         state = {k.removeprefix(COMPILE_PREFIX): v.detach() for k, v in model_state.items()}
         write_atomically(model_path(directory, step), lambda f: torch.save(state, f))
         text = json.dumps(meta, indent=2)
         write_text_atomically(meta_path(directory, step), text)
-    if optimizer_state is not None:
-        write_atomically(optimizer_path(directory, step, rank), lambda f: torch.save(optimizer_state, f))
     return directory

@@ -36,6 +36,7 @@ from nanochat.data import commands as data_commands
 from nanochat.device import DTYPE_CHOICES, resolve_dtype
 from nanochat.engine import Engine, EngineError, SamplingParams
 from nanochat.eval import commands as eval_commands
+from nanochat.eval import run_report
 from nanochat.gpt import GPT
 from nanochat.memory import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 from nanochat.quantize import check_quantization, quantize_model
@@ -43,6 +44,7 @@ from nanochat.rag import cli as rag_commands
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.tokenizer import Tokenizer
 from nanochat.train import commands as train_commands
+from nanochat.train import sweep
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
-    for module in (train_commands, data_commands, eval_commands, hf_export, rag_commands):
+    for module in (train_commands, data_commands, eval_commands, hf_export, rag_commands, run_report, sweep):
         module.register(sub)
     register_entry_point_commands(sub)
     return parser

@@ -33,15 +33,21 @@ from nanochat.eval import EvalError
 from nanochat.eval.bpb import evaluate_bpb
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.memory import format_bytes, module_bytes
+from nanochat.prices import (
+    CLOUD_RUN_GIB_SECOND,
+    CLOUD_RUN_PRICES_URL,
+    CLOUD_RUN_VCPU_SECOND,
+    SIDECAR_GIB,
+    SIDECAR_VCPU,
+    cloud_run_price_per_hour,
+    dollars_per_million_tokens,
+)
 from nanochat.quantize import Int8Linear, quantize_model
 from nanochat.tokenizer import Tokenizer
 
 VARIANTS = ("float32", "bfloat16", "int8")
-# Cloud Run instance-based billing, us-central1 (Tier 1), as docs/infra.md "Cost per month" lists them
-PRICES_URL = "https://cloud.google.com/run/pricing"
-PRICE_PER_VCPU_SECOND = 0.000018
-PRICE_PER_GIB_SECOND = 0.000002
-SIDECAR_VCPU, SIDECAR_GIB = 1, 0.5  # the collector sidecar beside the app (envs/prod.yaml, docs/infra.md)
+# Cloud Run instance-based billing, us-central1 (Tier 1): the one price table, nanochat/prices.py
+PRICES_URL = CLOUD_RUN_PRICES_URL
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,10 @@ class CloudShape:
 
     @property
     def price_per_hour(self) -> float:
-        vcpu, gib = self.app_vcpu + SIDECAR_VCPU, self.app_gib + SIDECAR_GIB
-        return (vcpu * PRICE_PER_VCPU_SECOND + gib * PRICE_PER_GIB_SECOND) * 3600
+        return cloud_run_price_per_hour(self.app_vcpu, self.app_gib)
 
     def dollars_per_million_tokens(self, tokens_per_s: float) -> float:
-        return self.price_per_hour / (tokens_per_s * 3600) * 1e6
+        return dollars_per_million_tokens(self.price_per_hour, tokens_per_s)
 
 
 def cloud_shape(env_file: Path) -> CloudShape:
@@ -263,8 +268,8 @@ def render_markdown(results: list[dict], options: Options, shape: CloudShape, co
         "",
         f"Dollars per million tokens: one Cloud Run instance of {shape.source} ({shape.app_vcpu:g} vCPU and "
         f"{shape.app_gib:g} GiB for the app, plus the sidecar's {SIDECAR_VCPU} vCPU and {SIDECAR_GIB:g} "
-        f"GiB), instance-based billing, ${PRICE_PER_VCPU_SECOND:.6f} per vCPU-second and "
-        f"${PRICE_PER_GIB_SECOND:.6f} per GiB-second (us-central1, Tier 1, as listed on {PRICES_URL} and "
+        f"GiB), instance-based billing, ${CLOUD_RUN_VCPU_SECOND:.6f} per vCPU-second and "
+        f"${CLOUD_RUN_GIB_SECOND:.6f} per GiB-second (us-central1, Tier 1, as listed on {PRICES_URL} and "
         f"in docs/infra.md): ${shape.price_per_hour:.4f} an hour, divided by the decode rate above. A "
         "floor: the service's own work per token and idle time cost more.",
         "",

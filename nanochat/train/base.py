@@ -4,7 +4,9 @@ The model is sized by one knob, `depth` (width 64·depth, heads of 128), as nano
 transformer's matrices, AdamW the embedding and head; learning rates follow a warmup / constant / warmdown
 schedule. Each optimizer step accumulates gradients over micro-batches until `total_batch_size` tokens
 (across all ranks) have been seen. Validation reports bits per byte on the last shard. Checkpoints (every
-`save_every` steps and at the end) hold everything needed for an exact resume (`--resume true`).
+`save_every` steps and at the end) hold everything needed for an exact resume (`--resume true`); they are
+written from a background thread, pruned to the last K and the best, and mirrored to a bucket on request
+(nanochat/train/checkpoint_writer.py, gcs.py).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from nanochat.data.shards import split_shards
 from nanochat.eval.bpb import evaluate_bpb
 from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.tokenizer import Tokenizer
+from nanochat.train.checkpoint_writer import CheckpointWriter
 from nanochat.train.common import (
     autocast_context,
+    fetch_from_bucket,
     flops_per_token,
     load_training_state,
     peak_flops,
@@ -31,6 +35,7 @@ from nanochat.train.common import (
 from nanochat.train.config import ConfigError, require_at_least
 from nanochat.train.dataloader import TokenDataLoader
 from nanochat.train.distributed import DistContext, average_gradients, mean_across_ranks
+from nanochat.train.gcs import parse_bucket_url
 from nanochat.train.optim import apply_schedule, build_optimizers
 from nanochat.train.tracking import RunTracker, progress
 
@@ -55,6 +60,10 @@ class BaseConfig:
     eval_every: int = 50
     eval_batches: int = 8
     save_every: int = 0  # 0 = only at the end
+    keep_last: int = 0  # checkpoints kept besides the best (0 = all)
+    keep_best: bool = True  # also keep the step with the lowest val_bpb
+    async_save: bool = True  # write checkpoints from a background thread
+    bucket: str = ""  # gs://BUCKET/PREFIX: mirror checkpoints there, resume from there
     seed: int = 1234
     device: str = "auto"
     compile: bool = False
@@ -67,7 +76,9 @@ class BaseConfig:
         require_at_least(
             self, 1, ("depth", "max_seq_len", "device_batch_size", "num_iterations", "eval_batches")
         )
-        require_at_least(self, 0, ("total_batch_size", "eval_every", "save_every"))
+        require_at_least(self, 0, ("total_batch_size", "eval_every", "save_every", "keep_last"))
+        if self.bucket:
+            parse_bucket_url(self.bucket)
 
 
 HELP = {
@@ -77,7 +88,11 @@ HELP = {
     "depth": "transformer layers; width = 64 x depth",
     "total_batch_size": "tokens per optimizer step across ranks (0: one micro-batch per rank)",
     "save_every": "checkpoint every N steps (0: only the final one)",
-    "resume": "continue exactly from the latest checkpoint in --out",
+    "resume": "continue exactly from the latest checkpoint in --out (or --bucket, when --out has none)",
+    "keep_last": "keep the newest N checkpoints (0: all); the best by val_bpb is kept too with --keep-best",
+    "keep_best": "keep the checkpoint with the lowest val_bpb whatever --keep-last says",
+    "async_save": "write checkpoints from a background thread (the step waits only for a CPU copy)",
+    "bucket": "gs://BUCKET/PREFIX: upload each checkpoint there and resume from it (needs the gcs extra)",
     "wandb_project": "log to Weights & Biases (WANDB_MODE=offline works without network)",
 }
 
@@ -126,6 +141,8 @@ def train_base(
 
     start_step, loop_state, loader_state = 0, {}, None
     if config.resume:
+        if config.bucket:
+            fetch_from_bucket(out, config.bucket, ctx)
         start_step, meta, loader_state = load_training_state(out, model, optimizers, ctx)
         loop_state = meta.get("loop_state", {})
     loader = None
@@ -167,7 +184,15 @@ def train_base(
     total_time = loop_state.get("total_training_time", 0.0)
     session_time = 0.0  # this process's training time (total_time includes the runs resumed from)
     val_bpb = None
-    with tracker:
+    writer = CheckpointWriter(
+        out,
+        keep_last=config.keep_last,
+        keep_best=config.keep_best,
+        background=config.async_save,
+        bucket=config.bucket,
+        rank=ctx.rank,
+    )
+    with tracker, writer:
         steps = progress(
             range(start_step, config.num_iterations + 1),
             total=config.num_iterations + 1 - start_step,
@@ -197,7 +222,9 @@ def train_base(
                     },
                 }
                 state = loader.state_dict() if loader is not None else None
-                save_training_state(out, step, model, optimizers, meta, ctx, extra_rank_state=state)
+                save_training_state(
+                    out, step, model, optimizers, meta, ctx, extra_rank_state=state, writer=writer
+                )
             if last:
                 break
 

@@ -14,13 +14,16 @@ import torch
 
 from nanochat.checkpoint import (
     CheckpointError,
+    checkpoint_steps,
     find_last_step,
+    meta_path,
     optimizer_path,
     read_meta,
     read_state_dict,
     save_checkpoint,
 )
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.train.checkpoint_writer import CheckpointWriter
 from nanochat.train.distributed import DistContext, barrier, gather_objects
 from nanochat.train.optim import load_optimizer_state, optimizer_state
 
@@ -64,8 +67,10 @@ def save_training_state(
     meta: dict,
     ctx: DistContext,
     extra_rank_state=None,
+    writer: CheckpointWriter | None = None,
 ) -> None:
-    """Model + meta on rank 0; optimizer + RNG (+ `extra_rank_state`, e.g. the dataloader) on every rank."""
+    """Model + meta on rank 0; optimizer + RNG (+ `extra_rank_state`, e.g. the dataloader) on every rank.
+    With a `writer`, the files are written by its background thread (from CPU copies taken here)."""
     rank_states = gather_objects(extra_rank_state, ctx)
     if extra_rank_state is not None:
         meta = {**meta, "dataloader_state_dict": {"world_size": ctx.world_size, "ranks": rank_states}}
@@ -74,7 +79,21 @@ def save_training_state(
         rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
     state = {"optimizers": optimizer_state(optimizers), "rng": rng}
     model_state = model.state_dict() if ctx.is_main else {}
-    save_checkpoint(out_dir, step, model_state, meta, optimizer_state=state, rank=ctx.rank)
+    if writer is None:
+        save_checkpoint(out_dir, step, model_state, meta, optimizer_state=state, rank=ctx.rank)
+    else:
+        writer.save(step, model_state, meta, optimizer_state=state)
+    barrier(ctx)
+
+
+def fetch_from_bucket(out_dir: Path, bucket: str, ctx: DistContext) -> None:
+    """Before a resume: when `out_dir` holds no complete checkpoint, bring the bucket's latest one down."""
+    from nanochat.train.gcs import BucketMirror
+
+    out_dir = Path(out_dir)
+    has_local = any(meta_path(out_dir, s).is_file() for s in checkpoint_steps(out_dir))
+    if not has_local and BucketMirror(bucket).download_latest(out_dir, ctx.rank) is None:
+        raise CheckpointError(f"cannot resume: no complete checkpoint in {out_dir} nor in {bucket}")
     barrier(ctx)
 
 

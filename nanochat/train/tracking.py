@@ -4,7 +4,8 @@ A `RunTracker` owns one run folder:
 - `config.json`  the run's config plus where it ran (git sha, torch, device, start time, resumes);
 - `metrics.jsonl` one JSON line per `log(step, **metrics)`, flushed at once so a crash keeps them;
   numbers only, NaN/inf stored as null; a run resumed into the folder appends a `{"resumed_at": …}` line;
-- `report.md` + `loss.png` written by `finish`: status, config, summary, result tables, loss curve.
+- `report.md` + `loss.png` written by `finish`: status, config, summary, result tables, loss curve;
+- `summary.json` written by `finish`: the status and the `summary(...)` values, for `nanochat report`.
 
 Optionally it mirrors `log` and `summary` to Weights & Biases (`pip install 'nanochat-service[wandb]'`;
 `WANDB_MODE=offline` works without network). Tracking never stops training: a missing or failing wandb
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
+SUMMARY_FILE = "summary.json"
 LOSS_PLOT_FILE = "loss.png"
 STATUSES = ("ok", "failed")
 
@@ -156,6 +158,8 @@ class RunTracker:
         metrics = read_metrics(self.run_dir)
         plotted = _plot_losses(metrics, self.run_dir / LOSS_PLOT_FILE)
         _write_text_atomic(report_path, self._render_report(metrics, plotted, error))
+        summary = {"status": status, **self.summary_values}
+        _write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
         if self._wandb_run is not None:
             self._wandb_run.finish(exit_code=0 if status == "ok" else 1)
             self._wandb_run = None
