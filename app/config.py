@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     rag_chroma_url: str = ""  # with rag_store=chroma: the server, e.g. http://127.0.0.1:8010
     rag_guardrail: Literal["off", "flag", "drop"] = "drop"  # retrieved chunks that look like instructions
     rag_mode: Literal["hybrid", "bm25", "dense", "rerank"] = "hybrid"  # a request's default
+    rag_reranker: str = ""  # a CrossEncoder id or folder: enables mode "rerank" (empty: none)
     rag_k: int = Field(4, ge=1)  # chunks a request gets by default
     rag_max_k: int = Field(20, ge=1)  # the most a request may ask for
     rag_max_query_chars: int = Field(2000, ge=1)

@@ -33,6 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
+from app.api.rag import with_retrieval
 from app.api.serving import (
     Generation,
     Prompt,
@@ -58,6 +59,7 @@ from app.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkDelta,
+    Citation,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -100,6 +102,9 @@ async def chat_completions(
     rid: RequestId,
 ) -> Response:
     check_model(body.model, rt.settings)
+    citations = None
+    if body.retrieval is not None:  # docs/rag.md: the chunks as numbered sources, cited as [n]
+        body, citations = await with_retrieval(body, rt)
     generation = await prepare_generation(body, rt, rid)
     stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
@@ -107,7 +112,7 @@ async def chat_completions(
     tokenizer = rt.tokenizer if body.logprobs else None
     if body.stream:
         events = _chat_events(
-            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer
+            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer, citations
         )
         return event_stream(events, stream, headers)
     result = await collect(stream, request)
@@ -126,6 +131,7 @@ async def chat_completions(
         ],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
         nanochat=_nanochat_info(prompt),
+        citations=citations,
     )
     return _json(completion, headers)
 
@@ -154,9 +160,11 @@ async def _chat_events(
     include_usage: bool,
     prompt: Prompt,
     tokenizer: ChatTokenizer | None,
+    citations: list[Citation] | None = None,
 ) -> AsyncIterator[str]:
     """`tokenizer` given: with logprobs, each content chunk carrying its tokens' entries (a token whose
-    text is held back, part of a character or of a possible stop string, comes with the next text)."""
+    text is held back, part of a character or of a possible stop string, comes with the next text).
+    `citations` (retrieval) go in the last chunk before `[DONE]`, with no choices, like the usage."""
 
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
@@ -194,6 +202,8 @@ async def _chat_events(
         return
     if include_usage:
         yield chunk([], usage=_usage(stream.prompt_tokens, stream.completion_tokens))
+    if citations is not None:
+        yield chunk([], citations=citations)
     yield "data: [DONE]\n\n"
 
 
