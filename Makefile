@@ -157,3 +157,13 @@ gpu-down: setup
 
 gpu-status: setup
 	$(SCRIPT_ENV) scripts/gpu.sh status $(ENV)
+
+# Retrieval (nanochat/rag): the default index of README.md and docs/ (seconds; incremental), and the offline
+# embedder's retraining (models/rag/embedder, committed; about 2 s).
+RAG_INDEX ?= models/rag/docs
+.PHONY: rag-index rag-embedder
+rag-index: setup
+	$(BIN)/python -m nanochat rag index README.md docs --out $(RAG_INDEX)
+
+rag-embedder: setup
+	$(BIN)/python -m nanochat rag train-embedder --out models/rag/embedder

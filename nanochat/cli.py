@@ -39,6 +39,7 @@ from nanochat.eval import commands as eval_commands
 from nanochat.gpt import GPT
 from nanochat.memory import PREFIX_CACHE_SIZE, PREFIX_CACHING_DEFAULT
 from nanochat.quantize import check_quantization, quantize_model
+from nanochat.rag import cli as rag_commands
 from nanochat.remote_chat import api_root, default_api_key, remote_chat
 from nanochat.tokenizer import Tokenizer
 from nanochat.train import commands as train_commands
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
-    for module in (train_commands, data_commands, eval_commands, hf_export):
+    for module in (train_commands, data_commands, eval_commands, hf_export, rag_commands):
         module.register(sub)
     register_entry_point_commands(sub)
     return parser
@@ -356,6 +357,10 @@ OPTIONAL_MODULES = {
     "peft": "tracks",
     "accelerate": "tracks",
     "tracks": "tracks",  # the learning tracks' package, left out of the serving image
+    "bm25s": "rag",
+    "faiss": "rag",
+    "sentence_transformers": "rag",
+    "chromadb": "rag",
 }
 
 
