@@ -13,11 +13,12 @@ chat request's `retrieval` field, and their embedder behind `POST /v1/embeddings
   misses of the retriever's query-embedding and result caches, the guardrail's actions).
 - The guardrail for retrieved chunks (NANOCHAT_RAG_GUARDRAIL): a document that speaks to the model
   ("ignore previous instructions", "note to the AI assistant: ...") is an indirect prompt injection. The
-  chat guardrail's rules (app/guardrail.py `match_rule`) and a few for instructions addressed to the
-  reader screen every chunk: `drop` removes it (the search fetches more so that k remain), `flag` keeps it
-  and names the rule in the answer (`flagged`), `off` does neither. Rules only: they are exact about what
-  they catch and cost microseconds; the chat guardrail's classifier was trained on user messages, not
-  documentation (which talks about prompt injection and would be stopped wholesale).
+  chat guardrail's rules (app/guardrail.py `RULES`, but for chat-template tokens) and a few for
+  instructions addressed to the reader (`DOCUMENT_RULES`) screen every chunk: `drop` removes it (the
+  search fetches more so that k remain), `flag` keeps it and names the rule (`flagged`), `off` does
+  neither. Rules only: they cost microseconds and say exactly what they caught; the chat guardrail's
+  classifier was trained on user messages, not on documents. In the bundled docs they catch 3 of 315
+  chunks: docs/classify.md quoting attacks as examples.
 - Chat: the chunks become one system message of numbered sources (`sources_message`), cut to fit the
   model's context, and the response carries them as `citations` ([1] is citations[0]).
 
@@ -39,7 +40,7 @@ import numpy as np
 from app.admission import Admission
 from app.config import Settings
 from app.errors import APIError, invalid
-from app.guardrail import match_rule
+from app.guardrail import RULES
 from app.lifecycle import PartState
 from app.observability import metrics
 from app.schemas import ChatCompletionRequest, ChatMessage, Citation, RetrievedChunk
@@ -60,8 +61,11 @@ SOURCES_HEADER = (
 )
 # the characters of each source's text the chat prompt keeps, tried in order until the prompt fits
 SOURCE_CAPS = (None, 1200, 600, 300, 150, 60, 0)
-# (name, alternatives), as app/guardrail.py's RULES: instructions a document addresses to whoever reads it
+# the chat guardrail's rules (app/guardrail.py) that screen documents too: not `chat_template_tokens`, since a
+# document's text is encoded as plain text (it can never become a special token) and documentation about
+# chat templates names them; plus rules for instructions a document addresses to whoever reads it
 DOCUMENT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *(rule for rule in RULES if rule[0] != "chat_template_tokens"),
     (
         "instructions_to_the_model",
         (
@@ -81,10 +85,7 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 def screen_chunk(text: str) -> str | None:
-    """The rule a retrieved chunk's text matches (a likely indirect prompt injection), or None."""
-    rule = match_rule(text)
-    if rule is not None:
-        return rule
+    """The first rule a retrieved chunk's text matches (a likely indirect prompt injection), or None."""
     return next((name for name, pattern in _DOCUMENT_COMPILED if pattern.search(text)), None)
 
 
