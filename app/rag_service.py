@@ -310,6 +310,8 @@ class RagService:
 
     async def embed(self, model: str | None, texts: list[str]) -> tuple[str, np.ndarray]:
         """The embedder's name and the vectors of `texts`; `model` names an index or its embedder."""
+        if not self.indexes:
+            self.index(None, "model")  # retrieval is off: that is the error, whatever the model
         if model is not None and model not in self.indexes:
             by_embedder = [
                 name

@@ -211,6 +211,7 @@ def observe_admission_done(pool: str) -> None:
 
 def enable_rag(index: str) -> None:
     """An index's series from 0, before its first retrieval."""
+    RAG_RETRIEVAL.labels(index)
     RAG_RESULTS.labels(index)
     for cache in catalog.RAG_CACHES:
         RAG_CACHE_HITS.labels(index, cache)
