@@ -36,9 +36,9 @@ OFFLINE_MIN_DF = 2
 OFFLINE_SEED = 0
 BATCH_SIZE = 64
 _WORD = re.compile(r"[a-z0-9][a-z0-9_]*(?:[.\-/][a-z0-9_]+)*")
-_STOPWORD_LIST = """a an and are as at be but by can do does for from has have how i if in into is it its
-of on or
-so that the their then there these this to was we what when where which while who why will with you your"""
+_STOPWORD_LIST = """a an and are as at be but by can do does for from has have how i if in into is it
+its of on or so that the their then there these this to was we what when where which while who why will with
+you your"""
 _STOPWORDS = frozenset(_STOPWORD_LIST.split())
 
 
@@ -156,7 +156,9 @@ class SentenceTransformerEmbedder:
             ) from None
         self.name = model
         self.batch_size = batch_size
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        # renamed in sentence-transformers 5.x; the old name still works there, with a warning
+        dimension = getattr(self.model, "get_embedding_dimension", None)
+        self.dim = int((dimension or self.model.get_sentence_embedding_dimension)())
         self.fingerprint = f"st-{hashlib.sha256(_model_identity(model).encode()).hexdigest()[:16]}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

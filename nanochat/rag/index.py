@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -35,7 +37,7 @@ import numpy as np
 from nanochat.rag import Chunk, Hit, RagError
 from nanochat.rag.chunking import MAX_CHARS, OVERLAP, SUFFIXES, chunk_source
 from nanochat.rag.embedders import OFFLINE, OFFLINE_DIR, Embedder, OfflineEmbedder, load_embedder, tokenize
-from nanochat.rag.stores import STORES, ChromaStore, FaissStore, write_faiss
+from nanochat.rag.stores import FAISS_FILE, STORES, ChromaStore, FaissStore, write_faiss
 
 FORMAT = 1
 MODES = ("bm25", "dense", "hybrid", "rerank")
@@ -110,21 +112,26 @@ def build_index(
         cache.update(zip(missing, model.embed([texts[k] for k in missing]), strict=True))
     vectors = np.stack([cache[k] for k in keys]) if keys else np.zeros((0, model.dim), np.float32)
 
+    # written to a staging folder, then moved into place (the manifest last): a process that has the old
+    # files open or memory-mapped keeps reading them whole
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "chunks.jsonl", "w", encoding="utf-8") as f:
-        for chunk in chunks:
-            f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
-    with open(out / "embeddings.npz", "wb") as f:
-        np.savez(f, keys=np.array(keys, dtype=str), vectors=vectors.astype(np.float32))
-    write_faiss(vectors, out)
-    bm25 = bm25s.BM25()
-    bm25.index([tokenize(embedding_text(c)) or ["\0"] for c in chunks], show_progress=False)
-    shutil.rmtree(out / "bm25", ignore_errors=True)
-    bm25.save(str(out / "bm25"))
-    shutil.rmtree(out / "embedder", ignore_errors=True)
-    if isinstance(model, OfflineEmbedder):
-        source_dir = offline_dir if embedder == OFFLINE else Path(embedder)
-        shutil.copytree(source_dir, out / "embedder")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        with open(staging / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for chunk in chunks:
+                f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+        with open(staging / "embeddings.npz", "wb") as f:
+            np.savez(f, keys=np.array(keys, dtype=str), vectors=vectors.astype(np.float32))
+        write_faiss(vectors, staging)
+        bm25 = bm25s.BM25()
+        bm25.index([tokenize(embedding_text(c)) or ["\0"] for c in chunks], show_progress=False)
+        bm25.save(str(staging / "bm25"))
+        if isinstance(model, OfflineEmbedder):
+            shutil.copytree(offline_dir if embedder == OFFLINE else Path(embedder), staging / "embedder")
+        for name in ("chunks.jsonl", "embeddings.npz", FAISS_FILE, "bm25", "embedder"):
+            _move_into_place(staging / name, out / name, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     version = hashlib.sha256(("\n".join(c.id for c in chunks) + model.fingerprint).encode()).hexdigest()[:16]
     manifest = {
@@ -145,8 +152,20 @@ def build_index(
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial = out / f".{MANIFEST}.tmp"
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial, out / MANIFEST)
     return manifest
+
+
+def _move_into_place(new: Path, target: Path, trash: Path) -> None:
+    """Replace target by new (either may be missing; folders are swapped, the old one left in trash)."""
+    if target.is_dir():
+        target.rename(trash / f"old-{target.name}")
+    if new.exists():
+        os.replace(new, target)
+    elif target.exists():
+        target.unlink()
 
 
 def embedding_text(chunk: Chunk) -> str:

@@ -3,7 +3,8 @@
 
 - `FaissStore` (the default, no server): an exact inner-product index (vectors are L2-normalised, so inner
   product is cosine) written to `dense.faiss` in the index folder and read back memory-mapped
-  (faiss.IO_FLAG_MMAP): several processes on one machine share the pages.
+  (faiss.IO_FLAG_MMAP_IFC): several processes on one machine share the pages. A re-index replaces the
+  file (a new inode), so a process still mapping the old one keeps reading consistent pages.
 - `ChromaStore` (server mode): a collection on a Chroma server (`chroma run --path DIR --host H --port P`)
   through chromadb's HttpClient, for several service instances on several machines sharing one index. The
   collection is named after the index version, so a rebuilt index never mixes with an old one; the first
@@ -20,6 +21,7 @@ import numpy as np
 from nanochat.rag import RagError
 
 FAISS_FILE = "dense.faiss"
+
 STORES = ("local", "chroma")
 _CHROMA_BATCH = 1000
 
@@ -39,7 +41,9 @@ class FaissStore:
 
         path = index_dir / FAISS_FILE
         try:
-            self.index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            # IO_FLAG_MMAP maps inverted lists; a flat index's vectors need IO_FLAG_MMAP_IFC (faiss >= 1.10)
+            flags = faiss.IO_FLAG_MMAP | getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+            self.index = faiss.read_index(str(path), flags)
         except RuntimeError as e:
             raise RagError(f"{path}: missing or corrupt ({str(e).strip().splitlines()[-1]})") from None
         if self.index.ntotal != count or self.index.d != dim:
