@@ -456,3 +456,47 @@ def _json_lines(server: Server) -> list[dict]:
             except ValueError:
                 continue
     return lines
+
+
+# ---- traces (in process, spans to memory) ----------------------------------------------------------------
+def test_each_retrieval_is_a_span_under_the_request(indexes: dict[str, Path]) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from app.config import Settings
+    from app.main import create_app
+    from app.observability import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = tracing.tracer_provider(exporter)
+    settings = Settings(
+        _env_file=None,
+        checkpoint=str(REPO_ROOT / "models" / "demo"),
+        threads=1,
+        api_keys=[],
+        cors_origins=[],
+        rag_indexes=[f"docs={indexes['docs']}"],
+    )
+    with TestClient(create_app(settings, tracer_provider=provider)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/stats").json()["parts"]["rag"]["state"] != "ready" or (
+            client.get("/ready").status_code != 200
+        ):
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.05)
+        assert client.post("/v1/retrieve", json={"query": ROLLBACK, "k": 2}).status_code == 200
+        body = {"messages": [{"role": "user", "content": ROLLBACK}], "max_tokens": 2, "retrieval": {"k": 3}}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        provider.force_flush()
+        spans = list(exporter.get_finished_spans())
+    provider.shutdown()
+    servers = {span.name: span for span in spans if span.name.startswith("POST ")}
+    retrievals = [span for span in spans if span.name == "rag.retrieve"]
+    assert len(retrievals) == 2
+    for retrieval, route, k in zip(retrievals, ("/v1/retrieve", "/v1/chat/completions"), (2, 3), strict=True):
+        assert retrieval.parent.span_id == servers[f"POST {route}"].context.span_id
+        attributes = dict(retrieval.attributes)
+        assert (attributes["rag.index"], attributes["rag.mode"], attributes["rag.k"]) == ("docs", "hybrid", k)
+        assert attributes["rag.results"] == k and attributes["rag.dropped"] == 0
