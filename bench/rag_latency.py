@@ -2,6 +2,7 @@
 
     python -m bench.rag_latency                         # builds the bundled docs index (README.md, docs/)
     python -m bench.rag_latency --index models/rag/docs --repeats 20
+    python -m bench.rag_latency --store chroma --chroma-url http://127.0.0.1:8000   # a running server
 
 For each mode (bm25, dense, hybrid) it times `Retriever.search` over QUERIES, `repeats` rounds, once with
 the caches off ("uncached": every search embeds the query and ranks) and once with them on after one warm
@@ -89,10 +90,11 @@ def quality(retriever: Retriever, mode: str) -> dict[str, float]:
     }
 
 
-def run(index_dir: Path, repeats: int, k: int) -> dict:
-    uncached = Retriever.load(index_dir, cache_size=0)
-    cached = Retriever.load(index_dir)
+def run(index_dir: Path, repeats: int, k: int, store: str = "local", chroma_url: str | None = None) -> dict:
+    uncached = Retriever.load(index_dir, store=store, chroma_url=chroma_url, cache_size=0)
+    cached = Retriever.load(index_dir, store=store, chroma_url=chroma_url)
     report: dict = {"index": str(index_dir), "chunks": len(uncached.chunks), "queries": len(QUERIES)}
+    report["store"] = store
     report["embedder"] = uncached.embedder_name
     report["k"], report["repeats"], report["goal_p95_ms"] = k, repeats, GOAL_P95_MS
     for mode in MODES:
@@ -113,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, help="an index folder (default: build README.md + docs/ anew)")
     parser.add_argument("--repeats", type=int, default=10, help="rounds over the queries (default 10)")
     parser.add_argument("-k", type=int, default=4, help="chunks per search (default 4)")
+    parser.add_argument("--store", choices=("local", "chroma"), default="local", help="default local (FAISS)")
+    parser.add_argument("--chroma-url", help="a running Chroma server, with --store chroma")
     args = parser.parse_args(argv)
     if args.index is not None:
-        report = run(args.index, args.repeats, args.k)
+        report = run(args.index, args.repeats, args.k, args.store, args.chroma_url)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             cwd = Path.cwd()
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 build_index(["README.md", "docs"], Path(tmp) / "docs")
             finally:
                 os.chdir(cwd)
-            report = run(Path(tmp) / "docs", args.repeats, args.k)
+            report = run(Path(tmp) / "docs", args.repeats, args.k, args.store, args.chroma_url)
             report["index"] = "README.md + docs/ (built for this run)"
     print(json.dumps(report, indent=2))
     return 0

@@ -8,7 +8,8 @@ newline translation); for HTML it is the visible text `html_to_text` extracts (h
 A section runs from one heading line to the next heading of any level; its chunks carry the heading trail
 ("Install > From source"). A section longer than `max_chars` is packed paragraph by paragraph into chunks
 of at most `max_chars`, each next chunk starting up to `overlap` characters before the previous one ended
-(at a paragraph boundary when there is one). Headings inside fenced code blocks are not headings.
+(at a paragraph boundary when there is one). Headings are ATX (`## Title`; not underlined Setext ones);
+those inside fenced code blocks are not headings.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from nanochat.rag.stores import STORES
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `rag` command group to the main CLI's subparsers; returns the group's subparsers object's
-    parent parser (`rag`), whose `commands` attribute lets other modules add steps."""
+    """Add the `rag` command group to the main CLI's subparsers and return its parser; the parser's
+    `commands` attribute (the steps' subparsers) lets other modules add steps."""
     rag = subparsers.add_parser("rag", help="retrieval: index documents, search them, train the embedder")
     commands = rag.add_subparsers(dest="rag_command", required=True, metavar="STEP", parser_class=type(rag))
     rag.commands = commands  # other modules (the evaluation) add their steps here

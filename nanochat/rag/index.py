@@ -84,12 +84,14 @@ def build_index(
     out = Path(out_dir)
     files = expand_paths(paths)
     model = load_embedder(embedder, offline_dir)
-    old = _read_manifest(out) if (out / MANIFEST).is_file() else None
     chunking = {"max_chars": max_chars, "overlap": overlap}
-    old_chunks: dict[str, list[Chunk]] = {}
-    if old is not None and old.get("chunking") == chunking:
-        for chunk in _read_chunks(out):
+    old, old_chunks = None, {}
+    try:  # an unreadable earlier index is rebuilt from scratch
+        old = _read_manifest(out) if (out / MANIFEST).is_file() else None
+        for chunk in _read_chunks(out) if old is not None and old.get("chunking") == chunking else ():
             old_chunks.setdefault(chunk.source, []).append(chunk)
+    except RagError:
+        old, old_chunks = None, {}
 
     manifest_files, chunks, changed = {}, [], []
     for path, source in files:
@@ -133,7 +135,9 @@ def build_index(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    version = hashlib.sha256(("\n".join(c.id for c in chunks) + model.fingerprint).encode()).hexdigest()[:16]
+    # what the chunks are and say, and how they were embedded: a shared (Chroma) collection's name
+    identity = "\n".join(f"{c.id} {key}" for c, key in zip(chunks, keys, strict=True)) + model.fingerprint
+    version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     manifest = {
         "format": FORMAT,
         "version": version,
@@ -302,8 +306,8 @@ class Retriever:
             raise RagError("mode 'rerank' needs a re-ranker: load the index with one (--reranker ID|DIR)")
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise RagError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        if not query.strip():
-            raise RagError("the query is empty")
+        if not isinstance(query, str) or not query.strip():
+            raise RagError("the query is empty (or not text)")
         key = (self.version, query, k, mode)
         cached = self.result_cache.get(key)
         if cached is not None:

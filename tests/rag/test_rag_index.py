@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nanochat.cli import main
@@ -59,6 +60,20 @@ def test_reindex_touches_only_changed_files_and_drops_deleted_ones(corpus: Path,
     assert retriever.search("releases on Fridays", k=1, mode="bm25")[0].chunk.heading.endswith("Freeze")
 
 
+def test_a_same_length_edit_is_a_new_version_and_a_broken_index_is_rebuilt(corpus: Path, tmp_path: Path):
+    out = tmp_path / "idx"
+    first = build_index([corpus], out)
+    cache = corpus / "guide" / "cache.md"
+    cache.write_text(cache.read_text().replace("least recently used", "least recently added"))
+    edited = build_index([corpus], out)
+    assert edited["build"]["changed"] == ["docs/guide/cache.md"] and edited["build"]["embedded"] == 1
+    assert edited["version"] != first["version"]  # same spans and ids, other text: other vectors
+    (out / "manifest.json").write_text("{broken")
+    rebuilt = build_index([corpus], out)
+    assert rebuilt["build"]["changed"] == sorted(rebuilt["files"]) and rebuilt["version"] == edited["version"]
+    assert Retriever.load(out).search("least recently added", k=1)[0].chunk.source == "docs/guide/cache.md"
+
+
 def test_the_offline_index_finds_the_rollback_section_in_every_mode(corpus: Path, tmp_path: Path):
     build_index([corpus], tmp_path / "idx")
     retriever = Retriever.load(tmp_path / "idx")
@@ -82,6 +97,37 @@ def test_reciprocal_rank_fusion_ranks_first_what_both_rank_second():
     assert fused[0][0] != ids[bm25[0]] and fused[0][0] != ids[dense[0]]  # fusion beats each ranking's top
     assert [i for i, _ in fused[1:3]] == [ids["keyword-only"], ids["meaning-only"]]
     assert reciprocal_rank_fusion([]) == []
+
+
+def _concept_embedder(folder: Path) -> Path:
+    """An offline-embedder folder written by hand: giraffe and okapi mean the same, lion and hippo are
+    other directions, and every other word (zebra) is unknown to it: BM25 alone sees those."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"dim": 3, "fingerprint": "test-concepts"}))
+    (folder / "vocab.json").write_text(json.dumps({"giraffe": 0, "okapi": 1, "lion": 2, "hippo": 3}))
+    components = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float16)
+    np.savez(folder / "weights.npz", idf=np.ones(4, dtype=np.float16), components=components)
+    return folder
+
+
+def test_hybrid_finds_what_bm25_and_dense_each_rank_second(tmp_path: Path):
+    sections = {
+        "Keyword": "zebra zebra zebra",  # BM25's first (the rare word, often), no meaning for dense
+        "Meaning": "okapi okapi",  # dense's first (a synonym), no query word for BM25
+        "Answer": "giraffe lion",  # second in both
+        "Near": "okapi lion lion",  # dense's third and fourth, unknown to BM25
+        "Nearer": "okapi hippo hippo",
+    }
+    (tmp_path / "zoo.md").write_text("".join(f"# {h}\n\n{t}\n\n" for h, t in sections.items()))
+    build_index([tmp_path / "zoo.md"], tmp_path / "idx", embedder=str(_concept_embedder(tmp_path / "emb")))
+    retriever = Retriever.load(tmp_path / "idx")
+    top = {
+        mode: [h.chunk.heading for h in retriever.search("zebra giraffe", k=5, mode=mode)]
+        for mode in MODES[:3]
+    }
+    assert top["bm25"][:2] == ["Keyword", "Answer"]
+    assert top["dense"][:2] == ["Meaning", "Answer"] and top["dense"].index("Keyword") >= 3
+    assert top["hybrid"][0] == "Answer"  # 2/62 beats 1/61 + 1/64 and 1/61
 
 
 def test_results_and_query_embeddings_are_cached_by_version_query_k_and_mode(corpus: Path, tmp_path: Path):

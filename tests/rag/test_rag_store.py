@@ -21,7 +21,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(params=["local", "chroma"])
+@pytest.fixture(params=["local", pytest.param("chroma", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest) -> dict:
     if request.param == "local":
         return {"store": "local"}
@@ -98,6 +98,7 @@ def test_a_chroma_server_that_is_not_there_is_a_one_line_error(index: Path):
         Retriever.load(index, store="redis")
 
 
+@pytest.mark.integration
 def test_the_chroma_server_ranks_as_faiss_does(index: Path, chroma_url: str):
     local = Retriever.load(index)
     shared = Retriever.load(index, store="chroma", chroma_url=chroma_url)
