@@ -17,7 +17,7 @@ chat request's `retrieval` field, and their embedder behind `POST /v1/embeddings
   instructions addressed to the reader (`DOCUMENT_RULES`) screen every chunk: `drop` removes it (the
   search fetches more so that k remain), `flag` keeps it and names the rule (`flagged`), `off` does
   neither. Rules only: they cost microseconds and say exactly what they caught; the chat guardrail's
-  classifier was trained on user messages, not on documents. In the bundled docs they catch 3 of 332
+  classifier was trained on user messages, not on documents. In the bundled docs they catch 3 of 333
   chunks: docs/classify.md quoting attacks as examples.
 - Chat: the chunks become one system message of numbered sources (`sources_message`), cut to fit the
   model's context, and the response carries them as `citations` ([1] is citations[0]).
