@@ -28,6 +28,7 @@ It knows nothing of HTTP beyond the APIErrors it raises (app/errors.py turns the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -269,39 +270,22 @@ class RagService:
         fetch = min(2 * k, max(k, self.settings.rag_max_k)) if guard == "drop" else k
         assert self.pool is not None and index.retriever is not None
         attributes = {"rag.index": index.name, "rag.mode": mode, "rag.k": k}
-        span = (
+        traced = (
             self.tracer.start_as_current_span("rag.retrieve", attributes=attributes) if self.tracer else None
         )
-        with span if span is not None else _no_span() as current:
+        with traced or contextlib.nullcontext() as span:
             started = time.perf_counter()
             hits, caches = await self.pool.run(_search, index.retriever, query, fetch, mode, f"{param}mode")
             elapsed = time.perf_counter() - started
-            kept, flagged, screened = [], [], {"allow": 0, "flag": 0, "drop": 0}
-            for hit in hits:
-                rule = screen_chunk(hit.chunk.text) if guard != "off" else None
-                if rule is None:
-                    screened["allow"] += 1
-                elif guard == "drop":
-                    screened["drop"] += 1
-                    continue
-                else:
-                    screened["flag"] += 1
-                if len(kept) < k:
-                    kept.append(hit)
-                    flagged.append(rule)
-            if current is not None:
-                current.set_attribute("rag.results", len(kept))
-                current.set_attribute("rag.dropped", screened["drop"])
-                current.set_attribute("rag.cache.results_hit", caches.get("results", (0, 0))[0] > 0)
-        if guard == "off":
-            screened = {}
-        if screened.get("flag") or screened.get("drop"):
+            kept, flagged, screened, caught = screen_hits(hits, k, guard)
+            if span is not None:
+                span.set_attribute("rag.results", len(kept))
+                span.set_attribute("rag.dropped", screened.get("drop", 0))
+                span.set_attribute("rag.cache.results_hit", caches.get("results", (0, 0))[0] > 0)
+        if caught:
+            where = ", ".join(f"{hit.chunk.source}:{hit.chunk.start} ({rule})" for hit, rule in caught)
             logger.warning(
-                "RAG guardrail: %d chunk(s) of index %s look like instructions (%s): %s",
-                screened["flag"] + screened["drop"],
-                index.name,
-                guard,
-                ", ".join(f"{h.chunk.source}:{h.chunk.start}" for h in hits if screen_chunk(h.chunk.text)),
+                "RAG guardrail (%s): chunks of index %s look like instructions: %s", guard, index.name, where
             )
         if self.settings.metrics:
             metrics.observe_retrieval(index.name, elapsed, len(kept), caches, screened)
@@ -328,6 +312,25 @@ class RagService:
         assert self.pool is not None and index.retriever is not None
         vectors = await self.pool.run(index.retriever.embed, texts)
         return index.retriever.embedder_name, np.asarray(vectors, dtype=np.float32)
+
+
+def screen_hits(
+    hits: list[Hit], k: int, guard: str
+) -> tuple[list[Hit], list[str | None], dict[str, int], list[tuple[Hit, str]]]:
+    """The guardrail over a search's hits (best first): the first k kept, the rule each kept one matched
+    (under `flag`), the count of each action (none when the guardrail is off) and the hits it caught."""
+    if guard == "off":
+        return hits[:k], [None] * len(hits[:k]), {}, []
+    kept, flagged, counts, caught = [], [], {"allow": 0, "flag": 0, "drop": 0}, []
+    for hit in hits:
+        rule = screen_chunk(hit.chunk.text)
+        if rule is not None:
+            caught.append((hit, rule))
+        counts["allow" if rule is None else guard] += 1
+        if (rule is None or guard == "flag") and len(kept) < k:
+            kept.append(hit)
+            flagged.append(rule)
+    return kept, flagged, counts, caught
 
 
 def load_retriever(folder: str, settings: Settings) -> Retriever:
@@ -361,16 +364,6 @@ def _search(
         if name in before
     }
     return hits, caches
-
-
-class _no_span:
-    """A stand-in for a span's context manager when tracing is off."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---- chat -----------------------------------------------------------------------------------------------
