@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.admission import Admission
-from app.config import Settings
+from app.config import Settings, model_folder
 from app.errors import APIError, invalid
 from app.guardrail import RULES
 from app.lifecycle import PartState
@@ -334,11 +334,12 @@ def screen_hits(
 
 
 def load_retriever(folder: str, settings: Settings) -> Retriever:
-    """An index folder as the settings ask (store, Chroma server, re-ranker); RagError says what is wrong."""
+    """An index folder as the settings ask (store, Chroma server, re-ranker); RagError says what is wrong. A
+    relative folder is looked up in the working directory, then beside app/ (as the model folders are)."""
     from nanochat.rag.index import Retriever  # its libraries (bm25s, faiss) only when retrieval is on
 
     return Retriever.load(
-        folder,
+        model_folder(folder),
         store=settings.rag_store,
         chroma_url=settings.rag_chroma_url or None,
         reranker=settings.rag_reranker or None,
