@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     rag_guardrail: Literal["off", "flag", "drop"] = "drop"  # retrieved chunks that look like instructions
     rag_mode: Literal["hybrid", "bm25", "dense", "rerank"] = "hybrid"  # a request's default
     rag_reranker: str = ""  # a CrossEncoder id or folder: enables mode "rerank" (empty: none)
+    rag_model: str = ""  # a model name whose chats get retrieval (e.g. nanochat-rag); in /v1/models
     rag_k: int = Field(4, ge=1)  # chunks a request gets by default
     rag_max_k: int = Field(20, ge=1)  # the most a request may ask for
     rag_max_query_chars: int = Field(2000, ge=1)
@@ -255,6 +256,10 @@ class Settings(BaseSettings):
     def _rag_k_within_max(self) -> Settings:
         if self.rag_k > self.rag_max_k:
             raise ValueError(f"NANOCHAT_RAG_K ({self.rag_k}) is above NANOCHAT_RAG_MAX_K ({self.rag_max_k})")
+        if self.rag_model and (not self.rag_indexes or self.rag_model in self.served_names):
+            raise ValueError(
+                "NANOCHAT_RAG_MODEL needs NANOCHAT_RAG_INDEXES and a name the model is not served as"
+            )
         if self.rag_store == "chroma" and self.rag_indexes and not self.rag_chroma_url:
             raise ValueError("NANOCHAT_RAG_STORE=chroma needs NANOCHAT_RAG_CHROMA_URL")
         return self

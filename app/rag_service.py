@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -119,6 +120,10 @@ class Retrieval:
     hits: list[Hit]
     flagged: list[str | None]
     dropped: int
+
+    def first(self, count: int) -> Retrieval:
+        """The same retrieval with its first `count` chunks only."""
+        return dataclasses.replace(self, hits=self.hits[:count], flagged=self.flagged[:count])
 
     def chunks(self) -> list[RetrievedChunk]:
         return [

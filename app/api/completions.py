@@ -66,6 +66,7 @@ from app.schemas import (
     ModelCard,
     ModelList,
     NanochatInfo,
+    RetrievalOptions,
     Usage,
 )
 from app.validation import check_model
@@ -101,6 +102,8 @@ async def chat_completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
+    if body.model and body.model == rt.settings.rag_model:  # the retrieval alias: the defaults
+        body = body.model_copy(update={"model": None, "retrieval": body.retrieval or RetrievalOptions()})
     check_model(body.model, rt.settings)
     citations = None
     if body.retrieval is not None:  # docs/rag.md: the chunks as numbered sources, cited as [n]
@@ -365,8 +368,10 @@ def _card(rt: Runtime, name: str) -> ModelCard:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(rt: RuntimeDep) -> ModelList:
-    """The served names of the one model this server serves (listed while it loads, too)."""
-    return ModelList(data=[_card(rt, name) for name in rt.settings.served_names])
+    """The served names of the one model this server serves (listed while it loads, too), and
+    NANOCHAT_RAG_MODEL, the same model answering with retrieval."""
+    names = [*rt.settings.served_names, *([rt.settings.rag_model] if rt.settings.rag_model else [])]
+    return ModelList(data=[_card(rt, name) for name in names])
 
 
 @router.get(

@@ -136,8 +136,9 @@ async def with_retrieval(
     body: ChatCompletionRequest, rt: Runtime
 ) -> tuple[ChatCompletionRequest, list[Citation]]:
     """A chat request with `retrieval`: its last user message searched in the index, the chunks in its
-    system message as numbered sources (their texts cut until the prompt leaves room for the reply: at
-    least min(max_tokens, a quarter of the context)), and the citations its response carries."""
+    system message as numbered sources, and the citations its response carries. The prompt must leave
+    room for the reply (at least min(max_tokens, a quarter of the context)): the sources' texts are cut
+    (SOURCE_CAPS), down to their titles, and if even those do not fit, the last sources are left out."""
     options = body.retrieval
     assert options is not None
     rag: RagService = rt.rag
@@ -150,9 +151,11 @@ async def with_retrieval(
     rt.scheduler_or_503()  # the fit needs the model's tokenizer
     _, requested = body.requested_max_tokens()
     reserve = min(requested or validation.default_max_tokens(rt.settings), rt.context // 4)
-    candidate = body
-    for cap in SOURCE_CAPS:
-        candidate = with_sources(body, sources_message(retrieval, cap))
-        if validation.fits(len(render_chat(rt, candidate.messages)) + reserve, rt.context):
-            break
-    return candidate, retrieval.citations()
+    candidate, given = body, retrieval
+    for count in range(len(retrieval.hits), 0, -1):  # all the sources first; fewer only if titles overflow
+        given = retrieval.first(count)
+        for cap in SOURCE_CAPS:
+            candidate = with_sources(body, sources_message(given, cap))
+            if validation.fits(len(render_chat(rt, candidate.messages)) + reserve, rt.context):
+                return candidate, given.citations()
+    return candidate, given.citations()  # not even one title fits: generation's own 400 says so

@@ -61,7 +61,7 @@ def indexes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def rag_env(indexes: dict[str, Path], **extra: str) -> dict[str, str]:
     env = {"NANOCHAT_RAG_INDEXES": ",".join(f"{name}={path}" for name, path in indexes.items())}
-    return {**env, "NANOCHAT_LOG_CONTENT": "true", **extra}
+    return {**env, "NANOCHAT_LOG_CONTENT": "true", "NANOCHAT_RAG_MODEL": "nanochat-rag", **extra}
 
 
 def wait_for_rag(url: str) -> None:
@@ -218,6 +218,21 @@ def test_chat_carries_numbered_sources_and_returns_citations(
         assert f"[{number}] {citation['source']}" in prompt
     # and it fits the demo model's 256-token context with room for the reply
     assert completion.usage.prompt_tokens + 8 <= 256
+
+
+def test_the_rag_model_name_turns_retrieval_on(client: openai.OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == ["demo", "nanochat-rag"]
+    ask = {"messages": [{"role": "user", "content": ROLLBACK}], "max_tokens": 4, "temperature": 0}
+    by_name = client.chat.completions.create(model="nanochat-rag", **ask)
+    by_field = client.chat.completions.create(model="demo", **ask, extra_body={"retrieval": {}})
+    assert by_name.model_extra["citations"] == by_field.model_extra["citations"]
+    # NANOCHAT_RAG_K is 4, but four titles overflow the demo model's 256 tokens: the last ones are left out
+    assert 1 <= len(by_name.model_extra["citations"]) < 4
+    assert by_name.usage.prompt_tokens + 4 <= 256
+    assert by_name.model == "demo"
+    assert by_name.choices[0].message.content == by_field.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):  # a completion is not a chat: no retrieval there
+        client.completions.create(model="nanochat-rag", prompt="x", max_tokens=1)
 
 
 def test_chat_without_retrieval_has_no_citations(client: openai.OpenAI) -> None:
