@@ -1,5 +1,6 @@
 """Bounded admission for the CPU-heavy side routes: `POST /v1/classify` and the guardrail's screening of
-chat prompts now, embeddings and retrieval when they come. Each owns one `Admission`.
+chat prompts, and retrieval and embeddings (the `rag` pool, which app/rag_service.py makes when an index is
+configured). Each owns one `Admission`.
 
 An Admission runs its route's work on a pool of its own, `workers` at once, never on the event loop, and
 lets at most `queue` more jobs wait for a worker. Past that, `run` raises a 429 `queue_full` with

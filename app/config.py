@@ -14,6 +14,7 @@ gunicorn's metrics directory by `PROMETHEUS_MULTIPROC_DIR` (see app/gunicorn.con
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -135,6 +136,26 @@ class Settings(BaseSettings):
     guardrail_model: str = "models/guardrail"
     guardrail_threshold: float = Field(0.6, gt=0, lt=1)  # injection probability from which a text is caught
 
+    # retrieval (docs/rag.md): POST /v1/retrieve, POST /v1/embeddings and chat's `retrieval` field
+    rag_indexes: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="NAME=FOLDER pairs (comma-separated in the variable) of indexes built by `nanochat rag "
+        "index`; the first is the default; empty: retrieval is off",
+    )
+    rag_store: Literal["local", "chroma"] = "local"  # FAISS files in the index folder, or a Chroma server
+    rag_chroma_url: str = ""  # with rag_store=chroma: the server, e.g. http://127.0.0.1:8010
+    rag_guardrail: Literal["off", "flag", "drop"] = "drop"  # retrieved chunks that look like instructions
+    rag_mode: Literal["hybrid", "bm25", "dense", "rerank"] = "hybrid"  # a request's default
+    rag_reranker: str = ""  # a CrossEncoder id or folder: enables mode "rerank" (empty: none)
+    rag_model: str = ""  # a model name whose chats get retrieval (e.g. nanochat-rag); in /v1/models
+    rag_k: int = Field(4, ge=1)  # chunks a request gets by default
+    rag_max_k: int = Field(20, ge=1)  # the most a request may ask for
+    rag_max_query_chars: int = Field(2000, ge=1)
+    rag_embed_max_inputs: int = Field(64, ge=1)  # texts in one POST /v1/embeddings
+    rag_embed_max_chars: int = Field(10_000, ge=1)  # characters in one of them
+    rag_workers: int = Field(1, ge=1)  # threads searching and embedding at once
+    rag_queue: int = Field(32, ge=0)  # searches waiting for a thread; past it, 429
+
     # access
     api_keys: Annotated[list[str], NoDecode] = Field(
         [],
@@ -198,7 +219,9 @@ class Settings(BaseSettings):
     # hears the 413 (closing with unread bytes resets the connection); larger ones are cut at once
     discard_body_bytes: int = Field(33_554_432, ge=0)
 
-    _split_lists = field_validator("api_keys", "cors_origins", "served_model_name", mode="before")(_split)
+    _split_lists = field_validator(
+        "api_keys", "cors_origins", "served_model_name", "rag_indexes", mode="before"
+    )(_split)
 
     @property
     def served_names(self) -> list[str]:
@@ -215,6 +238,30 @@ class Settings(BaseSettings):
     def _step_is_for_nanochat(self) -> Settings:
         if self.backend == "hf" and self.step is not None:
             raise ValueError("NANOCHAT_STEP picks a nanochat checkpoint; leave it unset with the hf backend")
+        return self
+
+    @field_validator("rag_indexes")
+    @classmethod
+    def _named_folders(cls, value: list[str]) -> list[str]:
+        names = [item.partition("=")[0].strip() for item in value]
+        for item, name in zip(value, names, strict=True):
+            folder = item.partition("=")[2].strip()
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or not folder:
+                raise ValueError(f"expected NAME=FOLDER (a name of letters, digits, . _ -), got {item!r}")
+        if len(set(names)) < len(names):
+            raise ValueError(f"an index name is given twice: {', '.join(names)}")
+        return [f"{name}={item.partition('=')[2].strip()}" for item, name in zip(value, names, strict=True)]
+
+    @model_validator(mode="after")
+    def _rag_k_within_max(self) -> Settings:
+        if self.rag_k > self.rag_max_k:
+            raise ValueError(f"NANOCHAT_RAG_K ({self.rag_k}) is above NANOCHAT_RAG_MAX_K ({self.rag_max_k})")
+        if self.rag_model and (not self.rag_indexes or self.rag_model in self.served_names):
+            raise ValueError(
+                "NANOCHAT_RAG_MODEL needs NANOCHAT_RAG_INDEXES and a name the model is not served as"
+            )
+        if self.rag_store == "chroma" and self.rag_indexes and not self.rag_chroma_url:
+            raise ValueError("NANOCHAT_RAG_STORE=chroma needs NANOCHAT_RAG_CHROMA_URL")
         return self
 
     @field_validator("memory_limit", mode="before")

@@ -68,6 +68,7 @@ from nanochat.quantize import check_quantization
 
 if TYPE_CHECKING:
     from app.api.classify import Classifier
+    from app.rag_service import RagService
 
 # the lines of the service's life keep the logger name operators (and the tests) read them by
 logger = logging.getLogger("app.main")
@@ -110,6 +111,7 @@ class Runtime:
     guardrail_state: PartState = PartState.OFF
     guardrail_reason: str = ""  # why the guardrail is not ready (loading, or the failure)
     classifier: Classifier | None = None
+    rag: RagService | None = None  # the retrieval indexes (app/rag_service.py), loading beside the model
     admission: dict[str, admission.Admission] = field(default_factory=dict)  # the side routes' pools
     started_at: float = field(default_factory=time.time)
     loaders: list[threading.Thread] = field(default_factory=list)  # the threads loading model and guardrail
@@ -180,7 +182,8 @@ class Runtime:
             "model": self.guardrail.version if self.guardrail is not None else None,
         }
         classifier = self.classifier.status() if self.classifier is not None else None
-        return {"classifier": classifier, "guardrail": guardrail}
+        rag = self.rag.status() if self.rag is not None else None
+        return {"classifier": classifier, "guardrail": guardrail, "rag": rag}
 
     async def screening_guardrail(self) -> Guardrail | None:
         """The guardrail that screens a request now, None when it is off. While it loads, the request waits
@@ -211,6 +214,8 @@ class Runtime:
             if settings.metrics:
                 metrics.enable_guardrail()  # its series exist from the start, as the service's
             self._in_background(self._load_guardrail(exit_process))
+        if self.rag is not None:
+            self.rag.start(self, exit_process)
         logger.info("loading the model from %s on %s", settings.checkpoint, settings.device)
         factory = self.engine_factory or load_engine
         try:
@@ -265,6 +270,12 @@ class Runtime:
             self.guardrail, self.guardrail_state, self.guardrail_reason = guardrail, PartState.READY, ""
         finally:
             self._guardrail_settled.set()
+
+    def part_failed(
+        self, what: str, source: str, error: Exception, exit_process: Callable[[int], None]
+    ) -> None:
+        """A part the service must not run without (a RAG index) failed to load: as the model's failure."""
+        self._fail(what, source, error, exit_process)
 
     def _fail(self, what: str, source: str, error: Exception, exit_process: Callable[[int], None]) -> None:
         """`what` failed to load: the service fails (once), logs one line, and with on_load_failure=exit
@@ -355,6 +366,8 @@ class Runtime:
         await self.drain()
         for task in list(self._parts):
             task.cancel()
+        if self.rag is not None:
+            self.rag.shutdown()
         admission.shutdown_all(self.admission)
 
 

@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from opentelemetry.sdk.trace import TracerProvider
 
 from app import metrics_server
-from app.api import classify, completions, health, tokenize, web
+from app.api import classify, completions, health, rag, tokenize, web
 from app.api.classify import Classifier
 from app.api.middleware import (
     CORS,
@@ -48,6 +48,7 @@ from app.contract import METRICS_PATH
 from app.errors import APIError, install_error_handlers
 from app.lifecycle import EngineFactory, Runtime, load_engine
 from app.observability import metrics, tracing
+from app.rag_service import RagService
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -65,6 +66,7 @@ def create_app(
     runtime = Runtime.from_settings(settings, classifier, engine_factory or load_engine)
     provider = tracer_provider or tracing.provider_from_env(version=metrics.version())
     tracer = provider.get_tracer(tracing.TRACER_NAME) if provider is not None else None
+    runtime.rag = RagService.from_settings(settings, tracer)  # retrieval: NANOCHAT_RAG_INDEXES (docs/rag.md)
     if settings.metrics:
         metrics.describe_service(runtime.model_name, settings.instance_price_per_hour)
         metrics.set_ready(False)
@@ -125,6 +127,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(classify.router)
+    app.include_router(rag.router)
     app.include_router(web.router)
     app.include_router(tokenize.router)
     app.include_router(health.router, dependencies=[Depends(_probe_exposure(settings))])

@@ -264,6 +264,37 @@ class SamplingFields(GenerationRequest):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+# ---- retrieval (docs/rag.md): chat's `retrieval`, POST /v1/retrieve, POST /v1/embeddings --------------
+RetrievalMode = Literal["hybrid", "bm25", "dense", "rerank"]
+
+
+class RetrievalOptions(RequestBody):
+    """Extension of chat: answer from an index's chunks, given to the model as numbered sources."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    index: str | None = Field(None, description="an index NANOCHAT_RAG_INDEXES names (default: the first)")
+    k: int | None = Field(
+        None, ge=1, description="chunks to retrieve, at most NANOCHAT_RAG_MAX_K (default NANOCHAT_RAG_K)"
+    )
+    mode: RetrievalMode | None = Field(None, description="default NANOCHAT_RAG_MODE")
+
+
+class Citation(BaseModel):
+    """A source the chat prompt carried, numbered as the reply cites it ([1], [2], ...)."""
+
+    index: int = Field(description="the number the reply cites it by")
+    id: str = Field(description="the chunk's stable id")
+    source: str = Field(description="the file, as indexed")
+    heading: str = Field(description="the heading trail, ' > ' joined")
+    start: int = Field(description="character span of the chunk in the source's text")
+    end: int
+    score: float = Field(description="the retrieval mode's score")
+    flagged: str | None = Field(
+        None, description="the guardrail rule it matched (NANOCHAT_RAG_GUARDRAIL=flag)"
+    )
+
+
 # ---- POST /v1/chat/completions ----------------------------------------------------------------------
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -280,6 +311,10 @@ class ChatCompletionRequest(SamplingFields):
         ge=0,
         le=MAX_LOGPROBS,
         description="the likeliest alternatives of each token; needs logprobs",
+    )
+    retrieval: RetrievalOptions | None = Field(
+        None,
+        description="extension: retrieve chunks of an index, cite them as [n] (`citations`, docs/rag.md)",
     )
 
     @field_validator("top_logprobs")
@@ -359,6 +394,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     nanochat: NanochatInfo | None = None
+    citations: list[Citation] | None = Field(None, description="with `retrieval`: the numbered sources")
 
 
 class ChunkDelta(BaseModel):
@@ -383,6 +419,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     nanochat: NanochatInfo | None = None
+    citations: list[Citation] | None = Field(None, description="with `retrieval`: in the last chunk")
 
 
 # ---- POST /v1/completions ---------------------------------------------------------------------------
@@ -590,3 +627,73 @@ class DetokenizeRequest(RequestBody):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+# ---- POST /v1/retrieve, POST /v1/embeddings (docs/rag.md) ---------------------------------------------
+class RetrieveRequest(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    query: Text = Field(description="what to look for (at most NANOCHAT_RAG_MAX_QUERY_CHARS characters)")
+    k: int | None = Field(
+        None, ge=1, description="chunks to return, at most NANOCHAT_RAG_MAX_K (default NANOCHAT_RAG_K)"
+    )
+    index: str | None = Field(None, description="an index NANOCHAT_RAG_INDEXES names (default: the first)")
+    mode: RetrievalMode | None = Field(
+        None, description="hybrid (BM25 + dense, fused by rank), bm25, dense, or rerank when configured"
+    )
+
+
+class RetrievedChunk(BaseModel):
+    rank: int = Field(description="1-based, best first")
+    id: str
+    source: str
+    heading: str
+    start: int = Field(description="character span in the source's text")
+    end: int
+    score: float
+    text: str
+    flagged: str | None = Field(
+        None, description="the guardrail rule it matched (NANOCHAT_RAG_GUARDRAIL=flag)"
+    )
+
+
+class RetrieveResponse(BaseModel):
+    object: Literal["list"] = "list"
+    index: str
+    mode: RetrievalMode
+    embedder: str
+    data: list[RetrievedChunk]
+    dropped: int = Field(0, description="chunks the guardrail dropped (NANOCHAT_RAG_GUARDRAIL=drop)")
+
+
+class EmbeddingRequest(RequestBody):
+    """OpenAI's embeddings request (text inputs only)."""
+
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="a text or a list of texts (at most NANOCHAT_RAG_EMBED_MAX_INPUTS, each at most "
+        "NANOCHAT_RAG_EMBED_MAX_CHARS characters)"
+    )
+    model: str | None = Field(None, description="an index name or its embedder's (default: the first index)")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: little-endian float32 bytes (what the official client asks for)"
+    )
+    dimensions: int | None = Field(None, ge=1, description="accepted only as the embedder's own size")
+    user: str | None = ignored("user")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = Field(description="words and punctuation marks of the inputs")
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str = Field(description="the embedder that made them")
+    usage: EmbeddingUsage

@@ -6,7 +6,8 @@
 One dashboard over the metrics of the catalog (app/observability/catalog.py), one function per row: an
 overview, traffic and errors, latency (whole request, time to first token, time per output token, queue
 wait), throughput and batching, resources (CPU, memory, GPU) and the cost per million output tokens, and the
-guardrail's decisions on chat requests. SLO lines come from loadtest/slo.yaml (read through alerts/build.py,
+guardrail's decisions on chat requests, and retrieval (latency, cache hits, chunks and the ones
+the guardrail caught). SLO lines come from loadtest/slo.yaml (read through alerts/build.py,
 which also builds the generation routes' matcher from app/contract.py). Every query selects `job="$job"`;
 the `datasource` and `job` variables make it importable into any Grafana with a Prometheus data source.
 
@@ -392,7 +393,43 @@ def guardrail_row(slo: dict[str, float]) -> tuple[str, list]:
     )
 
 
-ROWS = (overview_row, traffic_row, latency_row, throughput_row, resources_row, guardrail_row)
+def rag_row(slo: dict[str, float]) -> tuple[str, list]:
+    hits = f"sum by (cache) (rate({sel(catalog.RAG_CACHE_HITS.name)}{RATE}))"
+    misses = f"sum by (cache) (rate({sel(catalog.RAG_CACHE_MISSES.name)}{RATE}))"
+    caught = sel(catalog.RAG_GUARDRAIL.name, 'action!="allow"')
+    return (
+        "Retrieval",
+        [
+            graph(
+                "Retrieval latency",
+                "s",
+                "Time to search an index for POST /v1/retrieve and chat requests with `retrieval` (query "
+                "embedding, BM25, dense search, fusion; a cached result is a lookup). Empty while "
+                "NANOCHAT_RAG_INDEXES names no index. Goal: p95 <= 20 ms for the bundled docs index.",
+                quantiles(catalog.RAG_RETRIEVAL),
+            ),
+            graph(
+                "Retrieval cache hit rate",
+                "percentunit",
+                "Share of lookups answered from the retriever's caches: query embeddings, and whole results "
+                "(the same query, k and mode again).",
+                [Query(f"{hits} / ({hits} + {misses} > 0)", "{{cache}}")],
+            ),
+            graph(
+                "Retrieved chunks",
+                "short",
+                "Chunks returned per second by index, and chunks the guardrail flagged or dropped as likely "
+                "indirect prompt injection (NANOCHAT_RAG_GUARDRAIL): a jump there is a poisoned document.",
+                [
+                    Query(by("index", catalog.RAG_RESULTS), "returned {{index}}"),
+                    Query(f"sum by (action) (rate({caught}{RATE}))", "{{action}}"),
+                ],
+            ),
+        ],
+    )
+
+
+ROWS = (overview_row, traffic_row, latency_row, throughput_row, resources_row, guardrail_row, rag_row)
 
 
 def build(slo: dict[str, float]) -> dashboard.Dashboard:

@@ -33,6 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
+from app.api.rag import with_retrieval
 from app.api.serving import (
     Generation,
     Prompt,
@@ -58,12 +59,14 @@ from app.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkDelta,
+    Citation,
     Completion,
     CompletionChoice,
     CompletionRequest,
     ModelCard,
     ModelList,
     NanochatInfo,
+    RetrievalOptions,
     Usage,
 )
 from app.validation import check_model
@@ -99,7 +102,12 @@ async def chat_completions(
     rt: RuntimeDep,
     rid: RequestId,
 ) -> Response:
+    if body.model and body.model == rt.settings.rag_model:  # the retrieval alias: the defaults
+        body = body.model_copy(update={"model": None, "retrieval": body.retrieval or RetrievalOptions()})
     check_model(body.model, rt.settings)
+    citations = None
+    if body.retrieval is not None:  # docs/rag.md: the chunks as numbered sources, cited as [n]
+        body, citations = await with_retrieval(body, rt)
     generation = await prepare_generation(body, rt, rid)
     stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
@@ -107,7 +115,7 @@ async def chat_completions(
     tokenizer = rt.tokenizer if body.logprobs else None
     if body.stream:
         events = _chat_events(
-            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer
+            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer, citations
         )
         return event_stream(events, stream, headers)
     result = await collect(stream, request)
@@ -126,6 +134,7 @@ async def chat_completions(
         ],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
         nanochat=_nanochat_info(prompt),
+        citations=citations,
     )
     return _json(completion, headers)
 
@@ -154,9 +163,11 @@ async def _chat_events(
     include_usage: bool,
     prompt: Prompt,
     tokenizer: ChatTokenizer | None,
+    citations: list[Citation] | None = None,
 ) -> AsyncIterator[str]:
     """`tokenizer` given: with logprobs, each content chunk carrying its tokens' entries (a token whose
-    text is held back, part of a character or of a possible stop string, comes with the next text)."""
+    text is held back, part of a character or of a possible stop string, comes with the next text).
+    `citations` (retrieval) go in the last chunk before `[DONE]`, with no choices, like the usage."""
 
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
@@ -194,6 +205,8 @@ async def _chat_events(
         return
     if include_usage:
         yield chunk([], usage=_usage(stream.prompt_tokens, stream.completion_tokens))
+    if citations is not None:
+        yield chunk([], citations=citations)
     yield "data: [DONE]\n\n"
 
 
@@ -355,8 +368,10 @@ def _card(rt: Runtime, name: str) -> ModelCard:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(rt: RuntimeDep) -> ModelList:
-    """The served names of the one model this server serves (listed while it loads, too)."""
-    return ModelList(data=[_card(rt, name) for name in rt.settings.served_names])
+    """The served names of the one model this server serves (listed while it loads, too), and
+    NANOCHAT_RAG_MODEL, the same model answering with retrieval."""
+    names = [*rt.settings.served_names, *([rt.settings.rag_model] if rt.settings.rag_model else [])]
+    return ModelList(data=[_card(rt, name) for name in names])
 
 
 @router.get(

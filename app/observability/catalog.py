@@ -298,6 +298,50 @@ GPU_MEMORY_TOTAL = Metric(
     mode="livemax",
 )
 
+RAG_ON = "`NANOCHAT_RAG_INDEXES` names an index"
+RAG_CACHES = ("query_embeddings", "results")
+RAG_GUARDRAIL_ACTIONS = ("allow", "flag", "drop")
+RAG_RETRIEVAL = Metric(
+    "nanochat_rag_retrieval_seconds",
+    "histogram",
+    "Time to search an index (query embedding, BM25, dense search, fusion; a cached result: a lookup)",
+    ("index",),
+    unit="seconds",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    when=RAG_ON,
+)
+RAG_RESULTS = Metric(
+    "nanochat_rag_results_total",
+    "counter",
+    "Chunks retrieval returned (to POST /v1/retrieve and into chat prompts), after the guardrail",
+    ("index",),
+    when=RAG_ON,
+)
+RAG_CACHE_HITS = Metric(
+    "nanochat_rag_cache_hits_total",
+    "counter",
+    "Retrieval lookups answered from a cache, by cache",
+    ("index", "cache"),
+    values={"cache": RAG_CACHES},
+    when=RAG_ON,
+)
+RAG_CACHE_MISSES = Metric(
+    "nanochat_rag_cache_misses_total",
+    "counter",
+    "Retrieval lookups a cache could not answer, by cache",
+    ("index", "cache"),
+    values={"cache": RAG_CACHES},
+    when=RAG_ON,
+)
+RAG_GUARDRAIL = Metric(
+    "nanochat_rag_guardrail_chunks_total",
+    "counter",
+    "Retrieved chunks screened for indirect prompt injection, by action (NANOCHAT_RAG_GUARDRAIL)",
+    ("index", "action"),
+    values={"action": RAG_GUARDRAIL_ACTIONS},
+    when=RAG_ON,
+)
+
 CATALOG: tuple[Metric, ...] = (
     REQUESTS,
     REQUEST_DURATION,
@@ -333,6 +377,11 @@ CATALOG: tuple[Metric, ...] = (
     GPU_UTILIZATION,
     GPU_MEMORY_USED,
     GPU_MEMORY_TOTAL,
+    RAG_RETRIEVAL,
+    RAG_RESULTS,
+    RAG_CACHE_HITS,
+    RAG_CACHE_MISSES,
+    RAG_GUARDRAIL,
 )
 
 

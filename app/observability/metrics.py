@@ -4,6 +4,7 @@ that record them.
 Who calls what:
 - the request middleware: `observe_request`, `observe_rejection`, `observe_generation` (once per request);
 - the generation routes, when the guardrail is on: `observe_guardrail` (once per screened request);
+- retrieval (app/rag_service.py): `enable_rag` (once per index), `observe_retrieval` (once per search);
 - the side routes' admission (app/admission.py): `enable_admission` (once per pool), `observe_admission`
   (once per job offered), `observe_admission_done` (once per job admitted, when it ends);
 - the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation),
@@ -120,6 +121,11 @@ PREFIX_CACHE_LIMIT = gauge(catalog.PREFIX_CACHE_LIMIT)
 GPU_UTILIZATION = gauge(catalog.GPU_UTILIZATION)
 GPU_MEMORY_USED = gauge(catalog.GPU_MEMORY_USED)
 GPU_MEMORY_TOTAL = gauge(catalog.GPU_MEMORY_TOTAL)
+RAG_RETRIEVAL = histogram(catalog.RAG_RETRIEVAL)
+RAG_RESULTS = counter(catalog.RAG_RESULTS)
+RAG_CACHE_HITS = counter(catalog.RAG_CACHE_HITS)
+RAG_CACHE_MISSES = counter(catalog.RAG_CACHE_MISSES)
+RAG_GUARDRAIL = counter(catalog.RAG_GUARDRAIL)
 
 
 @functools.cache
@@ -201,6 +207,31 @@ def observe_admission(pool: str, admitted: bool) -> None:
 
 def observe_admission_done(pool: str) -> None:
     ADMISSION_IN_FLIGHT.labels(pool).dec()
+
+
+def enable_rag(index: str) -> None:
+    """An index's series from 0, before its first retrieval."""
+    RAG_RETRIEVAL.labels(index)
+    RAG_RESULTS.labels(index)
+    for cache in catalog.RAG_CACHES:
+        RAG_CACHE_HITS.labels(index, cache)
+        RAG_CACHE_MISSES.labels(index, cache)
+    for action in catalog.RAG_GUARDRAIL_ACTIONS:
+        RAG_GUARDRAIL.labels(index, action)
+
+
+def observe_retrieval(
+    index: str, seconds: float, results: int, caches: dict[str, tuple[int, int]], screened: dict[str, int]
+) -> None:
+    """One retrieval: its time, the chunks it returned, each cache's (hits, misses) during it, and the
+    guardrail's actions on its chunks."""
+    RAG_RETRIEVAL.labels(index).observe(seconds)
+    RAG_RESULTS.labels(index).inc(results)
+    for cache, (hits, misses) in caches.items():
+        RAG_CACHE_HITS.labels(index, cache).inc(hits)
+        RAG_CACHE_MISSES.labels(index, cache).inc(misses)
+    for action, count in screened.items():
+        RAG_GUARDRAIL.labels(index, action).inc(count)
 
 
 # ---- the scheduler thread ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nanochat.cliargs import positive_int
+from nanochat.rag import evaluate
 from nanochat.rag.chunking import MAX_CHARS, OVERLAP
 from nanochat.rag.embedders import OFFLINE, OFFLINE_DIM, OFFLINE_DIR, REPO_ROOT, TRAINING_PATHS
 from nanochat.rag.index import MODES
@@ -72,6 +73,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--dim", type=positive_int, default=OFFLINE_DIM, help=f"dimensions (default {OFFLINE_DIM})"
     )
     train.set_defaults(handler=cmd_train_embedder)
+    evaluate.register(commands)  # `nanochat rag eval` (nanochat/rag/evaluate.py)
     return rag
 
 

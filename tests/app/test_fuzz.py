@@ -9,6 +9,8 @@ generation requests stay cheap; what is fuzzed is the HTTP surface, not the mode
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="needs schemathesis (pip install schemathesis)")
@@ -33,11 +35,17 @@ SERVER_ENV = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_server_url(start_server) -> str:
+def fuzz_server_url(start_server, tmp_path_factory) -> str:
     """The demo model with tiny token limits (`start_server`), ready, its classifier too (it loads after
-    /ready: a fuzzed /v1/classify before then gets the 503 `loading` that test_lazy_parts.py checks)."""
-    url = start_server(SERVER_ENV).url
+    /ready: a fuzzed /v1/classify before then gets the 503 `loading` that test_lazy_parts.py checks), and a
+    small retrieval index (README.md) for /v1/retrieve, /v1/embeddings and chat's `retrieval`."""
+    from nanochat.rag.index import build_index
+
+    index = tmp_path_factory.mktemp("fuzz-rag") / "index"
+    build_index([Path(__file__).resolve().parents[2] / "README.md"], index)
+    url = start_server({**SERVER_ENV, "NANOCHAT_RAG_INDEXES": f"docs={index}"}).url
     assert wait_for_part(url, "classifier")["state"] == "ready"
+    assert wait_for_part(url, "rag")["state"] == "ready"
     return url
 
 

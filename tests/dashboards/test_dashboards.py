@@ -39,8 +39,17 @@ REQUIRED_PANELS = {
     "GPU": "GPU utilization",
     "GPU memory": "GPU memory",
     "cost per million output tokens": "Cost per million output tokens",
+    "retrieval latency": "Retrieval latency",
+    "retrieval cache hits": "Retrieval cache hit rate",
+    "retrieved and dropped chunks": "Retrieved chunks",
 }
-QUANTILE_PANELS = ("Request latency", "Time to first token", "Time per output token", "Queue wait")
+QUANTILE_PANELS = (
+    "Request latency",
+    "Time to first token",
+    "Time per output token",
+    "Queue wait",
+    "Retrieval latency",
+)
 
 
 @pytest.fixture(scope="module")
