@@ -41,10 +41,11 @@ class GrammarError(EngineError):
 
 
 def canonical_schema(schema: dict[str, Any] | None) -> str:
-    """The schema as `Constraint.schema` holds it: canonical JSON text (None: any JSON object, "")."""
+    """The schema as `Constraint.schema` holds it: compact JSON text, keys in their order (the properties
+    are written in it); None: any JSON object, "")."""
     if schema is None:
         return ""
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)  # key order matters: properties
 
 
 def _grammar(schema: str) -> str:
