@@ -12,7 +12,9 @@ tokenizer's and the grammar's compile times and, at batch 16 and 64, the batched
 over the steps of writing one document per row; each row a different document, so the states differ) and
 the token advance per step; then the ratio xgrammar / llguidance of each mask time. Special tokens are
 never text: both libraries get them as such (llguidance from tiktoken's special tokens, xgrammar as empty
-tokens). A library that is not installed is skipped with a message. A measurement, not a test.
+tokens). A library that is not installed is skipped with a message. Then, with the chosen library
+(llguidance), `engine_step_demo_vocab`: a whole decode step of nanochat's engine with half the rows
+constrained vs none (`engine_steps`). A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -190,6 +192,57 @@ def measure(lib: Any, tokenizer: Tokenizer, schema: dict | None, batch: int, rou
     }
 
 
+def engine_steps(tokenizer: Tokenizer, rounds: int, steps: int = 32) -> dict[str, Any]:
+    """What constraining half the rows costs a whole decode step of nanochat's engine (the depth-6 model of
+    bench.table, random weights, the demo tokenizer), at batch 16 and 64: the median step time with half
+    the rows constrained (bench.serve's --json-share schema, which outlasts the steps) and with none,
+    rounds interleaved so the machine's load falls on both alike."""
+    from bench.prefix_cache import build_model
+    from bench.serve import JSON_FORMAT
+    from nanochat.backend import Constraint, SamplingParams
+    from nanochat.constrain import canonical_schema
+    from nanochat.engine import Engine
+
+    engine = Engine(build_model(6, tokenizer.vocab_size), tokenizer, max_batch=max(BATCHES))
+    constraint = Constraint(canonical_schema(JSON_FORMAT["json_schema"]["schema"]))
+
+    def step_s(batch: int, share: bool) -> float:
+        generations = []
+        for i in range(batch):
+            params = SamplingParams(
+                max_tokens=steps + 8,
+                temperature=0.0,
+                ignore_eos=True,
+                constraint=constraint if share and i % 2 else None,
+            )
+            generation = engine.begin([tokenizer.get_bos_token_id(), *range(10 + i, 30 + i)], params)
+            while generation.prefill_remaining:
+                engine.prefill(generation)
+            generations.append(generation)
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.decode_step()
+        elapsed = (time.perf_counter() - start) / steps
+        assert not any(g.done for g in generations)
+        for generation in generations:
+            engine.cancel(generation)
+        return elapsed
+
+    result: dict[str, Any] = {}
+    for batch in BATCHES:
+        free, mixed = [], []
+        for _ in range(rounds + 1):
+            free.append(step_s(batch, False))
+            mixed.append(step_s(batch, True))
+        free_ms, mixed_ms = statistics.median(free[1:]) * 1e3, statistics.median(mixed[1:]) * 1e3
+        result[f"batch{batch}"] = {
+            "free_step_ms": round(free_ms, 2),
+            "half_constrained_step_ms": round(mixed_ms, 2),
+            "ratio": round(mixed_ms / free_ms, 3),
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -226,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                     entry[f"{grammar}_batch{batch}"] = measure(lib, tokenizer, schema, batch, args.rounds)
             per_lib[tok_name] = entry
         results["libraries"][name] = per_lib
+    if "llguidance" in results["libraries"]:
+        results["engine_step_demo_vocab"] = engine_steps(tokenizers["demo_2048"], args.rounds)
     libs = results["libraries"]
     if len(libs) == 2:
         results["ratio_xgrammar_over_llguidance"] = {

@@ -45,7 +45,7 @@ class Constraint:
     """What a continuation must write (`nanochat.constrain`): JSON valid against `schema`, from its first
     token or from `trigger_token` on, ended by `end_token`."""
 
-    schema: str = ""  # a JSON schema as canonical JSON text (constrain.canonical_schema); "": any JSON object
+    schema: str = ""  # a JSON schema as compact JSON text (constrain.canonical_schema); "": any JSON object
     trigger_token: int | None = None  # None: constrained from the first token; else free until it samples
     # this token (kept), then constrained
     force_trigger: bool = False  # the first generated token is trigger_token (tool_choice required)

@@ -4,8 +4,10 @@ once, and an engine supplies only its model's forwards and where its keys and va
 Written here, and nowhere else: the checks that start a generation, its states (PREFILLING -> DECODING ->
 DONE, or DONE on cancel/reset), the rows it holds (its `n` continuations while decoding, reserved while it
 prefills), sampling (each continuation with its own seeded generator, so its tokens do not depend on the
-batch; penalties and logit biases vectorized over the rows that have them), the stop rules (an
-end-of-sequence token, a stop token id, a stop string: "stop"; max_tokens or a full context: "length"), the
+batch; penalties and logit biases vectorized over the rows that have them; the token masks of the rows
+with a `SamplingParams.constraint`, JSON only, in one batched fill: `nanochat.constrain`), the stop rules (an
+end-of-sequence token, a stop token id, a stop string: "stop"; a constraint's end token: its finish reason;
+max_tokens or a full context: "length"), the
 logprobs of the rows that ask for them (`token_logprobs`, nothing computed for the others) and nanochat's
 simple `generate` interface. Also which free row still holds the sequence it last served, untouched since
 (the next prefill's row, after a generation leaves with nothing moved over it), so that an engine with a

@@ -19,6 +19,7 @@ It does not sample or apply the stop rules: `nanochat.batching` calls `allowed` 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -59,10 +60,16 @@ def _grammar(schema: str) -> str:
 
 
 def check_schema(schema: str) -> None:
-    """Raise GrammarError unless llguidance compiles `schema` (canonical JSON text; "" = any object)."""
-    error = llguidance.LLMatcher.validate_grammar(_grammar(schema))
+    """Raise GrammarError unless llguidance compiles `schema` (compact JSON text; "" = any object)."""
+    error = _schema_error(schema)
     if error:
-        raise GrammarError(f"unsupported JSON schema: {error.strip()}")
+        raise GrammarError(f"unsupported JSON schema: {error}")
+
+
+@functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)
+def _schema_error(schema: str) -> str:
+    """What llguidance finds wrong with a schema ("" if nothing), once per schema text."""
+    return llguidance.LLMatcher.validate_grammar(_grammar(schema)).strip()
 
 
 def _unpack(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
