@@ -8,8 +8,8 @@ Built on llguidance (chosen by measurement against xgrammar: bench/grammar_mask.
 - `Grammars`: one per engine, over its tokenizer's vocabulary as llguidance wants it (special tokens are
   not text: no grammar ever allows one, so neither the calculator nor an end of turn can start inside the
   JSON); compiled grammars cached by schema text (bounded LRU), one matcher per continuation (a copy of the
-  cached one), and the batched mask of the rows that have one (`allowed`), filled by llguidance's parallel
-  executor into one bitmask;
+  cached one), and the batched mask of the rows that have one (`allowed`), filled into one bitmask by
+  llguidance's parallel executor (row by row on machines of fewer than 4 CPUs);
 - `RowConstraint`: one continuation's state: free until its trigger token (if any), then constrained, then
   done when its end token comes (once the JSON is complete, the only token allowed).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -34,6 +35,9 @@ from nanochat.backend import FINISH_STOP, Constraint, EngineError
 
 logger = logging.getLogger(__name__)
 
+# Fewer CPUs than this: masks are filled row by row on the engine's thread, since handing them to
+# llguidance's thread pool costs more than the fill on a few busy cores (measured: docs/serving.md).
+PARALLEL_FILL_MIN_CPUS = 4
 GRAMMAR_CACHE_SIZE = 256  # compiled grammars kept per engine (a schema's matcher is copied per continuation)
 # Compact JSON: no whitespace between tokens, so a small model cannot wander off into blank lines.
 JSON_OPTIONS = {"whitespace_flexible": False}
@@ -122,7 +126,8 @@ class Grammars:
         self.vocab_size = vocab_size
         self.eos_token = eos_token
         self._compiled: OrderedDict[str, Any] = OrderedDict()
-        self._executor = llguidance.LLExecutor()
+        parallel = (os.cpu_count() or 1) >= PARALLEL_FILL_MIN_CPUS
+        self._executor = llguidance.LLExecutor() if parallel else None
         self._words = (max(vocab_size, vocabulary.vocab_size) + 31) // 32
 
     @classmethod
@@ -160,8 +165,11 @@ class Grammars:
         """(len(rows), vocab_size) bool: the tokens each (masked) row may take next, in one batched fill."""
         bitmask = torch.zeros(len(rows), self._words, dtype=torch.int32)
         active = [(r.matcher, i) for i, r in enumerate(rows) if not r.forcing]
-        if active:
+        if self._executor is not None and len(active) > 1:
             llguidance.torch.fill_next_token_bitmask_par(self._executor, active, bitmask)
+        else:
+            for matcher, i in active:
+                llguidance.torch.fill_next_token_bitmask(matcher, bitmask, i)
         allowed = _unpack(bitmask, self.vocab_size)
         for i, r in enumerate(rows):
             if r.forcing:

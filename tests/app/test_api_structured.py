@@ -195,3 +195,11 @@ def test_free_requests_beside_constrained_ones_get_the_same_greedy_reply(client)
         for choice in (f.result() for f in busy):
             assert choice.finish_reason == "stop"
             Person.model_validate_json(choice.message.content)
+
+
+def test_completions_refuse_response_format_naming_it(http) -> None:
+    body = {"model": "demo", "prompt": "a", "response_format": {"type": "json_object"}}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "response_format"
+    assert response.json()["error"]["code"] == "unsupported_parameter"

@@ -257,3 +257,19 @@ def test_a_token_the_mask_refused_ends_only_that_choice(engine):
     row = grammars.row(CONSTRAINED)
     assert row.advance(engine.tokenizer.encode("x")[0]) == "stop"  # not JSON: the choice ends
     assert row.finished and not row.masked
+
+
+def test_the_parallel_and_the_row_by_row_fill_give_the_same_masks(engine, small_tokenizer):
+    import llguidance
+
+    serial, parallel = engine._make_grammars(), engine._make_grammars()
+    serial._executor, parallel._executor = None, llguidance.LLExecutor()
+    text = json.dumps({"color": "red", "n": 4, "ok": True, "tags": [], "inner": {"x": False}})
+    ids = small_tokenizer.encode(text.replace(" ", ""))
+    rows = {g: [g.row(CONSTRAINED) for _ in range(3)] for g in (serial, parallel)}
+    for step in range(len(ids)):
+        assert torch.equal(serial.allowed(rows[serial]), parallel.allowed(rows[parallel])), step
+        for g in rows:
+            for k, row in enumerate(rows[g]):
+                if step >= k:  # row k starts k steps later, so the rows' states differ
+                    assert row.advance(ids[step - k]) is None
