@@ -96,10 +96,11 @@ class Llguidance:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         import llguidance
-        import llguidance.torch
         from llguidance.tiktoken import lltokenizer_from_encoding
 
-        self.llg, self.fill = llguidance, llguidance.torch.fill_next_token_bitmask_par
+        from nanochat.constrain import fill_masks
+
+        self.llg, self.fill = llguidance, fill_masks
         eos = tokenizer.encode_special("<|assistant_end|>")
         self.vocab = lltokenizer_from_encoding(tokenizer.encoding, eos_token=eos)
         self.executor = llguidance.LLExecutor()

@@ -27,7 +27,6 @@ from collections import OrderedDict
 from typing import Any
 
 import llguidance
-import llguidance.torch
 import numpy as np
 import torch
 
@@ -74,6 +73,19 @@ def check_schema(schema: str) -> None:
 def _schema_error(schema: str) -> str:
     """What llguidance finds wrong with a schema ("" if nothing), once per schema text."""
     return llguidance.LLMatcher.validate_grammar(_grammar(schema)).strip()
+
+
+def fill_masks(executor: Any, matchers: list[tuple[Any, int]], bitmask: torch.Tensor) -> None:
+    """Write each (matcher, row) pair's mask into row `row` of the (rows, words) int32 CPU `bitmask`: in
+    parallel with an llguidance LLExecutor, else row by row. (What llguidance.torch does, without importing
+    it: its import compiles a torch function, 2 s of a cold start.)"""
+    row_bytes = bitmask.size(1) * bitmask.element_size()
+    assert bitmask.dtype == torch.int32 and bitmask.is_contiguous() and not bitmask.is_cuda
+    if executor is not None and len(matchers) > 1:
+        executor.unsafe_compute_mask_ptr(matchers, bitmask.data_ptr(), row_bytes, bitmask.size(0))
+        return
+    for matcher, row in matchers:
+        matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), row_bytes)
 
 
 def _unpack(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -164,12 +176,7 @@ class Grammars:
     def allowed(self, rows: list[RowConstraint]) -> torch.Tensor:
         """(len(rows), vocab_size) bool: the tokens each (masked) row may take next, in one batched fill."""
         bitmask = torch.zeros(len(rows), self._words, dtype=torch.int32)
-        active = [(r.matcher, i) for i, r in enumerate(rows) if not r.forcing]
-        if self._executor is not None and len(active) > 1:
-            llguidance.torch.fill_next_token_bitmask_par(self._executor, active, bitmask)
-        else:
-            for matcher, i in active:
-                llguidance.torch.fill_next_token_bitmask(matcher, bitmask, i)
+        fill_masks(self._executor, [(r.matcher, i) for i, r in enumerate(rows) if not r.forcing], bitmask)
         allowed = _unpack(bitmask, self.vocab_size)
         for i, r in enumerate(rows):
             if r.forcing:
