@@ -52,6 +52,12 @@ class BaseInstallOnly:
             if spec is not None:
                 return spec
         return None
+    def find_distributions(self, context=None):  # installed packages' metadata (llguidance reads its own)
+        for finder in self.finders:
+            if hasattr(finder, "find_distributions"):
+                for dist in finder.find_distributions(context):
+                    if dist.metadata["Name"].replace("-", "_").lower() not in BLOCKED:
+                        yield dist
     def invalidate_caches(self):
         for finder in self.finders:
             if hasattr(finder, "invalidate_caches"):
