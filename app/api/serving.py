@@ -42,10 +42,15 @@ from app.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     ChoiceLogprobs,
+    ChunkDelta,
+    ChunkFunction,
+    ChunkToolCall,
     CompletionLogprobs,
     CompletionRequest,
+    FunctionCall,
     GenerationRequest,
     NamedToolChoice,
+    ResponseToolCall,
     SamplingDefaults,
     TokenLogprob,
     TopLogprob,
@@ -56,12 +61,14 @@ from nanochat.backend import ChatTokenizer, EngineError, SamplingParams
 from nanochat.tokenizer import TokenizerError
 from nanochat.tool_calls import (
     FINISH_TOOL_CALLS,
+    CallSplitter,
     Function,
     ToolCallError,
     call_schema,
     canonical,
     chat_turns,
     check_functions,
+    new_call_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -250,6 +257,45 @@ def check_tool_messages(messages: Sequence[ChatMessage], runtime: Runtime) -> No
                 )
 
 
+def call_token(body: ChatCompletionRequest, tokenizer: ChatTokenizer) -> int | None:
+    """The token that starts a call, when the request's reply may be one (tools offered, choice not none)."""
+    if not body.tools or body.tool_choice == "none":
+        return None
+    return tokenizer.encode_special("<|python_start|>")
+
+
+def message_tool_calls(splitter: CallSplitter) -> list[ResponseToolCall] | None:
+    """A choice's `message.tool_calls`: its call (a fresh id), if it made one."""
+    if not splitter.called:
+        return None
+    return [
+        ResponseToolCall(
+            id=new_call_id(), function=FunctionCall(name=splitter.name, arguments=splitter.arguments)
+        )
+    ]
+
+
+def tool_chunk_deltas(splitter: CallSplitter, delta: Delta, call_id: str) -> list[ChunkDelta]:
+    """A streamed choice's delta as chunk deltas: content, the call's first piece (its id, type, name and
+    arguments ""), then pieces of its arguments (OpenAI's streamed tool_calls, index 0: one call a reply)."""
+    out = []
+    for piece in splitter.feed(delta.token, delta.text):
+        if piece.kind == "content":
+            out.append(ChunkDelta(content=piece.text))
+        elif piece.kind == "call":
+            function = ChunkFunction(name=piece.text, arguments="")
+            out.append(
+                ChunkDelta(
+                    tool_calls=[ChunkToolCall(index=0, id=call_id, type="function", function=function)]
+                )
+            )
+        else:
+            out.append(
+                ChunkDelta(tool_calls=[ChunkToolCall(index=0, function=ChunkFunction(arguments=piece.text))])
+            )
+    return out
+
+
 def offered_functions(body: ChatCompletionRequest) -> list[Function]:
     return [
         Function(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
@@ -426,17 +472,24 @@ class Collected:
     prompt_tokens: int
     completion_tokens: int = 0
     scored: list[list[Delta]] = field(default_factory=list)  # each choice's tokens with logprobs, if asked
+    calls: list[CallSplitter] = field(default_factory=list)  # with tools: each choice's call, if it made one
 
 
-async def collect(stream: GenerationStream, request: Request) -> Collected:
-    """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile."""
+async def collect(stream: GenerationStream, request: Request, call_token: int | None = None) -> Collected:
+    """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile. With
+    `call_token` (<|python_start|>, tools offered), each choice's text is split into content and a call."""
     parts: list[list[str]] = [[] for _ in range(stream.n)]
     scored: list[list[Delta]] = [[] for _ in range(stream.n)]
     finish: list[str | None] = [None] * stream.n
+    calls = [CallSplitter(call_token) for _ in range(stream.n)] if call_token is not None else []
     watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
     try:
         async for delta in deltas(stream):
-            parts[delta.index].append(delta.text)
+            if calls:
+                pieces = calls[delta.index].feed(delta.token, delta.text)
+                parts[delta.index].extend(p.text for p in pieces if p.kind == "content")
+            else:
+                parts[delta.index].append(delta.text)
             if delta.logprob is not None:
                 scored[delta.index].append(delta)
             if delta.finish_reason:
@@ -444,7 +497,7 @@ async def collect(stream: GenerationStream, request: Request) -> Collected:
     finally:
         watcher.cancel()
     texts = ["".join(p) for p in parts]
-    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens, scored)
+    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens, scored, calls)
 
 
 # ---- logprobs ---------------------------------------------------------------------------------------
