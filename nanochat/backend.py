@@ -23,7 +23,7 @@ import enum
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,10 +31,30 @@ from nanochat.detokenize import TextStream
 from nanochat.memory import MemoryPlan
 from nanochat.prefix_cache import PrefixCacheStats
 
+if TYPE_CHECKING:
+    from nanochat.constrain import RowConstraint
+
 FINISH_STOP = "stop"  # an end-of-sequence token, a stop token id or a stop string
 FINISH_LENGTH = "length"  # max_tokens, or the context is full
 MAX_TOP_K = 1_000_000
 MAX_LOGPROBS = 20  # alternatives per token
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a continuation must write (`nanochat.constrain`): JSON valid against `schema`, from its first
+    token or from `trigger_token` on, ended by `end_token`."""
+
+    schema: str = ""  # a JSON schema as canonical JSON text (constrain.canonical_schema); "": any JSON object
+    trigger_token: int | None = None  # None: constrained from the first token; else free until it samples
+    # this token (kept), then constrained
+    force_trigger: bool = False  # the first generated token is trigger_token (tool_choice required)
+    end_token: int | None = None  # once the JSON is complete, the only allowed token; None: the model's end
+    # of turn (the engine's first eos: <|assistant_end|>)
+    finish_reason: str = FINISH_STOP  # the finish_reason when end_token ends the continuation
+
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t for t in (self.trigger_token, self.end_token) if t is not None)
 
 
 class EngineError(ValueError):
@@ -71,6 +91,7 @@ class SamplingParams:
     shared_first_token: bool = False
     logprobs: int | None = None  # each token's logprob and its `logprobs` likeliest alternatives; None: off
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (Generation.prompt_logprobs)
+    constraint: Constraint | None = None  # JSON only (structured outputs, tool calls): nanochat.constrain
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -101,6 +122,9 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
                 raise EngineError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
+        c = self.constraint
+        if c is not None and c.force_trigger and c.trigger_token is None:
+            raise EngineError("constraint.force_trigger needs a trigger_token")
 
     @property
     def adjusts_logits(self) -> bool:
@@ -110,7 +134,8 @@ class SamplingParams:
 
     def token_ids(self) -> tuple[int, ...]:
         """The token ids the parameters name (stop_token_ids, logit_bias): each must be in the vocabulary."""
-        return self.stop_token_ids + tuple(token for token, _ in self.logit_bias)
+        constrained = self.constraint.token_ids() if self.constraint is not None else ()
+        return self.stop_token_ids + tuple(token for token, _ in self.logit_bias) + constrained
 
 
 class GenerationState(enum.Enum):
@@ -135,6 +160,7 @@ class Continuation:
     in_python: bool = False
     python_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None  # its own sampler's (None: the generation's, nanochat's n)
+    constraint: RowConstraint | None = None  # its constraint's state, with params.constraint
 
     @property
     def finished(self) -> bool:

@@ -35,6 +35,7 @@ from nanochat.backend import (
     SamplingParams,
     TokenEvent,
 )
+from nanochat.constrain import Grammars, RowConstraint
 from nanochat.detokenize import TextStream
 from nanochat.prefix_cache import PrefixCacheStats
 
@@ -180,6 +181,7 @@ class BatchedEngine(abc.ABC):
         self.prefilling: Generation | None = None
         self.prefilled_tokens = 0  # prompt tokens run through the model (a prefix cache's hits skip some)
         self._resident: tuple[int, list[int]] | None = None  # a free row and the tokens it still holds
+        self._grammars: Grammars | None = None  # made on the first constrained request
 
     # ---- rows -----------------------------------------------------------------------------------------
     @property
@@ -214,11 +216,14 @@ class BatchedEngine(abc.ABC):
             raise CapacityError("no free rows for this request now")
         bad = next((t for t in params.token_ids() if not 0 <= t < self.vocab_size), None)
         if bad is not None:
-            raise EngineError(f"token id {bad} (stop_token_ids, logit_bias) is outside the vocabulary")
+            raise EngineError(
+                f"token id {bad} (stop_token_ids, logit_bias, constraint) is outside the vocabulary"
+            )
+        constraints = [self._row_constraint(params) if params.constraint else None for _ in range(params.n)]
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         generation = Generation(prompt, params, torch.Generator(device=self.device).manual_seed(seed))
         for i in range(params.n):
-            cont = Continuation(generation, i, self._text_stream(params))
+            cont = Continuation(generation, i, self._text_stream(params), constraint=constraints[i])
             if i and not params.shared_first_token:  # choice i draws from its own generator, seeded seed + i
                 cont.generator = torch.Generator(device=self.device).manual_seed((seed + i) % 2**63)
             generation.continuations.append(cont)
@@ -307,7 +312,7 @@ class BatchedEngine(abc.ABC):
         others with their generation's sampler and generators; then each continuation takes its token, and
         generations whose continuations have all finished leave. Returns the events of live continuations."""
         raw = logits  # the model's own distribution, which logprobs report, whatever sampling does to logits
-        logits = self._adjusted(rows, logits)
+        logits = self._constrained(rows, self._adjusted(rows, logits), raw)
         sampled: dict[int, int] = {}
         greedy = [i for i, c in enumerate(rows) if c.generation.params.temperature == 0.0]
         if greedy:
@@ -332,7 +337,7 @@ class BatchedEngine(abc.ABC):
         `adjusted` says they are; each with its own generator unless nanochat's shared one is asked for."""
         p = generation.params
         if not adjusted:
-            logits = self._adjusted(conts, logits)
+            logits = self._constrained(conts, self._adjusted(conts, logits), logits)
         generators: torch.Generator | list[torch.Generator] = generation.generator
         if not p.shared_first_token and len(conts) > 1:
             generators = [c.generator or generation.generator for c in conts]  # choice 0: the generation's
@@ -345,6 +350,26 @@ class BatchedEngine(abc.ABC):
             return logits
         prompts = [c.generation.prompt_ids for c in rows]
         return adjust_logits(logits, params, [c.tokens for c in rows], prompts)
+
+    def _constrained(self, rows: list[Continuation], logits: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """`logits` with the tokens a constraint refuses at -inf in the rows that have one (their masks in
+        one batched fill); `logits` itself when none has. Never changes `raw`, the model's logits."""
+        masked = [i for i, c in enumerate(rows) if c.constraint is not None and c.constraint.masked]
+        if not masked:
+            return logits
+        assert self._grammars is not None  # made by begin for a constrained generation
+        allowed = self._grammars.allowed([rows[i].constraint for i in masked]).to(logits.device)
+        if logits is raw:  # the model's own (logprobs read it): mask a copy
+            logits = logits.clone()
+        index = torch.tensor(masked, device=logits.device)
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        return logits
+
+    def _row_constraint(self, params: SamplingParams) -> RowConstraint:
+        """A new continuation's constraint state (its grammar compiled once per engine and schema)."""
+        if self._grammars is None:
+            self._grammars = self._make_grammars()
+        return self._grammars.row(params.constraint)
 
     def _score(
         self, rows: list[Continuation], logits: torch.Tensor, sampled: dict[int, int]
@@ -375,7 +400,10 @@ class BatchedEngine(abc.ABC):
         params = cont.generation.params
         text = cont.text.feed(token)
         eos = token in self.eos_token_ids and not params.ignore_eos
-        if eos or token in params.stop_token_ids or cont.text.stopped:
+        ended = cont.constraint.advance(token) if cont.constraint is not None else None
+        if ended:
+            cont.finish_reason = ended
+        elif eos or token in params.stop_token_ids or cont.text.stopped:
             cont.finish_reason = FINISH_STOP
         elif (
             cont.generation.num_generated + 1 >= params.max_tokens
@@ -482,6 +510,10 @@ class BatchedEngine(abc.ABC):
     @abc.abstractmethod
     def _forget_rows(self) -> None:
         """Empty every row's keys/values (`reset`)."""
+
+    def _make_grammars(self) -> Grammars:
+        """The constraint machinery over this engine's tokenizer (`nanochat.constrain`)."""
+        raise EngineError("this engine has no constrained decoding (response_format, tools)")
 
     def _before_release(self, generation: Generation) -> None:
         """Called with a generation's rows still in place, just before they are freed."""

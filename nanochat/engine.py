@@ -47,6 +47,7 @@ from nanochat.backend import (
 from nanochat.batching import BatchedEngine
 from nanochat.calculator import evaluate as calculator_evaluate
 from nanochat.compiled import CompiledDecode, batch_buckets
+from nanochat.constrain import Grammars
 from nanochat.detokenize import TextStream
 from nanochat.gpt import GPT, GPTConfig, meta_model
 from nanochat.kv_cache import KVCache, cache_bytes
@@ -216,6 +217,10 @@ class Engine(BatchedEngine):
         if self.prefix_cache is not None:
             length = self.cache.lengths[row]
             self.prefix_cache.store(tokens[:length], self.cache.k[:, row], self.cache.v[:, row])
+
+    def _make_grammars(self) -> Grammars:
+        eos = self.tokenizer.encode_special("<|assistant_end|>")
+        return Grammars.for_tiktoken(self.tokenizer.encoding, self.vocab_size, eos)
 
     # ---- the calculator tool --------------------------------------------------------------------------
     def _on_token(self, cont: Continuation, token: int) -> None:

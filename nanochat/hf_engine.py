@@ -38,6 +38,7 @@ import torch
 
 from nanochat.backend import Continuation, EngineError, Generation, SamplingParams
 from nanochat.batching import BatchedEngine
+from nanochat.constrain import Grammars
 from nanochat.detokenize import TextStream
 from nanochat.device import resolve_dtype
 from nanochat.memory import MemoryPlan, check_fits, context_tokens, module_bytes
@@ -307,6 +308,12 @@ class HFEngine(BatchedEngine):
         keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._only_last_logits = {"logits_to_keep": 1} if keeps_logits else {}  # a prefill chunk's last
         self.memory = MemoryPlan(module_bytes(model), param.dtype, self.cache.nbytes, max_batch, context)
+
+    def _make_grammars(self) -> Grammars:
+        eos = self.tokenizer.hf.eos_token_id
+        if eos is None or not getattr(self.tokenizer.hf, "is_fast", False):
+            raise HFEngineError("constrained decoding needs a fast tokenizer with an eos token")
+        return Grammars.for_transformers(self.tokenizer.hf, self.vocab_size, eos)
 
     @classmethod
     def from_pretrained(

@@ -181,6 +181,11 @@ class Tokenizer:
             self._token_bytes = torch.tensor(lengths, dtype=torch.int32)
         return self._token_bytes
 
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The tiktoken encoding itself (grammar libraries build their vocabulary from it)."""
+        return self._encoding
+
     def id_to_token_bytes(self, token_id: int) -> bytes:
         """The raw bytes of one token (may be part of a UTF-8 character), for streaming detokenization."""
         try:
