@@ -5,7 +5,10 @@ nanochat's format has one tool-call syntax, the calculator's: the assistant writ
 `<|python_start|>expression<|python_end|>` and the tool's output comes back in the same assistant turn as
 `<|output_start|>result<|output_end|>`. A function call uses the same tokens with a JSON object in them:
 
-    <|python_start|>{"name": "get_weather", "arguments": {"city": "Paris"}}<|python_end|>
+    <|python_start|>{"name":"get_weather","arguments":{"city":"Paris"}}<|python_end|>
+
+in compact JSON (no spaces), as the constrained decoding writes it (nanochat.constrain), so the calls in
+the history read as the model's own.
 
 - The offered functions go into the system text (`tools_text`): the line `Tools:`, then one JSON line
   per function, `{"name", "description", "parameters"}` (the fields it has), in the request's order. A
@@ -92,13 +95,17 @@ def tools_text(functions: Sequence[Function]) -> str:
         if function.description:
             entry["description"] = function.description
         entry["parameters"] = function.arguments_schema
-        lines.append(json.dumps(entry, ensure_ascii=False))
+        lines.append(_compact(entry))
     return "\n".join(lines)
 
 
 def call_text(name: str, arguments: Any) -> str:
     """A call as the model writes it between <|python_start|> and <|python_end|>."""
-    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return _compact({"name": name, "arguments": arguments})
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def call_schema(functions: Sequence[Function]) -> dict[str, Any]:
@@ -113,11 +120,6 @@ def call_schema(functions: Sequence[Function]) -> dict[str, Any]:
         for f in functions
     ]
     return options[0] if len(options) == 1 else {"anyOf": options}
-
-
-def canonical(schema: Mapping[str, Any]) -> str:
-    """A schema as canonical JSON text (sorted keys, no spaces): one text per schema."""
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def new_call_id() -> str:

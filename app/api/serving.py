@@ -57,7 +57,8 @@ from app.schemas import (
     WebChatRequest,
     tool_fields,
 )
-from nanochat.backend import ChatTokenizer, EngineError, SamplingParams
+from nanochat.backend import ChatTokenizer, Constraint, EngineError, SamplingParams
+from nanochat.constrain import GrammarError, canonical_schema, check_schema
 from nanochat.tokenizer import TokenizerError
 from nanochat.tool_calls import (
     FINISH_TOOL_CALLS,
@@ -65,7 +66,6 @@ from nanochat.tool_calls import (
     Function,
     ToolCallError,
     call_schema,
-    canonical,
     chat_turns,
     check_functions,
     new_call_id,
@@ -323,6 +323,12 @@ def check_tools(body: GenerationRequest, runtime: Runtime) -> list[Function]:
     functions = offered_functions(body)
     try:
         check_functions(functions)
+        for i, function in enumerate(functions):
+            param = f"tools.{i}.function.parameters"
+            try:
+                check_schema(canonical_schema(function.arguments_schema))
+            except GrammarError as e:
+                raise ToolCallError(f"the parameters of {function.name!r}: {e}", param) from None
     except ToolCallError as e:
         raise invalid(str(e), e.param) from None
     if isinstance(choice, NamedToolChoice) and choice.function.name not in {f.name for f in functions}:
@@ -336,8 +342,6 @@ def tool_params(
     """The parameters of a request with tools: the calculator off; with tool_choice none, <|python_start|>
     never sampled; else a call is JSON constrained to the functions' schemas (required or named: from the
     first token), ending the reply at <|python_end|> with finish_reason tool_calls."""
-    from nanochat.backend import Constraint
-
     start, end = tokenizer.encode_special("<|python_start|>"), tokenizer.encode_special("<|python_end|>")
     choice = body.tool_choice or "auto"
     if choice == "none":
@@ -347,7 +351,7 @@ def tool_params(
     if isinstance(choice, NamedToolChoice):
         functions = [f for f in functions if f.name == choice.function.name]
     constraint = Constraint(
-        schema=canonical(call_schema(functions)),
+        schema=canonical_schema(call_schema(functions)),
         trigger_token=start,
         force_trigger=choice != "auto",
         end_token=end,

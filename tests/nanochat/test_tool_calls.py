@@ -75,7 +75,7 @@ def test_a_call_and_its_result_render_into_one_assistant_turn_that_the_prompt_co
     assert turns[1] == {
         "role": "assistant",
         "content": [
-            {"type": "python", "text": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+            {"type": "python", "text": '{"name":"get_weather","arguments":{"city":"Paris"}}'},
             {"type": "python_output", "text": "sunny"},
         ],
     }
@@ -88,7 +88,7 @@ def test_a_call_and_its_result_render_into_one_assistant_turn_that_the_prompt_co
         special["<|user_end|>"],
         special["<|assistant_start|>"],
         special["<|python_start|>"],
-        *tok.encode('{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+        *tok.encode('{"name":"get_weather","arguments":{"city":"Paris"}}'),
         special["<|python_end|>"],
         special["<|output_start|>"],
         *tok.encode("sunny"),
