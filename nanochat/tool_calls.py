@@ -10,8 +10,9 @@ nanochat's format has one tool-call syntax, the calculator's: the assistant writ
 in compact JSON (no spaces), as the constrained decoding writes it (nanochat.constrain), so the calls in
 the history read as the model's own.
 
-- The offered functions go into the system text (`tools_text`): the line `Tools:`, then one JSON line
-  per function, `{"name", "description", "parameters"}` (the fields it has), in the request's order. A
+- The offered functions go into the system text (`tools_text`): the line `Tools:`, then one compact JSON
+  line per function, `{"name", "description", "parameters"}` (the fields it has, parameters as given), in
+  the request's order. A
   system message the conversation already has comes first, then a blank line, then the tools.
 - `chat_turns` turns OpenAI messages (plain dicts) into the tokenizer's conversation: an assistant
   message with `tool_calls` is its text (if any) then, per call, a python part (`call_text`) followed by
@@ -61,10 +62,15 @@ class Function:
     @property
     def arguments_schema(self) -> dict[str, Any]:
         """The schema the arguments are constrained to: none given is no arguments (`{}`); an untyped
-        schema is made an object's, as OpenAI's arguments always are."""
+        schema is made an object's, as OpenAI's arguments always are; and one with `properties` but no
+        `additionalProperties` gets `false` (only the declared arguments, as OpenAI's strict mode asks),
+        else a small model, free to add keys, can go on inventing them until max_tokens."""
         if not self.parameters:
             return dict(EMPTY_PARAMETERS)
-        return {"type": "object", **self.parameters}
+        schema = {"type": "object", **self.parameters}
+        if "properties" in schema:
+            schema.setdefault("additionalProperties", False)
+        return schema
 
 
 def check_functions(functions: Sequence[Function], param: str = "tools") -> None:
@@ -94,7 +100,8 @@ def tools_text(functions: Sequence[Function]) -> str:
         entry: dict[str, Any] = {"name": function.name}
         if function.description:
             entry["description"] = function.description
-        entry["parameters"] = function.arguments_schema
+        if function.parameters:
+            entry["parameters"] = function.parameters  # as given: the prompt is the client's words
         lines.append(_compact(entry))
     return "\n".join(lines)
 

@@ -52,10 +52,7 @@ def test_tools_text_is_a_header_and_one_json_line_per_function() -> None:
     assert lines[0] == "Tools:"
     assert [json.loads(line) for line in lines[1:]] == [
         {"name": "get_weather", "description": "The weather in a city", "parameters": WEATHER.parameters},
-        {
-            "name": "get_time",
-            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
-        },
+        {"name": "get_time"},  # no parameters: none rendered (the schema is no arguments)
     ]
 
 
