@@ -9,7 +9,7 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 Requests are strict (`"3"` is not an integer). The field policy of the OpenAI routes (docs/serving.md,
 "Request fields"): every field is either honoured, or accepted and ignored because it cannot change the
 reply (`IGNORED_FIELDS`, each with why), or refused with a 400 `unsupported_parameter` naming it: fields
-this server knows but cannot honour are accepted only at their no-op values (`tools: []`, `best_of` = `n`),
+this server knows but cannot honour are accepted only at their no-op values (`functions: []`, `best_of`: `n`),
 and a field it does not know is refused (`extra="forbid"`). The generation requests turn themselves into
 the engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """

@@ -5,6 +5,10 @@ choice with `delta.role`, then content deltas, then a chunk with each choice's `
 usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
 started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
 
+Tool calls (docs/serving.md, "Tool calls"): with `tools`, a reply that calls a function has
+`message.tool_calls` (streamed: `tool_calls` deltas, the first with id, type, name and arguments "") and
+`finish_reason: tool_calls`; `app.api.serving` splits the reply into content and the call.
+
 Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), from the
 model's raw distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A
 completion request may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
