@@ -170,11 +170,19 @@ def test_none_never_calls_even_when_the_model_would(client: openai.OpenAI, strea
             assert result.message.tool_calls is None and result.finish_reason in ("stop", "length")
 
 
-def test_logprobs_cover_the_call_tokens(client: openai.OpenAI) -> None:
-    completion = create(client, tool_choice="required", temperature=0, logprobs=True, top_logprobs=2)
+def test_logprobs_cover_the_call_tokens_streamed_and_not(client: openai.OpenAI) -> None:
+    common = {"tool_choice": "required", "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    completion = create(client, **common)
     entries = completion.choices[0].logprobs.content
     assert len(entries) == completion.usage.completion_tokens
     assert all(len(e.top_logprobs) == 2 for e in entries)
+    chunks = list(create(client, stream=True, stream_options={"include_usage": True}, **common))
+    streamed = [
+        e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
+    assert chunks[-1].usage.completion_tokens == len(entries)
 
 
 def test_tool_messages_without_tools_in_the_request_are_rendered(client: openai.OpenAI) -> None:
