@@ -27,10 +27,12 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from app.validation import stop_strings
-from nanochat.backend import MAX_LOGPROBS, MAX_TOP_K, SamplingParams
+from nanochat.backend import MAX_LOGPROBS, MAX_TOP_K, Constraint, SamplingParams
+from nanochat.constrain import canonical_schema, check_schema
 
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions' logprobs, as OpenAI
 WEB_TEMPERATURE, WEB_TOP_K = 0.8, 50  # the nanochat route's defaults (nanochat's chat_web)
@@ -322,6 +324,49 @@ class NamedToolChoice(RequestBody):
     function: FunctionName
 
 
+# ---- response_format (structured outputs: nanochat/constrain.py) --------------------------------------
+class JsonSchemaSpec(RequestBody):
+    """OpenAI's `response_format.json_schema`. The schema is compiled here, so that a feature the grammar
+    library does not support is a 400 naming it; the reply is always constrained to it, strict or not."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="the schema's name (not used)")
+    description: str | None = Field(None, description="what the reply is for (not used)")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="a JSON schema; {} allows any JSON value"
+    )
+    strict: bool | None = Field(None, description="accepted: the reply always follows the schema")
+
+    @field_validator("schema_")
+    @classmethod
+    def _compiles(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        check_schema(canonical_schema(schema))  # GrammarError is a ValueError: a 400 naming the field
+        return schema
+
+
+class ResponseFormat(RequestBody):
+    """OpenAI's response_format: text, json_object (any JSON object) or json_schema (JSON valid
+    against it)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = Field(None, description="with type json_schema (and only then)")
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema is required with type "json_schema", and allowed only then')
+        return self
+
+    def constraint(self) -> Constraint | None:
+        """The engine's constraint for this format (None: free text)."""
+        if self.json_schema is not None:
+            return Constraint(canonical_schema(self.json_schema.schema_))
+        return Constraint() if self.type == "json_object" else None
+
+
 # ---- POST /v1/chat/completions ----------------------------------------------------------------------
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -334,7 +379,11 @@ class ChatCompletionRequest(SamplingFields):
     )
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="text; json_object (any JSON object); or json_schema: the reply is JSON valid against "
+        "json_schema.schema (constrained decoding), unless cut by max_tokens (finish_reason length)",
+    )
     parallel_tool_calls: bool | None = Field(
         None, description="at most one call per reply either way (docs/serving.md, 'Tool calls')"
     )
@@ -355,6 +404,8 @@ class ChatCompletionRequest(SamplingFields):
 
     def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
         params = super().to_sampling_params(defaults)
+        if self.response_format is not None:
+            params = replace(params, constraint=self.response_format.constraint())
         return replace(params, logprobs=self.top_logprobs or 0) if self.logprobs else params
 
     def unsupported_parameter(self) -> str | None:
@@ -362,8 +413,6 @@ class ChatCompletionRequest(SamplingFields):
             return "functions"
         if self.function_call not in (None, "none", "auto"):
             return "function_call"
-        if self.response_format not in (None, {"type": "text"}):
-            return "response_format"
         return super().unsupported_parameter()
 
     def screened(self) -> tuple[list[str], str]:

@@ -39,6 +39,35 @@ ENGINE_PROMPT_TOKENS = 32  # about the length of the chat prompts below once ren
 ENGINE_REPEATS = 5  # best of: one decode run of a small model is short, so a busy machine shows in it
 MAX_ERROR_SAMPLES = 5
 RSS_METRIC = "nanochat_process_resident_memory_bytes"  # app/observability/catalog.py PROCESS_MEMORY
+TARGET_JSON_VS_FREE = 0.85  # tokens/s with --json-share of the requests constrained vs none
+# --json-share's requests: structured outputs, a list long enough to fill max_tokens (cut: "length")
+JSON_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "inventory",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 24},
+                            "count": {"type": "integer", "minimum": 0},
+                            "kind": {"enum": ["tool", "food", "book", "other"]},
+                        },
+                        "required": ["name", "count", "kind"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["items"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 # Open-ended requests, so a model that stops at end-of-turn still writes long answers.
 PROMPTS = (
@@ -141,7 +170,8 @@ def chat_request_fields(openapi: dict) -> set[str]:
     return set(schema.get("properties", {}))
 
 
-def chat_request(info: ServerInfo, prompt: str, max_tokens: int) -> dict:
+def chat_request(info: ServerInfo, prompt: str, max_tokens: int, constrained: bool = False) -> dict:
+    """A streaming greedy request; `constrained`: its reply JSON valid against JSON_FORMAT's schema."""
     body: dict = {
         "model": info.model,
         "messages": [{"role": "user", "content": prompt}],
@@ -153,6 +183,8 @@ def chat_request(info: ServerInfo, prompt: str, max_tokens: int) -> dict:
         body["ignore_eos"] = True
     if info.stream_usage:
         body["stream_options"] = {"include_usage": True}
+    if constrained:
+        body["response_format"] = JSON_FORMAT
     return body
 
 
@@ -267,16 +299,28 @@ async def server_memory(client: httpx.AsyncClient, pid: int | None) -> dict[str,
     return process_memory(pid) if pid is not None else await scraped_memory(client)
 
 
+def constrained_request(i: int, share: float) -> bool:
+    """Whether request i is one of the `share` constrained (spread evenly: 0.5 is every other one)."""
+    return int((i + 1) * share) > int(i * share)
+
+
 async def run_level(
-    client: httpx.AsyncClient, info: ServerInfo, concurrency: int, requests: int, max_tokens: int
+    client: httpx.AsyncClient,
+    info: ServerInfo,
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+    json_share: float = 0.0,
 ) -> dict:
-    """`concurrency` clients send `requests` streaming requests in all, each client one at a time."""
+    """`concurrency` clients send `requests` streaming requests in all, each client one at a time;
+    `json_share` of them with a JSON schema's response_format."""
     pending = iter(range(requests))
     results: list[StreamResult] = []
 
     async def client_loop() -> None:
         for i in pending:
-            body = chat_request(info, PROMPTS[i % len(PROMPTS)], max_tokens)
+            constrained = constrained_request(i, json_share)
+            body = chat_request(info, PROMPTS[i % len(PROMPTS)], max_tokens, constrained)
             results.append(await stream_chat(client, body, info.stream_usage))
 
     start = time.perf_counter()
@@ -291,6 +335,7 @@ async def run_level(
     errors = [r.error for r in results if r.error is not None]
     return {
         "concurrency": concurrency,
+        "json_share": json_share,
         "requests": len(results),
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:MAX_ERROR_SAMPLES],
@@ -394,13 +439,15 @@ async def run_serve_benchmark(args: argparse.Namespace) -> dict:
             "idle": await server_memory(client, pid),
             "after_level": {},
         }
-        levels = {}
+        levels, json_levels = {}, {}
         for concurrency in args.concurrency:
-            requests = args.requests_per_level or max(4 * concurrency, 16)
-            levels[str(concurrency)] = await run_level(
-                client, info, concurrency, max(requests, concurrency), args.max_tokens
-            )
+            requests = max(args.requests_per_level or max(4 * concurrency, 16), concurrency)
+            levels[str(concurrency)] = await run_level(client, info, concurrency, requests, args.max_tokens)
             memory["after_level"][str(concurrency)] = await server_memory(client, pid)
+            if args.json_share:  # the same level again, that share of it constrained
+                json_levels[str(concurrency)] = await run_level(
+                    client, info, concurrency, requests, args.max_tokens, args.json_share
+                )
 
     result: dict = {
         "url": args.url,
@@ -423,6 +470,14 @@ async def run_serve_benchmark(args: argparse.Namespace) -> dict:
         result["ratios"]["streams16_vs_streams1"] = round(sixteen / one, 2)
     if one and engine.get("request_tokens_per_s"):
         result["ratios"]["service_1stream_vs_engine"] = round(one / engine["request_tokens_per_s"], 2)
+    if json_levels:
+        result["json_levels"] = json_levels
+        result["targets"]["json_share_vs_free"] = TARGET_JSON_VS_FREE
+        for level, mixed in json_levels.items():
+            free = levels[level]["output_tokens_per_s"]
+            if free and mixed["output_tokens_per_s"]:
+                ratio = round(mixed["output_tokens_per_s"] / free, 3)
+                result["ratios"][f"json_share_vs_free_streams{level}"] = ratio
     decode_rate = engine.get("decode_batch1_tokens_per_s")
     tpot = levels.get("1", {}).get("tpot_ms", {}).get("p50")
     if tpot and decode_rate:
@@ -442,13 +497,19 @@ def format_table(result: dict) -> str:
         f"{'streams':>7} {'requests':>8} {'errors':>6} {'tokens/s':>9} {'TTFT p50/p95 ms':>17} "
         f"{'TPOT p50/p95 ms':>17} {'E2E p50/p95 ms':>17}",
     ]
-    for level in result["levels"].values():
+    rows = [(level, "") for level in result["levels"].values()]
+    if "json_levels" in result:  # each level free, then with its share constrained
+        rows = []
+        for key, level in result["levels"].items():
+            json_level = result["json_levels"][key]
+            rows += [(level, " free"), (json_level, f" json {json_level['json_share']:g}")]
+    for level, kind in rows:
         ttft, tpot, e2e = level["ttft_ms"], level["tpot_ms"], level["e2e_ms"]
         lines.append(
             f"{level['concurrency']:>7} {level['requests']:>8} {level['errors']:>6} "
             f"{level['output_tokens_per_s']:>9g} {cell(ttft['p50']) + ' / ' + cell(ttft['p95']):>17} "
             f"{cell(tpot['p50']) + ' / ' + cell(tpot['p95']):>17} "
-            f"{cell(e2e['p50']) + ' / ' + cell(e2e['p95']):>17}"
+            f"{cell(e2e['p50']) + ' / ' + cell(e2e['p95']):>17}{kind}"
         )
         for sample in level["error_samples"]:
             lines.append(f"        error: {sample}")
@@ -478,6 +539,8 @@ def format_table(result: dict) -> str:
         )
     for name, value in result["ratios"].items():
         target = result["targets"].get(name)
+        if name.startswith("json_share_vs_free"):
+            target = result["targets"]["json_share_vs_free"]
         lines.append(f"{name}: {value:g}" + (f" (target >= {target:g})" if target else ""))
     return "\n".join(lines)
 
@@ -494,6 +557,16 @@ def _levels(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError(f"expected positive concurrency levels, got {text!r}")
     return levels
+
+
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return share
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -528,6 +601,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_int,
         metavar="PID",
         help="the server's process on this machine: its RSS from /proc/PID/status (default: from /metrics)",
+    )
+    parser.add_argument(
+        "--json-share",
+        type=_share,
+        default=0.0,
+        metavar="F",
+        help="also run each level with this share of the requests constrained by a JSON schema "
+        "(response_format), e.g. 0.5; ratios json_share_vs_free_streamsN (default 0: skip)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     engine = parser.add_argument_group("the engine baseline (measured in this process)")

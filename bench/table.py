@@ -198,6 +198,8 @@ def service_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch:
         ]  # fmt: skip
         if args.requests_per_level:
             argv += ["--requests-per-level", str(args.requests_per_level)]
+        if args.json_share:
+            argv += ["--json-share", str(args.json_share)]
         try:
             result = asyncio.run(serve.run_serve_benchmark(serve.build_parser().parse_args(argv)))
         except (serve.BenchError, httpx.HTTPError) as e:
@@ -217,6 +219,10 @@ def service_run(tree: Tree, checkpoint: Path, args: argparse.Namespace, scratch:
             "rss_bytes": after.get("rss_bytes"),
             "peak_rss_bytes": after.get("peak_rss_bytes"),
         }
+        mixed = result.get("json_levels", {}).get(streams)
+        if mixed:  # --json-share: the level again, that share of it constrained by a JSON schema
+            levels[streams]["json_tokens_per_s"] = mixed["output_tokens_per_s"]
+            levels[streams]["json_errors"] = mixed["errors"]
     return {"settings": settings, "idle_rss_bytes": (memory["idle"] or {}).get("rss_bytes"), "levels": levels}
 
 
@@ -308,6 +314,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "dtype": args.dtype,
                 "streams": args.streams,
                 "max_tokens": args.max_tokens,
+                "json_share": args.json_share,
                 "server_env": dict(args.server_env),
             },
             "commits": commits,
@@ -373,6 +380,16 @@ def table_rows(result: dict) -> list[tuple[str, list[tuple[str, float | None]], 
             goal = SERVICE_GOALS.get(streams, "")
             label = f"service, {streams} streams, {settings['max_tokens']}-token replies (tok/s)"
             rows.append((label, cells, goal))
+            if settings.get("json_share"):
+                cells = []
+                for f in figures:
+                    level = (f.get("service") or {"levels": {}})["levels"].get(str(streams)) or {}
+                    mixed, free = level.get("json_tokens_per_s"), level.get("tokens_per_s")
+                    text = f"{_n(mixed)} ({_ratio(mixed, free)} of free)" if mixed else "–"
+                    cells.append((text, mixed))
+                share = f"{settings['json_share']:.0%}"
+                label = f"service, {streams} streams, {share} of requests JSON-schema constrained (tok/s)"
+                rows.append((label, cells, f"≥ {serve.TARGET_JSON_VS_FREE:.0%} of free"))
     if "cold-start" in settings["rows"]:
         starts = [f.get("cold-start") or {} for f in figures]
         # the ratio of times the other way round, so that > 1 means faster here too
@@ -453,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NANOCHAT_X=V",
         help="a setting for the servers of both trees (service and cold start rows), repeatable",
+    )
+    parser.add_argument(
+        "--json-share",
+        type=serve._share,
+        default=0.0,
+        metavar="F",
+        help="service rows: also each level with this share of requests JSON-schema constrained (0: skip)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (the table in it)")
     return parser

@@ -354,7 +354,10 @@ class BatchedEngine(abc.ABC):
     def _constrained(self, rows: list[Continuation], logits: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """`logits` with the tokens a constraint refuses at -inf in the rows that have one (their masks in
         one batched fill); `logits` itself when none has. Never changes `raw`, the model's logits."""
-        masked = [i for i, c in enumerate(rows) if c.constraint is not None and c.constraint.masked]
+        # (a row whose next token is forced by the tool takes it whatever the logits)
+        masked = [
+            i for i, c in enumerate(rows) if c.constraint is not None and c.constraint.masked and not c.forced
+        ]
         if not masked:
             return logits
         assert self._grammars is not None  # made by begin for a constrained generation

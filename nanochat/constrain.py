@@ -20,6 +20,7 @@ It does not sample or apply the stop rules: `nanochat.batching` calls `allowed` 
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from typing import Any
 
@@ -28,7 +29,9 @@ import llguidance.torch
 import numpy as np
 import torch
 
-from nanochat.backend import Constraint, EngineError
+from nanochat.backend import FINISH_STOP, Constraint, EngineError
+
+logger = logging.getLogger(__name__)
 
 GRAMMAR_CACHE_SIZE = 256  # compiled grammars kept per engine (a schema's matcher is copied per continuation)
 # Compact JSON: no whitespace between tokens, so a small model cannot wander off into blank lines.
@@ -95,8 +98,11 @@ class RowConstraint:
         if token == self.end_token and self.matcher.is_accepting():
             self.finished = True
             return self.constraint.finish_reason
-        if not self.matcher.consume_token(token):  # only a token the mask refused (none can come)
-            raise EngineError(f"token {token} breaks the constraint: {self.matcher.get_error()}")
+        if not self.matcher.consume_token(token):  # a token the mask refused: none can come, but if one did,
+            # end this continuation rather than fail every generation in the batch
+            logger.error("token %d broke a constraint (%s); the choice ends", token, self.matcher.get_error())
+            self.finished = True
+            return FINISH_STOP
         return None
 
 

@@ -317,7 +317,7 @@ def check_tools(body: GenerationRequest, runtime: Runtime) -> list[Function]:
     if runtime.settings.backend != "nanochat":
         message = "tools need the nanochat backend (this server runs NANOCHAT_BACKEND=hf)"
         raise invalid(message, "tools", "unsupported_parameter")
-    if body.response_format not in (None, {"type": "text"}):
+    if body.response_format is not None and body.response_format.type != "text":
         message = "response_format cannot be combined with tools: a reply is either a tool call or the format"
         raise invalid(message, "response_format", "unsupported_parameter")
     functions = offered_functions(body)

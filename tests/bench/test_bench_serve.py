@@ -15,7 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.observability import catalog
-from bench.serve import RSS_METRIC, SseSplitter, chat_request_fields, main, percentile, process_memory
+from bench.serve import (
+    RSS_METRIC,
+    SseSplitter,
+    chat_request_fields,
+    constrained_request,
+    main,
+    percentile,
+    process_memory,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo"
@@ -116,3 +124,26 @@ def test_sse_splitter_gives_the_same_payloads_whatever_the_block_sizes(cuts: lis
         payloads += splitter.feed(stream[start : start + size])
         start += size
     assert payloads == [b'{"a": 1}', b"two", b'{"text": "caf\xc3\xa9 \\n"}', b"[DONE]"]
+
+
+@pytest.mark.parametrize(("share", "expected"), [(0.0, 0), (0.5, 5), (0.25, 2), (1.0, 10)])
+def test_json_share_spreads_the_constrained_requests(share: float, expected: int) -> None:
+    chosen = [i for i in range(10) if constrained_request(i, share)]
+    assert len(chosen) == expected
+    if share == 0.5:
+        assert chosen == [1, 3, 5, 7, 9]
+
+
+def test_json_share_runs_each_level_again_partly_constrained(base_url: str) -> None:
+    command = [
+        sys.executable, "-m", "bench.serve", "--url", base_url, "--concurrency", "2",
+        "--requests-per-level", "4", "--max-tokens", "8", "--json-share", "0.5", "--json",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    mixed = result["json_levels"]["2"]
+    assert mixed["errors"] == 0 and mixed["json_share"] == 0.5 and mixed["requests"] == 4, mixed
+    assert result["levels"]["2"]["json_share"] == 0.0
+    assert result["ratios"]["json_share_vs_free_streams2"] > 0
+    assert result["targets"]["json_share_vs_free"] == 0.85

@@ -250,3 +250,10 @@ def test_grammars_from_a_transformers_tokenizer():
     eos = hf.tokenizer.hf.eos_token_id
     assert tokens[-1] == eos
     jsonschema.validate(json.loads(hf.tokenizer.hf.decode(tokens[:-1])), SCHEMA)
+
+
+def test_a_token_the_mask_refused_ends_only_that_choice(engine):
+    grammars = engine._make_grammars()
+    row = grammars.row(CONSTRAINED)
+    assert row.advance(engine.tokenizer.encode("x")[0]) == "stop"  # not JSON: the choice ends
+    assert row.finished and not row.masked
