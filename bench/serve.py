@@ -40,7 +40,8 @@ ENGINE_REPEATS = 5  # best of: one decode run of a small model is short, so a bu
 MAX_ERROR_SAMPLES = 5
 RSS_METRIC = "nanochat_process_resident_memory_bytes"  # app/observability/catalog.py PROCESS_MEMORY
 TARGET_JSON_VS_FREE = 0.85  # tokens/s with --json-share of the requests constrained vs none
-# --json-share's requests: structured outputs, a list long enough to fill max_tokens (cut: "length")
+# --json-share's requests: structured outputs, a list of at least 32 items, so that a constrained reply
+# runs to max_tokens (cut: "length") as a free one does with ignore_eos: tokens/s compare like with like
 JSON_FORMAT = {
     "type": "json_schema",
     "json_schema": {
@@ -51,6 +52,7 @@ JSON_FORMAT = {
             "properties": {
                 "items": {
                     "type": "array",
+                    "minItems": 32,
                     "items": {
                         "type": "object",
                         "properties": {
