@@ -9,7 +9,7 @@ OpenAI-compatible: `/v1/chat/completions`, `/v1/completions`, `/v1/models`. The 
 Requests are strict (`"3"` is not an integer). The field policy of the OpenAI routes (docs/serving.md,
 "Request fields"): every field is either honoured, or accepted and ignored because it cannot change the
 reply (`IGNORED_FIELDS`, each with why), or refused with a 400 `unsupported_parameter` naming it: fields
-this server knows but cannot honour are accepted only at their no-op values (`tools: []`, `best_of` = `n`),
+this server knows but cannot honour are accepted only at their no-op values (`functions: []`, `best_of`: `n`),
 and a field it does not know is refused (`extra="forbid"`). The generation requests turn themselves into
 the engine's SamplingParams (`to_sampling_params(defaults)`). Responses are sent without null fields.
 """
@@ -44,7 +44,6 @@ IGNORED_FIELDS: dict[str, str] = {
     "store": "OpenAI's stored completions; nothing is stored here",
     "service_tier": "OpenAI's billing and latency tier; this server has one tier",
     "prompt_cache_key": "OpenAI's cache routing hint; the prefix cache needs none",
-    "parallel_tool_calls": "only matters with tools, which are refused (chat)",
 }
 LOGIT_BIAS_MAX = 100.0  # as OpenAI: a bias in [-100, 100] per token id
 
@@ -138,10 +137,26 @@ class TextPart(RequestBody):
 Content = Annotated[Text | list[TextPart] | None, BeforeValidator(_content)]
 
 
+class ToolCallFunction(RequestBody):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON text (an object)")
+
+
+class ToolCall(RequestBody):
+    """A call an assistant message made (as a response's `message.tool_calls` has it)."""
+
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatMessage(RequestBody):
-    role: Literal["system", "developer", "user", "assistant"]  # "developer" is OpenAI's newer "system"
+    # "developer" is OpenAI's newer "system"; "tool" carries a tool's result (its tool_call_id)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Content = Field(None, validate_default=True)  # checked when absent too: a user turn needs it
     name: str | None = None  # accepted, ignored
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant: the tools it called")
+    tool_call_id: str | None = Field(None, description="tool: the id of the call this answers")
 
     @field_validator("content")
     @classmethod
@@ -154,6 +169,17 @@ class ChatMessage(RequestBody):
     @property
     def text(self) -> str:
         return _joined(self.content)
+
+
+def tool_fields(message: ChatMessage) -> dict[str, Any]:
+    """A message's tool fields as `nanochat.tool_calls.chat_turns` takes them (none: {})."""
+    if message.tool_calls:
+        calls = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+            for c in message.tool_calls
+        ]
+        return {"tool_calls": calls}
+    return {"tool_call_id": message.tool_call_id} if message.role == "tool" else {}
 
 
 def user_texts(messages: list[ChatMessage]) -> list[str]:
@@ -297,6 +323,38 @@ class Citation(BaseModel):
     )
 
 
+# ---- tools (docs/serving.md, "Tool calls") -----------------------------------------------------------
+class FunctionDefinition(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(description="1 to 64 letters, digits, '_' or '-'")
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="a JSON schema of the arguments (an object); the arguments are constrained to it"
+    )
+    strict: bool | None = Field(None, description="accepted: the arguments always follow the schema")
+
+
+class ToolDefinition(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
 # ---- response_format (structured outputs: nanochat/constrain.py) --------------------------------------
 class JsonSchemaSpec(RequestBody):
     """OpenAI's `response_format.json_schema`. The schema is compiled here, so that a feature the grammar
@@ -344,8 +402,12 @@ class ResponseFormat(RequestBody):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="wins over max_tokens")
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = Field(
+        None, description="functions the model may call (docs/serving.md, 'Tool calls')"
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="default auto with tools; required or a named function: the reply is a call"
+    )
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: ResponseFormat | None = Field(
@@ -353,7 +415,9 @@ class ChatCompletionRequest(SamplingFields):
         description="text; json_object (any JSON object); or json_schema: the reply is JSON valid against "
         "json_schema.schema (constrained decoding), unless cut by max_tokens (finish_reason length)",
     )
-    parallel_tool_calls: bool | None = ignored("parallel_tool_calls")
+    parallel_tool_calls: bool | None = Field(
+        None, description="at most one call per reply either way (docs/serving.md, 'Tool calls')"
+    )
     logprobs: bool | None = Field(None, description="each content token's logprob (raw model distribution)")
     top_logprobs: int | None = Field(
         None,
@@ -380,10 +444,10 @@ class ChatCompletionRequest(SamplingFields):
         return replace(params, logprobs=self.top_logprobs or 0) if self.logprobs else params
 
     def unsupported_parameter(self) -> str | None:
-        if self.tools or self.functions:
-            return "tools" if self.tools else "functions"
-        if self.tool_choice not in (None, "none", "auto") or self.function_call not in (None, "none", "auto"):
-            return "tool_choice" if self.tool_choice not in (None, "none", "auto") else "function_call"
+        if self.functions:
+            return "functions"
+        if self.function_call not in (None, "none", "auto"):
+            return "function_call"
         return super().unsupported_parameter()
 
     def screened(self) -> tuple[list[str], str]:
@@ -423,15 +487,30 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="a JSON text")
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="null when the reply is only a tool call")
+    tool_calls: list[ResponseToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: FinishReason | None
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -446,15 +525,31 @@ class ChatCompletion(BaseModel):
     citations: list[Citation] | None = Field(None, description="with `retrieval`: the numbered sources")
 
 
+class ChunkFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    """A piece of a streamed call: the first has its id, type, name and arguments "", the rest more
+    arguments text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
 
 

@@ -287,8 +287,12 @@ class Tokenizer:
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         """Prompt ids for the assistant's answer to `messages` (ending with the user's turn): the whole
-        conversation, not cut at 2048 tokens (the caller checks the context), then <|assistant_start|>."""
+        conversation, not cut at 2048 tokens (the caller checks the context), then <|assistant_start|>.
+        Messages ending with an assistant turn (e.g. one whose last part is a tool's output) are continued:
+        the prompt ends inside that turn, without its <|assistant_end|>."""
         ids, _ = self.render_conversation({"messages": messages}, max_tokens=2**62)
+        if _messages({"messages": messages})[-1].get("role") == "assistant":
+            return ids[:-1]  # render_conversation closes every assistant turn with <|assistant_end|>
         return [*ids, self._special_ids["<|assistant_start|>"]]
 
     def _token_id(self, token: int | str) -> int:

@@ -5,6 +5,10 @@ choice with `delta.role`, then content deltas, then a chunk with each choice's `
 usage chunk (`stream_options.include_usage`, empty `choices`) and `data: [DONE]`. An error after the stream
 started (deadline, shutdown) arrives as one `data: {"error": {...}}` event, without `[DONE]`.
 
+Tool calls (docs/serving.md, "Tool calls"): with `tools`, a reply that calls a function has
+`message.tool_calls` (streamed: `tool_calls` deltas, the first with id, type, name and arguments "") and
+`finish_reason: tool_calls`; `app.api.serving` splits the reply into content and the call.
+
 Logprobs: chat `logprobs` + `top_logprobs`, completions `logprobs` (+ `echo`: the prompt's too), from the
 model's raw distribution (docs/serving.md); streamed, each chunk carries the entries of its tokens. A
 completion request may send several prompts (or token-id lists): choice index prompt_i * n + j, usage summed.
@@ -37,14 +41,17 @@ from app.api.rag import with_retrieval
 from app.api.serving import (
     Generation,
     Prompt,
+    call_token,
     chat_logprobs,
     collect,
     completion_logprobs,
     delta_groups,
     event_stream,
+    message_tool_calls,
     prepare_generation,
     prepare_generations,
     sse,
+    tool_chunk_deltas,
 )
 from app.contract import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH
 from app.errors import GENERATION_ERRORS, ErrorResponse, from_exception, invalid
@@ -66,11 +73,13 @@ from app.schemas import (
     ModelCard,
     ModelList,
     NanochatInfo,
+    ResponseToolCall,
     RetrievalOptions,
     Usage,
 )
 from app.validation import check_model
 from nanochat.backend import ChatTokenizer
+from nanochat.tool_calls import CallSplitter, new_call_id
 
 router = APIRouter(tags=["openai"])
 OWNED_BY = "nanochat"
@@ -113,12 +122,21 @@ async def chat_completions(
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
     note_response_id(completion_id)
     tokenizer = rt.tokenizer if body.logprobs else None
+    start = call_token(body, rt.tokenizer)
     if body.stream:
         events = _chat_events(
-            stream, completion_id, created, rt.model_name, body.include_usage, prompt, tokenizer, citations
+            stream,
+            completion_id,
+            created,
+            rt.model_name,
+            body.include_usage,
+            prompt,
+            tokenizer,
+            citations=citations,
+            start=start,
         )
         return event_stream(events, stream, headers)
-    result = await collect(stream, request)
+    result = await collect(stream, request, start)
     completion = ChatCompletion(
         id=completion_id,
         created=created,
@@ -126,7 +144,7 @@ async def chat_completions(
         choices=[
             ChatChoice(
                 index=i,
-                message=AssistantMessage(content=text),
+                message=_message(text, message_tool_calls(result.calls[i]) if result.calls else None),
                 finish_reason=reason,
                 logprobs=chat_logprobs(tokenizer, result.scored[i]) if tokenizer else None,
             )
@@ -137,6 +155,11 @@ async def chat_completions(
         citations=citations,
     )
     return _json(completion, headers)
+
+
+def _message(text: str, tool_calls: list[ResponseToolCall] | None) -> AssistantMessage:
+    """The reply: its text (null when it is only a tool call) and its call, if any."""
+    return AssistantMessage(content=text if text or not tool_calls else None, tool_calls=tool_calls)
 
 
 def content_chunk_writer(completion_id: str, created: int, model: str):
@@ -164,10 +187,12 @@ async def _chat_events(
     prompt: Prompt,
     tokenizer: ChatTokenizer | None,
     citations: list[Citation] | None = None,
+    start: int | None = None,
 ) -> AsyncIterator[str]:
     """`tokenizer` given: with logprobs, each content chunk carrying its tokens' entries (a token whose
     text is held back, part of a character or of a possible stop string, comes with the next text).
-    `citations` (retrieval) go in the last chunk before `[DONE]`, with no choices, like the usage."""
+    `citations` (retrieval) go in the last chunk before `[DONE]`, with no choices, like the usage.
+    `start` given (<|python_start|>, tools offered): a call is streamed as tool_calls deltas."""
 
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
         body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
@@ -175,6 +200,8 @@ async def _chat_events(
 
     content = content_chunk_writer(completion_id, created, model)
     scored: list[list[Delta]] = [[] for _ in range(stream.n)]
+    calls = [CallSplitter(start) for _ in range(stream.n)] if start is not None else []
+    call_ids = [new_call_id() for _ in calls]
     for i in range(stream.n):
         role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
         yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
@@ -182,7 +209,11 @@ async def _chat_events(
         async for group in delta_groups(stream):
             events = []
             for delta in group:
-                if tokenizer is not None:
+                if calls:
+                    events.extend(
+                        chunk([c]) for c in _tool_choices(delta, calls, call_ids, scored, tokenizer)
+                    )
+                elif tokenizer is not None:
                     scored[delta.index].append(delta)
                     if delta.text or delta.finish_reason:
                         logprobs = chat_logprobs(tokenizer, scored[delta.index])
@@ -208,6 +239,29 @@ async def _chat_events(
     if citations is not None:
         yield chunk([], citations=citations)
     yield "data: [DONE]\n\n"
+
+
+def _tool_choices(
+    delta: Delta,
+    calls: list[CallSplitter],
+    call_ids: list[str],
+    scored: list[list[Delta]],
+    tokenizer: ChatTokenizer | None,
+) -> list[ChatChunkChoice]:
+    """One delta of a request with tools as chunk choices (content or call pieces); with logprobs, the
+    first carries the entries of the tokens since the last chunk (the finish chunk follows separately)."""
+    i = delta.index
+    deltas = tool_chunk_deltas(calls[i], delta, call_ids[i])
+    if tokenizer is None:
+        return [ChatChunkChoice(index=i, delta=d) for d in deltas]
+    scored[i].append(delta)
+    if not deltas and delta.finish_reason:
+        deltas = [ChunkDelta(content="")]  # the last tokens' logprobs
+    choices = [ChatChunkChoice(index=i, delta=d) for d in deltas]
+    if choices:
+        choices[0].logprobs = chat_logprobs(tokenizer, scored[i])
+        scored[i] = []
+    return choices
 
 
 # ---- completions ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anyio import to_thread
@@ -38,19 +38,38 @@ from app.observability import metrics
 from app.observability.context import note_generation
 from app.scheduler import Delta, GenerationStream
 from app.schemas import (
+    LOGIT_BIAS_MAX,
     ChatCompletionRequest,
     ChatMessage,
     ChoiceLogprobs,
+    ChunkDelta,
+    ChunkFunction,
+    ChunkToolCall,
     CompletionLogprobs,
     CompletionRequest,
+    FunctionCall,
     GenerationRequest,
+    NamedToolChoice,
+    ResponseToolCall,
     SamplingDefaults,
     TokenLogprob,
     TopLogprob,
     WebChatRequest,
+    tool_fields,
 )
-from nanochat.backend import ChatTokenizer, EngineError, SamplingParams
+from nanochat.backend import ChatTokenizer, Constraint, EngineError, SamplingParams
+from nanochat.constrain import GrammarError, canonical_schema, check_schema
 from nanochat.tokenizer import TokenizerError
+from nanochat.tool_calls import (
+    FINISH_TOOL_CALLS,
+    CallSplitter,
+    Function,
+    ToolCallError,
+    call_schema,
+    chat_turns,
+    check_functions,
+    new_call_id,
+)
 
 logger = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 2000  # up to this many characters, tokenizing (~0.1 ms) beats a thread hop
@@ -92,15 +111,18 @@ async def prepare_generations(
     settings = runtime.settings
     validation.check_sampling(body, settings)
     runtime.scheduler_or_503()  # the prompt needs the model's tokenizer
+    functions = check_tools(body, runtime)
     if isinstance(body, CompletionRequest):
         prompts = [await completion_prompt(runtime, prompt) for prompt in body.prompts]
     else:
-        prompts = [await chat_prompt(runtime, body.messages)]
+        prompts = [await chat_prompt(runtime, body.messages, functions)]
     texts, param = body.screened()
     if isinstance(body, CompletionRequest):  # token-id prompts too, as the text they are
         texts = [prompt.text for prompt in prompts]
     screened = await screen(runtime, texts, param)
     params = sampling_params(body, settings)
+    if isinstance(body, ChatCompletionRequest) and body.tools:
+        params = tool_params(body, runtime.tokenizer, params)
     check_token_ids(params, runtime.tokenizer.get_vocab_size())
     validation.check_batch(params.n, runtime.max_batch)
     generations: list[Generation] = []
@@ -116,24 +138,39 @@ async def prepare_generations(
 
 
 # ---- prompts ----------------------------------------------------------------------------------------
-def _conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """Our messages as the tokenizer's conversation: "developer" is a system message, roles are checked."""
-    turns = []
+def _conversation(
+    messages: Sequence[ChatMessage], functions: Sequence[Function] = ()
+) -> tuple[list[dict[str, Any]], bool]:
+    """Our messages as the tokenizer's conversation, and whether it ends inside the assistant's turn
+    (after tool results): "developer" is a system message, roles are checked, tools are rendered
+    (nanochat.tool_calls)."""
+    plain = []
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
         if role == "system" and i != 0:
             text = f"message {i} is a system message; only the first message may be one"
             raise invalid(text, f"messages.{i}.role")
-        turns.append({"role": role, "content": message.text})
-    if turns[-1]["role"] != "user":
+        if message.tool_calls and role != "assistant":
+            raise invalid(
+                f"message {i} has tool_calls; only assistant messages may", f"messages.{i}.tool_calls"
+            )
+        if role == "tool" and message.tool_call_id is None:
+            raise invalid(f"message {i} is a tool message without tool_call_id", f"messages.{i}.tool_call_id")
+        plain.append({"role": role, "content": message.text, **tool_fields(message)})
+    try:
+        turns, continues = chat_turns(plain, functions)
+    except ToolCallError as e:
+        raise invalid(str(e), e.param) from None
+    last = plain[-1]["role"]
+    if last != "user" and not continues:
         raise invalid(
-            f"the last message has role {turns[-1]['role']!r}; it must be the user's turn to answer",
-            f"messages.{len(turns) - 1}.role",
+            f"the last message has role {last!r}; it must be the user's turn (or tool results) to answer",
+            f"messages.{len(plain) - 1}.role",
         )
-    return turns
+    return turns, continues
 
 
-def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
+def _render(runtime: Runtime, turns: list[dict[str, Any]]) -> list[int]:
     try:  # the backend's own rendering: nanochat's conversation format, or the model's chat template
         return runtime.tokenizer.chat_prompt(turns)
     except TokenizerError as e:
@@ -142,11 +179,14 @@ def _render(runtime: Runtime, turns: list[dict[str, str]]) -> list[int]:
 
 def render_chat(runtime: Runtime, messages: Sequence[ChatMessage]) -> list[int]:
     """The prompt ids of a chat, uncut (400 for a chat the model cannot answer as it stands)."""
-    return _render(runtime, _conversation(messages))
+    check_tool_messages(messages, runtime)
+    return _render(runtime, _conversation(messages)[0])
 
 
-def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
-    turns = _conversation(messages)
+def _chat_prompt(
+    runtime: Runtime, messages: Sequence[ChatMessage], functions: Sequence[Function] = ()
+) -> Prompt:
+    turns, continues = _conversation(messages, functions)
     ids = _render(runtime, turns)
     context = runtime.context
     if validation.fits(len(ids), context):
@@ -157,7 +197,8 @@ def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
     head = turns[:1] if turns[0]["role"] == "system" else []
     rest = turns[len(head) :]
     dropped = 0
-    while not validation.fits(len(ids), context) and len(rest) > 1:
+    keep = 2 if continues else 1  # the last user turn, and the assistant turn it continues
+    while not validation.fits(len(ids), context) and len(rest) > keep:
         rest = rest[2:]
         dropped += 2
         ids = _render(runtime, head + rest)
@@ -165,12 +206,15 @@ def _chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
     return Prompt(ids, dropped)
 
 
-async def chat_prompt(runtime: Runtime, messages: Sequence[ChatMessage]) -> Prompt:
-    """Prompt ids for the assistant's next turn, within the limits. Long conversations are tokenized off
-    the event loop; short ones on it, where that takes less time than the hop to a worker thread."""
+async def chat_prompt(
+    runtime: Runtime, messages: Sequence[ChatMessage], functions: Sequence[Function] = ()
+) -> Prompt:
+    """Prompt ids for the assistant's next turn, within the limits, with the offered functions in the
+    system text. Long conversations are tokenized off the event loop; short ones on it, where that takes
+    less time than the hop to a worker thread."""
     if validation.check_messages(messages, runtime.settings) <= INLINE_TOKENIZE_CHARS:
-        return _chat_prompt(runtime, messages)
-    return await to_thread.run_sync(_chat_prompt, runtime, messages)
+        return _chat_prompt(runtime, messages, functions)
+    return await to_thread.run_sync(_chat_prompt, runtime, messages, functions)
 
 
 async def completion_prompt(runtime: Runtime, prompt: str | list[int]) -> Prompt:
@@ -197,6 +241,123 @@ def decode_ids(tokenizer: ChatTokenizer, ids: Sequence[int], param: str) -> str:
         return tokenizer.decode(ids)
     except TokenizerError as e:
         raise invalid(str(e), param) from None
+
+
+# ---- tools ------------------------------------------------------------------------------------------
+def check_tool_messages(messages: Sequence[ChatMessage], runtime: Runtime) -> None:
+    """Tool messages and calls are rendered in nanochat's chat format only."""
+    if runtime.settings.backend != "nanochat":
+        for i, message in enumerate(messages):
+            if message.tool_calls or message.role == "tool":
+                field = "tool_calls" if message.tool_calls else "role"
+                raise invalid(
+                    "tool calls need the nanochat backend (this server runs NANOCHAT_BACKEND=hf)",
+                    f"messages.{i}.{field}",
+                    "unsupported_parameter",
+                )
+
+
+def call_token(body: ChatCompletionRequest, tokenizer: ChatTokenizer) -> int | None:
+    """The token that starts a call, when the request's reply may be one (tools offered, choice not none)."""
+    if not body.tools or body.tool_choice == "none":
+        return None
+    return tokenizer.encode_special("<|python_start|>")
+
+
+def message_tool_calls(splitter: CallSplitter) -> list[ResponseToolCall] | None:
+    """A choice's `message.tool_calls`: its call (a fresh id), if it made one."""
+    if not splitter.called:
+        return None
+    return [
+        ResponseToolCall(
+            id=new_call_id(), function=FunctionCall(name=splitter.name, arguments=splitter.arguments)
+        )
+    ]
+
+
+def tool_chunk_deltas(splitter: CallSplitter, delta: Delta, call_id: str) -> list[ChunkDelta]:
+    """A streamed choice's delta as chunk deltas: content, the call's first piece (its id, type, name and
+    arguments ""), then pieces of its arguments (OpenAI's streamed tool_calls, index 0: one call a reply)."""
+    out = []
+    for piece in splitter.feed(delta.token, delta.text):
+        if piece.kind == "content":
+            out.append(ChunkDelta(content=piece.text))
+        elif piece.kind == "call":
+            function = ChunkFunction(name=piece.text, arguments="")
+            out.append(
+                ChunkDelta(
+                    tool_calls=[ChunkToolCall(index=0, id=call_id, type="function", function=function)]
+                )
+            )
+        else:
+            out.append(
+                ChunkDelta(tool_calls=[ChunkToolCall(index=0, function=ChunkFunction(arguments=piece.text))])
+            )
+    return out
+
+
+def offered_functions(body: ChatCompletionRequest) -> list[Function]:
+    return [
+        Function(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
+    ]
+
+
+def check_tools(body: GenerationRequest, runtime: Runtime) -> list[Function]:
+    """The functions a chat request offers, checked with what it asks of them (400s naming the field)."""
+    if not isinstance(body, ChatCompletionRequest | WebChatRequest):
+        return []
+    check_tool_messages(body.messages, runtime)
+    if not isinstance(body, ChatCompletionRequest):
+        return []
+    choice = body.tool_choice
+    if not body.tools:
+        if choice == "required" or isinstance(choice, NamedToolChoice):
+            raise invalid("tool_choice asks for a tool call, but the request offers no tools", "tool_choice")
+        return []
+    if runtime.settings.backend != "nanochat":
+        message = "tools need the nanochat backend (this server runs NANOCHAT_BACKEND=hf)"
+        raise invalid(message, "tools", "unsupported_parameter")
+    if body.response_format is not None and body.response_format.type != "text":
+        message = "response_format cannot be combined with tools: a reply is either a tool call or the format"
+        raise invalid(message, "response_format", "unsupported_parameter")
+    functions = offered_functions(body)
+    try:
+        check_functions(functions)
+        for i, function in enumerate(functions):
+            param = f"tools.{i}.function.parameters"
+            try:
+                check_schema(canonical_schema(function.arguments_schema))
+            except GrammarError as e:
+                raise ToolCallError(f"the parameters of {function.name!r}: {e}", param) from None
+    except ToolCallError as e:
+        raise invalid(str(e), e.param) from None
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {f.name for f in functions}:
+        raise invalid(f"tool_choice names {choice.function.name!r}, which is not in tools", "tool_choice")
+    return functions
+
+
+def tool_params(
+    body: ChatCompletionRequest, tokenizer: ChatTokenizer, params: SamplingParams
+) -> SamplingParams:
+    """The parameters of a request with tools: the calculator off; with tool_choice none, <|python_start|>
+    never sampled; else a call is JSON constrained to the functions' schemas (required or named: from the
+    first token), ending the reply at <|python_end|> with finish_reason tool_calls."""
+    start, end = tokenizer.encode_special("<|python_start|>"), tokenizer.encode_special("<|python_end|>")
+    choice = body.tool_choice or "auto"
+    if choice == "none":
+        bias = (*((t, b) for t, b in params.logit_bias if t != start), (start, -LOGIT_BIAS_MAX))
+        return replace(params, tools=False, logit_bias=bias)
+    functions = offered_functions(body)
+    if isinstance(choice, NamedToolChoice):
+        functions = [f for f in functions if f.name == choice.function.name]
+    constraint = Constraint(
+        schema=canonical_schema(call_schema(functions)),
+        trigger_token=start,
+        force_trigger=choice != "auto",
+        end_token=end,
+        finish_reason=FINISH_TOOL_CALLS,
+    )
+    return replace(params, tools=False, constraint=constraint)
 
 
 # ---- the guardrail ----------------------------------------------------------------------------------
@@ -315,17 +476,24 @@ class Collected:
     prompt_tokens: int
     completion_tokens: int = 0
     scored: list[list[Delta]] = field(default_factory=list)  # each choice's tokens with logprobs, if asked
+    calls: list[CallSplitter] = field(default_factory=list)  # with tools: each choice's call, if it made one
 
 
-async def collect(stream: GenerationStream, request: Request) -> Collected:
-    """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile."""
+async def collect(stream: GenerationStream, request: Request, call_token: int | None = None) -> Collected:
+    """Run a non-streaming request to the end; cancel it if the client disconnects meanwhile. With
+    `call_token` (<|python_start|>, tools offered), each choice's text is split into content and a call."""
     parts: list[list[str]] = [[] for _ in range(stream.n)]
     scored: list[list[Delta]] = [[] for _ in range(stream.n)]
     finish: list[str | None] = [None] * stream.n
+    calls = [CallSplitter(call_token) for _ in range(stream.n)] if call_token is not None else []
     watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
     try:
         async for delta in deltas(stream):
-            parts[delta.index].append(delta.text)
+            if calls:
+                pieces = calls[delta.index].feed(delta.token, delta.text)
+                parts[delta.index].extend(p.text for p in pieces if p.kind == "content")
+            else:
+                parts[delta.index].append(delta.text)
             if delta.logprob is not None:
                 scored[delta.index].append(delta)
             if delta.finish_reason:
@@ -333,7 +501,7 @@ async def collect(stream: GenerationStream, request: Request) -> Collected:
     finally:
         watcher.cancel()
     texts = ["".join(p) for p in parts]
-    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens, scored)
+    return Collected(texts, finish, stream.prompt_tokens, stream.completion_tokens, scored, calls)
 
 
 # ---- logprobs ---------------------------------------------------------------------------------------

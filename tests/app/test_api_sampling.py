@@ -145,7 +145,6 @@ def test_ignored_fields_change_nothing_and_are_documented(client: openai.OpenAI)
         "store": False,
         "service_tier": "auto",
         "prompt_cache_key": "k",
-        "parallel_tool_calls": False,
     }
     assert set(values) == set(IGNORED_FIELDS)
     assert reply(client, temperature=0, extra_body=values) == reply(client, temperature=0)
