@@ -30,9 +30,15 @@ RUN python3 -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY nanochat ./nanochat
 COPY app ./app
-# the base (what the service serves) + the guardrail extra (scikit-learn, skops); tracks/ is not copied
-RUN /opt/venv/bin/pip install ".[guardrail]" \
+# the base (what the service serves) + the guardrail extra (scikit-learn, skops) + the rag extra (bm25s,
+# faiss-cpu); tracks/ is not copied
+RUN /opt/venv/bin/pip install ".[guardrail,rag]" \
     && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} +
+# the bundled knowledge base: README.md and docs/ indexed with the committed offline embedder (docs/rag.md);
+# the service answers from it with citations (NANOCHAT_RAG_INDEXES below)
+COPY docs ./docs
+COPY models/rag/embedder ./models/rag/embedder
+RUN /opt/venv/bin/python -m nanochat rag index README.md docs --out /src/rag/docs --embedder models/rag/embedder
 
 # ---- the CPU image ------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS cpu
@@ -45,6 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000 \
     NANOCHAT_METRICS_PORT=9464 \
     NANOCHAT_CHECKPOINT=/srv/models/demo \
+    NANOCHAT_RAG_INDEXES=docs=/srv/models/rag/docs \
     PROMETHEUS_MULTIPROC_DIR=/tmp/nanochat-metrics \
     HF_HOME=/tmp/huggingface
 RUN groupadd --system --gid 10001 nanochat \
@@ -55,6 +62,7 @@ COPY --chown=root:root app ./app
 COPY --chown=root:root models/demo ./models/demo
 COPY --chown=root:root models/guardrail ./models/guardrail
 COPY --chown=root:root models/fortunes ./models/fortunes
+COPY --from=cpu-build --chown=root:root /src/rag/docs ./models/rag/docs
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

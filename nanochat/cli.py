@@ -361,8 +361,8 @@ OPTIONAL_MODULES = {
     "tracks": "tracks",  # the learning tracks' package, left out of the serving image
     "bm25s": "rag",
     "faiss": "rag",
-    "sentence_transformers": "rag",
-    "chromadb": "rag",
+    "sentence_transformers": "rag-models",
+    "chromadb": "rag-server",
 }
 
 

@@ -103,6 +103,10 @@ reply=$(curl -fsS -N "$url$CHAT_COMPLETIONS_PATH" -H 'Content-Type: application/
   -d '{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":true}')
 grep -q '"delta":{"content"' <<<"$reply" || die "no content chunk in the streamed reply: $reply"
 tail -c 200 <<<"$reply" | grep -q 'data: \[DONE\]' || die "the stream did not end with data: [DONE]"
+# retrieval over the bundled docs index (NANOCHAT_RAG_INDEXES in the image)
+hits=$(curl -fsS "$url/v1/retrieve" -H 'Content-Type: application/json' \
+  -d '{"query":"How do I roll back a release?","k":5}')
+grep -q 'docs/runbooks/release.md' <<<"$hits" || die "/v1/retrieve did not find docs/runbooks/release.md: $hits"
 # metrics on their own port (the image's NANOCHAT_METRICS_PORT), never on the public one
 metrics=$(curl -fsS "http://127.0.0.1:$mport$METRICS_PATH")
 grep -q '^nanochat_requests_total' <<<"$metrics" || die "/metrics has no nanochat_requests_total"

@@ -142,9 +142,21 @@ def train_offline_embedder(
     return config
 
 
+def _sentence_transformers():
+    """The sentence-transformers module, or a one-line RagError naming the extra that installs it."""
+    try:
+        import sentence_transformers
+    except ModuleNotFoundError:
+        raise RagError(
+            "sentence-transformers models need the rag-models extra: "
+            "pip install 'nanochat-service[rag-models]'"
+        ) from None
+    return sentence_transformers
+
+
 class SentenceTransformerEmbedder:
     def __init__(self, model: str, batch_size: int = BATCH_SIZE):
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = _sentence_transformers().SentenceTransformer
 
         try:
             self.model = SentenceTransformer(model, device="cpu")
@@ -172,7 +184,7 @@ class SentenceTransformerEmbedder:
 
 class CrossEncoderReranker:
     def __init__(self, model: str):
-        from sentence_transformers import CrossEncoder
+        CrossEncoder = _sentence_transformers().CrossEncoder
 
         try:
             self.model = CrossEncoder(model, device="cpu")

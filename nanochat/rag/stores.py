@@ -64,7 +64,9 @@ class ChromaStore:
         try:
             import chromadb
         except ModuleNotFoundError:
-            raise RagError("the chroma store needs chromadb: pip install 'nanochat-service[rag]'") from None
+            raise RagError(
+                "the chroma store needs chromadb: pip install 'nanochat-service[rag-server]'"
+            ) from None
         parsed = urlparse(url if "://" in url else f"http://{url}")
         if not parsed.hostname:
             raise RagError(f"chroma url {url!r}: expected http://HOST:PORT")

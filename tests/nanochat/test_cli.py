@@ -378,6 +378,7 @@ def test_the_tracks_commands_are_entry_points_the_engine_does_not_import() -> No
         "classify": "tracks.classify.commands:register",
         "hf": "tracks.hf_finetune:register",
         "log": "tracks.daily_log:register",
+        "learn": "tracks.learn.commands:register",
     }
     help_text = build_parser().format_help()
     for name in found:
