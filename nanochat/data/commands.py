@@ -17,6 +17,7 @@ from typing import Any
 
 from nanochat.cliargs import non_negative_int, positive_int
 from nanochat.data.hub import DEFAULT_FILENAME_PATTERN
+from nanochat.data.shards import fraction_arg
 from nanochat.data.sources import DOCUMENT_CHARS
 
 
@@ -41,7 +42,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--seed", type=non_negative_int, default=0, help="shuffle and split seed (default 0)"
     )
     prepare.add_argument(
-        "--val-fraction", type=_fraction, default=0.05, help="share held out for validation (default 0.05)"
+        "--val-fraction", type=fraction_arg, default=0.05, help="share held out for validation (default 0.05)"
     )
     prepare.set_defaults(handler=cmd_prepare)
 
@@ -58,7 +59,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     shards.add_argument("--docs-per-shard", type=positive_int, default=10_000, help="default 10000")
     shards.add_argument("--docs-per-row-group", type=positive_int, default=1024, help="default 1024")
-    shards.add_argument("--val-fraction", type=_fraction, default=0.05, help="default 0.05")
+    shards.add_argument("--val-fraction", type=fraction_arg, default=0.05, help="default 0.05")
     shards.add_argument("--seed", type=non_negative_int, default=0, help="shuffle seed (default 0)")
     shards.add_argument("--overwrite", action="store_true", help="replace parquet files already in --out")
     shards.set_defaults(handler=cmd_shards)
@@ -155,13 +156,3 @@ def cmd_download(args: argparse.Namespace) -> int:
     )
     print(f"{len(paths)} shards in {args.out}, checksums verified; the last, {paths[-1].name}, is validation")
     return 0
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value

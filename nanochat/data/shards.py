@@ -137,6 +137,19 @@ def write_train_val_shards(
     return train + val
 
 
+def fraction_arg(text: str) -> float:
+    """argparse type of a validation share: a number strictly between 0 and 1."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def validation_count(num_documents: int, val_fraction: float) -> int:
     """How many of `num_documents` (>= 2) shuffled documents are held out: `val_fraction` of them, rounded,
     at least one and at most all but one."""

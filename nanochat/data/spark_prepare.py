@@ -48,7 +48,7 @@ from nanochat.data.corpora import (
     fetch_package,
     read_package_files,
 )
-from nanochat.data.shards import SHARD_NAME, ShardError, validation_count, write_shards
+from nanochat.data.shards import SHARD_NAME, ShardError, fraction_arg, validation_count, write_shards
 
 APP_NAME = "nanochat-data-prepare"
 # The Dataproc Serverless runtime scripts/dataprep.sh submits to: 2.3 LTS, supported until 2027-11-26
@@ -249,16 +249,6 @@ def _integer(minimum: int):  # not nanochat.cliargs': it imports torch, which th
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nanochat.data.spark_prepare", description=__doc__.split("\n\n")[0]
@@ -272,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", required=True, metavar="DIR|gs://...")
     run.add_argument("--master", help="Spark master, e.g. local[2] (default: the cluster's)")
     run.add_argument("--seed", type=_integer(0), default=0)
-    run.add_argument("--val-fraction", type=_fraction, default=0.05)
+    run.add_argument("--val-fraction", type=fraction_arg, default=0.05)
     run.add_argument("--docs-per-shard", type=_integer(1), default=DEMO_DOCS_PER_SHARD)
     run.add_argument("--docs-per-row-group", type=_integer(1), default=DEMO_DOCS_PER_ROW_GROUP)
     run.add_argument("--overwrite", action="store_true")
