@@ -150,8 +150,9 @@ def observe_rejection(reason: str) -> None:
 
 
 def finish_reason(stream: GenerationStream) -> str:
-    """How a generation ended: `stop` / `length` (`length` if any choice ran out), `deadline`, `error`, or
-    `cancelled` (the client went away, or the server stopped first)."""
+    """How a generation ended: `stop` / `length` / `tool_calls` (`length` if any choice ran out, else
+    `tool_calls` if any ended with a tool call), `deadline`, `error`, or `cancelled` (the client went away,
+    or the server stopped first)."""
     from app.scheduler import DeadlineExceeded, NotReady  # not at the top: the scheduler imports this module
 
     error = stream.error
@@ -162,7 +163,8 @@ def finish_reason(stream: GenerationStream) -> str:
     reasons = stream.finish_reasons
     if len(reasons) < stream.n:
         return "cancelled"
-    return "length" if "length" in reasons.values() else "stop"
+    ended = set(reasons.values())
+    return "length" if "length" in ended else "tool_calls" if "tool_calls" in ended else "stop"
 
 
 def observe_generation(stream: GenerationStream, finish: str) -> None:
@@ -178,7 +180,7 @@ def observe_generation(stream: GenerationStream, finish: str) -> None:
         return
     TTFT.observe(ttft)
     per_sequence = stream.completion_tokens / stream.n
-    if finish in ("stop", "length") and duration is not None and per_sequence > 1:
+    if finish in ("stop", "length", "tool_calls") and duration is not None and per_sequence > 1:
         TPOT.observe((duration - ttft) / (per_sequence - 1))
 
 

@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.serving import tool_params
 from app.schemas import ChatCompletionRequest, SamplingDefaults
@@ -64,6 +65,22 @@ def test_required_and_named_choices_return_a_valid_call(
     [call] = result.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_")
     check_call(call.function.name, call.function.arguments, choice)
+
+
+def finished(http: httpx.Client, reason: str) -> float:
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            labels = {"finish_reason": reason}
+            if sample.name == "nanochat_finished_requests_total" and sample.labels == labels:
+                return sample.value
+    return 0.0  # a label value shows once counted
+
+
+def test_a_call_is_counted_as_finished_by_tool_calls(client: openai.OpenAI, http: httpx.Client) -> None:
+    before = {reason: finished(http, reason) for reason in ("tool_calls", "stop")}
+    assert create(client, tool_choice="required", temperature=0).choices[0].finish_reason == "tool_calls"
+    grown = {reason: finished(http, reason) - before[reason] for reason in before}
+    assert grown == {"tool_calls": 1, "stop": 0}
 
 
 @pytest.mark.parametrize(
