@@ -454,7 +454,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails wi
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
     save_checkpoint(folder, step + 1, state, meta)
-except Exception as e:  # torch.save's zip writer reports a full disk as a RuntimeError, not an OSError
+except Exception as e:  # a CheckpointError (nanochat.checkpoint turns torch.save's RuntimeError into one)
     print(f"save failed: {type(e).__name__}: {e}")
     sys.exit(1)
 """

@@ -293,11 +293,18 @@ def save_checkpoint(
     directory = Path(directory)
     if "model_config" not in meta:
         raise CheckpointError("meta must contain model_config")
-    if optimizer_state is not None:
-        write_atomically(optimizer_path(directory, step, rank), lambda f: torch.save(optimizer_state, f))
-    if rank == 0:
-        state = {k.removeprefix(COMPILE_PREFIX): v.detach() for k, v in model_state.items()}
-        write_atomically(model_path(directory, step), lambda f: torch.save(state, f))
-        text = json.dumps(meta, indent=2)
-        write_text_atomically(meta_path(directory, step), text)
+    try:
+        if optimizer_state is not None:
+            write_atomically(optimizer_path(directory, step, rank), lambda f: torch.save(optimizer_state, f))
+        if rank == 0:
+            state = {k.removeprefix(COMPILE_PREFIX): v.detach() for k, v in model_state.items()}
+            write_atomically(model_path(directory, step), lambda f: torch.save(state, f))
+            text = json.dumps(meta, indent=2)
+            write_text_atomically(meta_path(directory, step), text)
+    # torch.save's zip writer reports a failed write (a full disk, a file-size limit) as a RuntimeError
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise CheckpointError(
+            f"cannot write checkpoint step {step} to {directory} (disk full or not writable?): {reason}"
+        ) from e
     return directory

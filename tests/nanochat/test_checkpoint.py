@@ -604,6 +604,28 @@ def test_failed_save_leaves_no_temp_file_and_keeps_the_old_file(tmp_path: Path, 
     assert optimizer_path(tmp_path, 10).read_bytes() == old_optim
 
 
+FULL_DISK_SAVE = """
+import resource, signal, sys, torch
+from nanochat.checkpoint import CheckpointError, save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk does
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    save_checkpoint(sys.argv[1], 2, {"w": torch.zeros(100_000)}, {"model_config": {}})
+except CheckpointError as e:
+    print(f"CheckpointError: {e}")
+"""
+
+
+def test_a_full_disk_is_a_checkpoint_error_and_leaves_no_file(tmp_path: Path) -> None:
+    """torch.save reports a failed write as a RuntimeError ("unexpected pos"): a caller that handles
+    CheckpointError (the commands print one line) must get one, naming the step and the folder."""
+    command = [sys.executable, "-c", FULL_DISK_SAVE, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"CheckpointError: cannot write checkpoint step 2 to {tmp_path}"), result
+    assert not any(tmp_path.iterdir())
+
+
 def test_saved_files_are_readable_by_others(tmp_path: Path, model: GPT) -> None:
     """Atomic writes go through mkstemp (mode 0600); the final files must be shareable (0644)."""
     meta = {"step": 1, "model_config": model.config.to_dict()}

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanochat.checkpoint import checkpoint_steps, find_last_step, load_checkpoint, read_meta, read_state_dict
+from nanochat.checkpoint import (
+    CheckpointError,
+    checkpoint_steps,
+    find_last_step,
+    load_checkpoint,
+    read_meta,
+    read_state_dict,
+)
 from nanochat.gpt import GPTConfig
 from nanochat.train.base import BaseConfig, train_base
 from nanochat.train.checkpoint_writer import CheckpointWriter, best_step
@@ -67,7 +74,7 @@ def test_a_failed_background_write_is_raised(tmp_path):
     blocker.write_text("not a folder")
     writer = CheckpointWriter(blocker / "run")
     writer.save(1, state(1.0), {"model_config": CONFIG})
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint step 1 .*Not a directory"):
         writer.wait()
 
 
