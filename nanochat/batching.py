@@ -42,6 +42,7 @@ from nanochat.detokenize import TextStream
 from nanochat.prefix_cache import PrefixCacheStats
 
 MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (logits/T would overflow to inf, then NaN)
+MAX_LOGIT = 1e30  # penalized logits stay within +-this: finite in float32 even divided by MIN_TEMPERATURE
 
 
 def sample_next_token(
@@ -124,7 +125,8 @@ def adjust_logits(
         generated = _token_counts([outputs[i] for i in active], vocab, device)
         seen = (generated + _token_counts([prompts[i] for i in active], vocab, device)) > 0
         penalty = column("repetition_penalty")
-        x = torch.where(seen, torch.where(x > 0, x / penalty, x * penalty), x)
+        # a tiny penalty (1e-40 is 0 in float32) would divide a logit to inf, and inf - inf is NaN in softmax
+        x = torch.where(seen, torch.where(x > 0, x / penalty, x * penalty).clamp(-MAX_LOGIT, MAX_LOGIT), x)
     if any(p.frequency_penalty or p.presence_penalty for p in rows):
         if generated is None:
             generated = _token_counts([outputs[i] for i in active], vocab, device)

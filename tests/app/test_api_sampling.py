@@ -67,6 +67,13 @@ def test_min_p_one_is_greedy(client: openai.OpenAI) -> None:
     assert reply(client, temperature=1.0, seed=5) != reply(client, temperature=0)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_tiny_repetition_penalty_is_served(client: openai.OpenAI, temperature: float) -> None:
+    """The fuzzer's 500: 5e-324 is a valid penalty but 0 in float32."""
+    text = reply(client, temperature=temperature, seed=1, extra_body={"repetition_penalty": 5e-324})
+    assert isinstance(text, str) and text
+
+
 def test_stop_token_ids_end_a_choice(client: openai.OpenAI) -> None:
     do = TOKENIZER.encode(" do")[0]
     body = {"logit_bias": {str(do): 100}, "stop_token_ids": [do]}

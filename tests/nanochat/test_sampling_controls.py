@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nanochat.backend import EngineError, SamplingParams
-from nanochat.batching import adjust_logits, sample_next_token
+from nanochat.batching import MIN_TEMPERATURE, adjust_logits, sample_next_token
 from nanochat.engine import Engine
 from tests.nanochat.test_prefix_cache import run
 
@@ -59,6 +59,19 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() ->
     logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
     adjusted = adjust_logits(logits, [SamplingParams(repetition_penalty=2.0)], [[0]], [[1]])
     assert adjusted.tolist() == [[1.0, -4.0, 2.0, -2.0]]
+
+
+def test_a_tiny_repetition_penalty_keeps_the_logits_finite() -> None:
+    """5e-324 is in (0, 2] but 0 in float32: dividing by it gave inf, and two infs a NaN distribution (a 500
+    found by the fuzzer). The penalized logits are clamped: finite, the seen positive tokens far ahead."""
+    logits = torch.tensor([[2.0, -2.0, 3.0, 1.0]])
+    params = [SamplingParams(repetition_penalty=5e-324)]
+    adjusted = adjust_logits(logits, params, [[0]], [[2, 1]])
+    assert torch.isfinite(adjusted).all(), adjusted
+    assert adjusted[0, 0] > 1e29 and adjusted[0, 2] > 1e29 and adjusted[0, 1] == 0.0 and adjusted[0, 3] == 1.0
+    generator = torch.Generator().manual_seed(0)
+    assert sample_next_token(adjusted, generator, temperature=MIN_TEMPERATURE).item() in (0, 2)
+    assert sample_next_token(adjusted, generator, temperature=1.0).item() in (0, 2)
 
 
 def test_min_p() -> None:
