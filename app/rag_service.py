@@ -125,36 +125,30 @@ class Retrieval:
         """The same retrieval with its first `count` chunks only."""
         return dataclasses.replace(self, hits=self.hits[:count], flagged=self.flagged[:count])
 
-    def chunks(self) -> list[RetrievedChunk]:
+    def _numbered(self) -> list[tuple[int, Hit, dict[str, Any]]]:
+        """Each kept chunk, numbered from 1, with the fields a retrieved chunk and a citation share."""
         return [
-            RetrievedChunk(
-                rank=rank,
-                id=hit.chunk.id,
-                source=hit.chunk.source,
-                heading=hit.chunk.heading,
-                start=hit.chunk.start,
-                end=hit.chunk.end,
-                score=hit.score,
-                text=hit.chunk.text,
-                flagged=rule,
-            )
-            for rank, (hit, rule) in enumerate(zip(self.hits, self.flagged, strict=True), start=1)
-        ]
-
-    def citations(self) -> list[Citation]:
-        return [
-            Citation(
-                index=number,
-                id=hit.chunk.id,
-                source=hit.chunk.source,
-                heading=hit.chunk.heading,
-                start=hit.chunk.start,
-                end=hit.chunk.end,
-                score=hit.score,
-                flagged=rule,
+            (
+                number,
+                hit,
+                {
+                    "id": hit.chunk.id,
+                    "source": hit.chunk.source,
+                    "heading": hit.chunk.heading,
+                    "start": hit.chunk.start,
+                    "end": hit.chunk.end,
+                    "score": hit.score,
+                    "flagged": rule,
+                },
             )
             for number, (hit, rule) in enumerate(zip(self.hits, self.flagged, strict=True), start=1)
         ]
+
+    def chunks(self) -> list[RetrievedChunk]:
+        return [RetrievedChunk(rank=n, text=hit.chunk.text, **fields) for n, hit, fields in self._numbered()]
+
+    def citations(self) -> list[Citation]:
+        return [Citation(index=n, **fields) for n, _, fields in self._numbered()]
 
 
 @dataclass

@@ -268,6 +268,14 @@ class Checks:
             saw = " ".join(str(evidence).split())  # one line, for the Markdown list
             self.problems.append(f"{what} (saw: {saw[:400]})")
 
+    def all_succeed(self, watch: Watch) -> None:
+        outcomes = counts(watch.outcomes)
+        self.expect(watch.outcomes and set(outcomes) == {"200"}, "every request succeeds", outcomes)
+
+    def stays_ready(self, watch: Watch) -> None:
+        ready = {c for _, c in watch.transitions} == {"ready"}
+        self.expect(ready, "/ready stays 200 throughout", watch.transitions)
+
 
 def result(name: str, checks: Checks, watch: Watch | None, recovery: float | None, **figures) -> FaultResult:
     return FaultResult(
@@ -374,9 +382,7 @@ def worker_sigkill(work: Path, seconds: float) -> FaultResult:
     checks.expect(
         serving is not None, "gunicorn starts a new worker, which loads and serves", service.log()[-300:]
     )
-    checks.expect(
-        {c for _, c in watch.transitions} == {"ready"}, "/ready stays 200 throughout", watch.transitions
-    )
+    checks.stays_ready(watch)
     late = watch.between(settled)
     checks.expect(
         late and all(o.status == "200" for o in late), "requests after the respawn succeed", counts(late)
@@ -419,14 +425,8 @@ def steady(
     finally:
         service.stop()
     checks.expect(alive, "gunicorn is still running", service.process.returncode)
-    checks.expect(
-        watch.outcomes and set(counts(watch.outcomes)) == {"200"},
-        "every request succeeds",
-        counts(watch.outcomes),
-    )
-    checks.expect(
-        {c for _, c in watch.transitions} == {"ready"}, "/ready stays 200 throughout", watch.transitions
-    )
+    checks.all_succeed(watch)
+    checks.stays_ready(watch)
     return result(name, checks, watch, None, p50_s=p50(watch.outcomes))
 
 
@@ -517,14 +517,8 @@ def cpu_starvation(work: Path, seconds: float) -> FaultResult:
             hog.kill()
             hog.wait()
         service.stop()
-    checks.expect(
-        watch.outcomes and set(counts(watch.outcomes)) == {"200"},
-        "every request succeeds",
-        counts(watch.outcomes),
-    )
-    checks.expect(
-        {c for _, c in watch.transitions} == {"ready"}, "/ready stays 200 throughout", watch.transitions
-    )
+    checks.all_succeed(watch)
+    checks.stays_ready(watch)
     return result(
         "cpu_starvation",
         checks,
@@ -559,9 +553,7 @@ def burst_10x(work: Path, seconds: float) -> FaultResult:
     rejected = [o for o in watch.outcomes if o.status == "429"]
     checks.expect(set(statuses) <= {"200", "429"}, "every answer is 200 or 429, never a 5xx", statuses)
     checks.expect(all(o.retry_after for o in rejected), "every 429 has Retry-After", len(rejected))
-    checks.expect(
-        {c for _, c in watch.transitions} == {"ready"}, "/ready stays 200 throughout", watch.transitions
-    )
+    checks.stays_ready(watch)
     recovery = first_ok_after(watch, ended)
     late = watch.between(ended + seconds / 2)
     checks.expect(

@@ -17,6 +17,7 @@ from nanochat.train.config import ConfigError
 from nanochat.train.distributed import DistContext
 from nanochat.train.gcs import BucketMirror, parse_bucket_url
 from nanochat.train.tracking import read_metrics
+from tests.nanochat.train.test_base import tiny_config
 
 storage = pytest.importorskip(
     "google.cloud.storage", reason="needs google-cloud-storage (pip install 'google-cloud-storage>=2.14')"
@@ -59,22 +60,8 @@ def gcs():
 
 
 def config(corpus, out: Path, **overrides) -> BaseConfig:
-    shards, tokenizer = corpus
-    values = {
-        "data": str(shards),
-        "tokenizer": str(tokenizer),
-        "out": str(out),
-        "depth": 1,
-        "max_seq_len": 32,
-        "device_batch_size": 4,
-        "num_iterations": 8,
-        "eval_every": 4,
-        "eval_batches": 2,
-        "save_every": 4,
-        "device": "cpu",
-        "progress": False,
-    }
-    return BaseConfig(**{**values, **overrides})
+    """test_base's tiny run, saving every 4 of its 8 steps."""
+    return tiny_config(corpus, out, **{"num_iterations": 8, "eval_every": 4, "save_every": 4, **overrides})
 
 
 def objects(client, prefix: str) -> set[str]:
