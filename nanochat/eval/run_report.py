@@ -18,7 +18,15 @@ from typing import Any
 from nanochat.checkpoint import checkpoint_steps, meta_path
 from nanochat.files import write_text_atomically
 from nanochat.train.checkpoint_writer import best_step
-from nanochat.train.tracking import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from nanochat.train.tracking import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    key_value_table,
+    markdown_table,
+    plot_panels,
+    read_metrics,
+)
 
 REPORT_DIR = "report"  # inside the run folder, beside the trainer's own report.md
 CURVES_FILE = "curves.png"
@@ -114,22 +122,22 @@ def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     env = run["environment"]
     git = env.get("git_sha", "unknown") + (" (uncommitted changes)" if env.get("git_dirty") else "")
-    parts = [f"# Run {run['name']}", _kv({"folder": str(run["dir"]), "git commit": git})]
-    parts += ["## Key figures", _kv({k: v for k, v in key_figures(run).items() if v is not None})]
+    parts = [f"# Run {run['name']}", key_value_table({"folder": str(run["dir"]), "git commit": git})]
+    parts += ["## Key figures", key_value_table({k: v for k, v in key_figures(run).items() if v is not None})]
     if run["config"]:
-        parts += ["## Config", _kv(run["config"])]
+        parts += ["## Config", key_value_table(run["config"])]
     if env:
         shown = ("started_at", "resumed_at", "device", "torch_version", "python_version", "hostname")
-        parts += ["## Environment", _kv({k: env[k] for k in shown if k in env})]
+        parts += ["## Environment", key_value_table({k: env[k] for k in shown if k in env})]
     if run["summary"]:
-        parts += ["## Summary", _kv(run["summary"])]
+        parts += ["## Summary", key_value_table(run["summary"])]
     if run["checkpoints"]:
         rows = [{**c, "best": "yes" if c["step"] == run["best_step"] else ""} for c in run["checkpoints"]]
-        parts += ["## Checkpoints", _table(rows)]
+        parts += ["## Checkpoints", markdown_table(rows)]
     if run["eval"]:
-        parts += ["## Evaluation (report.json)", _kv(_flatten(run["eval"]))]
+        parts += ["## Evaluation (report.json)", key_value_table(_flatten(run["eval"]))]
     if run["sweep"]:
-        parts += ["## Sweep result (result.json)", _kv(_flatten(run["sweep"]))]
+        parts += ["## Sweep result (result.json)", key_value_table(_flatten(run["sweep"]))]
     if plot_curves(run["metrics"], out / CURVES_FILE):
         parts += ["## Curves", f"![curves]({CURVES_FILE})"]
     path = out / "report.md"
@@ -189,47 +197,13 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = (
-        f"{value:.6g}"
-        if isinstance(value, float)
-        else (json.dumps(value) if isinstance(value, list) else str(value))
-    )
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _table(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _kv(values: dict) -> str:
-    return _table([{"key": k, "value": v} for k, v in values.items()])
-
-
 def plot_curves(metrics: list[dict], path: Path) -> bool:
     """One panel per curve the metrics have (train loss, val bpb, tokens/s) by step; False if none."""
     panels = [(name, [(m["step"], m[name]) for m in metrics if m.get(name) is not None]) for name in CURVES]
     panels = [(name, points) for name, points in panels if points]
     if not panels:
         return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 2.6 * len(panels)), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (name, points) in zip(axes, panels, strict=True):
-        steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, marker="." if len(steps) < 50 else None, linewidth=1)
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("step")
-    figure.savefig(path, dpi=100)
+    plot_panels(panels, path, panel_height=2.6)
     return True
 
 

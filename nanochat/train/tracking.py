@@ -231,14 +231,14 @@ class RunTracker:
         }
         if "wandb_run_id" in info:
             overview["wandb run"] = info["wandb_run_id"]
-        parts = [f"# {self.title}", _key_value_table(overview)]
+        parts = [f"# {self.title}", key_value_table(overview)]
         if error:
             parts += ["## Error", f"```\n{error}\n```"]
-        parts += ["## Config", _key_value_table(self.config) if self.config else "(empty)"]
+        parts += ["## Config", key_value_table(self.config) if self.config else "(empty)"]
         if self.summary_values:
-            parts += ["## Summary", _key_value_table(self.summary_values)]
+            parts += ["## Summary", key_value_table(self.summary_values)]
         for title, rows in self.tables:
-            parts += [f"## {title}", _table(rows) if rows else "(no rows)"]
+            parts += [f"## {title}", markdown_table(rows) if rows else "(no rows)"]
         parts.append("## Loss")
         parts.append(f"![loss curve]({LOSS_PLOT_FILE})" if plotted else "No `train_loss` was logged.")
         return "\n\n".join(parts) + "\n"
@@ -364,15 +364,16 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of `rows`, one column per key any row has (first seen first)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _key_value_table(values: Mapping[str, Any]) -> str:
-    return _table([{"key": key, "value": value} for key, value in values.items()])
+def key_value_table(values: Mapping[str, Any]) -> str:
+    return markdown_table([{"key": key, "value": value} for key, value in values.items()])
 
 
 def _plot_losses(metrics: list[dict], path: Path) -> bool:
@@ -383,18 +384,22 @@ def _plot_losses(metrics: list[dict], path: Path) -> bool:
     }
     if not series["train_loss"]:
         return False
+    plot_panels([(name, points) for name, points in series.items() if points], path, panel_height=3.2)
+    return True
+
+
+def plot_panels(panels: list[tuple[str, list[tuple[int, float]]]], path: Path, panel_height: float) -> None:
+    """One panel per (name, [(step, value), ...]), stacked over a shared step axis, saved as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [name for name, points in series.items() if points]
-    figure = Figure(figsize=(7, 3.2 * len(panels)), layout="constrained")
+    figure = Figure(figsize=(7, panel_height * len(panels)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, name in zip(axes, panels, strict=True):
-        steps, values = zip(*series[name], strict=True)
+    for ax, (name, points) in zip(axes, panels, strict=True):
+        steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="." if len(steps) < 50 else None, linewidth=1)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
     figure.savefig(path, dpi=100)
-    return True
