@@ -35,6 +35,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_S = 1  # as the scheduler's queue_full: the jobs behind a side route take milliseconds
+EXIT_WAIT_S = 10.0  # how long shutdown waits for a pool's running job and processes to end
 NICE = 10  # a process worker's priority below the server's: the loop and the scheduler come first
 CLASSIFY = "classify"
 GUARDRAIL = "guardrail"
@@ -193,11 +195,29 @@ class Admission:
         if self.record_metrics:
             metrics.observe_admission_done(self.name)
 
-    def shutdown(self) -> None:
-        """Refuse new jobs (503) and end the pool: a job running finishes, its worker process then exits."""
+    def shutdown(self, wait_s: float = EXIT_WAIT_S) -> bool:
+        """Refuse new jobs (503) and end the pool: a job running finishes, its worker process then exits.
+        Waits up to `wait_s` for that, and says whether the pool ended in time.
+
+        The wait is not politeness: Python 3.11's process pool closes its wake-up pipe on its own thread
+        as it ends, and the interpreter's exit hook writes to that pipe unlocked, so a pool still ending
+        while the process exits can print `OSError: [Errno 9] Bad file descriptor` (seen after a
+        SIGQUIT). A pool that has ended before the exit hook runs cannot race it."""
         self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return True
+        # shutdown(wait=True) cancels the queued jobs at once, then joins the pool's own thread, which
+        # joins its processes (a first shutdown(wait=False) would drop the thread it joins)
+        ending = threading.Thread(
+            target=pool.shutdown, kwargs={"cancel_futures": True}, name=f"{self.name}-pool-exit", daemon=True
+        )
+        ending.start()
+        ending.join(wait_s)
+        if ending.is_alive():
+            logger.warning("the %s pool's running job outlived the %.0f s exit wait", self.name, wait_s)
+            return False
+        return True
 
 
 def side_routes(settings: Settings) -> dict[str, Admission]:
@@ -221,6 +241,7 @@ def side_routes(settings: Settings) -> dict[str, Admission]:
 
 
 def shutdown_all(pools: dict[str, Admission]) -> None:
-    """At the app's end: every side route's pool (their worker processes exit after their current job)."""
+    """At the app's end: every side route's pool (their worker processes exit after their current job),
+    each given up to EXIT_WAIT_S to end."""
     for pool in pools.values():
         pool.shutdown()

@@ -367,8 +367,8 @@ class Runtime:
         for task in list(self._parts):
             task.cancel()
         if self.rag is not None:
-            self.rag.shutdown()
-        admission.shutdown_all(self.admission)
+            await self.rag.shutdown()
+        await asyncio.to_thread(admission.shutdown_all, self.admission)  # waits for them: off the loop
 
 
 # ---- loading ----------------------------------------------------------------------------------------

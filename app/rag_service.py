@@ -203,11 +203,12 @@ class RagService:
             settings.rag_store,
         )
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Stop the indexes' loading and end the pool (it waits for a running job: off the loop)."""
         for task in list(self._tasks):
             task.cancel()
         if self.pool is not None:
-            self.pool.shutdown()
+            await asyncio.to_thread(self.pool.shutdown)
 
     def status(self) -> dict[str, Any] | None:
         """`/stats` `parts.rag`: each index's state (None when retrieval is off)."""

@@ -182,11 +182,34 @@ def test_the_pools_processes_are_gone_after_shutdown_and_it_refuses_new_jobs() -
 
     pids = asyncio.run(scenario())
     assert len(set(pids)) == 2 and os.getpid() not in pids and all(running(pid) for pid in pids)
-    pool.shutdown()
-    wait_until(lambda: not any(running(pid) for pid in pids), "ended after shutdown")
+    managers = pool_threads()
+    assert managers, "a process pool runs a manager thread"
+    assert pool.shutdown() is True
+    # Ended and collected by the time shutdown returns, with the pool's own thread: nothing of the pool
+    # is left to race the interpreter's exit hook (which wrote to its closed wake-up pipe: EBADF).
+    assert all(reaped(pid) for pid in pids) and not any(t.is_alive() for t in managers)
     with pytest.raises(APIError) as refused:
         asyncio.run(pool.run(os.getpid))
     assert refused.value.status == 503 and refused.value.code == "shutting_down"
+
+
+def test_shutdown_says_when_a_running_job_outlives_its_wait_and_the_job_still_finishes() -> None:
+    pool, gate = gated("process", workers=1, queue=0)
+
+    async def scenario() -> int:
+        job = asyncio.ensure_future(pool.run(admission_jobs.pid))
+        assert await asyncio.to_thread(gate.started.acquire, timeout=WAIT_S)
+        assert await asyncio.to_thread(pool.shutdown, 0.05) is False  # the gate is shut: it cannot end
+        gate.open.set()
+        return await asyncio.wait_for(job, WAIT_S)
+
+    worker = asyncio.run(scenario())
+    wait_until(lambda: reaped(worker), "the worker ended after its job")
+
+
+def pool_threads() -> list[threading.Thread]:
+    """The process pools' manager threads alive in this process."""
+    return [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread"]
 
 
 def test_a_worker_that_dies_gives_a_503_with_the_reason_and_a_new_pool() -> None:
