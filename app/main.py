@@ -64,7 +64,10 @@ def create_app(
     settings = settings or Settings()
     classifier = Classifier.from_settings(settings)
     runtime = Runtime.from_settings(settings, classifier, engine_factory or load_engine)
-    provider = tracer_provider or tracing.provider_from_env(version=metrics.version())
+    counted = metrics.observe_trace_export if settings.metrics else None
+    provider = tracer_provider or tracing.provider_from_env(version=metrics.version(), record=counted)
+    if provider is not None and tracer_provider is None and settings.metrics:
+        metrics.enable_trace_export()
     tracer = provider.get_tracer(tracing.TRACER_NAME) if provider is not None else None
     runtime.rag = RagService.from_settings(settings, tracer)  # retrieval: NANOCHAT_RAG_INDEXES (docs/rag.md)
     if settings.metrics:

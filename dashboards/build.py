@@ -358,6 +358,13 @@ def resources_row(slo: dict[str, float]) -> tuple[str, list]:
                 [Query(COST, "$/1M output tokens")],
             ),
             graph(
+                "Trace export",
+                "short",
+                "Spans exported to the OTLP collector per second, by result (ok, failed). Failed spans are "
+                "lost; requests are not affected. Empty while tracing is off.",
+                [Query(f"sum by (result) (rate({sel(catalog.TRACE_EXPORT.name)}{RATE}))", "{{result}}")],
+            ),
+            graph(
                 "Model load time",
                 "s",
                 "Time each worker took to load and warm its model.",

@@ -24,6 +24,7 @@ TABLE_END = "<!-- end of the generated metrics table -->"
 FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled", "deadline", "error")
 GUARDRAIL_ACTIONS = ("allow", "flag", "block")
 ADMISSION_OUTCOMES = ("admitted", "rejected")
+TRACE_EXPORT_RESULTS = ("ok", "failed")
 # status of a rejected request -> reason
 REJECTION_REASONS = {
     400: "validation",
@@ -342,6 +343,16 @@ RAG_GUARDRAIL = Metric(
     when=RAG_ON,
 )
 
+TRACE_EXPORT = Metric(
+    "nanochat_trace_export_spans_total",
+    "counter",
+    "Spans handed to the OTLP trace exporter, by result: ok, or failed (the collector refused, was away or "
+    "timed out: those spans are dropped)",
+    ("result",),
+    values={"result": TRACE_EXPORT_RESULTS},
+    when="tracing is on (`OTEL_*` variables, see Traces below)",
+)
+
 CATALOG: tuple[Metric, ...] = (
     REQUESTS,
     REQUEST_DURATION,
@@ -382,6 +393,7 @@ CATALOG: tuple[Metric, ...] = (
     RAG_CACHE_HITS,
     RAG_CACHE_MISSES,
     RAG_GUARDRAIL,
+    TRACE_EXPORT,
 )
 
 

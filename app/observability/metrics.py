@@ -5,6 +5,8 @@ Who calls what:
 - the request middleware: `observe_request`, `observe_rejection`, `observe_generation` (once per request);
 - the generation routes, when the guardrail is on: `observe_guardrail` (once per screened request);
 - retrieval (app/rag_service.py): `enable_rag` (once per index), `observe_retrieval` (once per search);
+- the trace exporter's thread (app/observability/tracing.py's `CountingExporter`): `observe_trace_export`
+  (once per export of a batch of spans), after `enable_trace_export` at start-up when tracing is on;
 - the side routes' admission (app/admission.py): `enable_admission` (once per pool), `observe_admission`
   (once per job offered), `observe_admission_done` (once per job admitted, when it ends);
 - the scheduler thread: `observe_decode_step` (once per decode step: one histogram observation),
@@ -105,6 +107,7 @@ FINISHED = counter(catalog.FINISHED)
 GUARDRAIL_DECISIONS = counter(catalog.GUARDRAIL_DECISIONS)
 ADMISSION_REQUESTS = counter(catalog.ADMISSION_REQUESTS)
 ADMISSION_IN_FLIGHT = gauge(catalog.ADMISSION_IN_FLIGHT)
+TRACE_EXPORT = counter(catalog.TRACE_EXPORT)
 MODEL_LOAD = gauge(catalog.MODEL_LOAD)
 READY = gauge(catalog.READY)
 BUILD_INFO = gauge(catalog.BUILD_INFO)
@@ -192,6 +195,16 @@ def enable_guardrail() -> None:
 
 def observe_guardrail(action: str) -> None:
     GUARDRAIL_DECISIONS.labels(action).inc()
+
+
+def enable_trace_export() -> None:
+    """The trace exporter's series from 0, before its first export."""
+    for result in catalog.TRACE_EXPORT_RESULTS:
+        TRACE_EXPORT.labels(result)
+
+
+def observe_trace_export(ok: bool, spans: int) -> None:
+    TRACE_EXPORT.labels("ok" if ok else "failed").inc(spans)
 
 
 def enable_admission(pool: str) -> None:

@@ -8,7 +8,9 @@ SDK as usual. An unreachable collector never slows a request: spans are exported
 `DEFAULT_EXPORT_TIMEOUT_S` unless `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` says otherwise. Nor does it flood
 the logs: the exporter's and the batch processor's failure lines (retries, refused connections, a full
 queue dropping spans) become one WARNING per `EXPORT_LOG_INTERVAL_S`, which counts the ones not written
-(`ExportLogLimit`), so a dead collector cannot trip an alert on ERROR lines.
+(`ExportLogLimit`), so a dead collector cannot trip an alert on ERROR lines. What it trips instead is
+`NanochatTraceExportFailing`: every export's spans are counted by result (`CountingExporter`,
+`nanochat_trace_export_spans_total{result="ok"|"failed"}`).
 
 What a generation request's trace holds:
 
@@ -29,13 +31,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 if TYPE_CHECKING:
@@ -116,6 +118,30 @@ def limit_export_logs() -> ExportLogLimit:
     return EXPORT_LOG_LIMIT
 
 
+class CountingExporter(SpanExporter):
+    """Passes each batch on to `exporter`, then calls `record(ok, spans)`: whether the export succeeded and
+    how many spans it carried (an export that raised counts as failed, and the error goes on up)."""
+
+    def __init__(self, exporter: SpanExporter, record: Callable[[bool, int], None]) -> None:
+        self.exporter = exporter
+        self.record = record
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            self.record(False, len(spans))
+            raise
+        self.record(result == SpanExportResult.SUCCESS, len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
 def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
     """Whether the OTEL_* variables turn tracing on (see the module docstring)."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -132,8 +158,13 @@ def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def provider_from_env(env: Mapping[str, str] = os.environ, version: str = "") -> TracerProvider | None:
-    """A TracerProvider exporting over OTLP/HTTP as the OTEL_* variables say, or None when tracing is off."""
+def provider_from_env(
+    env: Mapping[str, str] = os.environ,
+    version: str = "",
+    record: Callable[[bool, int], None] | None = None,
+) -> TracerProvider | None:
+    """A TracerProvider exporting over OTLP/HTTP as the OTEL_* variables say, or None when tracing is off.
+    With `record`, each export's outcome goes to it (`CountingExporter`)."""
     if not tracing_requested(env):
         return None
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -145,7 +176,9 @@ def provider_from_env(env: Mapping[str, str] = os.environ, version: str = "") ->
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     timeout_set = env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
-    exporter = OTLPSpanExporter(timeout=None if timeout_set else DEFAULT_EXPORT_TIMEOUT_S)
+    exporter: SpanExporter = OTLPSpanExporter(timeout=None if timeout_set else DEFAULT_EXPORT_TIMEOUT_S)
+    if record is not None:
+        exporter = CountingExporter(exporter, record)
     limit_export_logs()
     return tracer_provider(exporter, version)
 

@@ -41,6 +41,7 @@ REQUIRED_ALERTS = {
     "NanochatTargetAbsent",
     "NanochatNotReady",
     "NanochatNoTraffic",
+    "NanochatTraceExportFailing",
 }
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.config import Settings
@@ -161,6 +162,31 @@ def test_unreachable_collector_never_breaks_requests(traced_server: Server, clos
         time.sleep(0.1)
     assert failed, f"no failed export logged; the collector port was {closed_port}"
     assert httpx.get(f"{traced_server.url}/ready").status_code == 200
+    # what NanochatTraceExportFailing reads: the failed spans counted, none as exported
+    spans = wait_for_spans(traced_server, lambda counts: counts["failed"] > 0)
+    assert spans["ok"] == 0, spans
+
+
+def span_counts(server: Server) -> dict[str, float]:
+    """`nanochat_trace_export_spans_total` from the server's /metrics, by result."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nanochat_trace_export_spans_total":
+                counts[sample.labels["result"]] = sample.value
+    return counts
+
+
+def wait_for_spans(server: Server, done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    """The span counts once `done` holds for them (exports run on a background thread)."""
+    deadline = time.monotonic() + 120
+    counts = span_counts(server)
+    while not done(counts):
+        assert time.monotonic() < deadline, f"span counts never got there: {counts}"
+        time.sleep(0.1)
+        counts = span_counts(server)
+    return counts
 
 
 class StalledCollector(ThreadingHTTPServer):
@@ -218,6 +244,31 @@ def test_a_collector_that_never_answers_never_holds_a_request(
         for _ in range(20):  # the exporter is stuck in that export now
             assert client.post("/v1/chat/completions", json=body).status_code == 200
     assert not stalled_collector.release.is_set()  # the export was held the whole time
+
+
+@pytest.mark.integration
+def test_spans_a_collector_takes_count_as_exported(
+    start_server: Callable[..., Server], stalled_collector: StalledCollector
+) -> None:
+    """With a collector on 127.0.0.1 that answers every export (200), each request's spans count as ok and
+    none as failed; tracing off, the series is not there at all."""
+    stalled_collector.release.set()  # answers at once
+    server = start_server(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stalled_collector.server_address[1]}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+    )
+    assert span_counts(server) == {"ok": 0, "failed": 0}  # from 0, before the first export
+    body = {"messages": HELLO, "max_tokens": 2}
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for _ in range(3):
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+    # a chat request makes a server span and the generation span with its three phases: 15 or more
+    spans = wait_for_spans(server, lambda counts: counts["ok"] >= 15)
+    assert spans["failed"] == 0, spans
+    untraced = start_server({})
+    assert span_counts(untraced) == {}
 
 
 # ---- the formatters ---------------------------------------------------------------------------------
