@@ -25,6 +25,7 @@ from cdktf_cdktf_provider_google.provider import GoogleProvider
 from cdktf_cdktf_provider_time.provider import TimeProvider
 from constructs import Construct
 
+from app.observability.tracing import tracing_requested
 from infra import names
 from infra.config import ROOT, EnvConfig
 from modules.alert_rules import alerting_rules, load_alert_rules
@@ -273,6 +274,9 @@ class NanochatStack(TerraformStack):
         if cfg.monitored:
             rules = tuple(load_alert_rules(ROOT / cfg.monitoring.alert_rules_dir))
             scales_to_zero = cfg.service.min_instances == 0
+            traced = tracing_requested(cfg.service.env) or (
+                cfg.gpu.enabled and tracing_requested(cfg.gpu.env)
+            )  # the trace-export alert only where traces are exported
             grafana_emails = cfg.grafana.enabled and cfg.grafana.smtp is not None
             Monitoring(
                 self,
@@ -283,6 +287,7 @@ class NanochatStack(TerraformStack):
                     rules=rules,
                     service_is_public=cfg.service.public,
                     scales_to_zero=scales_to_zero,
+                    traced=traced,
                     # warnings: emailed by Grafana where it can send mail, else by these policies
                     notify_warnings=not grafana_emails,
                 ),
@@ -303,7 +308,7 @@ class NanochatStack(TerraformStack):
                         smtp=cfg.grafana.smtp,
                         viewers=cfg.grafana.viewers,
                         dashboards=read_dashboards(ROOT / cfg.grafana.dashboards_dir),
-                        rules=alerting_rules(list(rules), scales_to_zero=scales_to_zero),
+                        rules=alerting_rules(list(rules), scales_to_zero=scales_to_zero, traced=traced),
                         deletion_protection=cfg.service.deletion_protection,
                     ),
                     project=cfg.project,

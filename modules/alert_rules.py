@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from app.observability.catalog import TRACE_EXPORT
+
 # Prometheus duration syntax (https://prometheus.io/docs/prometheus/latest/configuration/configuration/)
 _DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
 _UNIT_SECONDS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
@@ -62,11 +64,22 @@ class AlertRule:
         that scales to zero."""
         return bool(_ABSENT.search(self.expr))
 
+    @property
+    def reads_trace_export(self) -> bool:
+        """True for alerts on the trace exporter's metric, which exists only where tracing is on."""
+        return bool(re.search(rf"\b{TRACE_EXPORT.name}\b", self.expr))
 
-def alerting_rules(rules: list[AlertRule], *, scales_to_zero: bool) -> list[AlertRule]:
+
+def alerting_rules(rules: list[AlertRule], *, scales_to_zero: bool, traced: bool = False) -> list[AlertRule]:
     """The rules to alert on for a service: without the absence alerts where it scales to zero (there "no
-    target" is the idle state, and the uptime check and `NanochatTargetDown` cover a service that fails)."""
-    return [rule for rule in rules if not (scales_to_zero and rule.fires_on_absence)]
+    target" is the idle state, and the uptime check and `NanochatTargetDown` cover a service that fails),
+    and without the trace-export alerts where it exports no traces (`traced`: its metric would never be
+    written, and Cloud Monitoring refuses a PromQL condition on a metric it has never seen)."""
+    return [
+        rule
+        for rule in rules
+        if not (scales_to_zero and rule.fires_on_absence) and (traced or not rule.reads_trace_export)
+    ]
 
 
 def _translate(text: str, label: str, value: str, reader: str) -> str:

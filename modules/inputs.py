@@ -222,6 +222,7 @@ class MonitoringInput(AlertPolicySettings):
     rules: tuple[AlertRule, ...]
     service_is_public: bool
     scales_to_zero: bool  # absence alerts would fire on every idle period: left out
+    traced: bool = False  # the service exports traces (OTEL_* in its env): the trace-export alerts apply
     notify_warnings: bool = True  # off where Grafana emails the warnings instead
 
 

@@ -12,7 +12,8 @@ severity, and its annotations (summary as the subject; summary, description and 
 documentation, their Prometheus templates turned into Cloud Monitoring's `${metric.label.KEY}` variables).
 Managed Service for Prometheus stores the app's series under their Prometheus names, so the expressions run
 unchanged. Where the service scales to zero, the `absent(...)` alerts are not created (they would fire on
-every idle period; `modules.alert_rules.alerting_rules`). Critical policies always email the channels (the
+every idle period; `modules.alert_rules.alerting_rules`), nor the trace-export ones where the service
+exports no traces (their metric is never written). Critical policies always email the channels (the
 paging path); warning ones only with `notify_warnings` (off where Grafana emails them instead).
 
 The uptime check calls the Cloud Run service's `/health` over HTTPS; a private service is called with
@@ -116,7 +117,7 @@ class Monitoring(Construct):
         service_is_public, uptime_check_period_s = spec.service_is_public, spec.uptime_check_period_s
 
         self.alert_policies = []
-        for rule in alerting_rules(list(spec.rules), scales_to_zero=spec.scales_to_zero):
+        for rule in alerting_rules(list(spec.rules), scales_to_zero=spec.scales_to_zero, traced=spec.traced):
             emailed = rule.severity == "critical" or spec.notify_warnings
             interval = rule.group_interval_seconds or spec.evaluation_interval_s
             if interval % 30:

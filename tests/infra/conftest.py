@@ -89,7 +89,7 @@ def _variant(cfg: EnvConfig, name: str, **update) -> EnvConfig:
 def variant_configs() -> list[EnvConfig]:
     """The later bootstrap phases and optional features, on the committed env files:
     - devmon: dev monitored, with an uptime check on its private service;
-    - prodmon: prod monitored (released: the autoscaler, the load balancer as committed);
+    - prodmon: prod monitored (released: the autoscaler, the load balancer as committed), exporting traces;
     - devrel: dev released with working hours, an HTTP-only load balancer and the push trigger."""
     from infra.config import GpuSchedule
 
@@ -97,7 +97,12 @@ def variant_configs() -> list[EnvConfig]:
     dev, prod = envs["dev"], envs["prod"]
     return [
         _variant(dev, "devmon", phase="monitored", monitoring={"uptime_check_period_s": 300}),
-        _variant(prod, "prodmon", phase="monitored"),
+        _variant(
+            prod,
+            "prodmon",
+            phase="monitored",  # and traced: a collector beside the app
+            service={"env": {**prod.service.env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}},
+        ),
         _variant(
             dev,
             "devrel",

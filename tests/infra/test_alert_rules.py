@@ -163,8 +163,20 @@ def test_absence_alerts_are_left_out_where_the_service_scales_to_zero():
     rules = load_alert_rules(ALERTS_DIR)
     absent = {rule.name for rule in rules if rule.fires_on_absence}
     assert absent == {"NanochatTargetAbsent"}
-    assert {r.name for r in alerting_rules(rules, scales_to_zero=False)} == {r.name for r in rules}
-    assert {r.name for r in alerting_rules(rules, scales_to_zero=True)} == {r.name for r in rules} - absent
+    everything = {r.name for r in rules}
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=False, traced=True)} == everything
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=True, traced=True)} == everything - absent
+
+
+def test_trace_export_alerts_only_where_the_service_exports_traces():
+    """Cloud Monitoring refuses a PromQL condition on a metric never written: without traces, the
+    trace exporter's counter never is."""
+    rules = load_alert_rules(ALERTS_DIR)
+    traces = {rule.name for rule in rules if rule.reads_trace_export}
+    assert traces == {"NanochatTraceExportFailing"}
+    names = {r.name for r in rules}
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=False)} == names - traces
+    assert {r.name for r in alerting_rules(rules, scales_to_zero=False, traced=True)} == names
 
 
 def test_rule_text_parses_like_a_rule_file(tmp_path):
