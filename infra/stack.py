@@ -256,6 +256,7 @@ class NanochatStack(TerraformStack):
                 gpu_group=names.gpu_group(cfg) if cfg.gpu.enabled else None,
                 service_name=names.service_name(cfg),
                 labels=labels,
+                notification_channel_ids=channels.ids,  # the "kill switch acted" alert
                 runtime_service_account=service.identity.email,
                 build_service_account=build.service_account_name,
                 docker_repository=build.pushable_repository,  # the build account may push there

@@ -17,23 +17,35 @@ Opt-in per env (`budget.kill_switch`): it stops the service to stop the spending
   (Eventarc's Pub/Sub deliveries count as internal), and no retries (a failed run waits for the budget's
   next notification instead of being retried for days).
 
+- The alert: a Cloud Monitoring log-match policy, "nanochat ENV kill switch acted" (CRITICAL), emails the
+  notification channels whenever the function logs that it changed something (`acted_filter`: its
+  Cloud Run functions logs are `cloud_run_revision` entries of the service named like the function;
+  `jsonPayload.event="acted"` is on exactly the lines of a write: autoscaler off, group resized, service
+  capped). At most one email per `ALERT_RATE_LIMIT` (Google requires a rate limit on log-match policies).
+  The budget's own threshold emails come from `Budget`; this says the spending was actually stopped.
+  Runbook: docs/runbooks/budget.md.
+
 It does not enable APIs: the stack does (cloudfunctions, eventarc, pubsub, cloudbuild, artifactregistry,
-run, storage).
+run, storage, monitoring).
 
 Input: names and emails only (the topic, the function, its account and bucket, the group and service it
-stops, the accounts it builds and acts as). Outputs: `topic`, `budget_topic_id` (for `Budget`),
-`function`, `identity`.
+stops, the accounts it builds and acts as) and the notification channel ids. Outputs: `topic`,
+`budget_topic_id` (for `Budget`), `function`, `identity`, `alert_policy`.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cdktf import AssetType, TerraformAsset
 from cdktf_cdktf_provider_google.cloudfunctions2_function import Cloudfunctions2Function
+from cdktf_cdktf_provider_google.monitoring_alert_policy import (
+    MonitoringAlertPolicy,
+    MonitoringAlertPolicyConditions,
+)
 from cdktf_cdktf_provider_google.project_iam_custom_role import ProjectIamCustomRole
 from cdktf_cdktf_provider_google.project_iam_member import ProjectIamMember
 from cdktf_cdktf_provider_google.pubsub_topic import PubsubTopic
@@ -41,6 +53,8 @@ from cdktf_cdktf_provider_google.pubsub_topic_iam_member import PubsubTopicIamMe
 from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
 from constructs import Construct
 
+from alerts.build import RUNBOOK_BASE_URL
+from infra.kill_switch.main import ACTED, COMPONENT
 from modules.grants import act_as, bucket_role, run_service_role
 from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
@@ -64,6 +78,25 @@ PERMISSIONS = (
     "run.services.get",
     "run.services.update",
 )
+RUNBOOK_URL = f"{RUNBOOK_BASE_URL}budget.md"
+ALERT_RATE_LIMIT = "3600s"  # one email per hour at most; the function acts once per budget period
+ALERT_AUTO_CLOSE = "1800s"  # a log-match incident has no "resolved" signal: close it after 30 min
+
+
+def acted_filter(function_name: str) -> str:
+    """The Cloud Logging filter of the function's log lines that say it changed something.
+
+    A Cloud Run function (2nd gen) runs as the Cloud Run service of the same name, so its stdout lines are
+    `cloud_run_revision` entries labelled with that `service_name`; a JSON line's fields land in
+    `jsonPayload` (its `severity` and `message` are lifted into the entry)."""
+    return " AND ".join(
+        (
+            'resource.type="cloud_run_revision"',
+            f'resource.labels.service_name="{function_name}"',
+            f'jsonPayload.component="{COMPONENT}"',
+            f'jsonPayload.event="{ACTED}"',
+        )
+    )
 
 
 def staged_source() -> Path:
@@ -92,11 +125,13 @@ class KillSwitch(Construct):
         gpu_group: str | None,
         service_name: str,
         labels: Mapping[str, str],
+        notification_channel_ids: Sequence[str],
         runtime_service_account: str | None = None,
         build_service_account: str | None = None,
         docker_repository: str | None = None,
     ) -> None:
-        """`runtime_service_account`: the Cloud Run service's identity (email); `build_service_account`:
+        """`notification_channel_ids`: who the kill-switch-acted alert emails (`AlertChannels.ids`);
+        `runtime_service_account`: the Cloud Run service's identity (email); `build_service_account`:
         the function's build identity (`projects/P/serviceAccounts/EMAIL`; default: Cloud Build's), which
         pushes the function's image to `docker_repository` (`projects/P/locations/R/repositories/NAME`, one
         it may write to; default: the `gcf-artifacts` repository the service creates, where a dedicated
@@ -216,4 +251,36 @@ class KillSwitch(Construct):
             location=region,
             service=self.function.name,
             member=self.identity.member,
+        )
+
+        self.alert_policy = MonitoringAlertPolicy(
+            self,
+            "acted-alert",
+            project=project,
+            display_name=f"nanochat {env} kill switch acted",
+            combiner="OR",
+            severity="CRITICAL",
+            notification_channels=list(notification_channel_ids),
+            user_labels={**labels, "severity": "critical"},
+            documentation={
+                "content": (
+                    f"The budget kill switch ({function_name}) stopped the spending of nanochat {env}: the "
+                    "budget is used up, so it turned the GPU group's autoscaler off, resized the group to 0 "
+                    f"and/or capped the Cloud Run service {service_name} at {MAX_SERVICE_INSTANCES} "
+                    "instance(s). Nothing restarts by itself.\n\n"
+                    f"Runbook: {RUNBOOK_URL}"
+                ),
+                "mime_type": "text/markdown",
+                "subject": f"[CRITICAL] nanochat {env}: budget spent, the kill switch stopped the spending",
+            },
+            alert_strategy={
+                "notification_rate_limit": {"period": ALERT_RATE_LIMIT},
+                "auto_close": ALERT_AUTO_CLOSE,
+            },
+            conditions=[
+                MonitoringAlertPolicyConditions(
+                    display_name="the kill switch changed the GPU group or the Cloud Run service",
+                    condition_matched_log={"filter": acted_filter(function_name)},
+                )
+            ],
         )

@@ -16,7 +16,10 @@ Each step reads first and writes only what differs, so a repeated notification c
 budget the function does nothing and says so. It never restarts anything: re-arming is a person's act
 (`scripts/gpu.sh up`, a `cdktf deploy`, or raising the service-level max again).
 
-Every decision and action is one JSON line on stdout (Cloud Logging reads `severity` and `message`).
+Every decision and action is one JSON line on stdout (Cloud Logging reads `severity` and `message`), with
+`component` "kill-switch", the `action`, and for the GPU and service steps `changed`. A line whose write
+went through also carries `event` "acted": the "kill switch acted" alert (modules/kill_switch.py) matches
+exactly that field, so a repeated notification that changes nothing alerts nobody.
 A message that cannot be read is logged and acknowledged: raising would only make Eventarc redeliver it.
 A failed API call is raised after both steps were tried (the trigger does not retry; the next budget
 notification, hours later, tries again).
@@ -48,6 +51,8 @@ RUN_API = "https://run.googleapis.com/v2"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 OPERATION_TIMEOUT_S = 240.0
 REQUEST_TIMEOUT_S = 60.0
+COMPONENT = "kill-switch"  # every line's `component`
+ACTED = "acted"  # the `event` of a line saying a write went through (what the alert policy matches)
 
 
 class KillSwitchError(RuntimeError):
@@ -105,7 +110,7 @@ class Settings:
 
 
 def log(severity: str, message: str, **fields) -> None:
-    print(json.dumps({"severity": severity, "message": message, "component": "kill-switch", **fields}))
+    print(json.dumps({"severity": severity, "message": message, "component": COMPONENT, **fields}))
     sys.stdout.flush()
 
 
@@ -230,6 +235,7 @@ def stop_gpu_group(api: Api, settings: Settings) -> None:
                 autoscaler=name,
                 was=mode,
                 changed=True,
+                event=ACTED,
             )
 
     size = group.get("targetSize", 0)
@@ -245,6 +251,7 @@ def stop_gpu_group(api: Api, settings: Settings) -> None:
         group=settings.gpu_group,
         was=size,
         changed=True,
+        event=ACTED,
     )
 
 
@@ -291,6 +298,7 @@ def cap_service(api: Api, settings: Settings) -> None:
         was=current_max,
         max_instances=cap,
         changed=True,
+        event=ACTED,
     )
 
 

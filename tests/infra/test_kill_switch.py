@@ -7,7 +7,9 @@ autoscaler and the service as state, answers with the APIs' resource and long-ru
 and records every request. The stand-in is as strict as the real APIs where it matters: a group whose
 autoscaler is on cannot be resized, and a Cloud Run PATCH without an update mask replaces the service.
 
-The construct (modules/kill_switch.py) is synthesized once into a small stack of its own.
+The construct (modules/kill_switch.py) is synthesized once into a small stack of its own. Its "kill switch
+acted" alert policy's log filter is checked against the lines the function really prints, read as Cloud
+Logging stores them (the JSON line's fields in `jsonPayload`, on a `cloud_run_revision` resource).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from infra.kill_switch import main as kill_switch
 PROJECT, REGION, GROUP, SERVICE = "nanochat-test", "europe-west4", "nanochat-gpu-dev", "nanochat"
 AUTOSCALER = f"{GROUP}-autoscaler"
 TOKEN = "test-token"
+FUNCTION = "nanochat-kill-switch-dev"
+CHANNELS = [f"projects/{PROJECT}/notificationChannels/1", f"projects/{PROJECT}/notificationChannels/2"]
 FUNCTION_DIR = ROOT / "infra" / "kill_switch"
 
 
@@ -449,12 +453,13 @@ def synthesized() -> dict:
         region=REGION,
         env="dev",
         topic_name="nanochat-budget-dev",
-        function_name="nanochat-kill-switch-dev",
+        function_name=FUNCTION,
         account_id="nanochat-kill-switch-dev",
         bucket=f"{PROJECT}-nanochat-kill-switch",
         gpu_group=GROUP,
         service_name=SERVICE,
         labels={"env": "dev", "app": "nanochat"},
+        notification_channel_ids=CHANNELS,
         runtime_service_account=f"nanochat-run-dev@{PROJECT}.iam.gserviceaccount.com",
     )
     return json.loads(T.synth(stack))
@@ -567,3 +572,119 @@ def test_the_source_object_is_named_by_the_code_it_holds(synthesized):
     for package in ("functions-framework", "google-auth", "requests"):  # what main.py imports
         assert re.search(rf"^{package}\b", requirements, re.M), package
     assert (staged / "main.py").read_bytes() == (FUNCTION_DIR / "main.py").read_bytes()
+
+
+# --- the "kill switch acted" alert ----------------------------------------------------------------------
+
+ACTED_FILTER = (
+    'resource.type="cloud_run_revision" AND resource.labels.service_name="nanochat-kill-switch-dev" '
+    'AND jsonPayload.component="kill-switch" AND jsonPayload.event="acted"'
+)
+TERM = re.compile(r'([A-Za-z_][\w.]*)=(?:"([^"]*)"|(true|false))')
+
+
+def as_log_entry(line: str, service_name: str = FUNCTION) -> dict:
+    """One stdout line of the function as Cloud Logging stores it for a Cloud Run function (2nd gen):
+    the service's `cloud_run_revision` resource, the JSON fields in `jsonPayload` (`severity` and `message`
+    lifted out into the entry)."""
+    payload = json.loads(line)
+    severity = payload.pop("severity")
+    payload.pop("message")
+    resource = {"type": "cloud_run_revision", "labels": {"service_name": service_name}}
+    return {"resource": resource, "severity": severity, "jsonPayload": payload}
+
+
+def matches(log_filter: str, entry: dict) -> bool:
+    """The filters written here: `path="text"` / `path=true|false` terms joined by AND, nothing else."""
+    terms = log_filter.split(" AND ")
+    for term in terms:
+        found = TERM.fullmatch(term)
+        assert found, f"the evaluator does not know this term: {term!r}"
+        path, text, flag = found.groups()
+        value: object = entry
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        expected = text if text is not None else flag == "true"
+        if value is None or type(value) is not type(expected) or value != expected:
+            return False
+    return True
+
+
+def printed_entries(capsys, apis, data: dict) -> list[dict]:
+    """Run the function's handler in process on one message; its stdout lines as log entries."""
+    env = {
+        "KILL_SWITCH_PROJECT": PROJECT,
+        "KILL_SWITCH_REGION": REGION,
+        "KILL_SWITCH_GPU_GROUP": GROUP,
+        "KILL_SWITCH_SERVICE": SERVICE,
+        "KILL_SWITCH_COMPUTE_API": f"{apis.url}/compute/v1",
+        "KILL_SWITCH_RUN_API": f"{apis.url}/run/v2",
+        "KILL_SWITCH_ACCESS_TOKEN": TOKEN,
+    }
+    capsys.readouterr()
+    kill_switch.handle(data, kill_switch.Settings.from_env(env), kill_switch.Api.from_env(env))
+    return [as_log_entry(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def acted_policy(synth: dict) -> dict:
+    found = [
+        p
+        for p in resources(synth, "google_monitoring_alert_policy").values()
+        if "kill switch" in p["display_name"]
+    ]
+    assert len(found) == 1, f"expected one kill switch policy, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.slow
+def test_the_acted_alert_matches_the_function_log_and_emails_the_channels(synthesized):
+    from modules.kill_switch import RUNBOOK_URL
+
+    policy = acted_policy(synthesized)
+    assert policy["display_name"] == "nanochat dev kill switch acted"
+    assert policy["severity"] == "CRITICAL"
+    assert policy["notification_channels"] == CHANNELS
+    (condition,) = policy["conditions"]
+    assert condition["condition_matched_log"]["filter"] == ACTED_FILTER
+    assert [k for k in condition if k.startswith("condition_")] == ["condition_matched_log"]
+    # required by Cloud Monitoring for a log-match condition
+    assert policy["alert_strategy"]["notification_rate_limit"]["period"] == "3600s"
+    assert RUNBOOK_URL.endswith("/docs/runbooks/budget.md")
+    assert RUNBOOK_URL in policy["documentation"]["content"]
+    assert (ROOT / "docs" / "runbooks" / "budget.md").is_file()
+    assert policy["user_labels"]["env"] == "dev" and policy["user_labels"]["severity"] == "critical"
+
+
+@pytest.mark.slow
+def test_the_acted_filter_matches_exactly_the_lines_of_a_write(apis, capsys, synthesized):
+    log_filter = acted_policy(synthesized)["conditions"][0]["condition_matched_log"]["filter"]
+
+    apis.reset()
+    entries = printed_entries(capsys, apis, budget_message(120.0, alertThresholdExceeded=1.0))
+    matched = [e["jsonPayload"]["action"] for e in entries if matches(log_filter, e)]
+    assert matched == ["autoscaler-off", "gpu-resize", "service-cap"]
+    assert apis.group["targetSize"] == 0, "the writes the lines report did happen"
+    # another service's identical line does not match
+    other = {**entries[-1], "resource": {"type": "cloud_run_revision", "labels": {"service_name": SERVICE}}}
+    assert matches(log_filter, entries[-1]) and not matches(log_filter, other)
+
+    # the next notification changes nothing, below the budget nothing happens: no alert
+    for data in (budget_message(121.0), budget_message(50.0)):
+        entries = printed_entries(capsys, apis, data)
+        assert entries and not [e for e in entries if matches(log_filter, e)]
+
+
+@pytest.mark.slow
+def test_the_acted_alert_exists_only_where_the_kill_switch_is_on(dev, prod):
+    assert dev.cfg.budget.kill_switch and not prod.cfg.budget.kill_switch
+    policy = acted_policy(dev.data)
+    channels = dev.of_type("google_monitoring_notification_channel")
+    assert channels and sorted(policy["notification_channels"]) == sorted(
+        f"${{google_monitoring_notification_channel.{name}.id}}" for name in channels
+    )
+    assert policy["conditions"][0]["condition_matched_log"]["filter"] == ACTED_FILTER  # dev's function
+    assert not [
+        p
+        for p in prod.of_type("google_monitoring_alert_policy").values()
+        if "kill switch" in p["display_name"]
+    ]
