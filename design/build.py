@@ -189,6 +189,9 @@ def failure_table(modes: list[dict]) -> str:
     ]
     for mode in modes:
         detection = ", ".join(f"[`{a}`](runbooks/{a}.md)" for a in mode["alerts"])  # links from docs/
+        policies = [f"[`{p['name']}`](runbooks/{p['runbook']})" for p in mode.get("policies", [])]
+        if policies:  # Cloud Monitoring policies of infra/, not Prometheus rules
+            detection = ", ".join([*filter(None, [detection]), *policies])
         detection = "; ".join(p for p in (detection, mode["other_signals"]) if p)
         proof = "<br>".join(f"`{p.split('::')[-1]}` ({p.split('::')[0]})" for p in mode["proof"])
         chaos = ", ".join(f"`{c}` ({ran.get(c, 'not run')})" for c in mode["chaos"]) or "–"

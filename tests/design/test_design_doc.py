@@ -97,6 +97,24 @@ def test_every_detection_alert_exists(modes) -> None:
     assert not unknown
 
 
+def test_every_detection_policy_is_declared_with_its_runbook(modes, tmp_path) -> None:
+    """The Cloud Monitoring policies the table names (ENV standing for the env) are in the synthesized dev
+    stack, and their runbooks exist."""
+    from infra.config import load_envs
+    from infra.main import build_app
+
+    named = [p for m in modes for p in m.get("policies", [])]
+    assert named, "no failure mode names a Cloud Monitoring policy"
+    (dev,) = [cfg for cfg in load_envs() if cfg.name == "dev"]
+    build_app([dev], outdir=str(tmp_path)).synth()
+    stack = yaml.safe_load((tmp_path / "stacks" / "dev" / "cdk.tf.json").read_text())
+    declared = {p["display_name"] for p in stack["resource"]["google_monitoring_alert_policy"].values()}
+    for policy in named:
+        assert policy["name"].replace("ENV", "dev") in declared, (policy, sorted(declared))
+        runbook = ROOT / "docs" / "runbooks" / policy["runbook"]
+        assert runbook.is_file() and runbook.read_text().startswith("# "), runbook
+
+
 def test_every_proof_test_exists(modes) -> None:
     missing = []
     for mode in modes:
