@@ -306,6 +306,11 @@ class RetrievalOptions(RequestBody):
         None, ge=1, description="chunks to retrieve, at most NANOCHAT_RAG_MAX_K (default NANOCHAT_RAG_K)"
     )
     mode: RetrievalMode | None = Field(None, description="default NANOCHAT_RAG_MODE")
+    attribute: bool | None = Field(
+        None,
+        description="add [n] after each reply sentence a source supports and the reply did not cite "
+        "(post-hoc, by word overlap: docs/rag.md); not with logprobs or tools",
+    )
 
 
 class Citation(BaseModel):
@@ -321,6 +326,17 @@ class Citation(BaseModel):
     flagged: str | None = Field(
         None, description="the guardrail rule it matched (NANOCHAT_RAG_GUARDRAIL=flag)"
     )
+
+
+class CitationSupport(BaseModel):
+    """A sentence of a reply and the sources that support it, measured after generation (docs/rag.md)."""
+
+    choice: int = Field(description="the choice's index")
+    start: int = Field(description="character span of the sentence in the choice's content")
+    end: int
+    sources: list[int] = Field(description="numbers of the citations holding most of its words, best first")
+    scores: list[float] = Field(description="each one's share of the sentence's content words")
+    cited: list[int] = Field(description="the numbers the reply itself wrote in the sentence ([n])")
 
 
 # ---- tools (docs/serving.md, "Tool calls") -----------------------------------------------------------
@@ -523,6 +539,9 @@ class ChatCompletion(BaseModel):
     usage: Usage
     nanochat: NanochatInfo | None = None
     citations: list[Citation] | None = Field(None, description="with `retrieval`: the numbered sources")
+    supports: list[CitationSupport] | None = Field(
+        None, description="with `retrieval`: the reply's sentences its sources support"
+    )
 
 
 class ChunkFunction(BaseModel):
@@ -564,6 +583,9 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
     nanochat: NanochatInfo | None = None
     citations: list[Citation] | None = Field(None, description="with `retrieval`: in the last chunk")
+    supports: list[CitationSupport] | None = Field(
+        None, description="with `retrieval`: in the last chunk, over the whole reply"
+    )
 
 
 # ---- POST /v1/completions ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
-from app.api.rag import with_retrieval
+from app.api.rag import Grounding, check_attribution, with_retrieval
 from app.api.serving import (
     Generation,
     Prompt,
@@ -66,7 +66,7 @@ from app.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkDelta,
-    Citation,
+    CitationSupport,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -79,6 +79,7 @@ from app.schemas import (
 )
 from app.validation import check_model
 from nanochat.backend import ChatTokenizer
+from nanochat.rag.attribution import Attribution
 from nanochat.tool_calls import CallSplitter, new_call_id
 
 router = APIRouter(tags=["openai"])
@@ -114,9 +115,10 @@ async def chat_completions(
     if body.model and body.model == rt.settings.rag_model:  # the retrieval alias: the defaults
         body = body.model_copy(update={"model": None, "retrieval": body.retrieval or RetrievalOptions()})
     check_model(body.model, rt.settings)
-    citations = None
+    grounded = None
     if body.retrieval is not None:  # docs/rag.md: the chunks as numbered sources, cited as [n]
-        body, citations = await with_retrieval(body, rt)
+        check_attribution(body)
+        body, grounded = await with_retrieval(body, rt)
     generation = await prepare_generation(body, rt, rid)
     stream, prompt, headers = generation.stream, generation.prompt, generation.headers
     completion_id, created = f"chatcmpl-{rid}", int(time.time())
@@ -132,11 +134,18 @@ async def chat_completions(
             body.include_usage,
             prompt,
             tokenizer,
-            citations=citations,
+            grounded=grounded,
             start=start,
         )
         return event_stream(events, stream, headers)
     result = await collect(stream, request, start)
+    texts, supports = list(result.texts), None
+    if grounded is not None and not result.calls:  # each reply's sentences and their sources
+        supports = []
+        for i, text in enumerate(texts):
+            attribution = grounded.attribution()
+            texts[i] = attribution.text(text)  # the same text unless it marks
+            supports += citation_supports(i, attribution)
     completion = ChatCompletion(
         id=completion_id,
         created=created,
@@ -148,13 +157,28 @@ async def chat_completions(
                 finish_reason=reason,
                 logprobs=chat_logprobs(tokenizer, result.scored[i]) if tokenizer else None,
             )
-            for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+            for i, (text, reason) in enumerate(zip(texts, result.finish_reasons, strict=True))
         ],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
         nanochat=_nanochat_info(prompt),
-        citations=citations,
+        citations=grounded.citations if grounded else None,
+        supports=supports,
     )
     return _json(completion, headers)
+
+
+def citation_supports(choice: int, attribution: Attribution) -> list[CitationSupport]:
+    return [
+        CitationSupport(
+            choice=choice,
+            start=s.start,
+            end=s.end,
+            sources=list(s.sources),
+            scores=list(s.scores),
+            cited=list(s.cited),
+        )
+        for s in attribution.supports
+    ]
 
 
 def _message(text: str, tool_calls: list[ResponseToolCall] | None) -> AssistantMessage:
@@ -186,12 +210,13 @@ async def _chat_events(
     include_usage: bool,
     prompt: Prompt,
     tokenizer: ChatTokenizer | None,
-    citations: list[Citation] | None = None,
+    grounded: Grounding | None = None,
     start: int | None = None,
 ) -> AsyncIterator[str]:
     """`tokenizer` given: with logprobs, each content chunk carrying its tokens' entries (a token whose
     text is held back, part of a character or of a possible stop string, comes with the next text).
-    `citations` (retrieval) go in the last chunk before `[DONE]`, with no choices, like the usage.
+    `grounded` (retrieval): its citations and the reply's supports go in the last chunk before `[DONE]`,
+    with no choices, like the usage; with `attribute`, the [n] markers go into the content as sentences end.
     `start` given (<|python_start|>, tools offered): a call is streamed as tool_calls deltas."""
 
     def chunk(choices: list[ChatChunkChoice], **extra) -> str:
@@ -202,6 +227,7 @@ async def _chat_events(
     scored: list[list[Delta]] = [[] for _ in range(stream.n)]
     calls = [CallSplitter(start) for _ in range(stream.n)] if start is not None else []
     call_ids = [new_call_id() for _ in calls]
+    attributions = [grounded.attribution() for _ in range(stream.n)] if grounded and not calls else []
     for i in range(stream.n):
         role = ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
         yield chunk([role], nanochat=_nanochat_info(prompt) if i == 0 else None)
@@ -213,6 +239,12 @@ async def _chat_events(
                     events.extend(
                         chunk([c]) for c in _tool_choices(delta, calls, call_ids, scored, tokenizer)
                     )
+                elif attributions and grounded and grounded.mark:  # no logprobs here (check_attribution)
+                    attribution = attributions[delta.index]
+                    text = attribution.feed(delta.text) if delta.text else ""
+                    text += attribution.finish() if delta.finish_reason else ""
+                    if text:
+                        events.append(content(delta.index, text))
                 elif tokenizer is not None:
                     scored[delta.index].append(delta)
                     if delta.text or delta.finish_reason:
@@ -224,6 +256,10 @@ async def _chat_events(
                         events.append(chunk([choice]))
                 elif delta.text:
                     events.append(content(delta.index, delta.text))
+                if attributions and not grounded.mark:  # only watched: the text goes out as it came
+                    attributions[delta.index].feed(delta.text)
+                    if delta.finish_reason:
+                        attributions[delta.index].finish()
                 if delta.finish_reason:
                     done = ChatChunkChoice(
                         index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason
@@ -236,8 +272,9 @@ async def _chat_events(
         return
     if include_usage:
         yield chunk([], usage=_usage(stream.prompt_tokens, stream.completion_tokens))
-    if citations is not None:
-        yield chunk([], citations=citations)
+    if grounded is not None:
+        supports = [s for i, a in enumerate(attributions) for s in citation_supports(i, a)]
+        yield chunk([], citations=grounded.citations, supports=supports if attributions else None)
     yield "data: [DONE]\n\n"
 
 

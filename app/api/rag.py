@@ -16,6 +16,7 @@ than NANOCHAT_RAG_QUEUE searches waiting 429 `queue_full`. The service (app/rag_
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from app.api.deps import RuntimeDep
 from app.api.serving import render_chat
 from app.errors import ErrorResponse, invalid
 from app.lifecycle import Runtime
-from app.rag_service import SOURCE_CAPS, RagService, count_tokens, sources_message, with_sources
+from app.rag_service import SOURCE_CAPS, RagService, Retrieval, count_tokens, sources_message, with_sources
 from app.schemas import (
     ChatCompletionRequest,
     Citation,
@@ -37,6 +38,7 @@ from app.schemas import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from nanochat.rag.attribution import Attribution, Sources
 
 router = APIRouter(prefix="/v1", tags=["retrieval"])
 RAG_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -132,11 +134,37 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 # ---- chat -----------------------------------------------------------------------------------------------
-async def with_retrieval(
-    body: ChatCompletionRequest, rt: Runtime
-) -> tuple[ChatCompletionRequest, list[Citation]]:
+@dataclass(frozen=True)
+class Grounding:
+    """What a chat request with `retrieval` answers from: the citations its response carries, and the
+    sources' texts its reply's sentences are attributed to (nanochat.rag.attribution)."""
+
+    citations: list[Citation]
+    sources: Sources
+    mark: bool  # `retrieval.attribute`: add [n] markers
+
+    def attribution(self) -> Attribution:
+        return Attribution(self.sources, self.mark)
+
+
+def check_attribution(body: ChatCompletionRequest) -> None:
+    """`retrieval.attribute` edits the reply's text: not with logprobs (their tokens would no longer add up
+    to it), tools (a call's arguments are not prose) or a JSON response_format (markers would break it)."""
+    if body.retrieval is None or not body.retrieval.attribute:
+        return
+    json_format = body.response_format is not None and body.response_format.type != "text"
+    for name, given in (
+        ("logprobs", body.logprobs),
+        ("tools", body.tools),
+        ("a JSON response_format", json_format),
+    ):
+        if given:
+            raise invalid(f"retrieval.attribute cannot be combined with {name}", "retrieval.attribute")
+
+
+async def with_retrieval(body: ChatCompletionRequest, rt: Runtime) -> tuple[ChatCompletionRequest, Grounding]:
     """A chat request with `retrieval`: its last user message searched in the index, the chunks in its
-    system message as numbered sources, and the citations its response carries. The prompt must leave
+    system message as numbered sources, and what its response is grounded on. The prompt must leave
     room for the reply (at least min(max_tokens, a quarter of the context)): the sources' texts are cut
     (SOURCE_CAPS), down to their titles, and if even those do not fit, the last sources are left out."""
     options = body.retrieval
@@ -157,5 +185,12 @@ async def with_retrieval(
         for cap in SOURCE_CAPS:
             candidate = with_sources(body, sources_message(given, cap))
             if validation.fits(len(render_chat(rt, candidate.messages)) + reserve, rt.context):
-                return candidate, given.citations()
-    return candidate, given.citations()  # not even one title fits: generation's own 400 says so
+                return candidate, grounding(given, bool(options.attribute))
+    return candidate, grounding(given, bool(options.attribute))  # not even one title fits: generation's 400
+
+
+def grounding(retrieval: Retrieval, mark: bool) -> Grounding:
+    """The citations of the sources given, and their whole chunks' texts to attribute the reply to (the
+    prompt may have carried them cut)."""
+    texts = [hit.chunk.text for hit in retrieval.hits]
+    return Grounding(retrieval.citations(), Sources(texts), mark)

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.rag_service import cited_numbers, screen_chunk, sources_message, with_sources
 from app.schemas import ChatCompletionRequest
+from nanochat.rag.attribution import content_words
 from nanochat.rag.index import Retriever, build_index
 
 if TYPE_CHECKING:
@@ -515,3 +516,137 @@ def test_each_retrieval_is_a_span_under_the_request(indexes: dict[str, Path]) ->
         attributes = dict(retrieval.attributes)
         assert (attributes["rag.index"], attributes["rag.mode"], attributes["rag.k"]) == ("docs", "hybrid", k)
         assert attributes["rag.results"] == k and attributes["rag.dropped"] == 0
+
+
+# ---- attribution: supports, and [n] markers the service adds (nanochat/rag/attribution.py) -------------
+ANSWER = "Run scripts/rollback.sh with --env prod to roll back a release. The sky is green today."
+QUESTIONS = (
+    ROLLBACK,
+    "Tell me what to check on the dashboard and in the logs before I roll back.",
+    "Write three sentences about releases, revisions and rollbacks.",
+    "Explain how a release is rolled back, step by step, in detail.",
+)
+
+
+def test_supports_point_at_the_source_a_reply_sentence_comes_from(client: openai.OpenAI) -> None:
+    """A reply held to a known sentence (a JSON schema with one allowed value): its first sentence is the
+    rollback document's, its second nobody's; streamed or not, the supports say so."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": [ANSWER]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    ask = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": ROLLBACK}],
+        "max_tokens": 60,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        "extra_body": {"retrieval": {"index": "poisoned", "k": 1}},
+    }
+    completion = client.chat.completions.create(**ask)
+    text = completion.choices[0].message.content
+    assert json.loads(text) == {"answer": ANSWER}
+    [citation] = completion.model_extra["citations"]
+    assert citation["source"].endswith("rollback.md")
+    [support] = completion.model_extra["supports"]
+    assert support["choice"] == 0 and support["sources"] == [1] and support["cited"] == []
+    assert text[support["start"] : support["end"]].endswith("to roll back a release")
+    assert support["scores"][0] >= 0.5
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].model_extra["supports"] == completion.model_extra["supports"]
+
+
+@pytest.fixture(scope="module")
+def echo_servers(start_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two servers whose prompts are the same, token for token, but whose one source differs past what the
+    prompt carries: the first's tail is filler, the second's is what the model answered the first. The
+    model, greedy, answers both the same, and in the second every sentence of it is in the source."""
+    root = tmp_path_factory.mktemp("echo")
+    head = "# Rolling back a release\n\n" + " ".join(
+        f"Step {n}: check the dashboard, then the logs, then the previous revision." for n in range(1, 25)
+    )
+    assert len(head) > 1200  # longer than the largest cap (SOURCE_CAPS): the prompt never shows the tail
+    page = root / "rollback.md"  # one path for both indexes: the prompt names it
+    ask = {"messages": [{"role": "user", "content": ROLLBACK}], "max_tokens": 48, "temperature": 0}
+
+    def serve(tail: str, name: str) -> Server:
+        page.write_text(f"{head}\n\n{tail}\n")
+        build_index([page], root / name, max_chars=10_000)  # the whole page one chunk
+        server = start_server({"NANOCHAT_RAG_INDEXES": f"docs={root / name}"})
+        wait_for_rag(server.url)
+        return server
+
+    first = serve("Nothing to see here.", "filler")
+    for question in QUESTIONS:  # the first the demo model answers at some length: a sentence to attribute
+        ask["messages"] = [{"role": "user", "content": question}]
+        body = {**ask, "retrieval": {"k": 1}}
+        reply = httpx.post(f"{first.url}/v1/chat/completions", json=body, timeout=120).json()
+        answer = reply["choices"][0]["message"]["content"]
+        if len(content_words(answer)) >= 6:
+            break
+    else:
+        pytest.fail(f"the model answered none of {QUESTIONS} with 6 content words; the last: {answer!r}")
+    second = serve(answer, "echo")
+    return {"answer": answer, "ask": ask, "filler": first, "echo": second}
+
+
+def test_attribute_adds_markers_where_the_source_says_the_same(echo_servers: dict) -> None:
+    answer, ask, echo = echo_servers["answer"], echo_servers["ask"], echo_servers["echo"]
+    with openai.OpenAI(base_url=f"{echo.url}/v1", api_key="unused", max_retries=0) as client:
+        plain = client.chat.completions.create(model="demo", **ask, extra_body={"retrieval": {"k": 1}})
+        assert plain.choices[0].message.content == answer  # the same prompt: the same greedy reply
+        supported = plain.model_extra["supports"]
+        assert supported and all(s["sources"] == [1] for s in supported), supported
+        marked = client.chat.completions.create(
+            model="demo", **ask, extra_body={"retrieval": {"k": 1, "attribute": True}}
+        )
+        text = marked.choices[0].message.content
+        assert text.count("[1]") == len(supported) + answer.count("[1]")  # one marker per supported sentence
+        assert text.replace(" [1]", "").replace("[1]", "") == answer.replace("[1]", "")
+        for support in marked.model_extra["supports"]:
+            assert text[support["start"] : support["end"]].endswith("[1]")
+        chunks = list(
+            client.chat.completions.create(
+                model="demo", **ask, stream=True, extra_body={"retrieval": {"k": 1, "attribute": True}}
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert chunks[-1].model_extra["supports"] == marked.model_extra["supports"]
+
+
+def test_without_the_tail_nothing_is_attributed(echo_servers: dict) -> None:
+    """The control: the same reply against the filler page finds no support, and gets no marker."""
+    filler, ask = echo_servers["filler"], echo_servers["ask"]
+    body = {**ask, "retrieval": {"k": 1, "attribute": True}}
+    reply = httpx.post(f"{filler.url}/v1/chat/completions", json=body, timeout=120).json()
+    assert reply["choices"][0]["message"]["content"] == echo_servers["answer"]
+    assert reply["supports"] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "a JSON response_format"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+            "tools",
+        ),
+    ],
+)
+def test_attribute_refuses_what_markers_would_break(http: httpx.Client, extra: dict, names: str) -> None:
+    body = {
+        "messages": [{"role": "user", "content": ROLLBACK}],
+        "max_tokens": 2,
+        "retrieval": {"attribute": True},
+        **extra,
+    }
+    error = assert_error(
+        http.post("/v1/chat/completions", json=body), 400, "invalid_value", "retrieval.attribute"
+    )
+    assert names in error["message"]
+    body["retrieval"] = {"attribute": "yes"}
+    assert_error(http.post("/v1/chat/completions", json=body), 400, "invalid_type", "retrieval.attribute")
