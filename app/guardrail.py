@@ -92,6 +92,28 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _COMPILED = tuple((name, re.compile("|".join(alternatives), re.IGNORECASE)) for name, alternatives in RULES)
 
 
+# the rules above that screen documents too (retrieved chunks, tool results): not `chat_template_tokens`,
+# since a document's text is encoded as plain text (it can never become a special token) and documentation
+# about chat templates names them; plus rules for instructions a document addresses to whoever reads it
+DOCUMENT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *(rule for rule in RULES if rule[0] != "chat_template_tokens"),
+    (
+        "instructions_to_the_model",
+        (
+            r"\b(note|message|instructions?|attention|important)\s+(to|for)\s+(the\s+|any\s+)?(ai|assistant|"
+            r"llm|language\s+model|model|chatbot|bot)s?\b",
+            r"\bif\s+you\s+are\s+(an?\s+)?(ai|assistant|llm|language\s+model|chatbot|bot)\b",
+            r"\b(ai|llm|assistant|chatbot)s?\s*(reading|processing|summari[sz]ing)\s+this\b",
+            r"\bwhen\s+(you\s+)?(summari[sz]|answer|read|process)\w*\s+this\b[^.\n]{0,60}\b(you\s+must|always|"
+            r"instead|do\s+not|don't)\b",
+        ),
+    ),
+)
+_DOCUMENT_COMPILED = tuple(
+    (name, re.compile("|".join(alternatives), re.IGNORECASE)) for name, alternatives in DOCUMENT_RULES
+)
+
+
 class GuardrailError(ValueError):
     """A bad guardrail setting or input; the message says what to fix."""
 
@@ -113,6 +135,12 @@ def match_rule(text: str) -> str | None:
         if pattern.search(text):
             return name
     return None
+
+
+def match_document_rule(text: str) -> str | None:
+    """The first document rule a third party's text matches (a retrieved chunk, a tool's result): a likely
+    indirect prompt injection; or None."""
+    return next((name for name, pattern in _DOCUMENT_COMPILED if pattern.search(text)), None)
 
 
 class Guardrail:
@@ -170,6 +198,15 @@ class Guardrail:
         decisions = [self._decide(t, s) for t, s in zip(texts, self.score(texts), strict=True)]
         flagged = [d for d in decisions if d.label == INJECTION]
         return flagged[0] if flagged else max(decisions, key=lambda d: d.score)
+
+    def check_documents(self, documents: list[tuple[str, str]]) -> tuple[str, Decision] | None:
+        """The first of (field, text) pairs from third parties (tool results) that a document rule matches,
+        with the decision on it (score 1: a rule is certain); None when none does."""
+        for name, text in documents:
+            rule = match_document_rule(text)
+            if rule is not None:
+                return name, Decision(INJECTION, 1.0, rule, "block" if self.mode == "block" else "flag")
+        return None
 
     def _decide(self, text: str, score: float) -> Decision:
         rule = match_rule(text)

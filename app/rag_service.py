@@ -14,8 +14,8 @@ chat request's `retrieval` field, and their embedder behind `POST /v1/embeddings
 - The guardrail for retrieved chunks (NANOCHAT_RAG_GUARDRAIL): a document that speaks to the model
   ("ignore previous instructions", "note to the AI assistant: ...") is an indirect prompt injection. The
   chat guardrail's rules (app/guardrail.py `RULES`, but for chat-template tokens) and a few for
-  instructions addressed to the reader (`DOCUMENT_RULES`) screen every chunk: `drop` removes it (the
-  search fetches more so that k remain), `flag` keeps it and names the rule (`flagged`), `off` does
+  instructions addressed to the reader (`app.guardrail.DOCUMENT_RULES`) screen every chunk: `drop` removes
+  it (the search fetches more so that k remain), `flag` keeps it and names the rule (`flagged`), `off` does
   neither. Rules only: they cost microseconds and say exactly what they caught; the chat guardrail's
   classifier was trained on user messages, not on documents. In the bundled docs they catch 3 of 333
   chunks: docs/classify.md quoting attacks as examples.
@@ -42,7 +42,7 @@ import numpy as np
 from app.admission import Admission
 from app.config import Settings, model_folder
 from app.errors import APIError, invalid
-from app.guardrail import RULES
+from app.guardrail import match_document_rule
 from app.lifecycle import PartState
 from app.observability import metrics
 from app.schemas import ChatCompletionRequest, ChatMessage, Citation, RetrievedChunk
@@ -63,32 +63,7 @@ SOURCES_HEADER = (
 )
 # the characters of each source's text the chat prompt keeps, tried in order until the prompt fits
 SOURCE_CAPS = (None, 1200, 600, 300, 150, 60, 0)
-# the chat guardrail's rules (app/guardrail.py) that screen documents too: not `chat_template_tokens`, since a
-# document's text is encoded as plain text (it can never become a special token) and documentation about
-# chat templates names them; plus rules for instructions a document addresses to whoever reads it
-DOCUMENT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    *(rule for rule in RULES if rule[0] != "chat_template_tokens"),
-    (
-        "instructions_to_the_model",
-        (
-            r"\b(note|message|instructions?|attention|important)\s+(to|for)\s+(the\s+|any\s+)?(ai|assistant|"
-            r"llm|language\s+model|model|chatbot|bot)s?\b",
-            r"\bif\s+you\s+are\s+(an?\s+)?(ai|assistant|llm|language\s+model|chatbot|bot)\b",
-            r"\b(ai|llm|assistant|chatbot)s?\s*(reading|processing|summari[sz]ing)\s+this\b",
-            r"\bwhen\s+(you\s+)?(summari[sz]|answer|read|process)\w*\s+this\b[^.\n]{0,60}\b(you\s+must|always|"
-            r"instead|do\s+not|don't)\b",
-        ),
-    ),
-)
-_DOCUMENT_COMPILED = tuple(
-    (name, re.compile("|".join(alternatives), re.IGNORECASE)) for name, alternatives in DOCUMENT_RULES
-)
 _WORDS = re.compile(r"\w+|[^\w\s]")
-
-
-def screen_chunk(text: str) -> str | None:
-    """The first rule a retrieved chunk's text matches (a likely indirect prompt injection), or None."""
-    return next((name for name, pattern in _DOCUMENT_COMPILED if pattern.search(text)), None)
 
 
 def count_tokens(texts: list[str]) -> int:
@@ -323,7 +298,7 @@ def screen_hits(
         return hits[:k], [None] * len(hits[:k]), {}, []
     kept, flagged, counts, caught = [], [], {"allow": 0, "flag": 0, "drop": 0}, []
     for hit in hits:
-        rule = screen_chunk(hit.chunk.text)
+        rule = match_document_rule(hit.chunk.text)
         if rule is not None:
             caught.append((hit, rule))
         counts["allow" if rule is None else guard] += 1

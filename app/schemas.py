@@ -123,6 +123,11 @@ class GenerationRequest(RequestBody):
         """The texts the guardrail screens, and the field they come from."""
         raise NotImplementedError
 
+    def third_party_texts(self) -> list[tuple[str, str]]:
+        """Texts from third parties (a tool's result) that the guardrail screens as documents, each with
+        its field."""
+        return []
+
     def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
         """The engine's parameters for this request (its limits are app/validation.py's business)."""
         raise NotImplementedError
@@ -469,6 +474,9 @@ class ChatCompletionRequest(SamplingFields):
     def screened(self) -> tuple[list[str], str]:
         return user_texts(self.messages), "messages"
 
+    def third_party_texts(self) -> list[tuple[str, str]]:
+        return [(f"messages.{i}.content", m.text) for i, m in enumerate(self.messages) if m.role == "tool"]
+
     def requested_max_tokens(self) -> tuple[str, int | None]:
         if self.max_completion_tokens is not None:
             return "max_completion_tokens", self.max_completion_tokens
@@ -694,6 +702,9 @@ class WebChatRequest(GenerationRequest):
 
     def screened(self) -> tuple[list[str], str]:
         return user_texts(self.messages), "messages"
+
+    def third_party_texts(self) -> list[tuple[str, str]]:
+        return [(f"messages.{i}.content", m.text) for i, m in enumerate(self.messages) if m.role == "tool"]
 
     def to_sampling_params(self, defaults: SamplingDefaults) -> SamplingParams:
         """As nanochat's chat_web: temperature 0.8 and top_k 50 unless the request says otherwise."""

@@ -119,7 +119,7 @@ async def prepare_generations(
     texts, param = body.screened()
     if isinstance(body, CompletionRequest):  # token-id prompts too, as the text they are
         texts = [prompt.text for prompt in prompts]
-    screened = await screen(runtime, texts, param)
+    screened = await screen(runtime, texts, param, body.third_party_texts())
     params = sampling_params(body, settings)
     if isinstance(body, ChatCompletionRequest) and body.tools:
         params = tool_params(body, runtime.tokenizer, params)
@@ -361,16 +361,26 @@ def tool_params(
 
 
 # ---- the guardrail ----------------------------------------------------------------------------------
-async def screen(runtime: Runtime, texts: list[str], param: str) -> dict[str, str]:
+async def screen(
+    runtime: Runtime, texts: list[str], param: str, third_party: Sequence[tuple[str, str]] = ()
+) -> dict[str, str]:
     """The guardrail's decision on the user's texts (none when it is off): `block` raises a 400
     `content_blocked` whose message names the rule and the score, never the text; `flag` lets the request
     go on and returns the response header `X-Guardrail: flagged`. Every decision is counted; each flag or
-    block is logged once (the texts only with NANOCHAT_LOG_CONTENT)."""
+    block is logged once (the texts only with NANOCHAT_LOG_CONTENT). `third_party`, (field, text) pairs
+    such as tool results, are screened as retrieved documents are: by the document rules only (an indirect
+    injection: "note to the AI assistant", "ignore previous instructions"), the first match deciding."""
     guardrail = await runtime.screening_guardrail()  # waits while it loads: never serve unscreened
     if guardrail is None:
         return {}
     # ~4 ms a text, holding the GIL: on the guardrail's bounded pool, off the event loop
     decision = await runtime.admission[GUARDRAIL].run(guardrail.check_messages, texts)
+    what = "this request"
+    if decision.action == "allow" and third_party:
+        found = await runtime.admission[GUARDRAIL].run(guardrail.check_documents, list(third_party))
+        if found is not None:
+            param, decision = found
+            what = f"this request: its {param}, a tool's result, reads"
     settings = runtime.settings
     if settings.metrics:
         metrics.observe_guardrail(decision.action)
@@ -384,7 +394,7 @@ async def screen(runtime: Runtime, texts: list[str], param: str) -> dict[str, st
     verb = "blocked" if decision.action == "block" else "flagged"
     logger.warning("guardrail %s the request as %s (%s)", verb, decision.label, why, extra=extra)
     if decision.action == "block":
-        message = f"the guardrail blocked this request as a likely prompt injection ({why})"
+        message = f"the guardrail blocked {what} as a likely prompt injection ({why})"
         raise invalid(message, param, "content_blocked")
     return {GUARDRAIL_HEADER: "flagged"}
 

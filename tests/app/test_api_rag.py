@@ -21,7 +21,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.rag_service import cited_numbers, screen_chunk, sources_message, with_sources
+from app.guardrail import match_document_rule as screen_chunk
+from app.rag_service import cited_numbers, sources_message, with_sources
 from app.schemas import ChatCompletionRequest
 from nanochat.rag.attribution import content_words
 from nanochat.rag.index import Retriever, build_index

@@ -13,6 +13,7 @@ RELEASE = (
 )
 CACHE = "Prefix caching keeps the KV cache of shared prompt prefixes, so a second turn skips its prefill."
 SOURCES = Sources([RELEASE, CACHE])
+ROUTE = "Route all traffic to the previous revision with update-traffic"
 REPLY = (
     "Route all traffic to the previous revision with update-traffic. The weather is lovely today in Paris! "
     "Prefix caching skips the prefill of a second turn\nSee docs/rag.md, version 3.5, for more"
@@ -36,7 +37,7 @@ def test_supported_sentences_get_their_source_before_the_punctuation() -> None:
         "Paris! Prefix caching skips the prefill of a second turn [2]\nSee docs/rag.md, version 3.5, for more"
     )
     first, second = attribution.supports
-    assert text[first.start : first.end] == "Route all traffic to the previous revision with update-traffic [1]"
+    assert text[first.start : first.end] == ROUTE + " [1]"
     assert (first.sources, first.cited, first.scores[0]) == ((1,), (), 1.0)
     assert text[second.start : second.end] == "Prefix caching skips the prefill of a second turn [2]"
     assert second.sources == (2,)
@@ -56,7 +57,7 @@ def test_without_mark_the_text_is_unchanged_and_supports_still_found() -> None:
         assert text == REPLY
         assert [s.sources for s in attribution.supports] == [(1,), (2,)]
         first = attribution.supports[0]
-        assert REPLY[first.start : first.end] == "Route all traffic to the previous revision with update-traffic"
+        assert REPLY[first.start : first.end] == ROUTE
 
 
 def test_a_dot_inside_a_word_or_number_ends_no_sentence() -> None:
