@@ -175,6 +175,11 @@ class ChatMessage(RequestBody):
     def text(self) -> str:
         return _joined(self.content)
 
+    @property
+    def call_chars(self) -> int:
+        """The characters of its tool calls' names and arguments (they are rendered into the prompt)."""
+        return sum(len(c.function.name) + len(c.function.arguments) for c in self.tool_calls or ())
+
 
 def tool_fields(message: ChatMessage) -> dict[str, Any]:
     """A message's tool fields as `nanochat.tool_calls.chat_turns` takes them (none: {})."""

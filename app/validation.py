@@ -70,12 +70,14 @@ def check_messages(messages: Sequence[ChatMessage], settings: Settings) -> int:
         raise invalid(f"{len(messages)} messages; at most {settings.max_messages} are allowed", "messages")
     total = 0
     for i, message in enumerate(messages):
-        chars = len(message.text)
+        content = len(message.text)
+        chars = content + message.call_chars  # a call's name and arguments are rendered into the prompt too
         total += chars
         if chars > settings.max_message_chars:
+            field = "content" if content > settings.max_message_chars else "tool_calls"
             raise invalid(
                 f"message {i} has {chars} characters; at most {settings.max_message_chars} are allowed",
-                f"messages.{i}.content",
+                f"messages.{i}.{field}",
             )
     if total > settings.max_total_chars:
         raise invalid(

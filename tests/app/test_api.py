@@ -630,6 +630,31 @@ BAD_REQUESTS = [
     ),
     ("message-too-long", "POST", CHAT, _user("x" * 32_001), 400, "invalid_value", "messages.0.content"),
     (
+        "tool-call-arguments-too-long",  # they are rendered into the prompt as the content is
+        "POST",
+        CHAT,
+        {
+            "messages": [
+                *HELLO,
+                {
+                    "role": "assistant",
+                    "content": "calling",
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": "' + "y" * 32_000 + '"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+            ]
+        },
+        400,
+        "invalid_value",
+        "messages.1.tool_calls",
+    ),
+    (
         "too-many-messages",
         "POST",
         CHAT,
