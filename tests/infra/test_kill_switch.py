@@ -204,22 +204,25 @@ def apis():
     server.server_close()
 
 
+def function_env(apis) -> dict[str, str]:
+    """The function's settings, pointed at the local stand-in APIs."""
+    return {
+        "KILL_SWITCH_PROJECT": PROJECT,
+        "KILL_SWITCH_REGION": REGION,
+        "KILL_SWITCH_GPU_GROUP": GROUP,
+        "KILL_SWITCH_SERVICE": SERVICE,
+        "KILL_SWITCH_COMPUTE_API": f"{apis.url}/compute/v1",
+        "KILL_SWITCH_RUN_API": f"{apis.url}/run/v2",
+        "KILL_SWITCH_ACCESS_TOKEN": TOKEN,
+    }
+
+
 @pytest.fixture(scope="module")
 def function(apis, tmp_path_factory):
     """The kill switch under functions-framework; yields (url, log file)."""
     port = free_port()
     log = tmp_path_factory.mktemp("kill-switch") / "stdout.log"
-    env = {
-        **os.environ,
-        "KILL_SWITCH_PROJECT": PROJECT,
-        "KILL_SWITCH_REGION": REGION,
-        "KILL_SWITCH_GPU_GROUP": GROUP,
-        "KILL_SWITCH_SERVICE": SERVICE,
-        "KILL_SWITCH_MAX_INSTANCES": "1",
-        "KILL_SWITCH_COMPUTE_API": f"{apis.url}/compute/v1",
-        "KILL_SWITCH_RUN_API": f"{apis.url}/run/v2",
-        "KILL_SWITCH_ACCESS_TOKEN": TOKEN,
-    }
+    env = {**os.environ, **function_env(apis), "KILL_SWITCH_MAX_INSTANCES": "1"}
     cli = Path(sys.executable).with_name("functions-framework")
     command = [str(cli), "--target", "kill_switch", "--source", str(FUNCTION_DIR / "main.py")]
     command += ["--host", "127.0.0.1", "--port", str(port)]
@@ -403,15 +406,7 @@ def test_the_handler_takes_a_cloudevent_object(apis, monkeypatch):
         {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub.googleapis.com/x"},
         budget_message(100.0),
     )
-    env = {
-        "KILL_SWITCH_PROJECT": PROJECT,
-        "KILL_SWITCH_REGION": REGION,
-        "KILL_SWITCH_GPU_GROUP": GROUP,
-        "KILL_SWITCH_SERVICE": SERVICE,
-        "KILL_SWITCH_COMPUTE_API": f"{apis.url}/compute/v1",
-        "KILL_SWITCH_RUN_API": f"{apis.url}/run/v2",
-        "KILL_SWITCH_ACCESS_TOKEN": TOKEN,
-    }
+    env = function_env(apis)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     kill_switch.kill_switch(event)
@@ -612,15 +607,7 @@ def matches(log_filter: str, entry: dict) -> bool:
 
 def printed_entries(capsys, apis, data: dict) -> list[dict]:
     """Run the function's handler in process on one message; its stdout lines as log entries."""
-    env = {
-        "KILL_SWITCH_PROJECT": PROJECT,
-        "KILL_SWITCH_REGION": REGION,
-        "KILL_SWITCH_GPU_GROUP": GROUP,
-        "KILL_SWITCH_SERVICE": SERVICE,
-        "KILL_SWITCH_COMPUTE_API": f"{apis.url}/compute/v1",
-        "KILL_SWITCH_RUN_API": f"{apis.url}/run/v2",
-        "KILL_SWITCH_ACCESS_TOKEN": TOKEN,
-    }
+    env = function_env(apis)
     capsys.readouterr()
     kill_switch.handle(data, kill_switch.Settings.from_env(env), kill_switch.Api.from_env(env))
     return [as_log_entry(line) for line in capsys.readouterr().out.splitlines()]
