@@ -94,9 +94,12 @@ function showError(message) {
   item.setAttribute("role", "alert");
 }
 
+function nearBottom() {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
 function scrollToEnd(force) {
-  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-  if (force || nearBottom) list.scrollTop = list.scrollHeight;
+  if (force || nearBottom()) list.scrollTop = list.scrollHeight;
 }
 
 function setBusy(busy) {
@@ -270,8 +273,10 @@ async function send(text) {
     assistantItem.classList.remove("pending");
     assistantItem.dataset.state = "done";
     if (!reply.text) content.textContent = "(empty reply)";
-    if (reply.citations) showSources(assistantItem, reply.citations);
+    const follow = nearBottom(); // before the lines below make the page taller
     if (skipped + reply.truncated) showLeftOut(assistantItem, skipped + reply.truncated);
+    if (reply.citations) showSources(assistantItem, reply.citations);
+    scrollToEnd(follow);
   } catch (err) {
     if (controller.signal.aborted) return; // "New chat" cancelled it; nothing to report
     // the turn failed: it stays out of the history and its text goes back into the box for a retry

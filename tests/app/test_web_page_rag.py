@@ -20,7 +20,12 @@ import httpx
 import pytest
 
 from nanochat.rag.index import build_index
-from tests.app.test_api_rag import ROLLBACK, assert_error, wait_for_rag
+from tests.app.test_api_rag import (
+    ROLLBACK,
+    assert_error,
+    echo_servers,  # noqa: F401 (a fixture: two servers whose one source holds, or not, the greedy reply)
+    wait_for_rag,
+)
 from tests.app.test_web_page import (
     REPLY_TIMEOUT_S,
     UI_TIMEOUT_S,
@@ -90,6 +95,26 @@ def test_web_chat_with_retrieval_ends_with_citations(http: httpx.Client, attribu
     assert "".join(e["token"] for e in tokens) == openai_route["choices"][0]["message"]["content"]
     assert citations == openai_route["citations"]
     assert done["supports"] == openai_route["supports"]
+
+
+def test_attribute_marks_the_web_reply_where_its_source_says_the_same(echo_servers: dict) -> None:  # noqa: F811
+    """On a server whose source holds the model's greedy reply (test_api_rag.py's `echo_servers`), the
+    web reply's sentences are supported: watched, it goes out as generated; with `attribute`, with the
+    markers the OpenAI route writes."""
+    answer, ask = echo_servers["answer"], echo_servers["ask"]
+    with httpx.Client(base_url=echo_servers["echo"].url, timeout=REPLY_TIMEOUT_S) as http:
+        for attribute in (False, True):
+            body = {**ask, "retrieval": {"k": 1, "attribute": attribute}}
+            *tokens, done = web_events(http, body)
+            openai_route = http.post("/v1/chat/completions", json=body).json()
+            text = "".join(e["token"] for e in tokens)
+            assert text == openai_route["choices"][0]["message"]["content"]
+            assert done["supports"] and done["supports"] == openai_route["supports"]
+            assert done["citations"] == openai_route["citations"]
+            if attribute:
+                assert text.count("[1]") == len(done["supports"]) + answer.count("[1]"), text
+            else:
+                assert text == answer
 
 
 @pytest.mark.parametrize(
