@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from app.errors import APIError, invalid
 from app.guardrail import match_document_rule
 from app.lifecycle import PartState
 from app.observability import metrics
-from app.schemas import ChatCompletionRequest, ChatMessage, Citation, RetrievedChunk
+from app.schemas import ChatCompletionRequest, ChatMessage, Citation, RetrievedChunk, WebChatRequest
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -354,7 +354,10 @@ def sources_message(retrieval: Retrieval, cap: int | None) -> str:
     return "\n\n".join(parts)
 
 
-def with_sources(body: ChatCompletionRequest, sources: str) -> ChatCompletionRequest:
+ChatRequest = TypeVar("ChatRequest", ChatCompletionRequest, WebChatRequest)  # the chats that take `retrieval`
+
+
+def with_sources(body: ChatRequest, sources: str) -> ChatRequest:
     """The request with the sources in its system message (after the operator's own, if any)."""
     messages = list(body.messages)
     if messages and messages[0].role in ("system", "developer"):

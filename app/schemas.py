@@ -701,6 +701,11 @@ class WebChatRequest(GenerationRequest):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+    retrieval: RetrievalOptions | None = Field(
+        None,
+        description="extension, as on /v1/chat/completions: the last event carries `citations` and "
+        "`supports` beside `done` (docs/rag.md)",
+    )
 
     def requested_max_tokens(self) -> tuple[str, int | None]:
         return "max_tokens", self.max_tokens

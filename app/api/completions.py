@@ -37,7 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import RequestId, RuntimeDep
-from app.api.rag import Grounding, check_attribution, with_retrieval
+from app.api.rag import Grounding, check_attribution, citation_supports, with_retrieval
 from app.api.serving import (
     Generation,
     Prompt,
@@ -66,7 +66,6 @@ from app.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkDelta,
-    CitationSupport,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -79,7 +78,6 @@ from app.schemas import (
 )
 from app.validation import check_model
 from nanochat.backend import ChatTokenizer
-from nanochat.rag.attribution import Attribution
 from nanochat.tool_calls import CallSplitter, new_call_id
 
 router = APIRouter(tags=["openai"])
@@ -165,20 +163,6 @@ async def chat_completions(
         supports=supports,
     )
     return _json(completion, headers)
-
-
-def citation_supports(choice: int, attribution: Attribution) -> list[CitationSupport]:
-    return [
-        CitationSupport(
-            choice=choice,
-            start=s.start,
-            end=s.end,
-            sources=list(s.sources),
-            scores=list(s.scores),
-            cited=list(s.cited),
-        )
-        for s in attribution.supports
-    ]
 
 
 def _message(text: str, tool_calls: list[ResponseToolCall] | None) -> AssistantMessage:

@@ -27,10 +27,19 @@ from app.api.deps import RuntimeDep
 from app.api.serving import render_chat
 from app.errors import ErrorResponse, invalid
 from app.lifecycle import Runtime
-from app.rag_service import SOURCE_CAPS, RagService, Retrieval, count_tokens, sources_message, with_sources
+from app.rag_service import (
+    SOURCE_CAPS,
+    ChatRequest,
+    RagService,
+    Retrieval,
+    count_tokens,
+    sources_message,
+    with_sources,
+)
 from app.schemas import (
     ChatCompletionRequest,
     Citation,
+    CitationSupport,
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -162,11 +171,12 @@ def check_attribution(body: ChatCompletionRequest) -> None:
             raise invalid(f"retrieval.attribute cannot be combined with {name}", "retrieval.attribute")
 
 
-async def with_retrieval(body: ChatCompletionRequest, rt: Runtime) -> tuple[ChatCompletionRequest, Grounding]:
-    """A chat request with `retrieval`: its last user message searched in the index, the chunks in its
-    system message as numbered sources, and what its response is grounded on. The prompt must leave
-    room for the reply (at least min(max_tokens, a quarter of the context)): the sources' texts are cut
-    (SOURCE_CAPS), down to their titles, and if even those do not fit, the last sources are left out."""
+async def with_retrieval(body: ChatRequest, rt: Runtime) -> tuple[ChatRequest, Grounding]:
+    """A chat request with `retrieval` (OpenAI's or the web page's): its last user message searched in the
+    index, the chunks in its system message as numbered sources, and what its response is grounded on (the
+    request comes back without `retrieval`). The prompt must leave room for the reply (at least
+    min(max_tokens, a quarter of the context)): the sources' texts are cut (SOURCE_CAPS), down to their
+    titles, and if even those do not fit, the last sources are left out."""
     options = body.retrieval
     assert options is not None
     rag: RagService = rt.rag
@@ -187,6 +197,21 @@ async def with_retrieval(body: ChatCompletionRequest, rt: Runtime) -> tuple[Chat
             if validation.fits(len(render_chat(rt, candidate.messages)) + reserve, rt.context):
                 return candidate, grounding(given, bool(options.attribute))
     return candidate, grounding(given, bool(options.attribute))  # not even one title fits: generation's 400
+
+
+def citation_supports(choice: int, attribution: Attribution) -> list[CitationSupport]:
+    """The `supports` of a choice whose reply `attribution` has read to its end."""
+    return [
+        CitationSupport(
+            choice=choice,
+            start=s.start,
+            end=s.end,
+            sources=list(s.sources),
+            scores=list(s.scores),
+            cited=list(s.cited),
+        )
+        for s in attribution.supports
+    ]
 
 
 def grounding(retrieval: Retrieval, mark: bool) -> Grounding:
