@@ -31,7 +31,7 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class CitationResult:
     citations: int  # [n] found in the answers, all together
     invalid: int  # of them, numbers outside 1..the sources given
     answers_citing: int  # answers with at least one [n]
+    answers_supported: int = 0  # answers with a sentence its sources support (the service's `supports`)
 
     @property
     def validity(self) -> float | None:
@@ -207,7 +208,7 @@ def chat_citations(
     """Ask a running service each question with `retrieval`; check each reply against its citations."""
     import httpx
 
-    answers = []
+    answers, supported = [], 0
     with httpx.Client(base_url=url.rstrip("/").removesuffix("/v1"), timeout=timeout_s) as client:
         for question in questions:
             body = {
@@ -221,7 +222,8 @@ def chat_citations(
                 raise RagError(f"{url}: chat answered {response.status_code}: {response.text[:300]}")
             reply = response.json()
             answers.append((reply["choices"][0]["message"]["content"], len(reply.get("citations") or [])))
-    return citation_check(answers)
+            supported += bool(reply.get("supports"))
+    return replace(citation_check(answers), answers_supported=supported)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -311,7 +313,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"Citation validity, from a running service ({report['chat']['questions']} questions with "
             f"`retrieval`): {citations['citations']} cited numbers in {citations['answers']} answers "
             f"({citations['answers_citing']} answers cite at all), {citations['invalid']} of them point "
-            f"at no source given: {figure}."
+            f"at no source given: {figure}. Grounding (the response's `supports`, "
+            f"nanochat/rag/attribution.py): {citations.get('answers_supported', 0)} of "
+            f"{citations['answers']} answers have a sentence whose content words are mostly in a source "
+            "given."
         )
     lines.append("")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from nanochat.rag import RagError
@@ -166,5 +167,16 @@ def test_citation_validity_against_a_real_server(
     result = chat_citations(server.url, "small", questions, k=2, max_tokens=24)
     assert result.answers == 3
     assert result.invalid == 0  # every [n] the demo model writes (if any) is one of the 2 sources it got
+    supported = 0  # the same questions again (greedy: the same replies), their supports counted here
+    for question in questions:
+        body = {
+            "messages": [{"role": "user", "content": question.question}],
+            "max_tokens": 24,
+            "temperature": 0,
+            "retrieval": {"index": "small", "k": 2},
+        }
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).json()
+        supported += bool(reply["supports"])
+    assert result.answers_supported == supported
     with pytest.raises(RagError, match="404"):
         chat_citations(server.url, "nope", questions[:1], k=2, max_tokens=4)
