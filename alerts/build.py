@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from app.contract import GENERATION_PATHS, METRICS_JOB
+from app.contract import GENERATION_PATHS, METRICS_JOB, RUNBOOK_BASE_URL
 from app.observability import catalog
 from loadtest.slo import SLO_KEYS as SLO_KEYS  # re-exported, as are the two below
 from loadtest.slo import SloError, load_slos
@@ -40,8 +40,6 @@ GRAFANA_OUTPUT = ROOT / "observe" / "grafana" / "provisioning" / "alerting" / "n
 GRAFANA_DATASOURCE_UID = "prometheus"  # observe/grafana/provisioning/datasources/prometheus.yaml
 GRAFANA_EVALUATION_INTERVAL_S = 60
 
-REPOSITORY = "your-org/nanochat-service"  # OWNER/REPO on GitHub, where the runbook links point
-RUNBOOK_BASE_URL = f"https://github.com/{REPOSITORY}/blob/main/docs/runbooks/"
 
 # "Traffic is expected" when the same half hour one day earlier averaged at least this many requests.
 EXPECTED_REQUESTS_PER_MINUTE = 1

@@ -28,6 +28,11 @@ GENERATION_PATHS = (CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, WEB_CHAT_PATH)
 TOKENIZE_PATH = "/tokenize"
 DETOKENIZE_PATH = "/detokenize"
 
+# Where the alerts' and the alert policies' runbook links point: docs/runbooks/ of the repository on GitHub
+# (OWNER/REPO; alerts/build.py for the Prometheus rules, modules/ for Cloud Monitoring's own policies).
+REPOSITORY = "your-org/nanochat-service"
+RUNBOOK_BASE_URL = f"https://github.com/{REPOSITORY}/blob/main/docs/runbooks/"
+
 
 if __name__ == "__main__":  # for shell scripts: eval "$(python3 app/contract.py)"
     import shlex

@@ -53,8 +53,7 @@ from cdktf_cdktf_provider_google.pubsub_topic_iam_member import PubsubTopicIamMe
 from cdktf_cdktf_provider_google.storage_bucket_object import StorageBucketObject
 from constructs import Construct
 
-from alerts.build import RUNBOOK_BASE_URL
-from infra.kill_switch.main import ACTED, COMPONENT
+from app.contract import RUNBOOK_BASE_URL
 from modules.grants import act_as, bucket_role, run_service_role
 from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
@@ -79,6 +78,11 @@ PERMISSIONS = (
     "run.services.update",
 )
 RUNBOOK_URL = f"{RUNBOOK_BASE_URL}budget.md"
+# the fields of the function's JSON log line when a write went through (infra/kill_switch/main.py writes
+# them; the function is deployed alone and cannot import this: tests/infra/test_kill_switch.py holds the
+# two to each other by matching the filter against the lines it prints)
+COMPONENT = "kill-switch"
+ACTED = "acted"
 ALERT_RATE_LIMIT = "3600s"  # one email per hour at most; the function acts once per budget period
 ALERT_AUTO_CLOSE = "1800s"  # a log-match incident has no "resolved" signal: close it after 30 min
 
