@@ -52,7 +52,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_S = 1  # as the scheduler's queue_full: the jobs behind a side route take milliseconds
-EXIT_WAIT_S = 10.0  # how long shutdown waits for a pool's running job and processes to end
+# How long shutdown waits for a pool's running job and processes to end. It delays nothing: the
+# interpreter's exit joins the pool's thread anyway, without a limit. A niced worker on a busy machine can
+# take seconds to exit; past this, shutdown says so and lets the exit do the rest of the waiting.
+EXIT_WAIT_S = 60.0
 NICE = 10  # a process worker's priority below the server's: the loop and the scheduler come first
 CLASSIFY = "classify"
 GUARDRAIL = "guardrail"
