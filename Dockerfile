@@ -85,7 +85,12 @@ WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY nanochat ./nanochat
 COPY app ./app
-RUN /opt/venv/bin/pip install ".[guardrail]" && rm -rf pyproject.toml README.md nanochat
+RUN /opt/venv/bin/pip install ".[guardrail,rag]"
+# the same bundled knowledge base as the CPU image's (README.md and docs/ with the committed offline embedder)
+COPY docs ./docs
+COPY models/rag/embedder ./models/rag/embedder
+RUN /opt/venv/bin/python -m nanochat rag index README.md docs --out models/rag/docs --embedder models/rag/embedder \
+    && rm -rf pyproject.toml README.md nanochat docs models/rag/embedder
 COPY models/demo ./models/demo
 COPY models/guardrail ./models/guardrail
 COPY models/fortunes ./models/fortunes
@@ -98,6 +103,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NANOCHAT_METRICS_PORT=9464 \
     NANOCHAT_CHECKPOINT=/srv/models/demo \
     NANOCHAT_DEVICE=cuda \
+    NANOCHAT_RAG_INDEXES=docs=/srv/models/rag/docs \
     NANOCHAT_WORKERS=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/nanochat-metrics \
     HF_HOME=/tmp/huggingface

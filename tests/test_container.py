@@ -71,6 +71,18 @@ def test_every_image_serves_metrics_on_the_metrics_port_only() -> None:
     assert str(METRICS_PORT) not in " ".join(re.findall(r"^EXPOSE .*$", text, flags=re.MULTILINE))
 
 
+def test_both_images_answer_from_the_bundled_docs_index() -> None:
+    """Retrieval (docs/rag.md) in each target: the rag extra installed, README.md and docs/ indexed at build
+    with the committed embedder, and NANOCHAT_RAG_INDEXES pointing at that index."""
+    text = (ROOT / "Dockerfile").read_text()
+    cpu_build, rest = text.split("AS cpu-build", 1)[1].split("AS cpu\n", 1)
+    gpu = rest.split("AS gpu\n", 1)[1]
+    for stage in (cpu_build, gpu):
+        assert '".[guardrail,rag]"' in stage
+        assert re.search(r"nanochat rag index README\.md docs --out \S+ --embedder models/rag/embedder", stage)
+    assert re.findall(r"\bNANOCHAT_RAG_INDEXES=(\S+)", text) == ["docs=/srv/models/rag/docs"] * 2
+
+
 def test_gunicorn_config_loads_without_the_app_in_the_master(tmp_path) -> None:
     """gunicorn's master reads app/gunicorn.conf.py before its hooks create the metrics folder: importing it
     must not pull in the scheduler or create metrics (the image's metrics folder is not made yet)."""
