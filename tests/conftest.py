@@ -46,6 +46,20 @@ settings.register_profile("timing-independent", deadline=None, suppress_health_c
 settings.load_profile("timing-independent")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_cdktf_leftovers() -> Generator[None]:
+    """cdktf's Testing app (a node process) synthesizes into `cdktf.outdir.*` folders of the temp folder and
+    never removes them: the ones this session made go at its end."""
+    import shutil
+    import tempfile
+
+    pattern = "cdktf.outdir.*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    yield
+    for folder in set(Path(tempfile.gettempdir()).glob(pattern)) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _reference_root() -> Path:
     override = os.environ.get("NANOCHAT_REF_FIXTURES")
     return Path(override) if override else REFERENCE_FIXTURES
