@@ -16,6 +16,7 @@ cancelled when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import functools
 import json
 import logging
@@ -546,10 +547,15 @@ def chat_logprobs(tokenizer: ChatTokenizer, scored: Sequence[Delta]) -> ChoiceLo
 
 def completion_logprobs(tokenizer: ChatTokenizer, scored: Sequence[Delta], offset: int) -> CompletionLogprobs:
     """OpenAI's legacy `logprobs` of generated tokens whose text starts at character `offset` of the
-    choice's text (the alternatives keyed by their text: two tokens with one text keep the likelier)."""
+    choice's text (the alternatives keyed by their text: two tokens with one text keep the likelier).
+
+    A token's `text_offset` is the character of the choice's text its first byte belongs to: counted over
+    the tokens' bytes, so the tokens that split one character (each shown as U+FFFD) share its offset and
+    the ones after it are not pushed along by the replacement characters."""
     logprobs = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds a character's first bytes back
     for delta in scored:
-        text, _ = token_piece(tokenizer, delta.token)
+        text, raw = token_piece(tokenizer, delta.token)
         alternatives: dict[str, float] = {}
         for token, logprob in delta.top_logprobs:
             alternatives.setdefault(token_piece(tokenizer, token)[0], logprob)
@@ -557,7 +563,7 @@ def completion_logprobs(tokenizer: ChatTokenizer, scored: Sequence[Delta], offse
         logprobs.token_logprobs.append(delta.logprob)
         logprobs.top_logprobs.append(alternatives)
         logprobs.text_offset.append(offset)
-        offset += len(text)
+        offset += len(utf8.decode(raw))
     return logprobs
 
 

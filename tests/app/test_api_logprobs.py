@@ -275,3 +275,28 @@ def test_completion_bad_values(http, body, param, code) -> None:
     assert error["param"] == param or error["param"].startswith(param), error
     if code:
         assert error["code"] == code
+
+
+def test_text_offsets_count_characters_not_replacement_characters() -> None:
+    """Tokens that split a character (an accent, a dash, an emoji: one to four byte tokens each in the demo
+    tokenizer) share that character's offset; every whole token's text is found at its offset."""
+    from app.api.serving import completion_logprobs
+    from app.scheduler import Delta
+    from nanochat.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_directory(DEMO_MODEL)
+    text = "naïve café — 🙂 ok"
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.id_to_token_bytes(i) for i in ids]
+    assert any(len(piece.decode("utf-8", errors="replace")) != len(piece.decode("utf-8", errors="ignore"))
+               for piece in pieces), "no token splits a character: the test would prove nothing"  # fmt: skip
+    scored = [Delta(0, token, "", None, -0.5, ((token, -0.5),)) for token in ids]
+    logprobs = completion_logprobs(tokenizer, scored, offset=3)  # after a 3-character echo
+    starts = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    whole = b"".join(pieces)
+    expected = [3 + len(whole[:start].decode("utf-8", errors="ignore")) for start in starts]
+    assert logprobs.text_offset == expected
+    assert logprobs.text_offset[-1] == 3 + len(text) - 1  # "k", the last character
+    for token_text, at in zip(logprobs.tokens, logprobs.text_offset, strict=True):
+        if "\ufffd" not in token_text:
+            assert text[at - 3 :].startswith(token_text), (token_text, at)
