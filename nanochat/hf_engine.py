@@ -41,6 +41,7 @@ from nanochat.batching import BatchedEngine
 from nanochat.constrain import Grammars
 from nanochat.detokenize import TextStream
 from nanochat.device import resolve_dtype
+from nanochat.hf_export import byte_to_unicode
 from nanochat.memory import MemoryPlan, check_fits, context_tokens, module_bytes
 from nanochat.tokenizer import TokenizerError
 
@@ -62,6 +63,9 @@ class HFTokenizer:
         }
         template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
         self._marks_generation = bool(re.search(r"{%-?\s*generation\s*-?%}", template))
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        byte_level = type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+        self._to_byte = {c: b for b, c in byte_to_unicode().items()} if byte_level else None
 
     @property
     def vocab_size(self) -> int:
@@ -103,6 +107,18 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token, part of a UTF-8 character for some (logprobs' `bytes`): exact for a
+        byte-level BPE vocabulary (GPT-2's byte alphabet, as `nanochat export-hf` writes); for others, and
+        for special tokens, the UTF-8 of the token's text."""
+        if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+            raise TokenizerError(f"token id {token_id!r} is not in the vocabulary of {self.vocab_size}")
+        if self._to_byte is not None and token_id not in self._special.values():
+            piece = self.hf.convert_ids_to_tokens(token_id)
+            if all(char in self._to_byte for char in piece):
+                return bytes(self._to_byte[char] for char in piece)
+        return self.decode([token_id]).encode("utf-8")
 
     def render_conversation(
         self, conversation: Mapping[str, Any], max_tokens: int = 2048

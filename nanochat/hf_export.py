@@ -141,7 +141,7 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (what the ByteLevel pre-tokenizer uses)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -163,7 +163,7 @@ def hf_tokenizer(tokenizer: Tokenizer, split_pattern: str | None = None):
 
     special = tokenizer.get_special_tokens()
     special_ids = set(special.values())
-    to_char = _byte_to_unicode()
+    to_char = byte_to_unicode()
     ranks: dict[bytes, int] = {}
     for token_id in range(tokenizer.vocab_size):
         if token_id not in special_ids:

@@ -265,3 +265,24 @@ def test_nanochats_simple_generate_interface_works_too(engine):
     columns = [column for column, _ in engine.generate(prompt, max_tokens=5, temperature=0.0)]
     assert [c[0] for c in columns] == hf_greedy(engine.model, prompt, 5)[: len(columns)]
     assert engine.can_begin(engine.max_batch)  # it leaves the engine idle
+
+
+def test_token_bytes_are_the_raw_bytes_even_of_a_split_character(engine):
+    """A byte-level vocabulary's tokens give their bytes, not the UTF-8 of U+FFFD: the tokens of a text
+    join to its UTF-8, and each equals the nanochat tokenizer's token of the same id."""
+    from nanochat.tokenizer import Tokenizer, TokenizerError
+
+    text = "naïve café — 🙂 ok"
+    hf = engine.tokenizer
+    ids = hf.encode(text)
+    pieces = [hf.id_to_token_bytes(i) for i in ids]
+    assert b"".join(pieces) == text.encode("utf-8")
+    assert any(
+        b"\xef\xbf\xbd" not in p and "\ufffd" in hf.decode([i]) for i, p in zip(ids, pieces, strict=True)
+    )
+    nanochat = Tokenizer.from_directory(DEMO)
+    assert pieces == [nanochat.id_to_token_bytes(i) for i in ids]
+    bos = hf.get_bos_token_id()
+    assert hf.id_to_token_bytes(bos) == hf.decode([bos]).encode("utf-8")  # a special token: its text
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        hf.id_to_token_bytes(hf.get_vocab_size())
