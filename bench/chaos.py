@@ -14,7 +14,9 @@ polls `/ready` every 0.1 s, injects the fault, and checks its expectation:
 - `worker_sigkill`: SIGKILL the busier of two workers under load (the one with requests in flight). At most
   the requests it had in flight fail, `/ready` stays 200 (the other worker answers), gunicorn starts a new
   worker, and requests after it succeed.
-- `otlp_down`: traces exported to a closed port. No request fails, `/ready` stays 200.
+- `otlp_down`: traces exported to a closed port. No request fails, `/ready` stays 200, and the spans that
+  could not go are counted as failed (`nanochat_trace_export_spans_total`, what NanochatTraceExportFailing
+  reads).
 - `disk_full_logs`: gunicorn's stdout and stderr (every log line) go to /dev/full, which fails every write
   with ENOSPC. No request fails. (/dev/full needs no root mount; a full tmpfs would behave the same.)
 - `disk_full_checkpoint`: a checkpoint save under RLIMIT_FSIZE (1 MiB; SIGXFSZ ignored, so writes fail
@@ -408,10 +410,15 @@ def busiest(pids: set[int], over_s: float = 1.0) -> int:
 
 
 def steady(
-    name: str, work: Path, env: dict[str, str], seconds: float, log: Path | None = None
+    name: str,
+    work: Path,
+    env: dict[str, str],
+    seconds: float,
+    log: Path | None = None,
+    probe: Callable[[Service, Checks], None] | None = None,
 ) -> FaultResult:
     """A fault present from the start (its environment or its log file): steady load from 2 clients; every
-    request must succeed and /ready stay 200."""
+    request must succeed and /ready stay 200; `probe` checks the running service after the load."""
     service = Service(work, env, log)
     checks = Checks()
     try:
@@ -422,6 +429,8 @@ def steady(
         watch.clients(0)
         watch.close()
         alive = service.process.poll() is None
+        if probe is not None and alive:
+            probe(service, checks)
     finally:
         service.stop()
     checks.expect(alive, "gunicorn is still running", service.process.returncode)
@@ -435,7 +444,24 @@ def otlp_down(work: Path, seconds: float) -> FaultResult:
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
         "OTEL_BSP_SCHEDULE_DELAY": "200",  # export (and fail) often
     }
-    return steady("otlp_down", work, env, seconds)
+    return steady("otlp_down", work, env, seconds, probe=spans_counted_failed)
+
+
+def spans_counted_failed(service: Service, checks: Checks) -> None:
+    """What NanochatTraceExportFailing reads: the spans that could not be exported, counted as failed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.observability.catalog import TRACE_EXPORT
+
+    text = httpx.get(f"{service.url}/metrics", timeout=30).text
+    spans = {
+        sample.labels.get("result"): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == TRACE_EXPORT.name
+    }
+    failed, ok = spans.get("failed", 0), spans.get("ok", 0)
+    checks.expect(failed > 0 and ok == 0, "the lost spans are counted as failed (the alert's signal)", spans)
 
 
 def disk_full_logs(work: Path, seconds: float) -> FaultResult:

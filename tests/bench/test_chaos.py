@@ -92,3 +92,34 @@ def test_a_fault_whose_service_never_starts_is_reported_not_raised(monkeypatch, 
     assert fault["problems"] == [
         "the harness could set the fault up and start the service (saw: gunicorn exited (3): last lines)"
     ]
+
+
+@pytest.mark.integration
+def test_the_otlp_probe_finds_the_failed_spans_and_misses_nothing(start_server) -> None:
+    """otlp_down's extra check on real servers: one exporting to a closed port passes it once a failed export
+    is counted; one that exports nothing fails it, with the evidence."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    traced = start_server(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    )
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert httpx.post(f"{traced.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    deadline = time.monotonic() + 120
+    while True:  # the export runs on a background thread
+        checks = chaos.Checks()
+        chaos.spans_counted_failed(SimpleNamespace(url=traced.url), checks)
+        if not checks.problems or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert checks.checked and not checks.problems, checks.problems
+    untraced = chaos.Checks()
+    chaos.spans_counted_failed(SimpleNamespace(url=start_server({}).url), untraced)
+    assert untraced.problems and "the lost spans are counted as failed" in untraced.problems[0]
