@@ -79,7 +79,8 @@ def test_both_images_answer_from_the_bundled_docs_index() -> None:
     gpu = rest.split("AS gpu\n", 1)[1]
     for stage in (cpu_build, gpu):
         assert '".[guardrail,rag]"' in stage
-        assert re.search(r"nanochat rag index README\.md docs --out \S+ --embedder models/rag/embedder", stage)
+        index = r"nanochat rag index README\.md docs --out \S+ --embedder models/rag/embedder"
+        assert re.search(index, stage)
     assert re.findall(r"\bNANOCHAT_RAG_INDEXES=(\S+)", text) == ["docs=/srv/models/rag/docs"] * 2
 
 
