@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cdktf_cdktf_provider_google.compute_firewall import ComputeFirewall, ComputeFirewallAllow
-from cdktf_cdktf_provider_google.compute_network import ComputeNetwork
-from cdktf_cdktf_provider_google.compute_subnetwork import ComputeSubnetwork
 from constructs import Construct
 
 from modules.grants import bucket_role
 from modules.inputs import DataprepInput
+from modules.network import vpc_with_subnet
 from modules.private_bucket import private_bucket
 from modules.service_identity import ServiceIdentity
 
@@ -74,23 +73,8 @@ class Dataprep(Construct):
             self, "bucket-admin", bucket=self.bucket.name, member=self.identity.member, role=BUCKET_ROLE
         )
 
-        vpc = ComputeNetwork(
-            self, "vpc", project=project, name=network, auto_create_subnetworks=False, routing_mode="REGIONAL"
-        )
-        self.subnetwork = ComputeSubnetwork(
-            self,
-            "subnet",
-            project=project,
-            region=region,
-            name=network,
-            network=vpc.id,
-            ip_cidr_range=settings.subnet_cidr,
-            private_ip_google_access=True,
-            log_config={
-                "aggregation_interval": "INTERVAL_10_MIN",
-                "flow_sampling": 0.5,
-                "metadata": "INCLUDE_ALL_METADATA",
-            },
+        vpc, self.subnetwork = vpc_with_subnet(
+            self, project=project, region=region, name=network, subnet=network, cidr=settings.subnet_cidr
         )
         self.subnetwork_id = self.subnetwork.id
         ComputeFirewall(

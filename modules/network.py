@@ -24,6 +24,32 @@ from app.contract import APP_PORT
 HEALTH_CHECK_RANGES = ["130.211.0.0/22", "35.191.0.0/16"]
 
 
+def vpc_with_subnet(
+    scope: Construct, *, project: str, region: str, name: str, subnet: str, cidr: str
+) -> tuple[ComputeNetwork, ComputeSubnetwork]:
+    """A custom-mode VPC `name` (`vpc` in `scope`) with one regional subnet (`subnet`): Private Google Access
+    on, flow logs every 10 minutes for half the flows, with their metadata."""
+    network = ComputeNetwork(
+        scope, "vpc", project=project, name=name, auto_create_subnetworks=False, routing_mode="REGIONAL"
+    )
+    subnetwork = ComputeSubnetwork(
+        scope,
+        "subnet",
+        project=project,
+        region=region,
+        name=subnet,
+        network=network.id,
+        ip_cidr_range=cidr,
+        private_ip_google_access=True,
+        log_config={
+            "aggregation_interval": "INTERVAL_10_MIN",
+            "flow_sampling": 0.5,
+            "metadata": "INCLUDE_ALL_METADATA",
+        },
+    )
+    return network, subnetwork
+
+
 class GpuNetwork(Construct):
     """VPC `nanochat-ENV` with one subnet in `region`; `allow_health_checks` opens the app port to the VMs of
     one service account."""
@@ -33,39 +59,20 @@ class GpuNetwork(Construct):
     ) -> None:
         super().__init__(scope, id_)
         self.project = project
-        self.network = ComputeNetwork(
-            self,
-            "vpc",
-            project=project,
-            name=f"nanochat-{env}",
-            auto_create_subnetworks=False,
-            routing_mode="REGIONAL",
-        )
-        self.subnetwork = ComputeSubnetwork(
-            self,
-            "subnet",
-            project=project,
-            region=region,
-            name=f"nanochat-{env}-gpu",
-            network=self.network.id,
-            ip_cidr_range=cidr,
-            private_ip_google_access=True,
-            log_config={
-                "aggregation_interval": "INTERVAL_10_MIN",
-                "flow_sampling": 0.5,
-                "metadata": "INCLUDE_ALL_METADATA",
-            },
+        name = f"nanochat-{env}"
+        self.network, self.subnetwork = vpc_with_subnet(
+            self, project=project, region=region, name=name, subnet=f"{name}-gpu", cidr=cidr
         )
         self.subnetwork_id = self.subnetwork.id
         router = ComputeRouter(
-            self, "router", project=project, region=region, name=f"nanochat-{env}", network=self.network.id
+            self, "router", project=project, region=region, name=name, network=self.network.id
         )
         ComputeRouterNat(
             self,
             "nat",
             project=project,
             region=region,
-            name=f"nanochat-{env}",
+            name=name,
             router=router.name,
             nat_ip_allocate_option="AUTO_ONLY",
             source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
