@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from nanochat.checkpoint import CheckpointError, load_checkpoint
-from nanochat.data.shards import split_shards, write_shards
+from nanochat.data.shards import split_shards
 from nanochat.train.base import BaseConfig, train_base
 from nanochat.train.config import ConfigError
 from nanochat.train.dataloader import TokenDataLoader
@@ -23,17 +22,6 @@ from nanochat.train.distributed import DistContext
 from nanochat.train.tracking import read_metrics
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, small_tokenizer, words) -> tuple[Path, Path]:
-    """Three shards of word soup (8 row groups each) and the tokenizer, as files."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) for _ in range(96)]
-    write_shards(docs, root / "shards", docs_per_shard=32, docs_per_row_group=4)
-    small_tokenizer.save(root / "tokenizer")
-    return root / "shards", root / "tokenizer"
 
 
 def tiny_config(corpus, out: Path, **overrides) -> BaseConfig:
@@ -62,8 +50,8 @@ def val_bpbs(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["val_bpb"] for m in read_metrics(run_dir) if "val_bpb" in m}
 
 
-def test_a_short_run_learns_and_writes_a_servable_checkpoint(corpus, tmp_path):
-    config = tiny_config(corpus, tmp_path / "run", num_iterations=40, eval_every=20, matrix_lr=0.05)
+def test_a_short_run_learns_and_writes_a_servable_checkpoint(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path / "run", num_iterations=40, eval_every=20, matrix_lr=0.05)
     summary = train_base(config, CPU)
     bpb = val_bpbs(tmp_path / "run")
     assert bpb[40] < bpb[0] - 0.5, bpb  # word soup from 16 words is easy to beat
@@ -80,9 +68,9 @@ def test_a_short_run_learns_and_writes_a_servable_checkpoint(corpus, tmp_path):
     assert meta["dataloader_state_dict"]["world_size"] == 1
 
 
-def test_resume_is_bit_exact(corpus, tmp_path):
+def test_resume_is_bit_exact(tiny_corpus, tmp_path):
     """12 steps straight == 6 steps, checkpoint, new process state, 6 more (with gradient accumulation)."""
-    whole = tiny_config(corpus, tmp_path / "whole", save_every=6, total_batch_size=2 * 4 * 32)
+    whole = tiny_config(tiny_corpus, tmp_path / "whole", save_every=6, total_batch_size=2 * 4 * 32)
     train_base(whole, CPU)
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
@@ -107,23 +95,23 @@ def test_resume_is_bit_exact(corpus, tmp_path):
     assert meta_a["dataloader_state_dict"] == meta_b["dataloader_state_dict"]
 
 
-def test_bad_configs_fail_clearly(corpus, tmp_path):
+def test_bad_configs_fail_clearly(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match="multiple of device_batch_size"):
-        train_base(tiny_config(corpus, tmp_path / "a", total_batch_size=100), CPU)
+        train_base(tiny_config(tiny_corpus, tmp_path / "a", total_batch_size=100), CPU)
     with pytest.raises(CheckpointError, match=r"not found|no model"):
-        train_base(tiny_config(corpus, tmp_path / "b", resume=True), CPU)
-    train_base(tiny_config(corpus, tmp_path / "c", num_iterations=2), CPU)
+        train_base(tiny_config(tiny_corpus, tmp_path / "b", resume=True), CPU)
+    train_base(tiny_config(tiny_corpus, tmp_path / "c", num_iterations=2), CPU)
     with pytest.raises(CheckpointError, match="cannot resume"):
-        train_base(tiny_config(corpus, tmp_path / "c", num_iterations=4, depth=2, resume=True), CPU)
+        train_base(tiny_config(tiny_corpus, tmp_path / "c", num_iterations=4, depth=2, resume=True), CPU)
     with pytest.raises(ConfigError, match="depth must be >= 1"):
-        tiny_config(corpus, tmp_path / "d", depth=0)
+        tiny_config(tiny_corpus, tmp_path / "d", depth=0)
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_ddp_two_gloo_processes_equal_one_process_on_the_same_global_batch(corpus, tmp_path):
+def test_ddp_two_gloo_processes_equal_one_process_on_the_same_global_batch(tiny_corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo) vs one process fed the same global batches in one step."""
-    shards, tokenizer_dir = corpus
+    shards, tokenizer_dir = tiny_corpus
     steps, batch, seq = 4, 4, 32
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     command = [
@@ -168,9 +156,9 @@ def test_ddp_two_gloo_processes_equal_one_process_on_the_same_global_batch(corpu
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_like_eager(corpus, tmp_path):
+def test_torch_compile_trains_like_eager(tiny_corpus, tmp_path):
     """`--compile true` (inductor, C++ on CPU) gives the eager run's losses up to float reordering."""
-    eager = tiny_config(corpus, tmp_path / "eager", num_iterations=3, eval_every=0, eval_batches=1)
+    eager = tiny_config(tiny_corpus, tmp_path / "eager", num_iterations=3, eval_every=0, eval_batches=1)
     train_base(eager, CPU)
     train_base(replace(eager, out=str(tmp_path / "compiled"), compile=True), CPU)
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
