@@ -224,9 +224,7 @@ async def _chat_events(
                         chunk([c]) for c in _tool_choices(delta, calls, call_ids, scored, tokenizer)
                     )
                 elif attributions and grounded and grounded.mark:  # no logprobs here (check_attribution)
-                    attribution = attributions[delta.index]
-                    text = attribution.feed(delta.text) if delta.text else ""
-                    text += attribution.finish() if delta.finish_reason else ""
+                    text = attributions[delta.index].step(delta.text, bool(delta.finish_reason))
                     if text:
                         events.append(content(delta.index, text))
                 elif tokenizer is not None:
@@ -241,9 +239,7 @@ async def _chat_events(
                 elif delta.text:
                     events.append(content(delta.index, delta.text))
                 if attributions and not grounded.mark:  # only watched: the text goes out as it came
-                    attributions[delta.index].feed(delta.text)
-                    if delta.finish_reason:
-                        attributions[delta.index].finish()
+                    attributions[delta.index].step(delta.text, bool(delta.finish_reason))
                 if delta.finish_reason:
                     done = ChatChunkChoice(
                         index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason

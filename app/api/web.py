@@ -55,8 +55,7 @@ async def _events(stream: GenerationStream, grounded: Grounding | None) -> Async
             for d in group:
                 text = d.text
                 if attribution is not None:  # not marking, it only watches: the text goes out as it came
-                    marked = attribution.feed(d.text) if d.text else ""
-                    marked += attribution.finish() if d.finish_reason else ""
+                    marked = attribution.step(d.text, bool(d.finish_reason))
                     text = marked if mark else text
                 if text:
                     events.append(sse({"token": text, "gpu": GPU}))

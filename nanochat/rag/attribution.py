@@ -122,9 +122,13 @@ class Attribution:
         held, self._held = self._held, ""
         return self._end("", held)
 
+    def step(self, text: str, last: bool) -> str:
+        """One piece of the reply as generated (`last`: the reply ends with it): what to send on."""
+        return self.feed(text) + (self.finish() if last else "")
+
     def text(self, reply: str) -> str:
         """A whole reply at once: `reply` as sent (with markers when `mark`)."""
-        return self.feed(reply) + self.finish()
+        return self.step(reply, last=True)
 
     def _add(self, piece: str) -> str:
         self._sentence += piece
