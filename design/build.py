@@ -188,11 +188,10 @@ def failure_table(modes: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for mode in modes:
-        detection = ", ".join(f"[`{a}`](runbooks/{a}.md)" for a in mode["alerts"])  # links from docs/
-        policies = [f"[`{p['name']}`](runbooks/{p['runbook']})" for p in mode.get("policies", [])]
-        if policies:  # Cloud Monitoring policies of infra/, not Prometheus rules
-            detection = ", ".join([*filter(None, [detection]), *policies])
-        detection = "; ".join(p for p in (detection, mode["other_signals"]) if p)
+        # links from docs/: the Prometheus rules' runbooks, then those of infra's Cloud Monitoring policies
+        links = [f"[`{a}`](runbooks/{a}.md)" for a in mode["alerts"]]
+        links += [f"[`{p['name']}`](runbooks/{p['runbook']})" for p in mode.get("policies", [])]
+        detection = "; ".join(p for p in (", ".join(links), mode["other_signals"]) if p)
         proof = "<br>".join(f"`{p.split('::')[-1]}` ({p.split('::')[0]})" for p in mode["proof"])
         chaos = ", ".join(f"`{c}` ({ran.get(c, 'not run')})" for c in mode["chaos"]) or "–"
         failure = f"**{mode['name']}**: {mode['what']}"
